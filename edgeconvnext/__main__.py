@@ -1,0 +1,3 @@
+from edgeconvnext.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Shared CLI pieces: the command table, console output, option types declared once."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+@dataclass
+class _State:
+    debug: bool = False
+    quiet: bool = False
+
+
+STATE = _State()
+
+# (command name, module in edgeconvnext.cli, function): add one line per command.
+COMMANDS: list[tuple[str, str, str]] = [
+]
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def info(msg: str) -> None:
+    if not STATE.quiet:
+        console().print(msg)
+
+
+def done(msg: str) -> None:
+    """The one line each stage ends with: output path, size, time."""
+    console().print(msg)
+
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Architecture (timm name or alias: v2_nano, v1_tiny).")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint file (official, timm, HuggingFace or edgeconvnext).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Replace a classifier of another size with N outputs.")]
+ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (default: the checkpoint's, else 224).")]
+UnsafeOpt = Annotated[bool, typer.Option("--allow-unsafe-pickle", help="Allow full unpickling of a trusted checkpoint that weights_only loading refuses.")]
+EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of an official training checkpoint.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

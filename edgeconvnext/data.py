@@ -1,0 +1,170 @@
+"""Image folders in, preprocessed batches out: the data side shared by calibration, validate and finetune.
+
+Layouts read:
+- a plain folder of images, searched recursively (calibration);
+- an ImageFolder layout, one sub-folder per class (validate, finetune);
+- a flat folder with a labels file (ImageNet val style): lines ``<file> <label>`` or ``<file>,<label>``,
+  the label a class index or a class name.
+
+A corrupt or unreadable image is skipped and counted, never a crash. No torch here.
+
+Usage::
+
+    ds = LabelledImages.discover(Path("val/"))
+    for x, y in ds.batches(pp, batch=32): ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .preprocess import eval_transform, open_rgb
+from .zoo import Preprocess
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+LABEL_FILES = ("labels.txt", "labels.csv", "val.txt", "val_labels.txt", "ground_truth.txt")
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Every image file under ``root`` (by extension), sorted for determinism."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (give a folder of images)")
+    it = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def _read_labels_file(path: Path) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in (line.split(",") if "," in line else line.split())]
+        if len(parts) < 2:
+            raise DataError(f"{path}:{n}: expected '<file> <label>', got '{line}'")
+        if n == 1 and parts[0].lower() in ("file", "filename", "image", "imageid", "path"):
+            continue  # CSV header
+        rows.append((parts[0], parts[1]))
+    if not rows:
+        raise DataError(f"labels file {path} has no entries")
+    return rows
+
+
+@dataclass
+class LabelledImages:
+    """Image paths with integer labels and the class names they index."""
+
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+    root: Path | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def discover(cls, root: str | Path, labels_file: str | Path | None = None,
+                 class_names: Sequence[str] | None = None) -> "LabelledImages":
+        """Read ``root`` as an ImageFolder, or as a flat folder with a labels file.
+
+        ``class_names`` (e.g. stored in the model) fixes the label order; folder classes that are not in
+        it are an error naming them, never a silent mismatch.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data folder not found: {root}")
+        if labels_file is None:
+            labels_file = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
+        if labels_file is not None:
+            return cls._from_labels_file(root, Path(labels_file), class_names)
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not subdirs:
+            if list_images(root, recursive=False):
+                raise DataError(f"{root} holds images but no class folders and no labels file "
+                                f"({' / '.join(LABEL_FILES)}): add one, or pass --labels FILE")
+            raise DataError(f"no images found in {root}")
+        folder_classes = [d.name for d in subdirs]
+        names = list(class_names) if class_names else folder_classes
+        index = {c: i for i, c in enumerate(names)}
+        unknown = [c for c in folder_classes if c not in index]
+        if unknown:
+            raise DataError(f"class folders {unknown[:5]} in {root} are not among the model's {len(names)} classes "
+                            f"(e.g. {names[:3]}): the label mapping would be wrong")
+        paths: list[Path] = []
+        labels: list[int] = []
+        for d in subdirs:
+            for p in list_images(d):
+                paths.append(p)
+                labels.append(index[d.name])
+        if not paths:
+            raise DataError(f"no images found in the class folders of {root}")
+        return cls(paths, labels, names, root)
+
+    @classmethod
+    def _from_labels_file(cls, root: Path, labels_file: Path, class_names: Sequence[str] | None) -> "LabelledImages":
+        if not labels_file.is_file():
+            raise DataError(f"labels file not found: {labels_file}")
+        rows = _read_labels_file(labels_file)
+        all_int = all(lab.lstrip("-").isdigit() for _, lab in rows)
+        if all_int:
+            n_cls = max(int(lab) for _, lab in rows) + 1
+            names = list(class_names) if class_names else [str(i) for i in range(n_cls)]
+            if n_cls > len(names):
+                raise DataError(f"{labels_file} uses label {n_cls - 1} but the model has {len(names)} classes")
+            to_idx = {str(i): i for i in range(len(names))}
+        else:
+            names = list(class_names) if class_names else sorted({lab for _, lab in rows})
+            to_idx = {c: i for i, c in enumerate(names)}
+            unknown = sorted({lab for _, lab in rows if lab not in to_idx})
+            if unknown:
+                raise DataError(f"labels {unknown[:5]} in {labels_file} are not among the model's classes")
+        paths, labels, missing = [], [], []
+        for name, lab in rows:
+            p = root / name
+            if not p.is_file():
+                missing.append(name)
+                continue
+            paths.append(p)
+            labels.append(to_idx[lab])
+        if missing:
+            raise DataError(f"{len(missing)} files named in {labels_file} are missing from {root} (first: {missing[0]})")
+        return cls(paths, labels, names, root)
+
+    def batches(self, pp: Preprocess, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (images (B,3,S,S) float32, labels (B,) int64); unreadable files are skipped and recorded."""
+        for start in range(0, len(self.paths), batch):
+            xs, ys = [], []
+            for p, y in zip(self.paths[start:start + batch], self.labels[start:start + batch]):
+                try:
+                    xs.append(eval_transform(open_rgb(p), pp))
+                    ys.append(y)
+                except DataError as e:
+                    self.skipped.append((p, str(e)))
+                    log.warning("skipping %s", e)
+            if xs:
+                yield np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def load_images(paths: Sequence[Path], pp: Preprocess) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+    """Preprocess ``paths``; returns (array (N,3,S,S), paths used, skipped (path, reason))."""
+    xs, used, skipped = [], [], []
+    for p in paths:
+        try:
+            xs.append(eval_transform(open_rgb(p), pp))
+            used.append(p)
+        except DataError as e:
+            skipped.append((p, str(e)))
+    arr = np.stack(xs) if xs else np.zeros((0, 3, pp.img_size, pp.img_size), np.float32)
+    return arr, used, skipped

@@ -1,0 +1,63 @@
+"""Errors the CLI turns into one clear line and a distinct exit code.
+
+Library code raises these; only the CLI prints. Each message says what failed, on which object and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class: a failure the user can act on. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeError):
+    """An option that cannot be honoured, an unknown name, conflicting options."""
+
+    exit_code = 2
+
+
+class CheckpointError(EdgeError):
+    """Missing, unreadable or mismatched checkpoint."""
+
+    exit_code = 3
+
+
+class DataError(EdgeError):
+    """Missing/empty/corrupt image folders, labels, too few calibration images."""
+
+    exit_code = 4
+
+
+class ExportError(EdgeError):
+    """ONNX export failed or its parity check did not pass."""
+
+    exit_code = 5
+
+
+class RuleViolation(EdgeError):
+    """A Q/DQ ONNX breaks TensorRT's explicit-quantization rules."""
+
+    exit_code = 6
+
+
+class AccuracyError(EdgeError):
+    """Accuracy drop larger than --max-drop."""
+
+    exit_code = 7
+
+
+class BackendMissing(EdgeError):
+    """A library or hardware feature (TensorRT, CUDA, nncf) is absent: the message says what to install."""
+
+    exit_code = 8
+
+
+def nearest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The closest valid spelling to ``name`` (for 'did you mean' hints), or None."""
+    import difflib
+
+    hits = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return hits[0] if hits else None

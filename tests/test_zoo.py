@@ -1,0 +1,61 @@
+"""The registry: every architecture builds, runs, and matches the published params/GMACs."""
+
+import pytest
+import torch
+
+from edgeconvnext import zoo
+from edgeconvnext.errors import UsageError
+
+SMALL = ("convnext_atto", "convnextv2_atto", "convnext_test", "convnextv2_test")
+
+
+@pytest.mark.parametrize("name", zoo.public_names())
+def test_params_and_macs_match_published(name):
+    arch = zoo.ARCHS[name]
+    stats = zoo.count_stats(arch)
+    assert abs(stats["params_m"] / arch.published_params_m - 1) < 0.01
+    assert abs(stats["gmacs"] / arch.published_gmacs - 1) < 0.03
+
+
+@pytest.mark.parametrize("name", list(zoo.ARCHS))
+def test_every_arch_builds_on_meta_and_has_flags(name):
+    arch = zoo.ARCHS[name]
+    m = zoo.create_model(arch, num_classes=7, device="meta")
+    out = m(torch.empty(2, 3, 64, 64, device="meta"))
+    assert tuple(out.shape) == (2, 7)
+    keys = m.state_dict().keys()
+    assert ("stages.0.blocks.0.mlp.grn.weight" in keys) == arch.use_grn
+    assert ("stages.0.blocks.0.gamma" in keys) == (not arch.use_grn)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_archs_forward(name):
+    m = zoo.create_model(name, num_classes=5).eval()
+    with torch.no_grad():
+        y = m(torch.randn(2, 3, 32, 32))
+    assert y.shape == (2, 5) and torch.isfinite(y).all()
+
+
+def test_grn_matches_official_definition():
+    from edgeconvnext.model import GlobalResponseNorm
+
+    grn = GlobalResponseNorm(12)
+    torch.nn.init.normal_(grn.weight)
+    torch.nn.init.normal_(grn.bias)
+    x = torch.randn(2, 5, 5, 12)
+    # facebookresearch/ConvNeXt-V2 models/utils.py GRN, with gamma/beta of shape (1, 1, 1, C)
+    gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    ref = grn.weight.view(1, 1, 1, -1) * (x * nx) + grn.bias.view(1, 1, 1, -1) + x
+    assert torch.equal(grn(x), ref)
+
+
+@pytest.mark.parametrize("alias,name", [("v2_nano", "convnextv2_nano"), ("v1_tiny", "convnext_tiny"),
+                                        ("ConvNeXtV2_Atto", "convnextv2_atto"), ("convnext-small", "convnext_small")])
+def test_aliases(alias, name):
+    assert zoo.resolve(alias).name == name
+
+
+def test_unknown_name_suggests_nearest():
+    with pytest.raises(UsageError, match="did you mean 'convnextv2_nano'"):
+        zoo.resolve("convnextv2_nanoo")
