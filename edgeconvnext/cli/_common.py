@@ -20,6 +20,7 @@ STATE = _State()
 
 # (command name, module in edgeconvnext.cli, function): add one line per command.
 COMMANDS: list[tuple[str, str, str]] = [
+    ("finetune", "finetune", "finetune_cmd"),
 ]
 
 

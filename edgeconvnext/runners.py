@@ -1,0 +1,257 @@
+"""Runners: one interface over onnxruntime, torch (and TensorRT, in trt_runtime.py) for evaluation.
+
+Input: an artifact (``.onnx``, ``.engine``) or a LoadedModel. Output: logits as a float32 numpy array.
+A runner is a context manager with ``.infer(x: (N, 3, S, S) float32) -> (N, classes) float32``,
+``.name``, ``.precision``, ``.input_size`` and the time spent in inference (``.infer_s``, ``.images``).
+
+Usage::
+
+    with open_runner(Path("model.onnx")) as r:
+        logits = r.infer(batch)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BackendMissing, CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+DEVICES = ("cpu", "cuda")
+META_PREFIX = "edgeconvnext."
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX metadata_props -> {key without prefix: decoded value}; JSON values decoded, others kept as text."""
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if not k.startswith(META_PREFIX):
+            continue
+        try:
+            out[k[len(META_PREFIX):]] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            out[k[len(META_PREFIX):]] = v
+    return out
+
+
+class Runner:
+    """Common part: timing and the context-manager protocol. Subclasses implement ``_infer``."""
+
+    name: str = "runner"
+    precision: str = "fp32"
+    input_size: int | None = None  # square input side, None when dynamic
+    batch: int | None = None  # fixed batch size of the artifact, None when dynamic
+
+    def __init__(self) -> None:
+        self.infer_s = 0.0
+        self.images = 0
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the session / model (idempotent)."""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.infer_s if self.infer_s > 0 else 0.0
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 -> (N, classes) float32 logits; the call's time is added to ``infer_s``."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise UsageError(f"{self.name}: expected a (N, 3, S, S) batch, got shape {tuple(x.shape)}")
+        if self.input_size is not None and x.shape[2:] != (self.input_size, self.input_size):
+            raise UsageError(f"{self.name}: the model takes {self.input_size}x{self.input_size} inputs, "
+                             f"got {x.shape[2]}x{x.shape[3]}: preprocess with the model's img_size")
+        t0 = time.perf_counter()
+        out = self._infer_batched(x)
+        self.infer_s += time.perf_counter() - t0
+        self.images += x.shape[0]
+        return out
+
+    def _infer_batched(self, x: np.ndarray) -> np.ndarray:
+        """Split/pad to the artifact's fixed batch when it has one."""
+        b = self.batch
+        if b is None or x.shape[0] == b:
+            return self._infer(x)
+        outs = []
+        for start in range(0, x.shape[0], b):
+            chunk = x[start:start + b]
+            n = chunk.shape[0]
+            if n < b:  # pad with zeros; the padded rows' logits are dropped
+                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self._infer(chunk)[:n])
+        return np.concatenate(outs)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxRuntimeRunner(Runner):
+    """onnxruntime InferenceSession on CPU (or CUDA with onnxruntime-gpu); reads input name, size, batch."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendMissing("onnxruntime is not installed: pip install 'edgeconvnext[onnx]'") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX model not found: {self.path}")
+        if device not in DEVICES:
+            raise UsageError(f"unknown device '{device}' for onnxruntime; use one of {', '.join(DEVICES)}")
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendMissing("--device cuda: this onnxruntime has no CUDAExecutionProvider; "
+                                     "pip install onnxruntime-gpu, or use --device cpu")
+            providers = ["CUDAExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise CheckpointError(f"onnxruntime cannot load {self.path}: {e}") from None
+        self.device = device
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        shape = inp.shape
+        self.batch = shape[0] if isinstance(shape[0], int) else None
+        self.input_size = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
+        out_shape = self.session.get_outputs()[0].shape
+        self.num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.precision = str(self.metadata.get("precision", "fp16" if self.input_dtype == np.float16 else "fp32"))
+        self.name = f"onnxruntime-{device}:{self.path.name}"
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        return self.session.run([self.output_name], feed)[0].astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+def check_device(device: str) -> None:
+    """Refuse an unknown device, or cuda where torch has no CUDA, with the fix in the message."""
+    if device not in DEVICES:
+        raise UsageError(f"unknown device '{device}'; use one of {', '.join(DEVICES)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise BackendMissing(f"--device cuda: {why} (torch {torch.__version__}); "
+                                 "use --device cpu, or install a CUDA build of torch on a GPU machine")
+
+
+class TorchRunner(Runner):
+    """A LoadedModel in torch eval mode, fp32 or fp16, optionally torch.compile'd."""
+
+    def __init__(self, loaded: "LoadedModel", device: str = "cpu", precision: str = "fp32",
+                 compile: bool = False) -> None:
+        super().__init__()
+        import copy
+
+        import torch
+
+        check_device(device)
+        if precision not in ("fp32", "fp16"):
+            raise UsageError(f"torch runner precision '{precision}' is not supported; use fp32 or fp16 "
+                             "(INT8 runs from a Q/DQ ONNX on onnxruntime or TensorRT)")
+        self.device = device
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        model = copy.deepcopy(loaded.model).eval().to(device=device, dtype=self.dtype)
+        self.model = torch.compile(model) if compile else model
+        self.loaded = loaded
+        self.input_size = loaded.preprocess.img_size
+        self.num_classes = int(loaded.model.num_classes)
+        src = loaded.source.name if loaded.source is not None else loaded.arch.name
+        self.name = f"torch-{device}-{precision}:{src}"
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+            y = self.model(t)
+            return y.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+
+def backend_for(artifact: Any) -> str:
+    """The backend an artifact runs on: .onnx -> onnxruntime, .engine/.plan -> tensorrt, else torch."""
+    if isinstance(artifact, (str, Path)):
+        suffix = Path(artifact).suffix.lower()
+        if suffix == ".onnx":
+            return "onnxruntime"
+        if suffix in (".engine", ".plan", ".trt"):
+            return "tensorrt"
+    return "torch"
+
+
+def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None, device: str = "cpu",
+                precision: str | None = None, *, threads: int | None = None, compile: bool = False) -> Runner:
+    """A runner for ``artifact``: an ONNX file, a TensorRT engine, a checkpoint file or a LoadedModel.
+
+    ``backend`` None picks it from the artifact (see :func:`backend_for`); an explicit backend that
+    cannot run the artifact is refused. ``precision`` applies to torch (fp32/fp16); ONNX and engines
+    carry their precision inside, so asking another one is refused.
+    """
+    backend = backend or backend_for(artifact)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    kind = backend_for(artifact)
+    if backend == "torch":
+        if kind != "torch":
+            raise UsageError(f"--backend torch cannot run {artifact}: give a checkpoint, "
+                             f"or use --backend {kind}")
+        if isinstance(artifact, (str, Path)):
+            from .checkpoint import load_model
+
+            artifact = load_model(None, Path(artifact))
+        return TorchRunner(artifact, device=device, precision=precision or "fp32", compile=compile)
+    if kind != backend:
+        raise UsageError(f"--backend {backend} cannot run {artifact}: expected a "
+                         f"{'.onnx file' if backend == 'onnxruntime' else '.engine file'}")
+    if backend == "onnxruntime":
+        runner: Runner = OnnxRuntimeRunner(artifact, device=device, threads=threads)
+    else:
+        try:
+            from . import trt_runtime  # type: ignore[attr-defined]
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith("trt_runtime"):
+                raise BackendMissing("the TensorRT backend is not part of this installation "
+                                     "(edgeconvnext/trt_runtime.py is missing)") from None
+            raise BackendMissing(f"TensorRT backend needs '{e.name}': install TensorRT's Python bindings "
+                                 "(JetPack ships them; on x86 see NVIDIA's TensorRT install guide)") from None
+        runner = trt_runtime.TensorRTRunner(artifact, device=device)
+    if precision is not None and precision != runner.precision:
+        runner.close()
+        raise UsageError(f"{artifact} is a {runner.precision} model: precision {precision} cannot be chosen "
+                         "at run time; export/build a model of that precision")
+    return runner
