@@ -160,7 +160,7 @@ def check_options(precision: str, opset: int, batch: str | int | None) -> tuple[
     return check_precision(precision), check_opset(opset), parse_batch(batch)
 
 
-def _require_backends() -> None:
+def require_backends() -> None:
     for mod in ("onnx", "onnxruntime"):
         try:
             __import__(mod)
@@ -301,23 +301,30 @@ def _check_graph(proto: "onnx.ModelProto", model: Any, precision: str) -> None:
                               "they overflow FP16 in TensorRT")
 
 
-class _Fp32IO:
-    """Builds a module that casts a float32 input to fp16, runs the fp16 model, casts logits to float32."""
+def _fp32_io(proto: "onnx.ModelProto") -> None:
+    """Turn an fp16 graph's input and output into float32 with a Cast at the entry and at the exit.
 
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
-        from torch import nn
+    Done on the graph, not by wrapping the torch module, so node names stay those of the fp32 export
+    (/stages/stages.0/... rather than /inner/stages/...), which per-layer tools compare.
+    """
+    from onnx import TensorProto, helper
 
-        class Fp32IO(nn.Module):
-            def __init__(self, inner: nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.inner(x.half()).float()
-
-        return Fp32IO(model)
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    half_in, half_out = f"{inp.name}_fp16", f"{out.name}_fp16"
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == inp.name:
+                node.input[i] = half_in
+        for i, name in enumerate(node.output):
+            if name == out.name:
+                node.output[i] = half_out
+    inp.type.tensor_type.elem_type = TensorProto.FLOAT
+    out.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = [helper.make_node("Cast", [inp.name], [half_in], name="/input_to_fp16", to=TensorProto.FLOAT16),
+             *proto.graph.node,
+             helper.make_node("Cast", [half_out], [out.name], name="/logits_to_fp32", to=TensorProto.FLOAT)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def _trace(module: Any, sample: Any, opset: int, dynamic: bool) -> bytes:
@@ -394,7 +401,7 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
     """
     t0 = time.perf_counter()
     precision, opset, batch = check_options(precision, opset, batch)
-    _require_backends()
+    require_backends()
     import onnx
     import torch
 
@@ -420,10 +427,10 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
                           f"more than a single-file ONNX can hold (2 GiB){hint}")
 
     if precision == "fp16":
-        module = _Fp32IO.wrap(copy.deepcopy(reference).half().eval())
+        module = copy.deepcopy(reference).half().eval()
     else:
         module = reference
-    sample = torch.zeros(batch or 2, 3, size, size)
+    sample = torch.zeros(batch or 2, 3, size, size, dtype=torch.float16 if precision == "fp16" else torch.float32)
 
     step(f"exporting {loaded.arch.name} {precision} opset {opset} ({'dynamic' if batch is None else batch} batch)")
     t = time.perf_counter()
@@ -437,6 +444,8 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
     step("checking the graph")
     t = time.perf_counter()
     proto = onnx.load_from_string(raw)
+    if precision == "fp16":
+        _fp32_io(proto)
     n_inlined = _inline_identity_initializers(proto)
     if n_inlined:
         log.debug("inlined %d Identity(initializer) nodes", n_inlined)
@@ -464,7 +473,7 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
             t_parity = time.perf_counter() - t
             tol = PARITY_REL_TOL[precision]
             parity["tolerance_rel"] = tol
-            log.info("parity %s: max abs diff %.3g, rel diff %.3g", precision, parity["max_abs_diff"],
+            log.debug("parity %s: max abs diff %.3g, rel diff %.3g", precision, parity["max_abs_diff"],
                      parity["rel_diff"])
             if not parity["finite"]:
                 raise ExportError(f"the {precision} ONNX of {loaded.arch.name} produced non-finite logits in "
@@ -509,7 +518,7 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
         for tmp in (tmp_onnx, tmp_sidecar):  # mkstemp makes 0600 files; artifacts are ordinary files
             _chmod_default(tmp)
     seconds = time.perf_counter() - t0
-    log.info("wrote %s (%d bytes) in %.1f s", output, len(data), seconds)
+    log.debug("wrote %s (%d bytes) in %.1f s", output, len(data), seconds)
     return ExportResult(
         path=output, sidecar=sidecar, precision=precision, opset=opset, batch=batch, img_size=size,
         size_bytes=len(data), sha256=digest,

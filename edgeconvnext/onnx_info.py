@@ -46,9 +46,11 @@ def load_proto(path: str | Path, *, external_data: bool = False) -> "onnx.ModelP
     if p.is_dir():
         raise UsageError(f"{p} is a folder, not an ONNX file")
     try:
-        proto = onnx.load(str(p), load_external_data=external_data)
+        # format="protobuf": onnx otherwise picks a text/JSON parser from the file extension
+        proto = onnx.load(str(p), format="protobuf", load_external_data=external_data)
     except Exception as e:  # protobuf DecodeError, OSError, external data errors
-        raise UsageError(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"{p} is not an ONNX model ({type(e).__name__}: {why})") from None
     # protobuf happily parses some arbitrary bytes into an empty message: require a real graph
     if proto.ir_version == 0 or not proto.opset_import or len(proto.graph.node) == 0:
         raise UsageError(f"{p} is not an ONNX model (no IR version, opset or graph nodes)")

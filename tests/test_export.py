@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from edgeconvnext import export as ex
+from edgeconvnext.checkpoint import load_model, save_checkpoint
+from edgeconvnext.cli import main
 from edgeconvnext.artifacts import sha256_file, sidecar_path
 from edgeconvnext.errors import ExportError, UsageError
 from edgeconvnext.onnx_info import input_dtypes, op_histogram
@@ -23,27 +25,6 @@ SIZE = 64
 
 def _loaded(name: str, num_classes: int = 10, img_size: int = SIZE, seed: int = 0):
     torch.manual_seed(seed)
-    try:
-        from edgeconvnext.checkpoint import load_model
-    except ImportError:  # TEMPORARY until checkpoint.py lands
-        from dataclasses import dataclass, field, replace
-
-        from edgeconvnext import zoo
-
-        @dataclass
-        class LoadedModel:
-            model: object
-            arch: object
-            preprocess: object
-            class_names: list | None = None
-            source: Path | None = None
-            source_sha256: str | None = None
-            source_format: str = "random"
-            notes: list = field(default_factory=list)
-
-        arch = zoo.resolve(name)
-        return LoadedModel(zoo.create_model(arch, num_classes).eval(), arch,
-                           replace(arch.preprocess, img_size=img_size))
     return load_model(name, num_classes=num_classes, img_size=img_size)
 
 
@@ -288,3 +269,75 @@ def test_export_does_not_modify_the_loaded_model(tmp_path):
     after = loaded.model.state_dict()
     assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
     assert not loaded.model.training
+
+
+def test_fp16_node_names_match_fp32(exported):
+    """fp32 I/O is added on the graph, so per-layer names are the same in both precisions."""
+    names = {}
+    for prec in ("fp32", "fp16"):
+        proto = onnx.load(str(exported["convnextv2_test", prec][1].path))
+        names[prec] = [n.name for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "Gemm", "LayerNormalization")]
+    assert names["fp32"] == names["fp16"] and "/stages/stages.0/blocks/blocks.0/mlp/fc1/MatMul" in names["fp32"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI: main() maps EdgeError to "error: <msg>" on stderr and the error's exit code
+
+
+def test_cli_export_checkpoint(tmp_path, capsys):
+    torch.manual_seed(1)
+    net = load_model("convnextv2_test", num_classes=3).model
+    ckpt = save_checkpoint(tmp_path / "ft.pt", net, "convnextv2_test", class_names=["a", "b", "c"])
+    out = tmp_path / "out" / "m.onnx"
+    rc = main(["export", "--checkpoint", str(ckpt), "--img-size", "32", "--precision", "fp16", "--batch", "2",
+               "--output", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert lines[-2].startswith("parity vs fp32 torch (fp16 graph): max abs diff ")
+    assert lines[-1].startswith(f"{out}  ") and "convnextv2_test fp16 opset 17 input (2, 3, 32, 32)" in lines[-1]
+    assert lines[-1].endswith(" s")
+    meta = ex.read_metadata(out)
+    assert meta["class_names"] == ["a", "b", "c"] and meta["source_format"] == "edgeconvnext"
+    assert meta["source_sha256"] == sha256_file(ckpt)
+    sc = json.loads(sidecar_path(out).read_text())
+    assert sc["source"]["path"] == str(ckpt) and sc["config"]["batch"] == 2
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--precision", "int8"], 2, "edgeconvnext quantize"),
+    (["--precision", "fp8"], 2, "--precision"),
+    (["--opset", "16"], 2, "--opset 17"),
+    (["--batch", "many"], 2, "--batch"),
+    (["--img-size", "16"], 2, "--img-size"),
+    (["--model", "convnextv2_tset"], 2, "did you mean 'convnextv2_test'"),
+])
+def test_cli_export_refusals(tmp_path, capsys, args, code, message):
+    argv = ["export", "--model", "convnext_test", "--img-size", "32", "--output", str(tmp_path / "m.onnx")] + args
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_missing_checkpoint(tmp_path, capsys):
+    rc = main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "m.onnx")])
+    assert rc == 3 and "nope.pt" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_parity_failure_exit_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(ex.PARITY_REL_TOL, "fp32", 0.0)
+    rc = main(["export", "--model", "convnext_test", "--img-size", "32", "--output", str(tmp_path / "m.onnx")])
+    assert rc == 5 and "nothing was written" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_modules_import_no_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeconvnext.cli.export, edgeconvnext.cli.inspect; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

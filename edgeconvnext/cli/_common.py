@@ -20,6 +20,8 @@ STATE = _State()
 
 # (command name, module in edgeconvnext.cli, function): add one line per command.
 COMMANDS: list[tuple[str, str, str]] = [
+    ("export", "export", "export_cmd"),
+    ("inspect", "inspect", "inspect_cmd"),
     ("finetune", "finetune", "finetune_cmd"),
 ]
 

@@ -1,0 +1,63 @@
+"""``edgeconvnext export``: checkpoint -> verified FP32/FP16 ONNX with metadata and a sidecar (see edgeconvnext.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, human_size
+
+PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32 or fp16 (fp16 keeps float32 input/output; "
+                                                                     "INT8 comes from 'edgeconvnext quantize').")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset, 17..20 (17+ keeps LayerNorm one op).")]
+BatchOpt = Annotated[str, typer.Option("--batch", help="'dynamic' or a fixed batch size N.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (a .onnx.json sidecar goes beside it).",
+                                         show_default=False)]
+
+
+def export_cmd(
+    output: OutputOpt,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    num_classes: NumClassesOpt = None,
+    img_size: ImgSizeOpt = None,
+    precision: PrecisionOpt = "fp32",
+    opset: OpsetOpt = 17,
+    batch: BatchOpt = "dynamic",
+    allow_unsafe_pickle: UnsafeOpt = False,
+    ema: EmaOpt = False,
+) -> None:
+    """Export a checkpoint (or random weights) to ONNX, checked by onnx.checker and verified in onnxruntime."""
+    from ..export import check_img_size, check_options, export_onnx, require_backends
+
+    # refuse bad options and a missing onnx/onnxruntime before the (possibly slow) checkpoint load
+    precision, opset, batch_n = check_options(precision, opset, batch)
+    if img_size is not None:
+        check_img_size(img_size)
+    require_backends()
+    from ..checkpoint import load_model
+
+    c = console()
+    with c.status("loading the model", spinner="dots") if not STATE.quiet else _Null() as status:
+        loaded = load_model(model, checkpoint, num_classes=num_classes, img_size=img_size,
+                            allow_unsafe=allow_unsafe_pickle, ema=ema)
+        on_step = status.update if status is not None else None
+        result = export_onnx(loaded, output, precision=precision, opset=opset, batch=batch_n, on_step=on_step)
+    # soft_wrap: each of these stays one line when piped (rich wraps at 80 columns otherwise)
+    if not STATE.quiet:
+        for note in result.notes:
+            c.print(f"note: {note}", soft_wrap=True)
+        c.print(result.parity_line(), soft_wrap=True)
+    shape = f"({'N' if result.batch is None else result.batch}, 3, {result.img_size}, {result.img_size})"
+    c.print(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} opset {result.opset} "
+            f"input {shape}  {result.seconds:.1f} s", soft_wrap=True)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
