@@ -12,9 +12,7 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,20 +28,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "cuda")
-META_PREFIX = "edgeconvnext."
-
-
-def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """ONNX metadata_props -> {key without prefix: decoded value}; JSON values decoded, others kept as text."""
-    out: dict[str, Any] = {}
-    for k, v in props.items():
-        if not k.startswith(META_PREFIX):
-            continue
-        try:
-            out[k[len(META_PREFIX):]] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k[len(META_PREFIX):]] = v
-    return out
 
 
 class Runner:
@@ -141,8 +125,10 @@ class OnnxRuntimeRunner(Runner):
         self.input_size = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
         out_shape = self.session.get_outputs()[0].shape
         self.num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+        from .export import decode_metadata
+
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self.precision = str(self.metadata.get("precision", "fp16" if self.input_dtype == np.float16 else "fp32"))
+        self.precision = str(self.metadata.get("precision") or ("fp16" if self.input_dtype == np.float16 else "fp32"))
         self.name = f"onnxruntime-{device}:{self.path.name}"
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
