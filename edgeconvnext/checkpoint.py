@@ -125,6 +125,7 @@ def remap_huggingface(sd: Mapping[str, Any]) -> dict[str, Any]:
     stages.i.downsample.k; encoder.stages.i.layers.j.{dwconv, layernorm, pwconv1, pwconv2} ->
     stages.i.blocks.j.{conv_dw, norm, mlp.fc1, mlp.fc2}; grn.weight/bias (1,1,1,4C) -> mlp.grn.* (4C);
     layer_scale_parameter -> gamma; layernorm -> head.norm; classifier -> head.fc.
+    (transformers' final LayerNorm uses eps 1e-12 where ours, like the original, uses 1e-6: a ~1e-6 effect.)
     """
     prefix_rules = [
         (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -158,7 +159,10 @@ def detect_layout(sd: Mapping[str, Any]) -> str | None:
     keys = list(sd)
     if any(k.startswith(("convnextv2.", "convnext.", "embeddings.patch_embeddings.")) for k in keys):
         return "huggingface"
-    if "mask_token" in sd or any(k.startswith(("encoder.downsample_layers.", "decoder.")) for k in keys):
+    # FCMAE: the masked autoencoder (mask_token, encoder., decoder.) or its sparse encoder alone, whose
+    # MinkowskiEngine layers are named dwconv.kernel, pwconv1.linear.weight, norm.ln.weight.
+    if "mask_token" in sd or any(k.startswith(("encoder.downsample_layers.", "decoder.")) for k in keys) \
+            or any(k.endswith((".kernel", ".linear.weight", ".ln.weight")) for k in keys):
         return "fcmae"
     if "downsample_layers.0.0.weight" in sd:
         return "official"
@@ -500,6 +504,7 @@ def _check_keys(sd: Mapping[str, Any], model_sd: Mapping[str, Any], path: Path, 
 
 
 def _check_img_size(img_size: int | None) -> None:
+    # Another size would run, but the stride-2 downsamples would silently drop the last rows/columns.
     if img_size is not None and (img_size < 32 or img_size % 32):
         lo, hi = max(32, img_size // 32 * 32), max(32, -(-img_size // 32) * 32)
         sizes = f"{lo}" if lo == hi else f"{lo} or {hi}"

@@ -380,6 +380,11 @@ def test_fcmae_pretraining_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="FCMAE pre-training checkpoint.*no classifier and must be fine-tuned") as e:
         load_model(None, f)
     _assert_one_line(e)
+    # the sparse encoder alone, prefix stripped
+    g = tmp_path / "encoder.pt"
+    torch.save({k.removeprefix("encoder."): v for k, v in sparse.items() if k.startswith("encoder.")}, g)
+    with pytest.raises(CheckpointError, match="FCMAE pre-training checkpoint"):
+        load_model(None, g)
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
@@ -469,6 +474,8 @@ def test_random_init_and_img_size():
     assert r.model.num_classes == 5 and r.preprocess.img_size == 64
     with pytest.raises(UsageError, match="--img-size 100 is not a multiple of 32.*use 96 or 128"):
         load_model("convnext_test", img_size=100)
+    with pytest.raises(UsageError, match="--img-size 16 is not a multiple of 32.*use 32"):
+        load_model("convnext_test", img_size=16)
     with pytest.raises(UsageError, match="--num-classes must be at least 1"):
         load_model("convnext_test", num_classes=0)
     with pytest.raises(UsageError, match="give --model NAME"):
