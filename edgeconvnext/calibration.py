@@ -105,8 +105,8 @@ def _rel(p: Path, root: Path) -> str:
         return p.as_posix()
 
 
-def check_size(size: int, min_images: int = MIN_IMAGES) -> None:
-    """Refuse a calibration size below ``min_images``; warn below :data:`RECOMMENDED_IMAGES`."""
+def check_size(size: int, min_images: int = MIN_IMAGES, *, warn: bool = True) -> None:
+    """Refuse a calibration size below ``min_images``; warn below :data:`RECOMMENDED_IMAGES` (if ``warn``)."""
     if min_images < 1:
         raise UsageError(f"--min-calib-size must be at least 1, got {min_images}")
     if size < 1:
@@ -116,7 +116,7 @@ def check_size(size: int, min_images: int = MIN_IMAGES) -> None:
             f"--calib-size {size} is below the minimum of {min_images} calibration images (INT8 ranges from so "
             f"few images are unreliable): use --calib-size {min_images} or more ({RECOMMENDED_IMAGES}+ "
             f"recommended), or pass --min-calib-size {size} to accept it for a smoke test")
-    if size < RECOMMENDED_IMAGES:
+    if warn and size < RECOMMENDED_IMAGES:
         log.warning("calibrating on %d images; about %d are recommended for CNNs (accuracy may suffer)",
                     size, RECOMMENDED_IMAGES)
 

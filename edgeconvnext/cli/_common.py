@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "export", "export_cmd"),
     ("inspect", "inspect", "inspect_cmd"),
     ("finetune", "finetune", "finetune_cmd"),
+    ("quantize", "quantize", "quantize_cmd"),
     ("validate", "validate", "validate_cmd"),
 ]
 

@@ -7,3 +7,7 @@
 
 Heavy libraries (onnx, onnxruntime, nncf, torch) are imported inside functions.
 """
+
+from .pipeline import BACKENDS, DEFAULT_BACKEND, QuantizeConfig, QuantizeResult, output_paths, quantize
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "QuantizeConfig", "QuantizeResult", "output_paths", "quantize"]

@@ -1,0 +1,174 @@
+"""``edgeconvnext quantize``: checkpoint + calibration images -> INT8 Q/DQ ONNX for TensorRT
+(see edgeconvnext.quantization.pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, human_size
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", show_default=False,
+                                         help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx "
+                                              "go beside it.")]
+CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="Folder of calibration images (searched "
+                                                      "recursively; jpg/png/webp/bmp).")]
+CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on [default: 512; "
+                                                     "~500 recommended].", show_default=False)]
+MinCalibOpt = Annotated[int, typer.Option("--min-calib-size", help="Refuse fewer calibration images than this "
+                                          "(lower it only for smoke tests).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Chooses the calibration subset [default: 0].",
+                                                show_default=False)]
+MethodOpt = Annotated[str, typer.Option("--method", help="ptq (post-training quantization); qat is not built yet.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or "
+                                         "nncf.")]
+CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="ort: minmax, percentile, entropy; nncf: minmax, "
+                                             "mse.")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="convnext: INT8 on fc1/fc2 and downsample convs, stem, "
+                                        "depthwise and classifier in float; all: every conv/matmul.")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep layers matching this fnmatch "
+                                                         "pattern out of INT8 (repeatable), e.g. "
+                                                         "'stages.2.blocks.*.mlp.fc2'.")]
+ManifestOpt = Annotated[Optional[Path], typer.Option("--calib-manifest", help="Reuse the exact images of a "
+                                                     "manifest (OUT.calib.json), hash-checked.")]
+Fp32Opt = Annotated[bool, typer.Option("--fp32-baseline/--no-fp32-baseline", help="Keep the FP32 ONNX the INT8 "
+                                       "model was made from as OUT.fp32.onnx (for validate --baseline).")]
+JsonOutOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the table.")]
+
+
+def quantize_cmd(
+    output: OutputOpt,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    calib_data: CalibDataOpt = None,
+    calib_size: CalibSizeOpt = None,
+    seed: SeedOpt = None,
+    method: MethodOpt = "ptq",
+    backend: BackendOpt = "ort",
+    calib_method: CalibMethodOpt = "minmax",
+    policy: PolicyOpt = "convnext",
+    exclude: ExcludeOpt = None,
+    img_size: ImgSizeOpt = None,
+    calib_manifest: ManifestOpt = None,
+    min_calib_size: MinCalibOpt = 32,
+    fp32_baseline: Fp32Opt = True,
+    num_classes: NumClassesOpt = None,
+    allow_unsafe_pickle: UnsafeOpt = False,
+    ema: EmaOpt = False,
+    json_out: JsonOutOpt = False,
+) -> None:
+    """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
+    from ..calibration import DEFAULT_SIZE, check_size
+    from ..errors import UsageError
+    from ..quantization import QuantizeConfig
+    from ..quantization.pipeline import require_backend
+
+    if calib_manifest is not None and (calib_size is not None or seed is not None):
+        raise UsageError("--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
+                         "--calib-manifest to choose a new set")
+    if calib_data is None and calib_manifest is None:
+        raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
+    # every option that cannot be honoured is refused before the (slow) checkpoint load
+    cfg = QuantizeConfig(method=method, backend=backend, calib_method=calib_method, policy=policy,
+                         exclude=tuple(exclude or ()), calib_size=calib_size or DEFAULT_SIZE, seed=seed or 0,
+                         min_calib_size=min_calib_size, keep_fp32=fp32_baseline).validated()
+    if calib_manifest is None:
+        check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
+    require_backend(cfg.backend)
+
+    from ..checkpoint import load_model
+    from ..quantization import quantize
+
+    with _Progress(enabled=not STATE.quiet and not json_out) as prog:
+        prog.step("loading the model")
+        loaded = load_model(model, checkpoint, num_classes=num_classes, img_size=img_size,
+                            allow_unsafe=allow_unsafe_pickle, ema=ema)
+        result = quantize(loaded, output, calib_data=calib_data, config=cfg, calib_manifest=calib_manifest,
+                          on_step=prog.step, on_progress=prog.advance)
+    _print(result, loaded, json_out)
+
+
+def _print(result: Any, loaded: Any, json_out: bool) -> None:
+    import json
+
+    c = console()
+    if json_out:
+        print(json.dumps({
+            "output": str(result.path), "sidecar": str(result.sidecar), "manifest": str(result.manifest),
+            "fp32_baseline": str(result.fp32_path) if result.fp32_path else None,
+            "bytes": result.size_bytes, "int8_macs_share": result.int8_macs_share, "placement": result.table(),
+            "calibration": {"images": result.calib_images, "skipped": result.calib_skipped,
+                            "seconds": round(result.calib_seconds, 3)},
+            "agreement_vs_fp32": result.agreement, "peak_rss_mb": round(result.peak_rss_mb, 1),
+            "trt_check": result.report.to_dict(), "seconds": round(result.seconds, 3),
+        }, indent=2, default=str))
+        return
+    if not STATE.quiet:
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(title=f"INT8 placement ({result.config.policy} policy"
+                        + (f", --exclude {' '.join(result.config.exclude)}" if result.config.exclude else "") + ")",
+                  title_justify="left")
+        for col, just in (("layer", "left"), ("op", "left"), ("precision", "left"), ("MACs", "right"),
+                          ("why", "left")):
+            t.add_column(col, justify=just, no_wrap=col != "why")
+        for r in result.table():
+            name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
+            share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
+            t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
+        c.print(t)
+        for note in result.notes:
+            c.print(f"note: {note}", soft_wrap=True, markup=False)
+        share = result.int8_macs_share
+        a = result.agreement
+        c.print(f"INT8 on {sum(p.int8 for p in result.placement)}/{len(result.placement)} layers"
+                + (f", {share:.1%} of MACs" if share is not None else "")
+                + f"; calibration {result.calib_images} images"
+                + (f" ({result.calib_skipped} unreadable skipped)" if result.calib_skipped else "")
+                + f" in {result.calib_seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MiB", soft_wrap=True)
+        if a:
+            c.print(f"vs FP32 on {a['images']} calibration images: top-1 agreement {a['top1_agreement']:.1%}, "
+                    f"cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})", soft_wrap=True)
+        c.print(f"TensorRT rules: {result.report.summary()}", soft_wrap=True, markup=False)
+        extra = [result.manifest.name] + ([result.fp32_path.name] if result.fp32_path else [])
+        c.print(f"beside it: {result.sidecar.name}, {', '.join(extra)}", soft_wrap=True, markup=False)
+    cfg = result.config
+    c.print(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 ({cfg.backend}, "
+            f"{cfg.calib_method})  {result.seconds:.1f} s", soft_wrap=True, markup=False)
+
+
+class _Progress:
+    """One rich progress line: the current step, and a bar while images load or calibrate."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+        self._task: Any = None
+        self._desc = ""
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
+                TimeElapsedColumn
+
+            self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                               MofNCompleteColumn(), TimeElapsedColumn(), console=console(), transient=True)
+            self._p.__enter__()
+            self._task = self._p.add_task("starting", total=None)
+        return self
+
+    def step(self, desc: str) -> None:
+        self._desc = desc
+        if self._p is not None:
+            self._p.update(self._task, description=desc, total=None, completed=0)
+
+    def advance(self, done: int, total: int) -> None:
+        if self._p is not None:
+            self._p.update(self._task, total=total, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)

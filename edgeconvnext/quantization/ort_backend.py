@@ -1,0 +1,136 @@
+"""onnxruntime backend: ``onnxruntime.quantization.quantize_static`` with the options TensorRT accepts.
+
+Input: the FP32 ONNX file, the calibration images, the node names to quantize and a calibration method.
+Output: a QDQ ONNX file. Settings (measured, KNOWLEDGE.md): QuantFormat.QDQ; QInt8 weights and
+activations; symmetric activations and weights (zero point 0); weights per output channel (Conv axis 0,
+MatMul axis 1 for the (K, N) weight TorchScript exports from nn.Linear); activations per tensor; no
+int32 bias DQ (``QuantizeBias=False``: TensorRT's DequantizeLinear is INT8 only); only the *inputs* of the
+chosen Conv/MatMul/Gemm get Q/DQ (``OpTypesToExcludeOutputQuantization``): quantizing their outputs would
+put the residual stream and the logits in INT8.
+
+Calibration runs in chunks of at most :data:`CHUNK_IMAGES` images (``CalibStridedMinMax``): onnxruntime
+keeps every intermediate tensor of a chunk in memory (about 65 MB per 224 px image on nano), and its
+histogram calibrators (entropy, percentile) merge histograms across chunks.
+
+Usage::
+
+    quantize_ort(Path("fp32.onnx"), Path("int8.onnx"), calib_set, ["/stages/.../fc1/MatMul"], "minmax")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..calibration import CalibrationSet
+
+log = logging.getLogger(__name__)
+
+#: our --calib-method -> onnxruntime CalibrationMethod member
+CALIB_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+OP_TYPES = ["Conv", "MatMul", "Gemm"]
+BATCH = 8
+CHUNK_IMAGES = 16
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+class _Reader:
+    """CalibrationDataReader over preprocessed images, in batches, with the range API the strided
+    calibration loop uses (``__len__`` in batches, ``set_range``)."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int,
+                 on_progress: Callable[[int, int], None] | None) -> None:
+        self.images = images
+        self.input_name = input_name
+        self.batch = batch
+        self.n_batches = (len(images) + batch - 1) // batch
+        self.on_progress = on_progress
+        self._it: Iterator[int] = iter(range(self.n_batches))
+        self.done = 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(range(start_index, min(end_index, self.n_batches)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        i = next(self._it, None)
+        if i is None:
+            return None
+        x = self.images[i * self.batch:(i + 1) * self.batch]
+        self.done += len(x)
+        if self.on_progress is not None:
+            self.on_progress(min(self.done, len(self.images)), len(self.images))
+        return {self.input_name: x}
+
+
+class _DropPreprocessHint(logging.Filter):
+    """onnxruntime logs 'Please consider to run pre-processing' on the root logger: its pre-processing
+    renames and fuses nodes (our layer names would be lost), so we do not run it and drop the hint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_root_hint() -> Iterator[None]:
+    f = _DropPreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(f)
+    handlers = list(root.handlers)
+    for h in handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+        for h in handlers:
+            h.removeFilter(f)
+
+
+def quantize_ort(fp32_path: Path, output: Path, calib: CalibrationSet, nodes_to_quantize: Sequence[str],
+                 calib_method: str, *, input_name: str = "input",
+                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Calibrate and insert Q/DQ with onnxruntime; returns the settings used (for the sidecar)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = getattr(CalibrationMethod, CALIB_METHODS[calib_method])
+    reader = _Reader(calib.images, input_name, BATCH, on_progress)
+    stride = _largest_divisor(reader.n_batches, max(1, CHUNK_IMAGES // BATCH))
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": list(OP_TYPES),
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        "CalibStridedMinMax": stride,
+    }
+    with _quiet_root_hint():
+        quantize_static(
+            str(fp32_path), str(output), reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(OP_TYPES),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(nodes_to_quantize),
+            calibrate_method=method,
+            extra_options=extra,
+        )
+    settings: dict[str, object] = {
+        "library": "onnxruntime.quantization.quantize_static",
+        "quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
+        "calibrate_method": f"CalibrationMethod.{CALIB_METHODS[calib_method]}",
+        "op_types_to_quantize": list(OP_TYPES), "batch": BATCH, "chunk_batches": stride,
+        "extra_options": {k: v for k, v in extra.items()},
+    }
+    return settings

@@ -1,0 +1,298 @@
+"""Quantize tiny ConvNeXts on generated images with both backends and check the graph node by node.
+
+What TensorRT needs (and what the policy asks) is asserted on the ONNX itself: every QuantizeLinear's
+zero point is int8 0, weight DQs are per channel on axis 0 (Conv) / 1 (MatMul (K, N)), activation Qs per
+tensor; under --policy convnext the stem conv, the classifier and the depthwise convs are not fed by a
+DQ while fc1/fc2/downsample are; --policy all puts the stem in INT8; --exclude removes layers. Bad inputs
+through main([...]) give one line and the right exit code, and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from edgeconvnext.cli import main
+from edgeconvnext.quantization.graph import GraphIndex, layer_name, output_channel_axis
+from edgeconvnext.trt_rules import check_file
+
+pytest.importorskip("onnxruntime")
+
+IMG = 32
+N_IMAGES = 16
+COMMON = ["--img-size", str(IMG), "--calib-size", str(N_IMAGES), "--min-calib-size", "8", "--num-classes", "10"]
+
+
+def make_images(folder: Path, n: int, corrupt: int = 0) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        # smooth-ish images: random low-res noise upsampled, so the activations look like real ones
+        small = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((40, 40), Image.Resampling.BILINEAR).save(folder / f"im{i:02d}.png")
+    for i in range(corrupt):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8garbage")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("calib"), 20, corrupt=2)
+
+
+def run_quantize(out: Path, images: Path, model: str, *extra: str) -> int:
+    return main(["-q", "quantize", "-m", model, "--calib-data", str(images), "-o", str(out), *COMMON, *extra])
+
+
+def fed_by_dq(g: GraphIndex, node: onnx.NodeProto, idx: int) -> onnx.NodeProto | None:
+    _, p = g.trace_back(node.input[idx])
+    return p if p is not None and p.op_type == "DequantizeLinear" else None
+
+
+def assert_trt_graph(model: onnx.ModelProto) -> None:
+    """Every Q/DQ follows TensorRT's rules, checked here independently of trt_rules."""
+    g = GraphIndex(model)
+    assert any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import)
+    assert all(n.domain in ("", "ai.onnx") for n in g.nodes)
+    for n in g.nodes:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        assert len(n.input) == 3, f"{n.name}: no zero point (uint8 by default)"
+        zp = g.const(n.input[2])
+        assert zp is not None and zp.dtype == np.int8 and not zp.any(), n.name
+        scale = g.const(n.input[1])
+        assert scale is not None and np.all(scale > 0) and np.all(np.isfinite(scale))
+        is_weight = g.is_const(n.input[0])
+        if n.op_type == "QuantizeLinear":
+            assert not is_weight or True
+            if not is_weight:
+                assert scale.size == 1, f"activation Q {n.name} is per channel"
+            assert all(c.op_type == "DequantizeLinear" for c in g.consumers[n.output[0]])
+        elif is_weight:
+            w = g.const(n.input[0])
+            assert w.dtype == np.int8
+            for c in g.consumers[n.output[0]]:
+                assert c.op_type in ("Conv", "MatMul", "Gemm") and c.input[1] == n.output[0]
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                axis = axis + w.ndim if axis < 0 else axis
+                want = output_channel_axis(c, w.ndim)
+                assert want == {"Conv": 0, "MatMul": 1, "Gemm": 0}[c.op_type]
+                assert scale.size == w.shape[want] and axis == want, (n.name, c.op_type, axis)
+
+
+def int8_layers(model: onnx.ModelProto) -> dict[str, bool]:
+    """layer name -> both activation and weight come from a DQ."""
+    g = GraphIndex(model)
+    out = {}
+    for n in g.nodes:
+        if n.op_type in ("Conv", "MatMul", "Gemm"):
+            out[layer_name(n)] = fed_by_dq(g, n, 0) is not None and fed_by_dq(g, n, 1) is not None
+    return out
+
+
+def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("backend,model", [("ort", "convnextv2_test"), ("nncf", "convnext_test")])
+def test_quantize_policy_convnext(tmp_path, images, backend, model):
+    if backend == "nncf":
+        pytest.importorskip("nncf")
+    out = tmp_path / "m.int8.onnx"
+    assert run_quantize(out, images, model, "--backend", backend) == 0
+    q = onnx.load(str(out))
+    assert_trt_graph(q)
+    layers = int8_layers(q)
+    for name, int8 in layers.items():
+        expect = name.endswith(("mlp.fc1", "mlp.fc2")) or ".downsample." in name
+        assert int8 == expect, (name, int8)
+    assert layers["stem.0"] is False and layers["head.fc"] is False
+    assert sum(layers.values()) == 5 * 2 + 3  # 5 blocks x (fc1, fc2) + 3 downsample convs
+    # the checker agrees, and the residual stream / outputs of quantized layers carry no Q/DQ
+    report = check_file(out)
+    assert report.ok, report.violations
+    assert {r.layer for r in report.int8_layers} == {k for k, v in layers.items() if v}
+    g = GraphIndex(q)
+    for n in g.nodes:
+        if n.op_type == "QuantizeLinear":
+            src = g.producer.get(n.input[0])
+            assert src is not None and src.op_type not in ("Conv", "MatMul", "Gemm"), n.name  # no output Q/DQ
+            assert not re.fullmatch(r"stages\.\d+\.blocks\.\d+", layer_name(src)), n.name  # residual stream
+
+    # metadata copied from the FP32 export, precision int8
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert meta["edgeconvnext.precision"] == "int8" and meta["edgeconvnext.arch"] == model
+    assert json.loads(meta["edgeconvnext.preprocess"])["img_size"] == IMG
+    assert json.loads(meta["edgeconvnext.quantization"])["backend"] == backend
+
+    # files beside it: sidecar, manifest, FP32 baseline (+ its sidecar); nothing temporary left
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["m.int8.calib.json", "m.int8.fp32.onnx", "m.int8.fp32.onnx.json", "m.int8.onnx",
+                     "m.int8.onnx.json"]
+    side = json.loads((tmp_path / "m.int8.onnx.json").read_text())
+    assert side["config"]["backend"] == backend and side["trt_check"]["ok"] is True
+    assert side["calibration"]["images"] == N_IMAGES and side["calibration"]["skipped"] == 2
+    assert side["calibration"]["wall_s"] > 0 and side["peak_rss_mb"] > 50
+    from edgeconvnext.artifacts import sha256_file
+
+    assert side["calibration"]["manifest_sha256"] == sha256_file(tmp_path / "m.int8.calib.json")
+    assert side["output"]["sha256"] == sha256_file(out)
+    table = side["placement"]["table"]
+    assert {"layer": "stages.2.blocks.*.mlp.fc1", "count": 2, "precision": "INT8"}.items() <= \
+        next(r for r in table if r["layer"] == "stages.2.blocks.*.mlp.fc1").items()
+    assert 0.3 < side["placement"]["int8_macs_share"] < 0.9
+
+    # INT8 close to FP32 on the calibration inputs (random weights: logits are small, so compare cosine)
+    manifest = json.loads((tmp_path / "m.int8.calib.json").read_text())
+    from edgeconvnext.preprocess import preprocess_image
+    from edgeconvnext.zoo import Preprocess
+
+    pp = Preprocess.from_dict(side["config"]["preprocess"])
+    x = np.stack([preprocess_image(Path(manifest["root"]) / e["path"], pp) for e in manifest["images"]])
+    a, b = ort_logits(tmp_path / "m.int8.fp32.onnx", x), ort_logits(out, x)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.98, cos
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.75
+    assert side["agreement_vs_fp32"]["cosine_mean"] > 0.98
+
+
+def test_policy_all_and_exclude(tmp_path, images):
+    out = tmp_path / "all.onnx"
+    assert run_quantize(out, images, "convnextv2_test", "--policy", "all", "--exclude", "stages.2.blocks.*.mlp.fc2",
+                        "--exclude", "head.fc", "--calib-method", "entropy", "--no-fp32-baseline") == 0
+    q = onnx.load(str(out))
+    assert_trt_graph(q)
+    layers = int8_layers(q)
+    assert layers["stem.0"] and layers["stages.0.blocks.0.conv_dw"] and layers["stages.1.downsample.1"]
+    assert not layers["stages.2.blocks.0.mlp.fc2"] and not layers["stages.2.blocks.1.mlp.fc2"]
+    assert layers["stages.2.blocks.0.mlp.fc1"] and not layers["head.fc"]
+    assert not (tmp_path / "all.fp32.onnx").exists()
+    side = json.loads((tmp_path / "all.onnx.json").read_text())
+    assert side["fp32_baseline"] is None and side["config"]["calib_method"] == "entropy"
+    excluded = [r for r in side["placement"]["layers_detail"] if r["reason"].startswith("--exclude")]
+    assert {r["layer"] for r in excluded} == {"stages.2.blocks.0.mlp.fc2", "stages.2.blocks.1.mlp.fc2", "head.fc"}
+
+
+def test_manifest_reuse_gives_the_same_model(tmp_path, images):
+    """Same checkpoint + the manifest's images -> the same scales: calibration is reproducible."""
+    from edgeconvnext.checkpoint import save_checkpoint
+    from edgeconvnext.zoo import Preprocess, create_model
+
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model("convnextv2_test", num_classes=10),
+                           "convnextv2_test", preprocess=Preprocess(img_size=IMG, crop_pct=1.0))
+    first = tmp_path / "a.onnx"
+    assert main(["-q", "quantize", "-c", str(ckpt), "--calib-data", str(images), "-o", str(first),
+                 "--calib-size", str(N_IMAGES), "--min-calib-size", "8", "--seed", "4"]) == 0
+    second = tmp_path / "b.onnx"
+    assert main(["-q", "quantize", "-c", str(ckpt), "--calib-manifest", str(tmp_path / "a.calib.json"),
+                 "-o", str(second), "--min-calib-size", "8"]) == 0
+    ma = json.loads((tmp_path / "a.calib.json").read_text())
+    mb = json.loads((tmp_path / "b.calib.json").read_text())
+    assert ma["images"] == mb["images"] and mb["seed"] == 4 and ma["preprocess"]["crop_pct"] == 1.0
+    assert json.loads((tmp_path / "b.onnx.json").read_text())["calibration"]["source"] == "manifest"
+
+    def scales(path):
+        g = GraphIndex(onnx.load(str(path)))
+        return [g.const(n.input[1]).tolist() for n in g.nodes if n.op_type == "QuantizeLinear"]
+
+    assert scales(first) == scales(second) and len(scales(first)) == 13
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [l for l in err if l.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["--backend", "ort", "--calib-method", "mse"], 2, "--calib-method mse is not available with --backend ort"),
+    (["--backend", "nncf", "--calib-method", "entropy"], 2, "--calib-method entropy is not available with --backend nncf"),
+    (["--backend", "tensorrt"], 2, "unknown --backend 'tensorrt'"),
+    (["--calib-method", "minmaxx"], 2, "did you mean 'minmax'"),
+    (["--method", "qat"], 2, "--method qat: quantization-aware training is not built yet"),
+    (["--policy", "most"], 2, "unknown --policy 'most'"),
+    (["--exclude", "stages.9.*"], 2, "--exclude 'stages.9.*' matches no"),
+    (["--calib-size", "4", "--min-calib-size", "32"], 2, "below the minimum of 32"),
+])
+def test_bad_options(tmp_path, images, capsys, args, code, needle):
+    out = tmp_path / "x.onnx"
+    argv = ["quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(out), "--img-size", "32",
+            "--min-calib-size", "8", *args]
+    assert main(argv) == code
+    assert needle in _err(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_data(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out = out_dir / "x.onnx"
+    base = ["quantize", "-m", "convnextv2_test", "-o", str(out), "--img-size", "32", "--min-calib-size", "8"]
+
+    (tmp_path / "empty").mkdir()
+    assert main(base + ["--calib-data", str(tmp_path / "empty"), "--calib-size", "8"]) == 4
+    assert "no calibration images" in _err(capsys)
+
+    corrupt = make_images(tmp_path / "corrupt", 0, corrupt=10)
+    assert main(base + ["--calib-data", str(corrupt), "--calib-size", "8"]) == 4
+    assert "none of the 10 image files" in _err(capsys)
+
+    few = make_images(tmp_path / "few", 9)
+    assert main(base + ["--calib-data", str(few), "--calib-size", "12"]) == 4
+    msg = _err(capsys)
+    assert "holds 9 image files, --calib-size asks for 12" in msg and "--calib-size 9" in msg
+
+    assert main(base + ["--calib-data", str(tmp_path / "missing"), "--calib-size", "8"]) == 4
+    assert "not found" in _err(capsys)
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_manifest_hash_mismatch(tmp_path, capsys):
+    imgs = make_images(tmp_path / "imgs", 10)
+    out = tmp_path / "a.onnx"
+    assert run_quantize(out, imgs, "convnextv2_test", "--calib-size", "8") == 0
+    manifest = json.loads((tmp_path / "a.calib.json").read_text())
+    victim = imgs / manifest["images"][0]["path"]
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(victim)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["quantize", "-m", "convnextv2_test", "--calib-manifest", str(tmp_path / "a.calib.json"),
+               "-o", str(tmp_path / "b.onnx"), "--img-size", "32", "--min-calib-size", "8"])
+    assert rc == 4
+    msg = _err(capsys)
+    assert victim.name in msg and "changed since" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no b.* files
+    rc = main(["quantize", "-m", "convnextv2_test", "--calib-manifest", str(tmp_path / "a.calib.json"),
+               "--seed", "3", "-o", str(tmp_path / "b.onnx"), "--img-size", "32"])
+    assert rc == 2 and "--calib-manifest fixes the calibration images" in _err(capsys)
+
+
+def test_rule_violation_leaves_nothing(tmp_path, images, monkeypatch, capsys):
+    """If the backend produced a graph TensorRT rejects, quantize refuses it (exit 6) and writes nothing."""
+    from edgeconvnext.quantization import ort_backend
+
+    real = ort_backend.quantize_ort
+
+    def uint8_activations(fp32_path, output, calib, nodes, method, **kw):
+        settings = real(fp32_path, output, calib, nodes, method, **kw)
+        m = onnx.load(str(output))
+        for t in m.graph.initializer:  # turn one activation zero point into uint8 128: asymmetric, unsigned
+            if t.name.endswith("_zero_point") and not t.dims:
+                t.CopyFrom(onnx.numpy_helper.from_array(np.array(128, np.uint8), t.name))
+                break
+        onnx.save(m, str(output))
+        return settings
+
+    monkeypatch.setattr(ort_backend, "quantize_ort", uint8_activations)
+    out = tmp_path / "v.onnx"
+    assert run_quantize(out, images, "convnextv2_test") == 6
+    assert "TensorRT rule violation" in _err(capsys)
+    assert list(tmp_path.iterdir()) == []
