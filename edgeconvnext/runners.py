@@ -200,18 +200,19 @@ def backend_for(artifact: Any) -> str:
     return "torch"
 
 
-def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None, device: str = "cpu",
+def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None, device: str | None = None,
                 precision: str | None = None, *, threads: int | None = None, compile: bool = False) -> Runner:
     """A runner for ``artifact``: an ONNX file, a TensorRT engine, a checkpoint file or a LoadedModel.
 
     ``backend`` None picks it from the artifact (see :func:`backend_for`); an explicit backend that
-    cannot run the artifact is refused. ``precision`` applies to torch (fp32/fp16); ONNX and engines
+    cannot run the artifact is refused. ``device`` None is cuda for TensorRT, else cpu. ``precision`` applies to torch (fp32/fp16); ONNX and engines
     carry their precision inside, so asking another one is refused.
     """
     backend = backend or backend_for(artifact)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     kind = backend_for(artifact)
+    device = device or ("cuda" if backend == "tensorrt" else "cpu")
     if backend == "torch":
         if kind != "torch":
             raise UsageError(f"--backend torch cannot run {artifact}: give a checkpoint, "
