@@ -22,6 +22,8 @@ STATE = _State()
 COMMANDS: list[tuple[str, str, str]] = [
     ("export", "export", "export_cmd"),
     ("inspect", "inspect", "inspect_cmd"),
+    ("build-engine", "build_engine", "build_engine_cmd"),
+    ("doctor", "doctor", "doctor_cmd"),
     ("finetune", "finetune", "finetune_cmd"),
     ("quantize", "quantize", "quantize_cmd"),
     ("validate", "validate", "validate_cmd"),
