@@ -268,14 +268,6 @@ def _inline_identity_initializers(proto: "onnx.ModelProto") -> int:
     return n
 
 
-def _chmod_default(path: Path) -> None:
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _count_layernorms(model: Any) -> int:
     from torch import nn
 
@@ -515,8 +507,6 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
             "timings": timings,
         }
         tmp_sidecar.write_text(json.dumps(sidecar_data, indent=2, default=str) + "\n")
-        for tmp in (tmp_onnx, tmp_sidecar):  # mkstemp makes 0600 files; artifacts are ordinary files
-            _chmod_default(tmp)
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%d bytes) in %.1f s", output, len(data), seconds)
     return ExportResult(
