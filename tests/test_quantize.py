@@ -296,3 +296,46 @@ def test_rule_violation_leaves_nothing(tmp_path, images, monkeypatch, capsys):
     assert run_quantize(out, images, "convnextv2_test") == 6
     assert "TensorRT rule violation" in _err(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
+    """Calibrating only the tensors the quantizer needs gives exactly the scales quantize_static's own
+    (all-tensors) calibration gives."""
+    import torch
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgeconvnext.calibration import CalibrationSet
+    from edgeconvnext.quantization import ort_backend
+    from edgeconvnext.quantization.policy import plan
+    from edgeconvnext.zoo import Preprocess, create_model
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(create_model("convnextv2_test", num_classes=10).eval(), (torch.zeros(1, 3, IMG, IMG),),
+                      str(fp32), input_names=["input"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    nodes = [p.node for p in plan(onnx.load(str(fp32)), "convnext") if p.int8]
+    x = np.random.default_rng(0).standard_normal((24, 3, IMG, IMG)).astype(np.float32)
+    cs = CalibrationSet(tmp_path, [], [], x, Preprocess(img_size=IMG), 24, 0)
+    ours = tmp_path / "ours.onnx"
+    ort_backend.quantize_ort(fp32, ours, cs, nodes, method)
+
+    reader = ort_backend._Reader(x, "input", ort_backend.BATCH, None)
+    ref = tmp_path / "ref.onnx"
+    quantize_static(str(fp32), str(ref), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=ort_backend.OP_TYPES, per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                    calibrate_method=getattr(CalibrationMethod, ort_backend.CALIB_METHODS[method]),
+                    extra_options={"ActivationSymmetric": True, "QuantizeBias": False,
+                                   "OpTypesToExcludeOutputQuantization": ort_backend.OP_TYPES,
+                                   "CalibStridedMinMax": 1})
+
+    def scales(path):
+        g = GraphIndex(onnx.load(str(path)))
+        return {n.input[0]: float(g.const(n.input[1])) for n in g.nodes if n.op_type == "QuantizeLinear"}
+
+    a, b = scales(ours), scales(ref)
+    assert len(a) == 13 and a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-6), k

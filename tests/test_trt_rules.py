@@ -220,3 +220,23 @@ def test_raise_for_violations_and_check_file(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(UsageError, match="cannot read"):
         check_file(tmp_path / "junk.onnx")
+
+
+def test_layer_names_from_torchscript_and_dynamo_exports():
+    from edgeconvnext.quantization.graph import block_pattern, compress_rows, layer_name
+
+    ts = helper.make_node("MatMul", ["a", "b"], ["c"], name="/stages/stages.0/blocks/blocks.3/mlp/fc1/MatMul")
+    assert layer_name(ts) == "stages.0.blocks.3.mlp.fc1"
+    assert layer_name(helper.make_node("Conv", ["a", "b"], ["c"], name="/stem/stem.0/Conv")) == "stem.0"
+    assert layer_name(helper.make_node("Gemm", ["a", "b"], ["c"], name="/head/fc/Gemm")) == "head.fc"
+    dyn = helper.make_node("Conv", ["a", "b"], ["c"], name="node_Conv_51")
+    dyn.metadata_props.add(key="pkg.torch.onnx.name_scopes",
+                           value="['', 'stages', 'stages.2', 'stages.2.blocks', 'stages.2.blocks.0', "
+                                 "'stages.2.blocks.0.conv_dw', 'conv2d_5']")
+    assert layer_name(dyn) == "stages.2.blocks.0.conv_dw"
+    assert layer_name(helper.make_node("Relu", ["a"], ["c"], name="custom")) == "custom"
+    assert block_pattern("stages.2.blocks.11.mlp.fc2") == "stages.2.blocks.*.mlp.fc2"
+    rows = [{"layer": f"stages.2.blocks.{i}.mlp.fc1", "op": "MatMul", "precision": "INT8", "macs": 10}
+            for i in range(3)] + [{"layer": "head.fc", "op": "Gemm", "precision": "FP32", "macs": 1}]
+    assert [(r["layer"], r["count"], r["macs"]) for r in compress_rows(rows)] == [
+        ("stages.2.blocks.*.mlp.fc1", 3, 30), ("head.fc", 1, 1)]

@@ -344,9 +344,6 @@ def _quantize_with(loaded: "LoadedModel", cs: CalibrationSet, cfg: QuantizeConfi
                 "environment": environment(),
             }
             t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
-            for t in (t_onnx, t_side, t_man, t_fp, t_fps):
-                if t is not None:
-                    t.chmod(0o644)
     if not cfg.keep_fp32 and paths["fp32"].exists():
         log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
     log.info("quantized %s: %d/%d layers INT8, calibration %.1f s", loaded.arch.name,
