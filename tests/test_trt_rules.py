@@ -240,3 +240,16 @@ def test_layer_names_from_torchscript_and_dynamo_exports():
             for i in range(3)] + [{"layer": "head.fc", "op": "Gemm", "precision": "FP32", "macs": 1}]
     assert [(r["layer"], r["count"], r["macs"]) for r in compress_rows(rows)] == [
         ("stages.2.blocks.*.mlp.fc1", 3, 30), ("head.fc", 1, 1)]
+
+
+def test_inspect_trt_exits_6_on_a_violation(tmp_path, capsys):
+    from edgeconvnext.cli import main
+
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    onnx.save(build(), str(good))
+    onnx.save(build(conv_w_axis=1), str(bad))
+    assert main(["inspect", "--trt", str(good)]) == 0
+    assert "OK for TensorRT" in capsys.readouterr().out
+    assert main(["inspect", "--trt", str(bad)]) == 6
+    captured = capsys.readouterr()
+    assert "weight-axis" in captured.out and captured.err.startswith("error: 1 TensorRT rule violation")

@@ -15,11 +15,11 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", show_default=False,
                                               "go beside it.")]
 CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="Folder of calibration images (searched "
                                                       "recursively; jpg/png/webp/bmp).")]
-CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on [default: 512; "
-                                                     "~500 recommended].", show_default=False)]
+CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on (default 512; "
+                                                     "~500 recommended).", show_default=False)]
 MinCalibOpt = Annotated[int, typer.Option("--min-calib-size", help="Refuse fewer calibration images than this "
                                           "(lower it only for smoke tests).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Chooses the calibration subset [default: 0].",
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Chooses the calibration subset (default 0).",
                                                 show_default=False)]
 MethodOpt = Annotated[str, typer.Option("--method", help="ptq (post-training quantization); qat is not built yet.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or "
