@@ -13,7 +13,8 @@ Decisions, and why:
   for INT8, float16 tensors for FP16. TensorRT older than 10 is refused.
 * ``--fp16`` on an FP32 (or FP32 Q/DQ) ONNX converts the graph to FP16 at the ONNX level first
   (:mod:`edgeconvnext.fp16`: LayerNorm statistics and GRN reductions stay FP32, Q/DQ scales become FP16),
-  writes it beside the engine (``OUT.onnx``) and checks it against the FP32 graph in onnxruntime when
+  writes it beside the engine (``OUT.fp16.onnx``; an existing file there is replaced only when it is an
+  earlier conversion of the same source) and checks it against the FP32 graph in onnxruntime when
   onnxruntime is installed. An ONNX that is already FP16 is built as it is.
 * DLA is refused: ConvNeXt's LayerNormalization, Erf (GELU), Sqrt and Div do not run on DLA, and Orin
   Nano has no DLA; GPU fallback would be a silent GPU build.
@@ -255,6 +256,23 @@ class BuildPlan:
         }
 
 
+def _check_fp16_target(path: Path, info: OnnxSummary) -> None:
+    """The converted ONNX may replace only an earlier conversion of the same source, never another file."""
+    if path.resolve() == info.path.resolve():
+        raise UsageError(f"the FP16 conversion of {info.path} would overwrite it; give --output another name")
+    if not path.exists():
+        return
+    from .onnx_info import load_proto
+
+    try:
+        props = {m.key: m.value for m in load_proto(path).metadata_props}
+    except UsageError:
+        props = {}
+    if props.get("edgeconvnext.fp16_converted_from") != info.sha256:
+        raise UsageError(f"{path} exists and is not an FP16 conversion of {info.path}: the FP16 ONNX would "
+                         "overwrite it; move it or give --output another name")
+
+
 def plan_build(req: BuildRequest) -> BuildPlan:
     """Validate the request against the ONNX and decide precision, profile, paths."""
     check_dla(req.dla_core)
@@ -291,9 +309,9 @@ def plan_build(req: BuildRequest) -> BuildPlan:
         raise UsageError("--output would overwrite the ONNX; give another path")
     build_onnx = onnx_path
     if convert:
-        build_onnx = output.with_suffix(".onnx")
-        if build_onnx.resolve() == onnx_path.resolve():
-            build_onnx = output.with_suffix(".fp16.onnx")
+        out_stem = output.name[:-len(output.suffix)]
+        build_onnx = output.with_name(out_stem + ("" if out_stem.endswith(".fp16") else ".fp16") + ".onnx")
+        _check_fp16_target(build_onnx, info)
     return BuildPlan(onnx=info, output=output, sidecar=sidecar_path(output), profile=profile,
                      precision=precision, convert_fp16=convert, build_onnx=build_onnx,
                      workspace_mib=req.workspace_mib, opt_level=req.opt_level,
@@ -533,6 +551,10 @@ def _build_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: Path
     output = (done.stdout or "") + (done.stderr or "")
     with atomic_output(log_file) as tmp:
         tmp.write_text(f"$ {format_command(cmd)}\n{output}")
+    if done.returncode != 0 and re.search(r"no CUDA-capable device|cudaErrorNoDevice|CUDA driver version is "
+                                          r"insufficient|CUDA initialization failure", output):
+        raise BackendMissing(f"trtexec found no usable NVIDIA GPU (see {log_file}): TensorRT needs an NVIDIA GPU "
+                             "with a working driver; --dry-run prints the command to run on the target")
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise BuildError(f"trtexec failed (exit {done.returncode}) building {plan.build_onnx}; full log in "

@@ -288,7 +288,8 @@ class TensorRTRunner(Runner):
         if cuda_graph:
             try:
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
+                # thread-local capture mode, as trtexec's --useCudaGraph uses
+                with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                     self._enqueue()
                 run_fn = graph.replay
                 how = "cuda_graph"

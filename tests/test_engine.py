@@ -159,9 +159,19 @@ def test_plan_precision_and_paths(models):
     assert (p.precision, p.convert_fp16) == ("int8+fp16", True)
     p = engine.plan_build(engine.BuildRequest(onnx=models["qdq"]))
     assert p.precision == "int8" and any("--fp16" in n for n in p.notes)
-    # --output next to the source with the same stem must not overwrite the source ONNX
+    # --output with the source's stem: the FP16 ONNX gets its own name, never the source's
     p = engine.plan_build(engine.BuildRequest(onnx=models["v2"], fp16=True, output=models["v2"].with_suffix(".engine")))
     assert p.build_onnx != models["v2"] and p.build_onnx.name == "v2.fp16.onnx"
+
+
+def test_fp16_onnx_never_overwrites_another_file(models, tmp_path):
+    src = _copy(models["v2"], tmp_path)
+    other = tmp_path / "v2.fp16.onnx"
+    other.write_bytes(models["v1"].read_bytes())  # someone's file, not our conversion of v2
+    with pytest.raises(UsageError, match="is not an FP16 conversion"):
+        engine.plan_build(engine.BuildRequest(onnx=src, fp16=True))
+    fp16.convert_file(src, other)  # an earlier conversion of the same source may be replaced
+    assert engine.plan_build(engine.BuildRequest(onnx=src, fp16=True)).build_onnx == other
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ if args == ["--help"]:
 Path({record!r}).write_text("\n".join(args))
 print("[I] TensorRT version: {version}")
 if {fail}:
-    print("[E] Error[4]: fake parser failure")
+    print({fail_msg!r})
     sys.exit(1)
 save = next(a.split("=", 1)[1] for a in args if a.startswith("--saveEngine="))
 head = bytearray(128); head[0:4] = b"ftrt"; head[24:28] = bytes([{major}, {minor}, 0, 7])
@@ -398,11 +408,12 @@ print("&&&& PASSED TensorRT.trtexec")
 """
 
 
-def _fake_trtexec(tmp_path: Path, major: int = 10, minor: int = 3, fail: bool = False) -> tuple[Path, Path]:
+def _fake_trtexec(tmp_path: Path, major: int = 10, minor: int = 3, fail: bool = False,
+                  fail_msg: str = "[E] Error[4]: fake parser failure") -> tuple[Path, Path]:
     record = tmp_path / "argv.txt"
     script = tmp_path / f"trtexec{major}"
     script.write_text(_FAKE_TRTEXEC.format(python=sys.executable, banner=major * 10000 + minor * 100,
-                                           version=f"{major}.{minor}.0", record=str(record), fail=fail,
+                                           version=f"{major}.{minor}.0", record=str(record), fail=fail, fail_msg=fail_msg,
                                            major=major, minor=minor))
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script, record
@@ -451,6 +462,14 @@ def test_failed_trtexec_build_leaves_nothing(models, tmp_path):
     assert "v2.engine" not in names and "v2.engine.json" not in names
     assert not [n for n in names if n.endswith(".partial")]
     assert "v2.engine.trtexec.log" in names  # the log stays for the user
+
+
+def test_trtexec_without_gpu_is_backend_missing(models, tmp_path):
+    src = _copy(models["v2"], tmp_path)
+    exe, _ = _fake_trtexec(tmp_path, fail=True, fail_msg="[E] CUDA initialization failure with error: 100")
+    with pytest.raises(BackendMissing, match="no usable NVIDIA GPU"):
+        engine.build_engine(engine.BuildRequest(onnx=src, trtexec=exe))
+    assert not (tmp_path / "v2.engine").exists()
 
 
 def test_explicit_missing_trtexec_is_usage_error(models, tmp_path):
