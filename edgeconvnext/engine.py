@@ -38,7 +38,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -578,6 +578,14 @@ def build_engine(req: BuildRequest, *, step: Callable[[str], None] | None = None
 
     t0 = time.perf_counter()
     fp16_info = _convert_fp16(plan, step) if plan.convert_fp16 else None
+    trt_check = None
+    if plan.onnx.has_qdq:
+        # TensorRT's explicit-quantization rules, checked before a long build (RuleViolation, exit 6)
+        from .trt_rules import check_file
+
+        report = check_file(plan.build_onnx)
+        report.raise_for_violations()
+        trt_check = {"violations": 0, "warnings": list(report.warnings)}
     step(f"building {plan.precision} engine with TensorRT {backend.version_str or '?'} ({backend.kind}), "
          f"batch {plan.profile}, workspace {plan.workspace_mib} MiB, opt level {plan.opt_level}")
     log_file = plan.output.with_name(plan.output.name + ".trtexec.log") if backend.kind == "trtexec" else None
@@ -611,6 +619,7 @@ def build_engine(req: BuildRequest, *, step: Callable[[str], None] | None = None
                         **plan.profile.shapes(plan.onnx.chw)},
             "source_onnx": {"path": str(plan.onnx.path), "sha256": plan.onnx.sha256},
             "fp16_conversion": fp16_info,
+            "qdq_rules_check": trt_check,
             "metadata": plan.onnx.metadata,
             "settings": {"workspace_mib": plan.workspace_mib, "builder_optimization_level": plan.opt_level,
                          "timing_cache": str(plan.timing_cache) if plan.timing_cache else None, **extra},

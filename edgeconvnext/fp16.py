@@ -228,7 +228,6 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
 
     # 4. The float type each tensor will have: island outputs float32, every other float tensor float16.
     graph_inputs = {v.name for v in g.input if v.name not in inits}
-    graph_outputs = [v.name for v in g.output]
 
     def new_type(name: str) -> int:
         if not is_float(name):

@@ -74,7 +74,7 @@ def check_compatibility(sidecar: dict[str, Any] | None, *, trt_version: str | No
     """Compare what built the engine (sidecar, plan header) with this machine's TensorRT and GPU."""
     res = Compatibility()
     here = _release(trt_version)
-    rebuild = f"rebuild it here from its ONNX with 'edgeconvnext build-engine'"
+    rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
     if sidecar is not None:
         src = (sidecar.get("source_onnx") or {}).get("path")
         if src:

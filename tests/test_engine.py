@@ -279,6 +279,10 @@ def test_fp16_conversion_of_qdq_graph(models):
     assert set(d["LayerNormalization"]) == {"float32"}
     cmp = fp16.compare_outputs(proto, out, batch=4)
     assert cmp["finite"] and cmp["rel_diff"] < 0.1
+    from edgeconvnext.trt_rules import check_model
+
+    rules = check_model(out)  # still a valid TensorRT explicit-quantization graph, every layer INT8
+    assert rules.ok and rules.opset == 19 and {layer.precision for layer in rules.layers} == {"INT8"}
 
 
 def test_fp16_refuses_fp16_input_and_control_flow(models):
@@ -450,6 +454,7 @@ def test_build_through_trtexec11_with_fp16_conversion(models, tmp_path):
     assert side["precision"] == "int8+fp16" and side["tensorrt"]["version"] == "11.1.0"
     conv = side["fp16_conversion"]
     assert conv["report"]["opset_after"] == 19 and conv["parity_vs_fp32"]["finite"]
+    assert side["qdq_rules_check"]["violations"] == 0
     assert engine.summarize_onnx(res.fp16_onnx).precision == "int8+fp16"
 
 
@@ -470,6 +475,27 @@ def test_trtexec_without_gpu_is_backend_missing(models, tmp_path):
     with pytest.raises(BackendMissing, match="no usable NVIDIA GPU"):
         engine.build_engine(engine.BuildRequest(onnx=src, trtexec=exe))
     assert not (tmp_path / "v2.engine").exists()
+
+
+def test_qdq_graph_breaking_tensorrt_rules_is_refused_before_building(models, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeconvnext.errors import RuleViolation
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": np.ones((1, 3, 32, 32), np.float32)}])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    bad = tmp_path / "uint8.onnx"  # onnxruntime's defaults: uint8 asymmetric activations, not TensorRT's
+    quantize_static(str(models["v2"]), str(bad), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    exe, record = _fake_trtexec(tmp_path)
+    with pytest.raises(RuleViolation, match="TensorRT rule violation"):
+        engine.build_engine(engine.BuildRequest(onnx=bad, trtexec=exe))
+    assert not record.exists() and not (tmp_path / "uint8.engine").exists()
 
 
 def test_explicit_missing_trtexec_is_usage_error(models, tmp_path):
