@@ -16,6 +16,8 @@ Decisions, and why:
   writes it beside the engine (``OUT.fp16.onnx``; an existing file there is replaced only when it is an
   earlier conversion of the same source) and checks it against the FP32 graph in onnxruntime when
   onnxruntime is installed. An ONNX that is already FP16 is built as it is.
+* A Q/DQ ONNX is checked against TensorRT's explicit-quantization rules (:mod:`edgeconvnext.trt_rules`)
+  before the build: a RuleViolation (exit 6) now rather than a parser error after minutes.
 * DLA is refused: ConvNeXt's LayerNormalization, Erf (GELU), Sqrt and Div do not run on DLA, and Orin
   Nano has no DLA; GPU fallback would be a silent GPU build.
 * Optimisation profile from ``--batch`` (``N`` or ``MIN,OPT,MAX``); a fixed-batch ONNX builds only its own
