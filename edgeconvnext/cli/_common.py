@@ -33,7 +33,8 @@ COMMANDS: list[tuple[str, str, str]] = [
 def console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # soft_wrap: a final "wrote X" line stays one line when piped (rich wraps at 80 columns otherwise).
+    return Console(stderr=False, highlight=False, soft_wrap=True)
 
 
 def err(msg: str) -> None:
