@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -229,7 +230,7 @@ def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None
         runner: Runner = OnnxRuntimeRunner(artifact, device=device, threads=threads)
     else:
         try:
-            from . import trt_runtime  # type: ignore[attr-defined]
+            trt_runtime = importlib.import_module(f"{__package__}.trt_runtime")
         except ModuleNotFoundError as e:
             if e.name and e.name.endswith("trt_runtime"):
                 raise BackendMissing("the TensorRT backend is not part of this installation "

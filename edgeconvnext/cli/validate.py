@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import STATE, CheckpointOpt, console, done
+from ._common import STATE, console, done
 
 
 def _table(rep) -> None:
@@ -40,7 +40,7 @@ def validate_cmd(
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled images: class sub-folders, or a flat folder with a labels file.")],
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels file '<file> <label>' (default: labels.txt/val.txt ... in --data).")] = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="FP32 ONNX to compare with (onnxruntime CPU).")] = None,
-    checkpoint: CheckpointOpt = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint as the FP32 baseline instead (torch CPU).")] = None,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Images per inference batch.")] = 32,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Fail (exit 7) when top-1 drops more than this many points below the baseline.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the full report (per-class table) as JSON.")] = None,
