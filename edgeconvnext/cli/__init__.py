@@ -12,6 +12,7 @@ import typer
 
 from ..errors import EdgeError
 from . import _common
+from .demo import demo_cmd
 from .models import models_cmd
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _root(
 
 
 app.command("models")(models_cmd)
+app.command("demo")(demo_cmd)
 for _name, _mod, _fn in _common.COMMANDS:
     app.command(_name)(getattr(__import__(f"{__name__}.{_mod}", fromlist=[_fn]), _fn))
 
