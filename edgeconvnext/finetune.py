@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -227,16 +228,6 @@ def _collate(items: list[tuple[np.ndarray, int] | None]) -> tuple["torch.Tensor"
     return x, y, skipped
 
 
-class _EvalTransform:
-    """Picklable wrapper so DataLoader workers can run preprocess.eval_transform."""
-
-    def __init__(self, pp: Preprocess) -> None:
-        self.pp = pp
-
-    def __call__(self, img) -> np.ndarray:
-        return eval_transform(img, self.pp)
-
-
 def _loader(ds: _ImageDataset, batch: int, shuffle: bool, workers: int, seed: int):
     import torch
     from torch.utils.data import DataLoader
@@ -420,7 +411,7 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
 
     train_tf = TrainTransform(pp, scale=(cfg.aug_scale, 1.0) if cfg.aug_scale is not None else None, hflip=cfg.hflip)
     train_set = _ImageDataset(train_ds.paths, train_ds.labels, train_tf)
-    val_set = _ImageDataset(val_ds.paths, val_ds.labels, _EvalTransform(pp))
+    val_set = _ImageDataset(val_ds.paths, val_ds.labels, functools.partial(eval_transform, pp=pp))
     val_loader = _loader(val_set, cfg.batch, False, workers, cfg.seed)
     out_last = last_state_path(cfg.output)
 
@@ -456,11 +447,11 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
             loss.backward()
             opt.step()
             step += 1
-            b = len(y)
-            loss_sum += float(loss.detach()) * b
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
-            seen += b
-            hook.step(float(loss.detach()), seen / (time.perf_counter() - t0), lr)
+            seen += len(y)
+            hook.step(loss_value, seen / (time.perf_counter() - t0), lr)
         if seen == 0:
             raise DataError(f"no readable training images in {cfg.train_data}")
         train_s = time.perf_counter() - t0

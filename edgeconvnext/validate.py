@@ -195,8 +195,6 @@ def _preprocess(runner: Runner, meta: dict[str, Any], what: str, notes: list[str
 def _dataset(data: Path, labels: Path | None, class_names: list[str] | None, num_classes: int,
              what: str, notes: list[str]) -> LabelledImages:
     """Labelled images whose label indices are the model's outputs; mismatches are errors."""
-    if labels is not None and not Path(labels).is_file():
-        raise DataError(f"labels file not found: {labels}")
     ds = LabelledImages.discover(data, labels, class_names=class_names)
     if class_names is not None:
         return ds  # discover mapped every folder/label name onto the model's classes or refused
