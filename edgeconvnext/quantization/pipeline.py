@@ -8,8 +8,8 @@ Input: a :class:`~edgeconvnext.checkpoint.LoadedModel`, calibration images (a fo
   channel, activations per tensor, opset 17, the FP32 export's metadata plus
   ``edgeconvnext.precision = "int8"`` and ``edgeconvnext.quantization`` (JSON);
 - ``OUT.onnx.json``: sidecar: placement table, backend and its settings, calibration method, manifest
-  sha256, calibration wall time, peak RSS, INT8-vs-FP32 agreement on calibration images, TensorRT check,
-  source sha256, library versions;
+  sha256, calibration wall time (the backend step: statistics and Q/DQ insertion), peak RSS,
+  INT8-vs-FP32 agreement on calibration images, TensorRT check, source sha256, library versions;
 - ``OUT.calib.json``: the calibration manifest (calibration/README.md);
 - ``OUT.fp32.onnx`` (+ its export sidecar): the FP32 model the INT8 one was made from, kept by default as
   the baseline for ``validate --baseline`` (same export, same graph: the fair comparison);
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts import atomic_output, environment, sha256_file, sidecar_path
 from ..calibration import DEFAULT_SIZE, MIN_IMAGES, CalibrationSet, load_manifest, select_images
-from ..errors import BackendMissing, ExportError, UsageError, nearest
+from ..errors import BackendMissing, ExportError, RuleViolation, UsageError, nearest
 from . import policy as policy_mod
 
 if TYPE_CHECKING:
@@ -287,8 +287,12 @@ def _quantize_with(loaded: "LoadedModel", cs: CalibrationSet, cfg: QuantizeConfi
         q.doc_string = (f"edgeconvnext: {loaded.arch.name} INT8 Q/DQ ({cfg.backend}, {cfg.calib_method}, "
                         f"policy {cfg.policy}), input 'input' float32, output 'logits' float32")
         report = check_model(q)
+        try:
+            report.raise_for_violations()  # refuse to leave a file TensorRT would reject
+        except RuleViolation as e:
+            raise RuleViolation(f"--backend {cfg.backend} produced a graph TensorRT would reject, so {output} was "
+                                f"not written: {e}") from None
         report.path = output
-        report.raise_for_violations()  # refuse to leave a file TensorRT would reject
         _verify_placement(placement, report, cfg.backend)
         data = q.SerializeToString()
 
