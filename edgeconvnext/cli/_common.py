@@ -18,15 +18,15 @@ class _State:
 
 STATE = _State()
 
-# (command name, module in edgeconvnext.cli, function): add one line per command.
+# (command name, module in edgeconvnext.cli, function), in pipeline order (as --help lists them).
 COMMANDS: list[tuple[str, str, str]] = [
+    ("finetune", "finetune", "finetune_cmd"),
     ("export", "export", "export_cmd"),
+    ("quantize", "quantize", "quantize_cmd"),
     ("inspect", "inspect", "inspect_cmd"),
     ("build-engine", "build_engine", "build_engine_cmd"),
-    ("doctor", "doctor", "doctor_cmd"),
-    ("finetune", "finetune", "finetune_cmd"),
-    ("quantize", "quantize", "quantize_cmd"),
     ("validate", "validate", "validate_cmd"),
+    ("doctor", "doctor", "doctor_cmd"),
 ]
 
 
