@@ -7,6 +7,8 @@ On CPU each iteration is timed with ``time.perf_counter``. On CUDA, ``use_cuda_e
 ``torch.cuda.Event`` pair around each iteration on the current stream and waits for the end event, so the
 time is the device's, not the Python loop's. :func:`capture_cuda_graph` turns a torch callable with a
 static input into a replayable CUDA graph (launch overhead dominates batch-1 latency on a big GPU).
+:class:`LatencyResult` adds what a report needs beside the statistics (CUDA graph used, memory);
+:func:`device_name` and :func:`peak_rss_bytes` describe where it ran.
 
 Usage::
 
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
+import platform
+import sys
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -64,6 +69,65 @@ class LatencyStats:
         if not with_samples:
             d.pop("samples_ms")
         return d
+
+
+@dataclass
+class LatencyResult:
+    """One batch size on one runner: the statistics, whether a CUDA graph was replayed, and memory.
+
+    ``memory_kind`` says what ``memory_bytes`` measures ("torch.cuda.max_memory_allocated",
+    "TensorRT engine device memory", "process peak RSS") or "n/a" when nothing could be measured.
+    """
+
+    stats: LatencyStats
+    cuda_graph: bool
+    memory_bytes: int | None = None
+    memory_kind: str = "n/a"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.stats.to_dict()
+        d.update(cuda_graph=self.cuda_graph, memory_bytes=self.memory_bytes, memory_kind=self.memory_kind)
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
+
+
+def cpu_name() -> str:
+    """The CPU model ('model name' in /proc/cpuinfo on Linux), else platform.processor() or the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            # x86: 'model name'; some ARM kernels (Jetson) give only 'Hardware' or 'Model'
+            if key.strip() in ("model name", "Hardware", "Model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    """'cpu' -> the CPU model; 'cuda'/'cuda:N' -> the GPU's name as torch reports it."""
+    if not str(device).startswith("cuda"):
+        return cpu_name()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(torch.device(device)))
+    except Exception as e:  # noqa: BLE001 - a name is informative only; never fail a measurement on it
+        log.debug("no CUDA device name from torch: %s", e)
+    return "CUDA GPU (name unknown: torch has no CUDA)"
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size since it started (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS: bytes; Linux: KiB
 
 
 def summarize(samples_ms: Sequence[float], *, batch: int = 1, warmup: int = 0,

@@ -3,11 +3,14 @@
 Input: an artifact (``.onnx``, ``.engine``) or a LoadedModel. Output: logits as a float32 numpy array.
 A runner is a context manager with ``.infer(x: (N, 3, S, S) float32) -> (N, classes) float32``,
 ``.name``, ``.precision``, ``.input_size`` and the time spent in inference (``.infer_s``, ``.images``).
+:func:`runner_latency` times one batch size on any runner: inputs prepared once (on the device for
+CUDA, so no host transfers are timed), CUDA events and CUDA graphs where the backend allows.
 
 Usage::
 
     with open_runner(Path("model.onnx")) as r:
         logits = r.infer(batch)
+        print(runner_latency(r, 8, warmup=5, iters=30).stats.p50_ms)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ from .errors import BackendMissing, CheckpointError, UsageError
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
+    from .latency import LatencyResult
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,45 @@ class Runner:
     def _infer(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    # -- latency ------------------------------------------------------------------------------------
+
+    def _latency_input(self, batch: int, img_size: int | None) -> tuple[int, int, int, int]:
+        """The (N, 3, S, S) shape to time; refuses a batch the artifact cannot take as one call."""
+        if batch < 1:
+            raise UsageError(f"--latency-batch values must be >= 1, got {batch}")
+        if self.batch is not None and batch != self.batch:
+            raise UsageError(f"--latency-batch {batch}: {self.name} has a fixed batch of {self.batch} (other sizes "
+                             f"would be split or padded); use --latency-batch {self.batch}, or export with a "
+                             "dynamic batch")
+        size = self.input_size
+        if size is None:
+            if img_size is None:
+                raise UsageError(f"{self.name} has a dynamic input size: give --img-size for the latency run")
+            size = img_size
+        elif img_size is not None and img_size != size:
+            raise UsageError(f"--img-size {img_size}: {self.name} takes {size} px inputs; drop --img-size")
+        return (batch, 3, size, size)
+
+    def latency(self, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False,
+                img_size: int | None = None) -> "LatencyResult":
+        """Host-timed ``infer`` on a batch prepared once (random normal data, as in the timed path of any
+        deployment the preprocessing is not part of the model's latency). The accuracy counters
+        (``infer_s``, ``images``) are left as they were."""
+        from .latency import LatencyResult, measure_latency, peak_rss_bytes
+
+        if cuda_graph:
+            raise UsageError(f"--cuda-graph: {self.name} runs on the CPU, which has no CUDA graphs; "
+                             "drop --cuda-graph or use --device cuda")
+        x = np.random.default_rng(0).standard_normal(self._latency_input(batch, img_size)).astype(np.float32)
+        saved = (self.infer_s, self.images)
+        try:
+            stats = measure_latency(lambda: self.infer(x), warmup=warmup, iters=iters, batch=batch)
+        finally:
+            self.infer_s, self.images = saved
+        rss = peak_rss_bytes()
+        return LatencyResult(stats, cuda_graph=False, memory_bytes=rss,
+                             memory_kind="process peak RSS" if rss is not None else "n/a")
+
 
 class OnnxRuntimeRunner(Runner):
     """onnxruntime InferenceSession on CPU (or CUDA with onnxruntime-gpu); reads input name, size, batch."""
@@ -139,6 +183,28 @@ class OnnxRuntimeRunner(Runner):
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
 
+    def latency(self, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False,
+                img_size: int | None = None) -> "LatencyResult":
+        """On CUDA: input and output bound on the GPU with IOBinding (no host transfers), host-timed
+        ``run_with_iobinding`` (onnxruntime synchronizes its stream at the end of a run); no CUDA graphs.
+        On CPU: the base class's ``infer`` timing."""
+        if self.device != "cuda":
+            return super().latency(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph, img_size=img_size)
+        import onnxruntime as ort
+
+        from .latency import LatencyResult, measure_latency
+
+        if cuda_graph:
+            raise UsageError(f"--cuda-graph: the onnxruntime backend is timed without CUDA graphs ({self.name}); "
+                             "use --no-cuda-graph, or the tensorrt/torch backend for CUDA-graph timing")
+        x = np.random.default_rng(0).standard_normal(self._latency_input(batch, img_size)).astype(self.input_dtype)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(self.output_name, "cuda")
+        session = self.session
+        stats = measure_latency(lambda: session.run_with_iobinding(binding), warmup=warmup, iters=iters, batch=batch)
+        return LatencyResult(stats, cuda_graph=False, notes=["inputs/outputs bound on the GPU (IOBinding)"])
+
 
 def check_device(device: str) -> None:
     """Refuse an unknown device, or cuda where torch has no CUDA, with the fix in the message."""
@@ -171,12 +237,14 @@ class TorchRunner(Runner):
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         model = copy.deepcopy(loaded.model).eval().to(device=device, dtype=self.dtype)
-        self.model = torch.compile(model) if compile else model
+        # dynamic=False: one static graph per batch size, as a deployment at a fixed batch would compile it
+        self.model = torch.compile(model, dynamic=False) if compile else model
+        self.compiled = compile
         self.loaded = loaded
         self.input_size = loaded.preprocess.img_size
         self.num_classes = int(loaded.model.num_classes)
         src = loaded.source.name if loaded.source is not None else loaded.arch.name
-        self.name = f"torch-{device}-{precision}:{src}"
+        self.name = f"torch-{device}-{precision}{'-compile' if compile else ''}:{src}"
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -188,6 +256,45 @@ class TorchRunner(Runner):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+
+    def latency(self, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False,
+                img_size: int | None = None) -> "LatencyResult":
+        """On CUDA: a random input tensor on the GPU in the runner's dtype, the forward pass replayed as a
+        CUDA graph (latency.capture_cuda_graph) when ``cuda_graph``, timed with CUDA events; memory is
+        torch.cuda.max_memory_allocated over setup and timing (weights included). On CPU: ``infer`` timing."""
+        if self.device != "cuda":
+            return super().latency(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph, img_size=img_size)
+        import torch
+
+        from .latency import LatencyResult, capture_cuda_graph, measure_latency
+
+        shape = self._latency_input(batch, img_size)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        x = torch.randn(shape, device=self.device, dtype=self.dtype)
+        model = self.model
+
+        def forward(t: "torch.Tensor") -> "torch.Tensor":
+            return model(t)
+
+        def eager() -> "torch.Tensor":
+            with torch.inference_mode():
+                return forward(x)
+
+        notes: list[str] = []
+        run_fn: Callable[[], Any] = eager
+        if cuda_graph:
+            try:
+                run_fn = capture_cuda_graph(forward, x)
+            except Exception as e:  # noqa: BLE001 - capture can fail (dynamic control flow); time plain launches
+                notes.append(f"CUDA graph capture failed ({type(e).__name__}: {e}); timed plain launches")
+                log.warning("%s: %s", self.name, notes[-1])
+                torch.cuda.synchronize()
+        used_graph = run_fn is not eager
+        stats = measure_latency(run_fn, warmup=warmup, iters=iters, use_cuda_events=True, batch=batch)
+        torch.cuda.synchronize()
+        return LatencyResult(stats, cuda_graph=used_graph, memory_bytes=int(torch.cuda.max_memory_allocated()),
+                             memory_kind="torch.cuda.max_memory_allocated", notes=notes)
 
 
 def backend_for(artifact: Any) -> str:
@@ -214,6 +321,9 @@ def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     kind = backend_for(artifact)
     device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    if backend == "tensorrt" and not str(device).startswith("cuda"):
+        raise UsageError(f"--device {device}: TensorRT engines run on the GPU only; use --device cuda "
+                         "(or validate the .onnx on the CPU with --backend onnxruntime)")
     if backend == "torch":
         if kind != "torch":
             raise UsageError(f"--backend torch cannot run {artifact}: give a checkpoint, "
@@ -243,3 +353,33 @@ def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None
         raise UsageError(f"{artifact} is a {runner.precision} model: precision {precision} cannot be chosen "
                          "at run time; export/build a model of that precision")
     return runner
+
+
+def cuda_graph_capable(runner: Runner) -> bool:
+    """Whether :func:`runner_latency` can replay ``runner`` as a CUDA graph: torch and TensorRT on CUDA."""
+    on_cuda = str(getattr(runner, "device", "cpu")).startswith("cuda")
+    return on_cuda and (isinstance(runner, TorchRunner) or callable(getattr(runner, "benchmark", None)))
+
+
+def runner_latency(runner: Runner, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False,
+                   img_size: int | None = None) -> "LatencyResult":
+    """Latency of ``runner`` at ``batch``: TensorRT through its own benchmark (device buffers, CUDA events,
+    CUDA graph), every other runner through its ``latency`` method. ``cuda_graph`` asks for graph replay;
+    a capture that fails falls back to plain launches and the result says so (``cuda_graph`` False)."""
+    benchmark = getattr(runner, "benchmark", None)
+    if not callable(benchmark):
+        return runner.latency(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph, img_size=img_size)
+    from .latency import LatencyResult
+
+    if img_size is not None and runner.input_size is not None and img_size != runner.input_size:
+        raise UsageError(f"--img-size {img_size}: {runner.name} takes {runner.input_size} px inputs; "
+                         "drop --img-size")
+    stats, how = benchmark(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph)
+    engine = getattr(runner, "engine", None)
+    mem = getattr(engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+    if mem is None:
+        mem = getattr(engine, "device_memory_size", None)
+    notes = [] if how == "cuda_graph" or not cuda_graph else ["CUDA graph capture failed; timed plain enqueues"]
+    return LatencyResult(stats, cuda_graph=how == "cuda_graph", memory_bytes=int(mem) if mem is not None else None,
+                         memory_kind="TensorRT execution-context device memory" if mem is not None else "n/a",
+                         notes=notes)
