@@ -1,8 +1,11 @@
-"""validate: exact numbers on datasets labelled from the model's own predictions, baselines, bad inputs."""
+"""validate: exact numbers on datasets labelled from the model's own predictions, baselines, bad inputs;
+backends, the latency mode and the Markdown table."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from edgeconvnext.errors import AccuracyError, DataError, UsageError
 from edgeconvnext.export import export_onnx
 from edgeconvnext.preprocess import preprocess_image
 from edgeconvnext.runners import OnnxRuntimeRunner
-from edgeconvnext.validate import validate
+from edgeconvnext.validate import MARKDOWN_COLUMNS, LatencyOptions, markdown_table, validate
 
 N_CLASSES = 10
 NAMES = [f"c{i}" for i in range(N_CLASSES)]
@@ -251,3 +254,209 @@ def test_model_without_class_names_and_other_class_count_is_refused(world, tmp_p
         shutil.copy(world["files"][0], data / c)
     with pytest.raises(DataError, match="3 classes but bare.onnx has 10 outputs"):
         validate(bare, data)
+
+
+# ---- backends and the latency mode -----------------------------------------------------------------
+
+FAST = LatencyOptions(batches=[1, 3], warmup=1, iters=5)
+
+
+def _check_stats(entry: dict, batch: int, iters: int, warmup: int) -> None:
+    assert entry["batch"] == batch and entry["iters"] == iters and entry["warmup"] == warmup
+    assert 0 < entry["min_ms"] <= entry["p50_ms"] <= entry["p90_ms"] <= entry["p99_ms"] <= entry["max_ms"]
+    assert entry["min_ms"] <= entry["mean_ms"] <= entry["max_ms"]
+    assert entry["images_per_s"] == pytest.approx(batch * 1000.0 / entry["mean_ms"])
+
+
+def test_latency_only_onnx(world):
+    rep = validate(world["onnx"], latency=FAST)
+    assert rep.top1 is None and rep.images == 0 and rep.data is None and rep.drop is None
+    assert rep.backend == "onnxruntime" and rep.device == "cpu" and rep.device_name
+    assert [e["batch"] for e in rep.latency] == [1, 3]
+    for e, b in zip(rep.latency, (1, 3)):
+        _check_stats(e, b, 5, 1)
+        assert e["timer"] == "perf_counter" and e["cuda_graph"] is False
+        assert e["memory_kind"] == "process peak RSS" and e["memory_bytes"] > 50 * 2**20
+    lines = rep.markdown.splitlines()
+    assert lines[0] == "| " + " | ".join(MARKDOWN_COLUMNS) + " |"
+    rows = [ln.split(" | ") for ln in lines[2:4]]
+    assert [r[0] for r in rows] == ["| a.onnx"] * 2 and [r[4] for r in rows] == ["1", "3"]
+    assert [r[5] for r in rows] == ["-", "-"] and rows[0][1] == "onnxruntime" and rows[0][3] == "fp32"
+    assert f"{rep.latency[1]['p50_ms']:.3f}" == rows[1][7]
+    assert rep.device_name in lines[5] and "3 warm-up" not in lines[5] and "1 warm-up + 5 timed" in lines[5]
+
+
+def test_fixed_batch_onnx_times_its_own_batch(world, tmp_path):
+    fixed = export_onnx(world["loaded"], tmp_path / "b4.onnx", batch=4).path
+    rep = validate(fixed, latency=LatencyOptions(warmup=0, iters=2))
+    assert [e["batch"] for e in rep.latency] == [4]
+    with pytest.raises(UsageError, match="fixed batch of 4.*--latency-batch 4"):
+        validate(fixed, latency=LatencyOptions(batches=[1], warmup=0, iters=2))
+
+
+def test_torch_backend_from_checkpoint_matches_its_onnx_export(world, tmp_path):
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    rep_t = validate(world["ckpt"], data)
+    rep_o = validate(world["onnx"], data)
+    assert rep_t.backend == "torch" and rep_t.model_runner.startswith("torch-cpu-fp32")
+    assert rep_t.top1 == rep_o.top1 == pytest.approx(87.5) and rep_t.top5 == rep_o.top5
+    assert rep_t.per_class == rep_o.per_class
+    assert rep_t.model_sha256 == hashlib.sha256(world["ckpt"].read_bytes()).hexdigest()
+    rep16 = validate(world["ckpt"], data, precision="fp16", arch="convnextv2_test")
+    assert rep16.precision == "fp16" and abs(rep16.top1 - 87.5) <= 100 / N_IMAGES  # at most one flip
+
+
+def test_accuracy_and_latency_in_one_cli_call(world, tmp_path, capsys):
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    report, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc = main(["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["onnx"]),
+               "--latency", "--latency-batch", "2,1", "--warmup", "0", "--iters", "3",
+               "--report", str(report), "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rep = json.loads(report.read_text())
+    # the keys the benchmarks and the demo read are unchanged
+    assert rep["top1"] == pytest.approx(87.5) and rep["baseline_top1"] == pytest.approx(87.5)
+    assert rep["drop"] == 0.0 and rep["top1_agreement"] == 100.0 and rep["cosine_min"] > 0.999999
+    assert rep["images"] == N_IMAGES and rep["skipped"] == 0
+    assert [e["batch"] for e in rep["latency"]] == [2, 1]
+    for e, b in zip(rep["latency"], (2, 1)):
+        _check_stats(e, b, 3, 0)
+    assert md.read_text() == rep["markdown"]
+    rows = [ln for ln in rep["markdown"].splitlines() if ln.startswith("| a.onnx")]
+    assert len(rows) == 2 and all("| 87.50 | +0.00 |" in r for r in rows)
+    assert "top-1 %" in out and rep["markdown"].splitlines()[0] in out  # accuracy table and Markdown printed
+    flat = " ".join(out.split())
+    assert "a.onnx: top-1 87.50%" in flat and "ms at batch 2" in flat and f"-> {report}, {md}" in flat
+
+
+def test_random_weights_torch_latency_from_cli(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    rc = main(["validate", "--model", "convnextv2_test", "--img-size", "32", "--latency", "--latency-batch", "2",
+               "--warmup", "0", "--iters", "3", "--report", str(report)])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads(report.read_text())
+    assert rep["model"] == "convnextv2_test (random weights)" and rep["model_sha256"] is None
+    assert rep["backend"] == "torch" and rep["precision"] == "fp32" and rep["top1"] is None
+    assert [e["batch"] for e in rep["latency"]] == [2] and rep["latency"][0]["iters"] == 3
+    assert "| convnextv2_test (random weights) | torch | cpu | fp32 | 2 | - | - |" in rep["markdown"]
+    assert any("random weights" in n for n in rep["notes"])
+
+
+def test_markdown_of_several_reports(world, tmp_path):
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    acc = validate(world["onnx"], data, checkpoint=world["ckpt"])
+    lat = validate(world["ckpt"], latency=LatencyOptions(batches=[1], warmup=0, iters=2))
+    text = markdown_table([acc, lat])
+    rows = [ln for ln in text.splitlines() if ln.startswith("| a.")]
+    assert rows[0] == "| a.onnx | onnxruntime | cpu | fp32 | - | 87.50 | +0.00 | - | - | - | - | - |"
+    assert rows[1].startswith("| a.pt | torch | cpu | fp32 | 1 | - | - | ")
+    assert "Drop: baseline top-1 minus top-1 (a.pt)." in text
+
+
+@pytest.mark.parametrize("case,code,message", [
+    ("precision_onnxruntime", 2, "--precision applies to --backend torch only"),
+    ("compile_onnxruntime", 2, "--compile applies to --backend torch only"),
+    ("tensorrt_on_cpu", 2, "--device cpu: TensorRT engines run on the GPU only"),
+    ("tensorrt_backend_for_onnx", 2, "expected a .engine file"),
+    ("random_weights_accuracy", 2, "random weights, so its accuracy means nothing"),
+    ("cuda_graph_on_cpu", 2, "--cuda-graph needs --device cuda"),
+    ("timing_without_latency", 2, "--iters sets up the latency mode: add --latency"),
+    ("nothing_to_do", 2, "nothing to do"),
+    ("baseline_without_data", 2, "--baseline belongs to the accuracy run"),
+    ("bad_latency_batch", 2, "--latency-batch '0,2'"),
+    ("model_name_for_onnx", 2, "--model names the architecture"),
+    ("img_size_for_fixed_onnx", 2, "--img-size 64: a.onnx takes 32 px"),
+    ("model_name_mismatch", 3, "is convnextv2_test, not convnext_test"),
+])
+def test_cli_refusals(world, tmp_path, capsys, case, code, message):
+    onnx, ckpt = str(world["onnx"]), str(world["ckpt"])
+    d = str(tmp_path)
+    args = {
+        "precision_onnxruntime": [onnx, "--latency", "--precision", "fp16"],
+        "compile_onnxruntime": [onnx, "--latency", "--compile"],
+        "tensorrt_on_cpu": [str(tmp_path / "m.engine"), "--latency", "--device", "cpu"],
+        "tensorrt_backend_for_onnx": [onnx, "--latency", "--backend", "tensorrt"],
+        "random_weights_accuracy": ["--model", "convnextv2_test", "--data", d],
+        "cuda_graph_on_cpu": [ckpt, "--latency", "--cuda-graph"],
+        "timing_without_latency": [onnx, "--data", d, "--iters", "3"],
+        "nothing_to_do": [onnx],
+        "baseline_without_data": [onnx, "--latency", "--baseline", onnx],
+        "bad_latency_batch": [onnx, "--latency", "--latency-batch", "0,2"],
+        "model_name_for_onnx": [onnx, "--latency", "--model", "convnextv2_test"],
+        "img_size_for_fixed_onnx": [onnx, "--latency", "--img-size", "64"],
+        "model_name_mismatch": [ckpt, "--latency", "--model", "convnext_test"],
+    }[case]
+    rc = main(["validate", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == code, err
+    assert err[-1].startswith("error: ") and message in err[-1], err[-1]
+
+
+def test_cuda_without_cuda_is_exit_8_with_the_fix(world, capsys):
+    import onnxruntime as ort
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the missing-CUDA path cannot be exercised")
+    rc = main(["validate", str(world["ckpt"]), "--latency", "--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 8 and "--device cuda" in err and "install a CUDA build of torch" in err
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        rc = main(["validate", str(world["onnx"]), "--latency", "--device", "cuda"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert rc == 8 and "pip install onnxruntime-gpu" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EDGECONVNEXT_SLOW"),
+                    reason="torch.compile on CPU takes ~30 s on 2 cores: set EDGECONVNEXT_SLOW=1")
+def test_torch_compile_on_cpu_gives_the_same_top1(world, tmp_path):
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    rep = validate(world["ckpt"], data, compile=True, latency=LatencyOptions(batches=[2], warmup=1, iters=3))
+    assert rep.compile and rep.top1 == pytest.approx(87.5) and "-compile" in rep.model_runner
+    assert "| torch (compile) | cpu |" in rep.markdown
+
+
+# ---- GPU (skipped without CUDA) --------------------------------------------------------------------
+
+def _need_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and a CUDA build of torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_latency_with_and_without_cuda_graph(world, precision):
+    _need_cuda()
+    rep = validate(world["ckpt"], device="cuda", precision=precision,
+                   latency=LatencyOptions(batches=[1, 4], warmup=3, iters=10))
+    assert rep.device == "cuda" and rep.device_name == torch.cuda.get_device_name()
+    for e, b in zip(rep.latency, (1, 4)):
+        _check_stats(e, b, 10, 3)
+        assert e["timer"] == "cuda_events" and e["cuda_graph"] is True
+        assert e["memory_kind"] == "torch.cuda.max_memory_allocated" and e["memory_bytes"] > 0
+    assert "CUDA graph" in rep.markdown and "CUDA events" in rep.markdown
+    plain = validate(world["ckpt"], device="cuda", precision=precision,
+                     latency=LatencyOptions(batches=[2], warmup=1, iters=5, cuda_graph=False))
+    assert plain.latency[0]["cuda_graph"] is False and plain.latency[0]["timer"] == "cuda_events"
+
+
+@pytest.mark.gpu
+def test_torch_cuda_accuracy_and_compile(world, tmp_path):
+    _need_cuda()
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    rep = validate(world["ckpt"], data, device="cuda", checkpoint=world["ckpt"])
+    assert abs(rep.top1 - 87.5) <= 100 / N_IMAGES and rep.top1_agreement >= 95.0  # TF32 may flip one image
+    comp = validate(world["ckpt"], device="cuda", compile=True, latency=LatencyOptions(batches=[2], warmup=2, iters=5))
+    assert comp.latency[0]["batch"] == 2 and "compile" in comp.markdown
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_latency(world):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu with a CUDA GPU")
+    rep = validate(world["onnx"], device="cuda", latency=LatencyOptions(batches=[1, 2], warmup=2, iters=5))
+    assert [e["cuda_graph"] for e in rep.latency] == [False, False]
+    _check_stats(rep.latency[1], 2, 5, 2)
