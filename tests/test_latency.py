@@ -91,3 +91,23 @@ def test_cuda_events_and_graph_on_gpu():
     assert torch.allclose(out, torch.ones_like(x) @ w)
     s = latency.measure_latency(g, warmup=2, iters=10, use_cuda_events=True, batch=8)
     assert s.timer == "cuda_events" and len(s.samples_ms) == 10 and math.isfinite(s.mean_ms)
+
+
+def test_latency_result_dict_has_the_report_keys():
+    res = latency.LatencyResult(latency.summarize([1.0, 3.0], batch=2), cuda_graph=True, memory_bytes=10,
+                                memory_kind="torch.cuda.max_memory_allocated")
+    d = res.to_dict()
+    assert {"batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "cuda_graph", "memory_bytes",
+            "memory_kind", "timer", "iters", "warmup"} <= set(d)
+    assert d["images_per_s"] == pytest.approx(1000.0) and "notes" not in d and "samples_ms" not in d
+
+
+def test_device_names_and_peak_rss():
+    import torch
+
+    name = latency.cpu_name()
+    assert name and latency.device_name("cpu") == name
+    if not torch.cuda.is_available():
+        assert "name unknown" in latency.device_name("cuda")
+    rss = latency.peak_rss_bytes()
+    assert rss is None or rss > 10 * 2**20  # a Python process with numpy loaded

@@ -12,7 +12,9 @@ import torch
 from edgeconvnext.checkpoint import load_model
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.export import export_onnx
-from edgeconvnext.runners import OnnxRuntimeRunner, TorchRunner, backend_for, open_runner
+from edgeconvnext.latency import LatencyStats, summarize
+from edgeconvnext.runners import (OnnxRuntimeRunner, Runner, TorchRunner, backend_for, cuda_graph_capable,
+                                 open_runner, runner_latency)
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +120,14 @@ def test_cuda_without_a_gpu_names_the_fix(models):
 def test_engine_when_the_tensorrt_module_is_absent(tmp_path, monkeypatch):
     import sys
 
+    import edgeconvnext
+
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)
     monkeypatch.setitem(sys.modules, "edgeconvnext.trt_runtime", None)  # as in an install without it
+    # Once imported (tests/test_engine.py does), the module is also an attribute of the package, which
+    # 'from . import trt_runtime' would find whatever sys.modules says: hide it too.
+    monkeypatch.delattr(edgeconvnext, "trt_runtime", raising=False)
     with pytest.raises(BackendMissing, match="trt_runtime"):
         open_runner(engine)
 
@@ -141,3 +148,82 @@ def test_missing_or_broken_onnx(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match="cannot load"):
         OnnxRuntimeRunner(bad)
+
+
+# ---- latency ----------------------------------------------------------------------------------------
+
+def test_runner_latency_on_cpu_leaves_the_accuracy_counters(models):
+    with OnnxRuntimeRunner(models["fp32"]) as r:
+        r.infer(_x(2))
+        before = (r.infer_s, r.images)
+        res = runner_latency(r, 3, warmup=2, iters=6)
+        assert (r.infer_s, r.images) == before
+    s = res.stats
+    assert s.batch == 3 and s.iters == 6 and s.warmup == 2 and len(s.samples_ms) == 6
+    assert s.min_ms <= s.p50_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+    assert s.images_per_s == pytest.approx(3000.0 / s.mean_ms)
+    assert res.cuda_graph is False and res.memory_kind == "process peak RSS" and res.memory_bytes > 0
+    assert not cuda_graph_capable(r)
+
+
+def test_torch_runner_latency_on_cpu(models):
+    with TorchRunner(models["loaded"], precision="fp16") as r:
+        res = runner_latency(r, 2, warmup=1, iters=3)
+        assert res.stats.batch == 2 and res.stats.timer == "perf_counter" and not cuda_graph_capable(r)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch": 1, "model": "b4"}, "fixed batch of 4"),
+    ({"batch": 2, "cuda_graph": True}, "no CUDA graphs"),
+    ({"batch": 2, "img_size": 64}, "takes 32 px inputs"),
+    ({"batch": 0}, ">= 1"),
+])
+def test_runner_latency_refusals(models, kwargs, message):
+    with OnnxRuntimeRunner(models[kwargs.pop("model", "fp32")]) as r, pytest.raises(UsageError, match=message):
+        runner_latency(r, warmup=0, iters=1, **kwargs)
+
+
+class _Engine:
+    device_memory_size_v2 = 12_345_678
+
+
+class _BenchmarkRunner(Runner):
+    """Stands in for TensorRTRunner (no TensorRT here): the same benchmark() contract."""
+
+    name, device, input_size = "tensorrt:fake.engine", "cuda", 32
+    engine = _Engine()
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.calls = how, []
+
+    def benchmark(self, batch: int, *, warmup: int, iters: int, cuda_graph: bool) -> tuple[LatencyStats, str]:
+        self.calls.append((batch, warmup, iters, cuda_graph))
+        return summarize([1.0, 2.0, 3.0], batch=batch, warmup=warmup, timer="cuda_events"), self.how
+
+
+def test_runner_latency_uses_the_tensorrt_benchmark():
+    r = _BenchmarkRunner("cuda_graph")
+    assert cuda_graph_capable(r)
+    res = runner_latency(r, 8, warmup=4, iters=3, cuda_graph=True)
+    assert r.calls == [(8, 4, 3, True)]
+    assert res.cuda_graph is True and res.memory_bytes == 12_345_678
+    assert res.memory_kind == "TensorRT execution-context device memory" and res.stats.p50_ms == 2.0
+    fallback = runner_latency(_BenchmarkRunner("enqueue"), 1, warmup=0, iters=3, cuda_graph=True)
+    assert fallback.cuda_graph is False and "capture failed" in fallback.notes[0]
+
+
+def test_tensorrt_on_cpu_is_refused_before_loading(tmp_path):
+    with pytest.raises(UsageError, match="--device cpu: TensorRT engines run on the GPU only"):
+        open_runner(tmp_path / "absent.engine", device="cpu")
+
+
+@pytest.mark.gpu
+def test_torch_runner_cuda_latency_graph_and_memory(models):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and a CUDA build of torch")
+    with TorchRunner(models["loaded"], device="cuda", precision="fp16") as r:
+        assert cuda_graph_capable(r)
+        res = runner_latency(r, 4, warmup=2, iters=5, cuda_graph=True)
+        assert res.cuda_graph and res.stats.timer == "cuda_events" and res.memory_bytes > 0
+        np.testing.assert_allclose(r.infer(_x(2)), _torch_logits(models["loaded"], _x(2)), rtol=0.05, atol=0.05)
