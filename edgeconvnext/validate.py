@@ -613,10 +613,12 @@ def _caption(reports: Sequence[ValidationReport]) -> str:
 
 def markdown_table(reports: Sequence[ValidationReport]) -> str:
     """A Markdown table (MARKDOWN_COLUMNS) of one or more reports, with a caption naming the device,
-    how it was timed and the date."""
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
-    for rep in reports:
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(rep)]
+    how it was timed and the date. Columns empty ("-") in every row are left out (a latency-only table
+    has no top-1/drop columns, an accuracy-only one no latency columns)."""
+    rows = [row for rep in reports for row in table_rows(rep)]
+    keep = [i for i, _ in enumerate(MARKDOWN_COLUMNS) if any(row[i] != "-" for row in rows)]
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(row[i].replace("|", "\\|") for i in keep) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + _caption(reports) + "\n"
 
 

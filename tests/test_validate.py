@@ -278,11 +278,13 @@ def test_latency_only_onnx(world):
         assert e["timer"] == "perf_counter" and e["cuda_graph"] is False
         assert e["memory_kind"] == "process peak RSS" and e["memory_bytes"] > 50 * 2**20
     lines = rep.markdown.splitlines()
-    assert lines[0] == "| " + " | ".join(MARKDOWN_COLUMNS) + " |"
+    latency_columns = [c for c in MARKDOWN_COLUMNS if c not in ("top-1 %", "drop (pts)")]  # no accuracy: left out
+    assert lines[0] == "| " + " | ".join(latency_columns) + " |"
     rows = [ln.split(" | ") for ln in lines[2:4]]
     assert [r[0] for r in rows] == ["| a.onnx"] * 2 and [r[4] for r in rows] == ["1", "3"]
-    assert [r[5] for r in rows] == ["-", "-"] and rows[0][1] == "onnxruntime" and rows[0][3] == "fp32"
-    assert f"{rep.latency[1]['p50_ms']:.3f}" == rows[1][7]
+    assert rows[0][1] == "onnxruntime" and rows[0][2] == "cpu" and rows[0][3] == "fp32"
+    assert [f"{e['p50_ms']:.3f}" for e in rep.latency] == [r[5] for r in rows]
+    assert [f"{e['images_per_s']:.1f}" for e in rep.latency] == [r[8] for r in rows]
     assert rep.device_name in lines[5] and "3 warm-up" not in lines[5] and "1 warm-up + 5 timed" in lines[5]
 
 
@@ -339,7 +341,8 @@ def test_random_weights_torch_latency_from_cli(tmp_path, capsys):
     assert rep["model"] == "convnextv2_test (random weights)" and rep["model_sha256"] is None
     assert rep["backend"] == "torch" and rep["precision"] == "fp32" and rep["top1"] is None
     assert [e["batch"] for e in rep["latency"]] == [2] and rep["latency"][0]["iters"] == 3
-    assert "| convnextv2_test (random weights) | torch | cpu | fp32 | 2 | - | - |" in rep["markdown"]
+    assert "| convnextv2_test (random weights) | torch | cpu | fp32 | 2 | " in rep["markdown"]
+    assert "top-1" not in rep["markdown"].splitlines()[0]
     assert any("random weights" in n for n in rep["notes"])
 
 
@@ -352,6 +355,9 @@ def test_markdown_of_several_reports(world, tmp_path):
     assert rows[0] == "| a.onnx | onnxruntime | cpu | fp32 | - | 87.50 | +0.00 | - | - | - | - | - |"
     assert rows[1].startswith("| a.pt | torch | cpu | fp32 | 1 | - | - | ")
     assert "Drop: baseline top-1 minus top-1 (a.pt)." in text
+    only_acc = markdown_table([acc]).splitlines()
+    assert only_acc[0] == "| artifact | backend | device | precision | top-1 % | drop (pts) |"
+    assert only_acc[2] == "| a.onnx | onnxruntime | cpu | fp32 | 87.50 | +0.00 |"
 
 
 @pytest.mark.parametrize("case,code,message", [
