@@ -313,8 +313,9 @@ def open_runner(artifact: "str | Path | LoadedModel", backend: str | None = None
     """A runner for ``artifact``: an ONNX file, a TensorRT engine, a checkpoint file or a LoadedModel.
 
     ``backend`` None picks it from the artifact (see :func:`backend_for`); an explicit backend that
-    cannot run the artifact is refused. ``device`` None is cuda for TensorRT, else cpu. ``precision`` applies to torch (fp32/fp16); ONNX and engines
-    carry their precision inside, so asking another one is refused.
+    cannot run the artifact is refused. ``device`` None is cuda for TensorRT, else cpu; TensorRT on the
+    CPU is refused. ``precision`` applies to torch (fp32/fp16); ONNX and engines carry their precision
+    inside, so asking another one is refused.
     """
     backend = backend or backend_for(artifact)
     if backend not in BACKENDS:

@@ -253,7 +253,9 @@ def _check_baseline(base: Runner, base_meta: dict[str, Any], num_classes: int, c
 
 @dataclass
 class LatencyOptions:
-    """The latency mode's settings; None picks the device's default (see :func:`resolve_latency`)."""
+    """The latency mode's settings. None picks the default: batches 1,8 on CPU and 1,32 on CUDA (an
+    artifact's fixed batch, or clamped into an engine's profile), 5 warm-up + 30 timed iterations on CPU
+    and 50 + 200 on CUDA, CUDA graphs wherever the runner can replay them."""
 
     batches: list[int] | None = None
     warmup: int | None = None
@@ -284,9 +286,8 @@ def _default_batches(runner: Runner, device: str, notes: list[str]) -> list[int]
     if runner.batch is not None:
         return [runner.batch]
     lo, hi = getattr(runner, "batch_range", (1, None))
-    fit = [b for b in wanted if b >= lo and (hi is None or b <= hi)]
+    fit = list(dict.fromkeys(min(max(b, lo), hi if hi is not None else b) for b in wanted))
     if fit != wanted:
-        fit = fit or [hi if hi is not None else lo]
         notes.append(f"latency batches {fit} instead of the default {wanted}: {runner.name} accepts batch "
                      f"{lo}..{hi}")
         log.warning("%s", notes[-1])
@@ -327,8 +328,9 @@ def _check_options(model: Path | None, data: Path | None, *, backend: str | None
         if arch is not None:
             raise UsageError(f"--model names the architecture of a checkpoint for --backend torch; {backend} reads "
                              "it from the artifact: drop --model")
-        if allow_unsafe:
-            raise UsageError("--allow-unsafe-pickle applies to torch checkpoints only: drop it")
+        if allow_unsafe and accuracy_opts.get("--checkpoint") is None:
+            raise UsageError(f"--allow-unsafe-pickle applies to checkpoints (MODEL with --backend torch, or "
+                             f"--checkpoint); {backend} reads no pickle: drop it")
     elif precision is not None and precision not in ("fp32", "fp16"):
         raise UsageError(f"--precision {precision}: the torch backend runs fp32 or fp16 (INT8 runs from a Q/DQ "
                          "ONNX on onnxruntime or TensorRT)")
@@ -456,7 +458,7 @@ def validate(model: Path | None, data: Path | None = None, *, baseline: Path | N
         if data is not None:
             acc = _accuracy(runner, runners, Path(data), display=Path(model_name).name, baseline=baseline,
                             checkpoint=checkpoint, batch=batch, labels=labels, limit=limit, threads=threads,
-                            notes=notes, progress=progress)
+                            allow_unsafe=allow_unsafe, notes=notes, progress=progress)
         if latency is not None:
             lat = _measure(runner, latency, device, img_size, notes, on_latency_batch)
     finally:
@@ -494,7 +496,7 @@ def validate(model: Path | None, data: Path | None = None, *, baseline: Path | N
 
 def _accuracy(runner: Runner, runners: list[Runner], data: Path, *, display: str, baseline: Path | None,
               checkpoint: Path | None, batch: int, labels: Path | None, limit: int | None, threads: int | None,
-              notes: list[str], progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+              allow_unsafe: bool, notes: list[str], progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """The accuracy pass: ValidationReport fields as a dict. Opened baseline runners are appended to
     ``runners`` (the caller closes them)."""
     meta = _model_info(runner)
@@ -510,7 +512,7 @@ def _accuracy(runner: Runner, runners: list[Runner], data: Path, *, display: str
     elif checkpoint is not None:
         from .checkpoint import load_model
 
-        base = open_runner(load_model(None, Path(checkpoint)), "torch", "cpu", "fp32")
+        base = open_runner(load_model(None, Path(checkpoint), allow_unsafe=allow_unsafe), "torch", "cpu", "fp32")
     if base is not None:
         runners.append(base)
         _check_baseline(base, _model_info(base), num_classes, class_names, pp, Path(base_path).name, notes)

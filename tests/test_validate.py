@@ -466,3 +466,16 @@ def test_onnxruntime_cuda_latency(world):
     rep = validate(world["onnx"], device="cuda", latency=LatencyOptions(batches=[1, 2], warmup=2, iters=5))
     assert [e["cuda_graph"] for e in rep.latency] == [False, False]
     _check_stats(rep.latency[1], 2, 5, 2)
+
+
+def test_default_latency_batches_fit_the_artifact():
+    from types import SimpleNamespace
+
+    from edgeconvnext.validate import _default_batches
+
+    notes: list[str] = []
+    assert _default_batches(SimpleNamespace(batch=None, name="m.onnx"), "cpu", notes) == [1, 8] and not notes
+    assert _default_batches(SimpleNamespace(batch=None, name="m.onnx"), "cuda", notes) == [1, 32]
+    assert _default_batches(SimpleNamespace(batch=4, name="b4.onnx"), "cpu", notes) == [4]
+    engine = SimpleNamespace(batch=None, name="e.engine", batch_range=(1, 16))  # a TensorRT profile 1..16
+    assert _default_batches(engine, "cuda", notes) == [1, 16] and "accepts batch 1..16" in notes[-1]
