@@ -66,6 +66,38 @@ def convert(dataset: Path, out: Path) -> Path:
     return out
 
 
+def ort_library_defaults(fp32: Path, manifest: Path, output: Path) -> None:
+    """Reference row: onnxruntime quantize_static with the TensorRT-valid options alone (every Conv/MatMul/Gemm,
+    outputs quantized too, as the library does by default), on the same calibration images as our run.
+    This is what a user gets without edgeconvnext's placement policy."""
+    import onnxruntime.quantization as q
+
+    from edgeconvnext.data import load_images
+    from edgeconvnext.zoo import Preprocess
+
+    m = json.loads(manifest.read_text())
+    images, _, _ = load_images([Path(m["root"]) / e["path"] for e in m["images"]], Preprocess.from_dict(m["preprocess"]))
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(images[i:i + 16] for i in range(0, len(images), 16))
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {"input": batch}
+
+    q.quantize_static(str(fp32), str(output), Reader(), quant_format=q.QuantFormat.QDQ,
+                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
+                      op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                      extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+    import onnx  # carry the model's metadata (preprocessing, class names) over, as our quantize does
+
+    src, out = onnx.load(str(fp32)), onnx.load(str(output))
+    del out.metadata_props[:]
+    out.metadata_props.extend(src.metadata_props)
+    onnx.save(out, str(output))
+
+
 def cli(*args: str) -> None:
     cmd = [sys.executable, "-m", "edgeconvnext", *args]
     print("$ edgeconvnext " + " ".join(args), file=sys.stderr, flush=True)
@@ -111,6 +143,16 @@ def main() -> None:
                     "--batch", "256", "--report", str(report))
                 rep = json.loads(report.read_text())
                 rows.append((model, backend, policy, rep, side))
+                if backend == "ort" and policy == "convnext":  # the reference: library defaults, same images
+                    ref = args.work / f"{model}_ort_library_defaults.int8.onnx"
+                    t0 = time.perf_counter()
+                    ort_library_defaults(fp32, Path(str(onnx_path).removesuffix(".onnx") + ".calib.json"), ref)
+                    ref_s = time.perf_counter() - t0
+                    ref_report = ref.with_suffix(".report.json")
+                    cli("validate", str(ref), "--data", str(data / "test"), "--baseline", str(fp32),
+                        "--batch", "256", "--report", str(ref_report))
+                    rows.append((model, "ort quantize_static defaults", "all (+outputs)",
+                                 json.loads(ref_report.read_text()), {"timings": {"calibration_s": ref_s}}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\nFashion-MNIST test set (10,000 images), {args.img_size} px, {args.epochs} epochs fine-tune, "
           f"{args.calib_size} calibration images from train; commit {commit}, {time.strftime('%Y-%m-%d')}\n")
