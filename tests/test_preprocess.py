@@ -1,0 +1,72 @@
+"""Eval preprocessing equals timm's eval transform (torchvision Resize(int) + CenterCrop + Normalize)."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeconvnext.errors import DataError, UsageError
+from edgeconvnext.preprocess import center_crop, eval_transform, preprocess_image, resize_shorter
+from edgeconvnext.zoo import Preprocess
+
+
+def _image(w, h, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    shape = (h, w, 3) if mode == "RGB" else (h, w)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+def _reference(img, pp):
+    # torchvision: Resize(floor(size / crop_pct)) scales the shorter side, the longer one is int(size * long / short)
+    scale = math.floor(pp.img_size / pp.crop_pct)
+    w, h = img.size
+    if w <= h:
+        new = (scale, int(scale * h / w))
+    else:
+        new = (int(scale * w / h), scale)
+    r = img.resize(new, getattr(Image.Resampling, pp.interpolation.upper()))
+    # CenterCrop: top = int(round((h - th) / 2)), left likewise
+    top, left = int(round((r.size[1] - pp.img_size) / 2.0)), int(round((r.size[0] - pp.img_size) / 2.0))
+    c = np.asarray(r, np.float32)[top:top + pp.img_size, left:left + pp.img_size] / 255.0
+    c = (c - np.array(pp.mean, np.float32)) / np.array(pp.std, np.float32)
+    return c.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("size,crop,interp", [((300, 200), 0.875, "bicubic"), ((200, 333), 0.95, "bilinear"),
+                                              ((224, 224), 1.0, "bicubic"), ((28, 28), 1.0, "bicubic")])
+def test_eval_transform_matches_timm_geometry(size, crop, interp):
+    pp = Preprocess(img_size=32 if size == (28, 28) else 224, crop_pct=crop, interpolation=interp)
+    img = _image(*size)
+    out = eval_transform(img, pp)
+    assert out.shape == (3, pp.img_size, pp.img_size) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _reference(img, pp), atol=1e-6)
+
+
+def test_resize_shorter_side_and_crop_offsets():
+    img = _image(300, 200)
+    r = resize_shorter(img, 256)
+    assert r.size == (384, 256)
+    c = center_crop(r, 224)
+    assert c.size == (224, 224)
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(r)[16:240, 80:304])
+
+
+def test_grey_and_palette_images_become_rgb(tmp_path):
+    p = tmp_path / "g.png"
+    _image(40, 40, mode="L").save(p)
+    out = preprocess_image(p, Preprocess(img_size=32, crop_pct=1.0))
+    assert out.shape == (3, 32, 32)
+    np.testing.assert_allclose(out[0] * 0.229 + 0.485, out[1] * 0.224 + 0.456, atol=1e-6)  # same grey value
+
+
+def test_corrupt_image_is_a_data_error(tmp_path):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match="bad.jpg"):
+        preprocess_image(p, Preprocess())
+
+
+def test_unknown_interpolation_is_refused():
+    with pytest.raises(UsageError, match="interpolation"):
+        eval_transform(_image(64, 64), Preprocess(img_size=32, interpolation="cubic-ish"))
