@@ -15,7 +15,7 @@ Usage::
     python benchmarks/torch_latency.py                                   # nano + tiny, fp32/fp16, eager, cuda
     python benchmarks/torch_latency.py --compile --batches 1 32 64
     python benchmarks/torch_latency.py --models convnextv2_atto --precisions fp32 --batches 1 8 \\
-        --device cpu --warmup 2 --iters 10                               # a quick CPU check
+        --device cpu --warmup 2 --iters 10 --threads 1                   # a quick CPU check
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="default: the library's (5 CPU, 50 CUDA)")
     ap.add_argument("--iters", type=int, default=None, help="default: the library's (30 CPU, 200 CUDA)")
     ap.add_argument("--no-cuda-graph", action="store_true", help="time plain launches on CUDA")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (torch.set_num_threads); on a shared machine 1 avoids thread contention")
     ap.add_argument("--json", type=Path, default=None, help="write the full reports here")
     args = ap.parse_args(argv)
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeconvnext.errors import EdgeError
     from edgeconvnext.validate import LatencyOptions, markdown_table, validate
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = LatencyOptions(batches=args.batches, warmup=args.warmup, iters=args.iters,
                           cuda_graph=False if args.no_cuda_graph else None)
@@ -72,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{what}: {p50} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     if not reports:
         return 1
+    n = torch.get_num_threads()
+    threads = f", {n} CPU thread{'s' if n != 1 else ''}" if device == "cpu" else ""
     print(f"\nPyTorch {torch.__version__} latency, {args.img_size} px, random weights, "
-          f"{reports[0].device_name} ({device}), {time.strftime('%Y-%m-%d')}\n")
+          f"{reports[0].device_name} ({device}{threads}), {time.strftime('%Y-%m-%d')}\n")
     print(markdown_table(reports))
     if args.json is not None:
         args.json.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")
