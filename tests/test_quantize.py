@@ -339,3 +339,42 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
     assert len(a) == 13 and a.keys() == b.keys()
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-6), k
+
+
+def test_recipe_sets_defaults_and_the_command_line_overrides_them(tmp_path, images):
+    recipe = tmp_path / "tiny-dgpu.yaml"
+    recipe.write_text("model: convnextv2_test\ntarget: dgpu\nimg_size: 32\n"
+                      "quantize: {policy: all, calib_method: entropy, calib_size: 12, min_calib_size: 8, "
+                      "keep_fp32: false}\n")
+    out = tmp_path / "r.onnx"
+    assert main(["-q", "quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(out)]) == 0
+    side = json.loads((tmp_path / "r.onnx.json").read_text())
+    assert side["arch"] == "convnextv2_test" or side["arch"].get("name") == "convnextv2_test"
+    assert side["config"]["policy"] == "all" and side["config"]["calib_method"] == "entropy"
+    assert side["calibration"]["images"] == 12 and not (tmp_path / "r.fp32.onnx").exists()
+    assert int8_layers(onnx.load(str(out)))["stem.0"]  # policy all from the recipe
+
+    out2 = tmp_path / "r2.onnx"  # explicit options win over the recipe
+    assert main(["-q", "quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(out2),
+                 "--policy", "convnext", "--calib-method", "minmax"]) == 0
+    side2 = json.loads((tmp_path / "r2.onnx.json").read_text())
+    assert side2["config"]["policy"] == "convnext" and side2["config"]["calib_method"] == "minmax"
+    assert not int8_layers(onnx.load(str(out2)))["stem.0"]
+
+
+def test_recipe_with_an_unknown_key_is_refused(tmp_path, images, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model: convnextv2_test\nquantize: {polcy: all}\n")
+    assert main(["quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "did you mean 'policy'" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_with_a_partial_last_batch(tmp_path, images, method):
+    # 13 images = one full batch of 8 and one of 5: onnxruntime's histogram collectors must not get both at once
+    out = tmp_path / "p.onnx"
+    assert main(["-q", "quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(out),
+                 "--img-size", str(IMG), "--calib-size", "13", "--min-calib-size", "8", "--calib-method", method,
+                 "--no-fp32-baseline"]) == 0
+    assert_trt_graph(onnx.load(str(out)))

@@ -17,24 +17,32 @@ CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="Fold
                                                       "recursively; jpg/png/webp/bmp).")]
 CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on (default 512; "
                                                      "~500 recommended).", show_default=False)]
-MinCalibOpt = Annotated[int, typer.Option("--min-calib-size", help="Refuse fewer calibration images than this "
-                                          "(lower it only for smoke tests).")]
+# Options a recipe can set default to None ("not given"), so defaults < recipe < command line holds; the
+# built-in defaults live in edgeconvnext.recipes.SCHEMA and are named in the help texts.
+MinCalibOpt = Annotated[Optional[int], typer.Option("--min-calib-size", help="Refuse fewer calibration images than "
+                                                    "this (default 32; lower it only for smoke tests).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Chooses the calibration subset (default 0).",
                                                 show_default=False)]
-MethodOpt = Annotated[str, typer.Option("--method", help="ptq (post-training quantization); qat is not built yet.")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or "
-                                         "nncf.")]
-CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="ort: minmax, percentile, entropy; nncf: minmax, "
-                                             "mse.")]
-PolicyOpt = Annotated[str, typer.Option("--policy", help="convnext: INT8 on fc1/fc2 and downsample convs, stem, "
-                                        "depthwise and classifier in float; all: every conv/matmul.")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", help="ptq (post-training quantization, default); "
+                                                  "qat is not built yet.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster "
+                                                   "calibration) or nncf.")]
+CalibMethodOpt = Annotated[Optional[str], typer.Option("--calib-method", help="ort: minmax (default), percentile, "
+                                                       "entropy; nncf: minmax, mse.")]
+PolicyOpt = Annotated[Optional[str], typer.Option("--policy", help="convnext (default): INT8 on fc1/fc2 and "
+                                                  "downsample convs, stem, depthwise and classifier in float; "
+                                                  "all: every conv/matmul.")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep layers matching this fnmatch "
                                                          "pattern out of INT8 (repeatable), e.g. "
                                                          "'stages.2.blocks.*.mlp.fc2'.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--calib-manifest", help="Reuse the exact images of a "
                                                      "manifest (OUT.calib.json), hash-checked.")]
-Fp32Opt = Annotated[bool, typer.Option("--fp32-baseline/--no-fp32-baseline", help="Keep the FP32 ONNX the INT8 "
-                                       "model was made from as OUT.fp32.onnx (for validate --baseline).")]
+Fp32Opt = Annotated[Optional[bool], typer.Option("--fp32-baseline/--no-fp32-baseline", help="Keep the FP32 ONNX "
+                                                 "the INT8 model was made from as OUT.fp32.onnx (for validate "
+                                                 "--baseline; default on).")]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file (recipes/): its model, "
+                                                  "img_size and quantize section set defaults the options "
+                                                  "given here override.")]
 JsonOutOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the table.")]
 
 
@@ -45,35 +53,45 @@ def quantize_cmd(
     calib_data: CalibDataOpt = None,
     calib_size: CalibSizeOpt = None,
     seed: SeedOpt = None,
-    method: MethodOpt = "ptq",
-    backend: BackendOpt = "ort",
-    calib_method: CalibMethodOpt = "minmax",
-    policy: PolicyOpt = "convnext",
+    method: MethodOpt = None,
+    backend: BackendOpt = None,
+    calib_method: CalibMethodOpt = None,
+    policy: PolicyOpt = None,
     exclude: ExcludeOpt = None,
     img_size: ImgSizeOpt = None,
     calib_manifest: ManifestOpt = None,
-    min_calib_size: MinCalibOpt = 32,
-    fp32_baseline: Fp32Opt = True,
+    min_calib_size: MinCalibOpt = None,
+    fp32_baseline: Fp32Opt = None,
     num_classes: NumClassesOpt = None,
     allow_unsafe_pickle: UnsafeOpt = False,
     ema: EmaOpt = False,
     json_out: JsonOutOpt = False,
+    recipe: RecipeOpt = None,
 ) -> None:
     """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
-    from ..calibration import DEFAULT_SIZE, check_size
+    from ..calibration import check_size
     from ..errors import UsageError
     from ..quantization import QuantizeConfig
     from ..quantization.pipeline import require_backend
+    from ..recipes import load_recipe, resolve
 
     if calib_manifest is not None and (calib_size is not None or seed is not None):
         raise UsageError("--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
                          "--calib-manifest to choose a new set")
     if calib_data is None and calib_manifest is None:
         raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
-    # every option that cannot be honoured is refused before the (slow) checkpoint load
-    cfg = QuantizeConfig(method=method, backend=backend, calib_method=calib_method, policy=policy,
-                         exclude=tuple(exclude or ()), calib_size=calib_size or DEFAULT_SIZE, seed=seed or 0,
-                         min_calib_size=min_calib_size, keep_fp32=fp32_baseline).validated()
+    # defaults < recipe < options given here; every option that cannot be honoured is refused before the
+    # (slow) checkpoint load
+    rec = load_recipe(recipe) if recipe else None
+    values, _ = resolve("quantize", rec)  # defaults < recipe (the recipe's values are checked when it loads)
+    given = {"method": method, "backend": backend, "calib_method": calib_method, "policy": policy,
+             "exclude": list(exclude) if exclude else None, "calib_size": calib_size, "seed": seed,
+             "min_calib_size": min_calib_size, "keep_fp32": fp32_baseline}
+    values.update({k: v for k, v in given.items() if v is not None})  # < command line, checked just below
+    if rec is not None:
+        model = model or rec.model
+        img_size = img_size or rec.img_size
+    cfg = QuantizeConfig(**{**values, "exclude": tuple(values["exclude"])}).validated()
     if calib_manifest is None:
         check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
     require_backend(cfg.backend)

@@ -148,7 +148,13 @@ def quantize_ort(fp32_path: Path, output: Path, calib: CalibrationSet, nodes_to_
 
     method = getattr(CalibrationMethod, CALIB_METHODS[calib_method])
     reader = _Reader(calib.images, input_name, BATCH, on_progress)
-    stride = _largest_divisor(reader.n_batches, max(1, CHUNK_IMAGES // BATCH))
+    # onnxruntime's histogram collectors (entropy, percentile) stack the arrays of one collect_data call, so a
+    # call must not mix batch sizes: the full batches go in strides, a smaller last batch in a call of its own.
+    full = len(calib.images) // BATCH
+    stride = _largest_divisor(full, max(1, CHUNK_IMAGES // BATCH)) if full else 1
+    spans = [(s, s + stride) for s in range(0, full, stride)]
+    if reader.n_batches > full:
+        spans.append((full, reader.n_batches))
     tensors = _activation_inputs(fp32_path, nodes_to_quantize)
     extra = {
         "ActivationSymmetric": True,
@@ -159,8 +165,8 @@ def quantize_ort(fp32_path: Path, output: Path, calib: CalibrationSet, nodes_to_
     }
     with tempfile.TemporaryDirectory(prefix="ort-calib-") as tmp:
         cal = _calibrator(fp32_path, Path(tmp) / "augmented.onnx", calib_method, tensors)
-        for start in range(0, len(reader), stride):  # the loop quantize_static runs for CalibStridedMinMax
-            reader.set_range(start_index=start, end_index=start + stride)
+        for start, end in spans:  # the loop quantize_static runs for CalibStridedMinMax
+            reader.set_range(start_index=start, end_index=end)
             cal.collect_data(reader)
         ranges = cal.compute_data()
         del cal
