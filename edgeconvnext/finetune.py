@@ -280,7 +280,7 @@ def _choose_preprocess(base: Preprocess, cfg: FinetuneConfig, train_paths: Seque
         try:
             with Image.open(p) as im:
                 sides.append(max(im.size))
-        except OSError:
+        except (OSError, Image.DecompressionBombError):  # unreadable files are skipped (and counted) later
             continue
     if sides and max(sides) <= pp.img_size and pp.crop_pct != 1.0:
         notes.append(f"crop_pct 1.0 (images are at most {max(sides)} px, no larger than img_size "

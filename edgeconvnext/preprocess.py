@@ -63,15 +63,30 @@ def to_normalized_array(img, pp: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
 
 
+# 16-bit greyscale (PNG): Pillow's convert("RGB") clips these at 255, so any normal 16-bit image turns white.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im):
+    """A PIL image of any mode as 8-bit RGB; 16-bit greyscale is scaled (0..65535 -> 0..255), not clipped."""
+    from PIL import Image
+
+    if im.mode in _WIDE_GREY:
+        grey = np.asarray(im).astype(np.float64) / 257.0
+        im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 def open_rgb(path: str | Path):
-    """Open an image file as RGB; raises DataError naming the file when it is not a readable image."""
+    """Open an image file as RGB; raises DataError naming the file when it is not a readable image
+    (corrupt, truncated, empty, not an image, or larger than Pillow's decompression-bomb limit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 

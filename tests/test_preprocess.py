@@ -70,3 +70,24 @@ def test_corrupt_image_is_a_data_error(tmp_path):
 def test_unknown_interpolation_is_refused():
     with pytest.raises(UsageError, match="interpolation"):
         eval_transform(_image(64, 64), Preprocess(img_size=32, interpolation="cubic-ish"))
+
+
+def test_16bit_grey_png_is_scaled_not_clipped(tmp_path):
+    # Pillow's convert("RGB") clips 16-bit values at 255: every ordinary 16-bit PNG became a white image.
+    grey8 = np.random.default_rng(0).integers(20, 230, (40, 40), dtype=np.uint8)
+    Image.fromarray(grey8, mode="L").save(tmp_path / "g8.png")
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # really read as a 16-bit image
+    pp = Preprocess(img_size=32, crop_pct=1.0)
+    np.testing.assert_allclose(preprocess_image(tmp_path / "g16.png", pp), preprocess_image(tmp_path / "g8.png", pp),
+                               atol=1e-6)
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    # Pillow raises DecompressionBombError (not an OSError) past twice MAX_IMAGE_PIXELS: one file must be skippable
+    p = tmp_path / "huge.png"
+    _image(64, 64).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match="huge.png"):
+        preprocess_image(p, Preprocess(img_size=32))
