@@ -243,6 +243,11 @@ def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImage
     train_ds = LabelledImages.discover(train)
     if len(train_ds.class_names) < 2:
         raise DataError(f"{train} holds {len(train_ds.class_names)} class; a classifier needs at least 2")
+    counts = np.bincount(np.asarray(train_ds.labels, dtype=np.int64), minlength=len(train_ds.class_names))
+    empty = [c for c, n in zip(train_ds.class_names, counts) if n == 0]
+    if empty:  # an output the classifier never sees an example of: almost always a stray or unfilled folder
+        raise DataError(f"classes {empty[:5]}{' ...' if len(empty) > 5 else ''} have no images in {train}: "
+                        "add images or remove the empty class folders")
     val = Path(val)
     has_labels_file = val.is_dir() and any((val / n).is_file() for n in LABEL_FILES)
     if val.is_dir() and not has_labels_file:  # ImageFolder val: exactly the train class folders

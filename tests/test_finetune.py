@@ -177,6 +177,19 @@ def test_val_classes_must_match_train(data, tmp_path):
         finetune(cfg((data[0], val), tmp_path / "x.pt"))
 
 
+def test_empty_train_class_folder_is_refused(data, tmp_path):
+    # it became a class the classifier never sees (a silent, never-trained output in the checkpoint)
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(data[0], train)
+    (train / "yellow").mkdir()
+    (train / "yellow" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with pytest.raises(DataError, match=r"classes \['yellow'\] have no images"):
+        finetune(cfg((train, data[1]), tmp_path / "x.pt"))
+    assert not (tmp_path / "x.pt").exists()
+
+
 # ---- CLI ----------------------------------------------------------------------------------------
 
 def test_cli_trains_one_epoch(data, tmp_path, capsys):
