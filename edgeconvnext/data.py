@@ -44,17 +44,49 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
 
 
-def _read_labels_file(path: Path) -> list[tuple[str, str]]:
+# First-column names of a header row ("filename,label"); any first row whose file column does not look like an
+# image and whose label is not a number is taken as a header too.
+_HEADER_WORDS = ("file", "filename", "file_name", "fname", "image", "image_name", "imagename", "image_id", "imageid",
+                 "img", "path", "filepath", "file_path", "image_path", "name", "id")
+
+
+def _is_header(file: str, label: str, root: Path | None) -> bool:
+    if label.lstrip("-").isdigit():
+        return False
+    if file.lower() in _HEADER_WORDS:
+        return True
+    return Path(file).suffix.lower() not in IMAGE_EXTS and not (root is not None and (root / file).is_file())
+
+
+def _read_labels_file(path: Path, root: Path | None = None) -> list[tuple[str, str]]:
+    """Rows (file, label) of a labels file: ``<file> <label>`` (the label is the last field, so file names may
+    hold spaces), ``<file>\t<label>`` or CSV ``<file>,<label>[,...]`` (quoted fields allowed); UTF-8 with or
+    without a BOM, any line endings, ``#`` comments, an optional header row."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataError(f"labels file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") \
+            from None
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise DataError(f"labels file {path} has no entries")
+    first = lines[0][1]
     rows: list[tuple[str, str]] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = [p.strip() for p in (line.split(",") if "," in line else line.split())]
-        if len(parts) < 2:
+    for i, (n, line) in enumerate(lines):
+        if "," in first:
+            parts = next(csv.reader([line], skipinitialspace=True))
+        elif "\t" in first:
+            parts = line.split("\t")
+        else:
+            parts = line.rsplit(None, 1)
+        parts = [q.strip() for q in parts]
+        if len(parts) < 2 or not parts[0] or not parts[1]:
             raise DataError(f"{path}:{n}: expected '<file> <label>', got '{line}'")
-        if n == 1 and parts[0].lower() in ("file", "filename", "image", "imageid", "path"):
-            continue  # CSV header
+        if i == 0 and _is_header(parts[0], parts[1], root):
+            continue
         rows.append((parts[0], parts[1]))
     if not rows:
         raise DataError(f"labels file {path} has no entries")
@@ -116,7 +148,7 @@ class LabelledImages:
     def _from_labels_file(cls, root: Path, labels_file: Path, class_names: Sequence[str] | None) -> "LabelledImages":
         if not labels_file.is_file():
             raise DataError(f"labels file not found: {labels_file}")
-        rows = _read_labels_file(labels_file)
+        rows = _read_labels_file(labels_file, root)
         all_int = all(lab.lstrip("-").isdigit() for _, lab in rows)
         if all_int:
             n_cls = max(int(lab) for _, lab in rows) + 1

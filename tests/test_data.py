@@ -1,0 +1,47 @@
+"""Image folders and labels files as users really have them (data.py): headers, BOMs, CRLF, spaces, tabs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeconvnext.data import LabelledImages
+from edgeconvnext.errors import DataError
+
+
+@pytest.fixture()
+def flat(tmp_path: Path) -> Path:
+    for i, name in enumerate(("a b.png", "d.png", "ünï.png")):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.parametrize("text", [
+    "filename,label\r\na b.png,cat\r\nd.png,dog\r\nünï.png,bird\r\n",  # Windows line endings, header
+    "\ufefffilename,label\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # spreadsheet export: UTF-8 BOM
+    "file_name,class\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # another header spelling
+    "# labels\nimage label\na b.png cat\nd.png dog\nünï.png bird\n",  # comment, then a header
+    "a b.png cat\nd.png dog\nünï.png bird\n",  # whitespace format, a file name with a space
+    "a b.png\tcat\nd.png\tdog\nünï.png\tbird\n",  # tab-separated
+    '"a b.png","cat"\nd.png, dog\nünï.png,bird\n',  # quoted CSV fields
+])
+def test_labels_file_variants(flat, text):
+    (flat / "labels.csv").write_bytes(text.encode("utf-8"))
+    ds = LabelledImages.discover(flat)
+    assert ds.class_names == ["bird", "cat", "dog"]
+    assert [(p.name, y) for p, y in zip(ds.paths, ds.labels)] == [("a b.png", 1), ("d.png", 2), ("ünï.png", 0)]
+
+
+def test_labels_file_index_labels_keep_their_first_row(flat):
+    (flat / "labels.txt").write_text("a b.png 2\nd.png 0\nünï.png 1\n", encoding="utf-8")
+    ds = LabelledImages.discover(flat)
+    assert ds.labels == [2, 0, 1] and len(ds) == 3
+
+
+def test_labels_file_not_utf8_is_one_clear_error(flat):
+    (flat / "labels.txt").write_bytes("caf\xe9.png 0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        LabelledImages.discover(flat)
