@@ -326,8 +326,18 @@ def plan_build(req: BuildRequest) -> BuildPlan:
 
 
 def _shape_arg(name: str, shape: list[int]) -> str:
-    # trtexec splits specs at ':' and ','; such names are wrapped in single quotes (trtexec --help).
-    quoted = f"'{name}'" if re.search(r"[:,\s']", name) else name
+    """``name:NxCxHxW`` for --minShapes/--optShapes/--maxShapes.
+
+    trtexec (samples/common/sampleOptions.cpp, 10.3 and 11.1) splits the list at every ',' before it looks
+    at quotes, then takes the name between two single quotes if there are any, else everything before
+    the last ':'. A name with ':' is wrapped in single quotes, as ``trtexec --help`` shows ('Input:0');
+    a name with ',' or a single quote cannot be written at all, so it is refused.
+    """
+    if "," in name or "'" in name:
+        raise UsageError(f"input name {name!r} contains ',' or a single quote, which trtexec's --minShapes/"
+                         "--optShapes/--maxShapes cannot express; rename the ONNX input (edgeconvnext export "
+                         "names it 'input') or build with TensorRT's Python bindings")
+    quoted = f"'{name}'" if ":" in name else name
     return f"{quoted}:{'x'.join(str(d) for d in shape)}"
 
 
@@ -642,7 +652,8 @@ def dry_run(req: BuildRequest) -> dict[str, Any]:
     """Settings and the equivalent trtexec command line, without TensorRT and without writing anything.
 
     The TensorRT version is taken from trtexec or the bindings when present; otherwise the command is
-    the 10.x form, which 11.x accepts too.
+    the 10.x form, which 11.x accepts too. ``trtexec_command`` is None when trtexec cannot express the
+    input name (the steps say why).
     """
     plan = plan_build(req)
     version: tuple[int, ...] | None = None
@@ -660,11 +671,16 @@ def dry_run(req: BuildRequest) -> dict[str, Any]:
         found = find_trtexec()
         if found is not None:
             trtexec_path = found
-    cmd = trtexec_command(plan, version, trtexec=trtexec_path)
     steps = []
     if plan.convert_fp16:
         steps.append(f"FP16 conversion (edgeconvnext.fp16, ONNX level): {plan.onnx.path} -> {plan.build_onnx}")
-    steps.append(format_command(cmd))
+    cmd: list[str] | None
+    try:
+        cmd = trtexec_command(plan, version, trtexec=trtexec_path)
+        steps.append(format_command(cmd))
+    except UsageError as e:  # an input name trtexec cannot express: the Python bindings can still build it
+        cmd = None
+        steps.append(f"no trtexec command: {e}")
     return {"settings": plan.settings(), "tensorrt": source, "trtexec_command": cmd, "steps": steps,
             "plan": plan}
 

@@ -215,6 +215,18 @@ def test_trtexec_command_quotes_names_with_colons(models):
     plan = _plan(models)
     plan.onnx.input_name = "input:0"
     assert "--minShapes='input:0':1x3x32x32" in engine.trtexec_command(plan, (10, 3, 0))
+    plan.onnx.input_name = "pixel values"  # one argv element: trtexec splits only at ',' and ':'
+    assert "--optShapes=pixel values:1x3x32x32" in engine.trtexec_command(plan, (11, 1, 0))
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's", "'x':0"])
+def test_trtexec_command_refuses_names_trtexec_cannot_parse(models, name):
+    # trtexec splits the shape list at ',' before reading quotes, and a quote in the name breaks its
+    # 'name':value form: such an input cannot be given a profile through trtexec
+    plan = _plan(models)
+    plan.onnx.input_name = name
+    with pytest.raises(UsageError, match="cannot express"):
+        engine.trtexec_command(plan, (10, 3, 0))
 
 
 def test_trtexec_command_refuses_trt8(models):
