@@ -395,7 +395,8 @@ class Backend:
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    """'10.3.0.30' -> (10, 3, 0, 30); '10.3.0' -> (10, 3, 0): the build number is kept when given."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?", text or "")
     if not m:
         return None
     return tuple(int(g) for g in m.groups() if g is not None)

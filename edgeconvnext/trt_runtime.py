@@ -40,16 +40,18 @@ TRT_TO_TORCH_DTYPE = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16",
                       "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 
 
-def _release(version: Any) -> tuple[int, ...] | None:
-    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0): the release; build numbers within a release agree."""
+def _version(version: Any) -> tuple[int, ...] | None:
+    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0, 30); '10.3' -> (10, 3, 0): release (3) plus build when known."""
     if version is None:
         return None
     parts = str(version).split(".") if not isinstance(version, (tuple, list)) else [str(v) for v in version]
     try:
-        nums = tuple(int(p) for p in parts[:3])
+        nums = tuple(int(p) for p in parts[:4])
     except ValueError:
         return None
-    return nums + (0,) * (3 - len(nums)) if nums else None
+    if not nums:
+        return None
+    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
 
 
 def _fmt(v: tuple[int, ...] | None) -> str:
@@ -71,21 +73,34 @@ class Compatibility:
 def check_compatibility(sidecar: dict[str, Any] | None, *, trt_version: str | None,
                         compute_capability: str | None, gpu_name: str | None = None,
                         header_version: tuple[int, ...] | None = None, engine: str = "the engine") -> Compatibility:
-    """Compare what built the engine (sidecar, plan header) with this machine's TensorRT and GPU."""
+    """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
+
+    By default an engine deserializes only in the TensorRT that built it, build number included (TensorRT
+    "Version Compatibility" and DRIVE OS release notes; we never build version-compatible engines). A
+    different major.minor.patch is refused here; a different build number of the same release only
+    warns, because the build is not always known on both sides (pip's ``tensorrt.__version__`` has none)
+    and TensorRT's own deserialization check then decides with its message.
+    """
     res = Compatibility()
-    here = _release(trt_version)
+    here = _version(trt_version)
     rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
     if sidecar is not None:
         src = (sidecar.get("source_onnx") or {}).get("path")
         if src:
             rebuild = f"rebuild it here: edgeconvnext build-engine {src}"
-    built_trt = _release((sidecar or {}).get("tensorrt", {}).get("version")) if sidecar else None
-    if built_trt is None and header_version is not None:
-        built_trt = _release(header_version)
-    if built_trt is not None and here is not None and built_trt != here:
-        res.problems.append(f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has TensorRT "
-                            f"{_fmt(here)}: a TensorRT engine loads only in the TensorRT version that built it; "
-                            f"{rebuild}")
+    # the header is read from the engine file itself; the sidecar could belong to an older build
+    built_trt = _version(header_version)
+    if built_trt is None and sidecar is not None:
+        built_trt = _version((sidecar.get("tensorrt") or {}).get("version"))
+    if built_trt is not None and here is not None:
+        if built_trt[:3] != here[:3]:
+            res.problems.append(f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has TensorRT "
+                                f"{_fmt(here)}: a TensorRT engine loads only in the TensorRT version that built "
+                                f"it; {rebuild}")
+        elif len(built_trt) > 3 and len(here) > 3 and built_trt[3] != here[3]:
+            res.warnings.append(f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has "
+                                f"{_fmt(here)} (another build of the same release): TensorRT may refuse it; "
+                                f"if it does, {rebuild}")
     if sidecar is None:
         res.warnings.append(f"{engine} has no sidecar (.engine.json): its GPU could not be checked")
         return res

@@ -377,6 +377,25 @@ def test_compatibility_without_sidecar_uses_plan_header():
     assert c.ok and "no sidecar" in c.warnings[0]
 
 
+def test_compatibility_plan_header_wins_and_build_numbers():
+    # the header is read from the engine file itself: a stale sidecar does not hide a rebuilt engine
+    c = trt_runtime.check_compatibility(_sidecar(trt="10.3.0"), trt_version="10.7.0", compute_capability="8.7",
+                                        header_version=(10, 7, 0, 23))
+    assert c.ok, c.problems
+    c = trt_runtime.check_compatibility(_sidecar(trt="10.7.0"), trt_version="10.7.0", compute_capability="8.7",
+                                        header_version=(10, 3, 0, 30))
+    assert not c.ok and "TensorRT 10.3.0.30" in c.problems[0]
+    # same release, other build: TensorRT itself decides (it wants the exact build), we warn
+    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0.30", compute_capability="8.7",
+                                        header_version=(10, 3, 0, 26))
+    assert c.ok and "another build" in c.warnings[0]
+    # build unknown here (pip's tensorrt.__version__ is major.minor.patch): no build comparison
+    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0", compute_capability="8.7",
+                                        header_version=(10, 3, 0, 26))
+    assert c.ok and not c.warnings
+    assert engine._version_tuple("10.3.0.30") == (10, 3, 0, 30) and engine._version_tuple("11.1.0") == (11, 1, 0)
+
+
 def test_batch_chunks_and_dtypes():
     assert trt_runtime.batch_chunks(10, 1, 4) == [(0, 4, 4), (4, 4, 4), (8, 2, 2)]
     assert trt_runtime.batch_chunks(3, 2, 8) == [(0, 3, 3)]
