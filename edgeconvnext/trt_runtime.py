@@ -118,8 +118,13 @@ def check_compatibility(sidecar: dict[str, Any] | None, *, trt_version: str | No
 
 
 def torch_dtype_name(trt_dtype: Any) -> str:
-    """trt.DataType.HALF (or 'DataType.HALF', 'HALF') -> 'float16'."""
-    name = str(trt_dtype).rsplit(".", 1)[-1].upper()
+    """trt.DataType.HALF (or 'DataType.HALF', 'HALF') -> 'float16'.
+
+    TensorRT's DataType is a pybind11 enum (FLOAT, HALF, BF16, INT8, INT32, INT64, BOOL, UINT8, FP8, INT4;
+    11.x adds FP4, E8M0): its ``.name`` is the member name.
+    """
+    name = getattr(trt_dtype, "name", None)
+    name = (name if isinstance(name, str) else str(trt_dtype).rsplit(".", 1)[-1]).upper()
     if name not in TRT_TO_TORCH_DTYPE:
         raise UsageError(f"engine tensor type {trt_dtype} is not supported by the TensorRT runner")
     return TRT_TO_TORCH_DTYPE[name]
@@ -237,17 +242,27 @@ class TensorRTRunner(Runner):
         if bufs is None:
             bufs = {self.input_name: torch.empty((batch, *self.chw), dtype=self.dtypes[self.input_name],
                                                  device=self.device)}
-            self.context.set_input_shape(self.input_name, (batch, *self.chw))
+            self._set_shape(batch)
             for name in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise CheckpointError(f"{self.path}: output {name} has unresolved shape {shape}")
                 bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             self._buffers[batch] = bufs
-        self.context.set_input_shape(self.input_name, (batch, *self.chw))
+        self._set_shape(batch)
         for name, t in bufs.items():
-            self.context.set_tensor_address(name, t.data_ptr())
+            # set_tensor_address returns False (and TensorRT logs why) for a bad name or alignment
+            if not self.context.set_tensor_address(name, t.data_ptr()):
+                raise CheckpointError(f"TensorRT refused the device address of tensor {name} of {self.path} "
+                                      "(see the TensorRT messages above)")
         return bufs
+
+    def _set_shape(self, batch: int) -> None:
+        # set_input_shape returns False when the shape is outside the optimisation profile
+        if not self.context.set_input_shape(self.input_name, (batch, *self.chw)):
+            lo, hi = self.batch_range
+            raise UsageError(f"TensorRT refused input shape {(batch, *self.chw)} for {self.path} (profile batch "
+                             f"{lo}..{hi}); rebuild with --batch MIN,OPT,MAX covering {batch}")
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -293,10 +308,13 @@ class TensorRTRunner(Runner):
             raise UsageError(f"batch {batch} is outside the engine's profile {lo}..{hi}; "
                              "rebuild with --batch MIN,OPT,MAX covering it")
         bufs = self._prepare(batch)
-        bufs[self.input_name].copy_(torch.randn(bufs[self.input_name].shape, device=self.device)
-                                    .to(self.dtypes[self.input_name]))
-        # One enqueue after the shapes are set (TensorRT finishes deferred shape work there), then wait.
-        self._enqueue()
+        # Filled on the runner's stream: torch's side streams do not synchronise with the default stream.
+        with torch.cuda.stream(self.stream):
+            bufs[self.input_name].copy_(torch.randn(bufs[self.input_name].shape, device=self.device)
+                                        .to(self.dtypes[self.input_name]))
+            # One enqueue before capture, so that initialisation work is not captured (trtexec does the
+            # same, samples/common/sampleInference.cpp), then wait.
+            self._enqueue()
         self.stream.synchronize()
         run_fn = self._enqueue
         how = "enqueue"

@@ -402,6 +402,10 @@ def test_batch_chunks_and_dtypes():
     assert trt_runtime.batch_chunks(1, 2, 8) == [(0, 1, 2)]  # padded to the profile minimum
     assert trt_runtime.torch_dtype_name("DataType.HALF") == "float16"
     assert trt_runtime.torch_dtype_name("FLOAT") == "float32"
+    import enum  # TensorRT's DataType is an enum whose .name is the member name
+
+    data_type = enum.Enum("DataType", ["FLOAT", "HALF", "INT8"])
+    assert [trt_runtime.torch_dtype_name(d) for d in data_type] == ["float32", "float16", "int8"]
     with pytest.raises(UsageError):
         trt_runtime.torch_dtype_name("DataType.FP4")
 
