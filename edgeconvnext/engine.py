@@ -540,15 +540,24 @@ def _build_python(trt: Any, plan: BuildPlan, dest: Path) -> dict[str, Any]:
         config.add_optimization_profile(profile)
     cache = None
     if plan.timing_cache is not None:
+        # create_timing_cache(b"") starts an empty cache (size 0); a blob TensorRT cannot read gives None,
+        # and set_timing_cache returns False for a cache written on another device or TensorRT version
+        # (NvInfer.h, IBuilderConfig::createTimingCache/setTimingCache). trtexec passes ignoreMismatch=true;
+        # we do not (NvInfer.h warns of functional and performance bugs), and refuse rather than replace the
+        # file silently, since it is overwritten after the build.
         data = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
         cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise UsageError(f"--timing-cache {plan.timing_cache}: TensorRT cannot use this timing cache (written by "
+                             "another TensorRT version or GPU, or not a timing cache); give another path, or delete "
+                             "the file to start a new cache")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError(f"TensorRT could not build an engine from {plan.build_onnx} (see the TensorRT messages "
                          "above; a larger --workspace or a lower --opt-level can help)")
     dest.write_bytes(memoryview(serialized))
     if cache is not None:
+        # as trtexec saves it (sampleEngines.cpp: config->getTimingCache() after the build)
         with atomic_output(plan.timing_cache) as tmp:  # type: ignore[arg-type]
             tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return {}
