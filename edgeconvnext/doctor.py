@@ -304,8 +304,13 @@ def probe_clocks(root: Path = Path("/")) -> dict[str, float]:
     return clocks
 
 
-def probe_gpu() -> dict[str, Any]:
-    """GPU name, driver, compute capability from nvidia-smi, then torch.cuda, then the Jetson model."""
+def probe_gpu(*, use_torch: bool = True) -> dict[str, Any]:
+    """GPU name, driver, compute capability from nvidia-smi, then torch.cuda (``use_torch``).
+
+    The engine builder passes ``use_torch=False``: importing torch and initialising CUDA in the builder's
+    process costs seconds and memory an 8 GB Jetson needs for the build (Jetsons fall back to the model
+    table in :func:`gpu_summary`).
+    """
     out: dict[str, Any] = {"gpus": [], "source": None}
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
                 "--format=csv,noheader"])
@@ -316,6 +321,8 @@ def probe_gpu() -> dict[str, Any]:
         banner = _run(["nvidia-smi"])
         if banner:
             out["driver_cuda"] = parse_nvidia_smi_cuda(banner)
+    if not use_torch:
+        return out
     torch_info = probe_torch()
     out["torch"] = torch_info
     if not out["gpus"] and torch_info.get("cuda_available"):
@@ -423,9 +430,12 @@ def install_hint(jetson: bool) -> str:
             "wheels for your CUDA), or NVIDIA's tarball and pass its bin/trtexec with --trtexec PATH")
 
 
-def gpu_summary(report: Report | None = None) -> dict[str, Any]:
-    """{name, compute_capability, driver} of GPU 0 (Jetson: from the model name), empty when none."""
-    rep = report or Report(sections={"gpu": probe_gpu(), "jetson": probe_jetson()})
+def gpu_summary(report: Report | None = None, *, use_torch: bool = False) -> dict[str, Any]:
+    """{name, compute_capability, driver} of GPU 0 (Jetson: from the model name), empty when none.
+
+    Without ``use_torch`` (the default, for the engine builder) torch is not imported.
+    """
+    rep = report or Report(sections={"gpu": probe_gpu(use_torch=use_torch), "jetson": probe_jetson()})
     gpus = rep.sections.get("gpu", {}).get("gpus") or []
     out: dict[str, Any] = dict(gpus[0]) if gpus else {}
     jet = rep.sections.get("jetson")

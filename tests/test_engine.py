@@ -493,6 +493,22 @@ def test_build_through_trtexec11_with_fp16_conversion(models, tmp_path):
     assert engine.summarize_onnx(res.fp16_onnx).precision == "int8+fp16"
 
 
+def test_engine_build_never_imports_torch(models, tmp_path):
+    # style: engine code never imports torch (a Jetson build should not pay for torch and a CUDA context);
+    # a fresh interpreter builds through the stand-in trtexec and reports what it imported
+    import subprocess
+
+    src = _copy(models["v2"], tmp_path)
+    exe, _ = _fake_trtexec(tmp_path)
+    code = ("import sys; from pathlib import Path; from edgeconvnext import engine; "
+            f"engine.build_engine(engine.BuildRequest(onnx=Path({str(src)!r}), trtexec=Path({str(exe)!r}))); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert json.loads((tmp_path / "v2.engine.json").read_text())["engine"]["bytes"] == 128
+
+
 def test_failed_trtexec_build_leaves_nothing(models, tmp_path):
     src = _copy(models["v2"], tmp_path)
     exe, _ = _fake_trtexec(tmp_path, fail=True)
