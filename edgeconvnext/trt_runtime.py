@@ -204,6 +204,9 @@ class TensorRTRunner(Runner):
             raise CheckpointError(f"TensorRT could not deserialize {self.path} (see the TensorRT messages above); "
                                   "rebuild it with this TensorRT version")
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # TensorRT returns null when it cannot allocate the context's device memory
+            raise CheckpointError(f"TensorRT could not create an execution context for {self.path} (see the "
+                                  "TensorRT messages above; usually too little free GPU memory)")
         inputs, outputs = [], []
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
