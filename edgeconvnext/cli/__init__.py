@@ -43,13 +43,34 @@ for _name, _mod, _fn in _common.COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    try:
+        from typer._click import exceptions as cx  # typer >= 0.2x vendors click
+    except ImportError:  # older typer runs on click itself
+        from click import exceptions as cx
+    ClickException, ClickUsageError = cx.ClickException, cx.UsageError
+    NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=True, prog_name="edgeconvnext")
+        # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
+        rv = app(args=args, standalone_mode=False, prog_name="edgeconvnext")
+        if rv == 130:  # typer turns Ctrl-C into exit code 130
+            _common.err("interrupted")
+        return rv if isinstance(rv, int) else 0  # an int is an exit code (--help: 0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         return code
+    except NoArgsIsHelpError as e:  # the help was printed
+        return e.exit_code
+    except ClickException as e:
+        ctx = getattr(e, "ctx", None) if isinstance(e, ClickUsageError) else None
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _common.err(e.format_message() + hint)
+        return e.exit_code
+    except typer.Abort:  # end of input at a prompt
+        _common.err("interrupted")
+        return 130
     except EdgeError as e:
         if debug:
             raise

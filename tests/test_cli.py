@@ -1,0 +1,43 @@
+"""The CLI boundary: option-parsing errors are one 'error:' line with exit code 2, Ctrl-C is exit 130."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeconvnext.cli import app, main
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export"], "Missing option '--output'"),
+    (["export", "-o", "x.onnx", "--img-size", "abc"], "Invalid value for '--img-size'"),
+    (["export", "-o", "x.onnx", "--bogus"], "No such option: --bogus"),
+    (["expor"], "Did you mean 'export'?"),
+    (["inspect"], "Missing argument"),
+    (["validate", "--batch", "x"], "Invalid value for '--batch'"),
+])
+def test_usage_errors_are_one_error_line(capsys, args, message):
+    rc = main(args)
+    out, err = capsys.readouterr()
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "--help" in lines[0] and "╭" not in err and out == ""
+
+
+def test_help_and_bare_command(capsys):
+    assert main(["export", "--help"]) == 0
+    assert "--output" in capsys.readouterr().out
+    assert main([]) == 2  # no command: the help, as before
+    assert "Commands" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_a_command_is_exit_130_with_one_line(capsys):
+    @app.command("_interrupt_test", hidden=True)
+    def _interrupt() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        assert main(["_interrupt_test"]) == 130
+    finally:
+        app.registered_commands.pop()
+    assert capsys.readouterr().err.strip() == "error: interrupted"
