@@ -449,8 +449,10 @@ def select_backend(trtexec: Path | None = None) -> Backend:
 def read_plan_header(data: bytes) -> tuple[int, int, int, int] | None:
     """TensorRT version (major, minor, patch, build) stored in a plan's header, None if not a plan.
 
-    A plan starts with the tag ``ftrt`` and a serialization version; for serialization version 0 bytes
-    24..27 hold the TensorRT version (what ``trtexec --getPlanVersionOnly`` prints, TensorRT 10.0-11.x).
+    A plan starts with the u32 tag 0x74727466 (``ftrt`` in file order) and a u32 serialization version;
+    for serialization version 0, bytes 24..27 hold the TensorRT version a.b.c.d. This is exactly what
+    ``trtexec --getPlanVersionOnly`` reads (samples/common/sampleEngines.cpp printPlanVersion, identical in
+    10.3 and 11.1; "supported only for engines created with 8.6 and forward").
     """
     if len(data) < 28 or data[:4] != PLAN_TAG:
         return None

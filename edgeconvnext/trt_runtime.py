@@ -331,7 +331,8 @@ class TensorRTRunner(Runner):
                 how = "cuda_graph"
             except Exception as e:  # noqa: BLE001 - some engines cannot be captured; time plain enqueues
                 log.warning("CUDA graph capture of %s failed (%s): timing plain enqueues", self.path, e)
-                self._buffers.pop(batch, None)
+                # the buffers were allocated before the capture and keep their random input; set the
+                # context's shape and addresses again in case the failed capture left it half-configured
                 self._prepare(batch)
         with torch.cuda.stream(self.stream):
             stats = measure_latency(run_fn, warmup=warmup, iters=iters, use_cuda_events=True, batch=batch)
