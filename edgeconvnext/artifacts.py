@@ -7,6 +7,7 @@ looks complete, and writes a sidecar ``<output>.json`` with provenance (inputs, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import UsageError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -38,20 +41,68 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_beside(dest)
     # mkstemp creates 0600; artifacts are shared between users/machines, so give them the umask default.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)
     try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
+        try:
+            yield tmp_path
+        except OSError as e:
+            if e.errno in _FULL_ERRNOS:  # the disk filled up while writing: not a bug of the stage
+                raise UsageError(f"cannot write {dest}: {e.strerror}; free space or choose another output "
+                                 f"path") from None
+            raise
+        try:
+            os.replace(tmp_path, dest)
+        except OSError as e:  # e.g. dest became a folder meanwhile
+            raise UsageError(f"cannot write {dest}: {e.strerror}; choose another output path") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _temp_beside(dest: Path) -> Path:
+    """Create the parent folders and an empty temporary file beside ``dest``; UsageError when impossible."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    except OSError as e:
+        blocker = next((a for a in dest.parents if a.exists() and not a.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else \
+            f"{e.strerror or e} in {dest.parent}"
+        raise UsageError(f"cannot write {dest}: {reason}; choose another output path") from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def check_output(path: str | Path, option: str = "--output",
+                 inputs: dict[str, str | Path | None] | None = None, suffix: str | None = None) -> Path:
+    """Refuse, before any slow work, an output that cannot be written or would replace one of the inputs.
+
+    ``inputs`` maps an option name to the path it was given (None: not given). Raises UsageError naming
+    ``option`` when ``path`` is a folder, does not end in ``suffix``, is one of the inputs, or its folder
+    cannot be created or written to (tested by creating and removing a temporary file there). Creates the
+    missing parent folders.
+    """
+    dest = Path(path).expanduser()
+    if dest.is_dir():
+        raise UsageError(f"{option} {dest} is a folder; give a file name such as {dest / ('model' + (suffix or ''))}")
+    if suffix is not None and dest.suffix != suffix:
+        raise UsageError(f"{option} {dest} should end in {suffix}")
+    for name, inp in (inputs or {}).items():
+        if inp is None:
+            continue
+        src = Path(inp).expanduser()
+        if dest.resolve() == src.resolve() or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
+            raise UsageError(f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
+                             f"choose another {option}")
+    _temp_beside(dest).unlink()
+    return dest
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

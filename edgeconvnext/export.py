@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .artifacts import atomic_output, environment, sha256_file, sidecar_path
+from .artifacts import atomic_output, check_output, environment, sha256_file, sidecar_path
 from .errors import BackendMissing, ExportError, UsageError, nearest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -399,8 +399,7 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
 
     step = on_step or (lambda s: None)
     output = Path(output)
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a folder; give a file name such as {output / 'model.onnx'}")
+    check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
     size = check_img_size(img_size if img_size is not None else loaded.preprocess.img_size)
     preprocess = loaded.preprocess if loaded.preprocess.img_size == size else replace(loaded.preprocess, img_size=size)
     notes: list[str] = []

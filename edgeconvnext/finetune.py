@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .artifacts import environment, sha256_file, sidecar_path, write_json_atomic
+from .artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
 from .augment import TrainTransform
 from .data import LABEL_FILES, LabelledImages
 from .errors import CheckpointError, DataError, UsageError
@@ -354,6 +354,8 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
     from .runners import check_device
 
     cfg.validate()
+    # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
+    check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
     check_device(cfg.device)
     hook: ProgressHook = progress or LogProgress()
     t_start = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .artifacts import atomic_output, environment, sha256_file, write_json_atomic
+from .artifacts import atomic_output, check_output, environment, sha256_file, write_json_atomic
 from .data import LabelledImages
 from .errors import AccuracyError, CheckpointError, DataError, UsageError
 from .latency import device_name
@@ -444,6 +444,11 @@ def validate(model: Path | None, data: Path | None = None, *, baseline: Path | N
     for p, opt in ((baseline, "--baseline"), (checkpoint, "--checkpoint")):
         if p is not None and not Path(p).is_file():
             raise CheckpointError(f"{opt} file not found: {p}")
+    inputs = {"MODEL": model, "--baseline": baseline, "--checkpoint": checkpoint, "--labels": labels}
+    if report is not None:
+        check_output(report, "--report", inputs)
+    if markdown is not None:
+        check_output(markdown, "--markdown", {**inputs, "--report": report})
     model = Path(model) if model is not None else None
     notes: list[str] = []
 

@@ -37,7 +37,10 @@ def export_cmd(
     if img_size is not None:
         check_img_size(img_size)
     require_backends()
+    from ..artifacts import check_output
     from ..checkpoint import load_model
+
+    check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
 
     c = console()
     with c.status("loading the model", spinner="dots") if not STATE.quiet else _Null() as status:

@@ -96,7 +96,10 @@ def quantize_cmd(
         check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
     require_backend(cfg.backend)
 
+    from ..artifacts import check_output
     from ..checkpoint import load_model
+
+    check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
     from ..quantization import quantize
 
     with _Progress(enabled=not STATE.quiet and not json_out) as prog:

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import atomic_output, environment, sha256_file, sidecar_path
+from ..artifacts import atomic_output, check_output, environment, sha256_file, sidecar_path
 from ..calibration import DEFAULT_SIZE, MIN_IMAGES, CalibrationSet, load_manifest, select_images
 from ..errors import BackendMissing, ExportError, RuleViolation, UsageError, nearest
 from . import policy as policy_mod
@@ -215,10 +215,7 @@ def quantize(loaded: "LoadedModel", output: str | Path, *, calib_data: str | Pat
     require_backend(cfg.backend)
     step = on_step or (lambda s: None)
     output = Path(output)
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a folder; give a file name such as {output / 'model.int8.onnx'}")
-    if output.suffix != ".onnx":
-        raise UsageError(f"--output {output} should end in .onnx")
+    check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
     paths = output_paths(output)
     if calib_data is None and calib_manifest is None:
         raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
