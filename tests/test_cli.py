@@ -41,3 +41,16 @@ def test_ctrl_c_in_a_command_is_exit_130_with_one_line(capsys):
     finally:
         app.registered_commands.pop()
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_models_table_keeps_every_name_whole_in_80_columns(capsys, monkeypatch):
+    # piped output is 80 columns wide: the names were cut to 'convnextv2_at…'
+    from edgeconvnext import zoo
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(zoo, "count_stats", lambda arch: {"params_m": 1.0, "gmacs": 1.0})  # the table, not the maths
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for name in zoo.public_names():
+        assert f" {name} " in out

@@ -35,7 +35,9 @@ def models_cmd(json_out: JsonOpt = False) -> None:
 
     t = Table(title="ConvNeXt architectures (224 px; params and GMACs computed from the model)")
     for col in ("name", "alias", "depths", "width", "params M", "GMACs", "input"):
-        t.add_column(col, justify="right" if col in ("width", "params M", "GMACs") else "left", no_wrap=True)
+        # only "input" may wrap: the other cells are names and numbers that an 80-column pipe must not cut off
+        t.add_column(col, justify="right" if col in ("width", "params M", "GMACs") else "left",
+                     no_wrap=col != "input", min_width=len(col) if col != "input" else 9)
     for r in rows:
         pp = r["preprocess"]
         t.add_row(r["name"], ",".join(r["aliases"]), "-".join(map(str, r["depths"])), str(r["dims"][0]),
