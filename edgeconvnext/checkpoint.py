@@ -2,7 +2,8 @@
 
 Input: an architecture name and/or a checkpoint: an official facebookresearch ``.pth`` (weights under
 ``model``, optionally ``model_ema``), a timm ``.pth``/``.bin``/``.safetensors``, a HuggingFace
-``pytorch_model.bin``/``model.safetensors`` (or the folder holding it and ``config.json``), or a file
+``pytorch_model.bin``/``model.safetensors`` (or the folder holding it and ``config.json``), a PyTorch
+Lightning ``.ckpt`` (any of those layouts under the module's attribute, e.g. ``model.``), or a file
 written by :func:`save_checkpoint`. The format is told from the keys, not the file name.
 Output: :class:`LoadedModel`: the model in eval mode, its :class:`~edgeconvnext.zoo.Arch` (inferred from
 tensor shapes when no name is given), preprocessing, class names, the file's sha256 and notes.
@@ -381,6 +382,23 @@ def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _find_model_prefix(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Weights kept under an attribute of a training wrapper (PyTorch Lightning's ``model.``/``net.``):
+    the prefix whose keys, stripped of it, form a ConvNeXt layout, and those keys; None if there is none."""
+    groups: dict[str, dict[str, Any]] = {}
+    for k, v in sd.items():
+        head, dot, tail = str(k).partition(".")
+        if dot:
+            groups.setdefault(head + ".", {})[tail] = v
+    for prefix, sub in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        if detect_layout(sub) in ("official", "timm", "huggingface"):
+            return prefix, sub
+        deeper = _find_model_prefix(sub)  # e.g. "model.backbone."
+        if deeper is not None:
+            return prefix + deeper[0], deeper[1]
+    return None
+
+
 @dataclass
 class _Unwrapped:
     state_dict: dict[str, Any]
@@ -547,6 +565,13 @@ def load_model(model: str | None, checkpoint: Path | None = None, *, num_classes
                               f"{_list([str(k) for k in sd])})")
 
     layout = detect_layout(sd)
+    if layout is None and (found := _find_model_prefix(sd)) is not None:
+        prefix, sub = found
+        others = [k for k in sd if not str(k).startswith(prefix)]
+        notes.append(f"weights taken from the '{prefix}' keys (a training wrapper's attribute)"
+                     + (f"; ignored {len(others)} other tensors ({_list(others, 3)})" if others else ""))
+        sd = _strip_wrappers(sub)
+        layout = detect_layout(sd)
     if layout == "fcmae":
         raise CheckpointError(f"{source} is a ConvNeXt-V2 FCMAE pre-training checkpoint (sparse encoder, no "
                               f"classifier): it has no classifier and must be fine-tuned first; use a fine-tuned "

@@ -157,6 +157,25 @@ def test_timm_training_checkpoint_state_dict_and_ema(tmp_path):
     assert_same(load_model(None, f, ema=True), ema)
 
 
+@pytest.mark.parametrize("prefix,layout", [("model.", "timm"), ("net.backbone.", "official"),
+                                            ("model.", "huggingface")])
+def test_lightning_checkpoint_with_prefixed_keys(tmp_path, prefix, layout):
+    # PyTorch Lightning keeps the weights under the LightningModule's attribute (model.stem.0.weight ...),
+    # beside metric/loss buffers: this was "not a ConvNeXt checkpoint"
+    src = make_model("convnextv2_test")
+    sd = {"timm": plain_sd, "official": lambda m: to_official(plain_sd(m)),
+          "huggingface": lambda m: to_hf(plain_sd(m), v2=True)}[layout](src)
+    weights = {prefix + k: v for k, v in sd.items()}
+    weights["train_acc.tp"] = torch.zeros(7)
+    f = tmp_path / "epoch=3-step=100.ckpt"
+    torch.save({"state_dict": weights, "epoch": 3, "global_step": 100, "optimizer_states": [],
+                "hyper_parameters": {"lr": 0.1}}, f)
+    loaded = load_model(None, f)
+    assert loaded.source_format == layout
+    assert any(f"'{prefix}' keys" in n and "train_acc.tp" in n for n in loaded.notes)
+    assert_same(loaded, src)
+
+
 @pytest.mark.parametrize("name", ["convnextv2_test", "convnext_test"])
 @pytest.mark.parametrize("filename", ["pytorch_model.bin", "model.safetensors"])
 def test_huggingface_file_round_trip(tmp_path, name, filename):
