@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,38 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 LABEL_FILES = ("labels.txt", "labels.csv", "val.txt", "val_labels.txt", "ground_truth.txt")
 
 
+def is_hidden(name: str) -> bool:
+    """Names that are never data: dot files/folders (.DS_Store, .ipynb_checkpoints, macOS ._ files) and the
+    __MACOSX folder that unzipping a macOS archive leaves."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """Every image file under ``root`` (by extension), sorted for determinism."""
+    """Every image file under ``root`` (by extension), sorted for determinism.
+
+    Hidden files and folders (:func:`is_hidden`) are left out; symlinked folders are followed, as
+    torchvision's ImageFolder does (each real folder once; a link back to an ancestor is not followed).
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (give a folder of images)")
-    it = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    found: list[Path] = []
+    top = os.path.realpath(root)
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen or top.startswith(real + os.sep):  # met before, or a link back to an ancestor (a cycle)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)] if recursive else []
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not is_hidden(f) and p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                found.append(p)
+    return sorted(found)
 
 
 # First-column names of a header row ("filename,label"); any first row whose file column does not look like an
@@ -121,7 +145,7 @@ class LabelledImages:
             labels_file = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
         if labels_file is not None:
             return cls._from_labels_file(root, Path(labels_file), class_names)
-        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
         if not subdirs:
             if list_images(root, recursive=False):
                 raise DataError(f"{root} holds images but no class folders and no labels file "

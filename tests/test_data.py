@@ -45,3 +45,27 @@ def test_labels_file_not_utf8_is_one_clear_error(flat):
     (flat / "labels.txt").write_bytes("caf\xe9.png 0\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         LabelledImages.discover(flat)
+
+
+def _png(path: Path, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_image_folder_skips_hidden_and_macos_junk_and_follows_symlinks(tmp_path):
+    root, outside = tmp_path / "val", tmp_path / "outside"
+    _png(root / "cat" / "0.PNG")  # upper-case extension
+    _png(root / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png")  # Jupyter's copies: not data
+    _png(root / "cat" / "nested" / "deeper" / "n 1.png")
+    (root / "cat" / "._0.png").write_bytes(b"\0\5\26\7")  # macOS resource fork
+    (root / "__MACOSX" / "cat").mkdir(parents=True)  # left by unzipping a macOS archive: not a class
+    _png(root / "dog" / "0.png")
+    _png(outside / "1.png")
+    (root / "dog" / "linked").symlink_to(outside)  # torchvision's ImageFolder follows these
+    (root / "dog" / "loop").symlink_to(root)  # and a cycle must not loop
+    ds = LabelledImages.discover(root)
+    assert ds.class_names == ["cat", "dog"]
+    got = sorted(str(p.relative_to(root)) for p in ds.paths)
+    assert got == ["cat/0.PNG", "cat/nested/deeper/n 1.png", "dog/0.png", "dog/linked/1.png"]
+    assert ds.labels == [0, 0, 1, 1]
