@@ -378,3 +378,13 @@ def test_histogram_calibration_with_a_partial_last_batch(tmp_path, images, metho
                  "--img-size", str(IMG), "--calib-size", "13", "--min-calib-size", "8", "--calib-method", method,
                  "--no-fp32-baseline"]) == 0
     assert_trt_graph(onnx.load(str(out)))
+
+
+@pytest.mark.parametrize("backend,method", [("ort", "entropy"), ("nncf", "minmax")])
+def test_json_stdout_is_only_json(tmp_path, images, capsys, backend, method):
+    # onnxruntime's histogram calibrators print() and NNCF draws progress bars on stdout: --json was not JSON
+    rc = main(["quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(tmp_path / "j.onnx"),
+               *COMMON, "--backend", backend, "--calib-method", method, "--no-fp32-baseline", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert json.loads(out)["output"] == str(tmp_path / "j.onnx")

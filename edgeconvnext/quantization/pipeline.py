@@ -27,13 +27,15 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,14 +260,17 @@ def _quantize_with(loaded: "LoadedModel", cs: CalibrationSet, cfg: QuantizeConfi
         q_path = tmp / "quantized.onnx"
         t_cal = time.perf_counter()
         try:
-            if cfg.backend == "ort":
-                from .ort_backend import quantize_ort
+            with _library_output():
+                if cfg.backend == "ort":
+                    from .ort_backend import quantize_ort
 
-                settings = quantize_ort(exp.path, q_path, cs, int8_nodes, cfg.calib_method, on_progress=on_progress)
-            else:
-                from .nncf_backend import quantize_nncf
+                    settings = quantize_ort(exp.path, q_path, cs, int8_nodes, cfg.calib_method,
+                                            on_progress=on_progress)
+                else:
+                    from .nncf_backend import quantize_nncf
 
-                settings = quantize_nncf(exp.path, q_path, cs, fp_nodes, cfg.calib_method, on_progress=on_progress)
+                    settings = quantize_nncf(exp.path, q_path, cs, fp_nodes, cfg.calib_method,
+                                             on_progress=on_progress)
         except MemoryError:
             raise
         except Exception as e:  # library errors of many types: one message, traceback with --debug
@@ -358,6 +363,27 @@ def _quantize_with(loaded: "LoadedModel", cs: CalibrationSet, cfg: QuantizeConfi
 
 def pp_size(loaded: "LoadedModel") -> int:
     return int(loaded.preprocess.img_size)
+
+
+@contextlib.contextmanager
+def _library_output() -> Iterator[None]:
+    """Keep stdout for the command's result (``--json``): onnxruntime's calibrators print progress lines
+    and NNCF draws progress bars and logs through a handler bound to stdout. Send all of it to stderr, or
+    nowhere when INFO logging is off (``--quiet``)."""
+    sink = sys.stderr if log.isEnabledFor(logging.INFO) else open(os.devnull, "w")  # noqa: SIM115
+    bound = [h for h in logging.getLogger("nncf").handlers
+             if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.__stdout__)]
+    old_streams = [h.stream for h in bound]
+    for h in bound:
+        h.setStream(sink)
+    try:
+        with contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        for h, stream in zip(bound, old_streams):
+            h.setStream(stream)
+        if sink is not sys.stderr:
+            sink.close()
 
 
 def _sha256_bytes(b: bytes) -> str:
