@@ -422,8 +422,13 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
     val_loader = _loader(val_set, cfg.batch, False, workers, cfg.seed)
     out_last = last_state_path(cfg.output)
 
+    # the checkpoint the run started from, kept through resumes for the final sidecar's provenance
+    init = dict(state["init"]) if state is not None and isinstance(state.get("init"), dict) else \
+        {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+         "sha256": loaded.source_sha256 if state is None else None}
+
     def save(path: Path, epoch: int) -> None:
-        extra = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_top1": best_top1,
+        extra = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_top1": best_top1, "init": init,
                  "best_epoch": best_epoch, "history": [asdict(h) for h in history], "args": cfg.to_dict()}
         save_checkpoint(path, model, loaded.arch, class_names=classes, preprocess=pp, extra=extra)  # atomic
 
@@ -482,8 +487,8 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
         "output": str(cfg.output),
         "output_sha256": sha256_file(cfg.output),
         "arch": loaded.arch.name,
-        "init_checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
-        "init_sha256": loaded.source_sha256 if not cfg.resume else None,
+        "init_checkpoint": init["checkpoint"],
+        "init_sha256": init["sha256"],
         "train_data": str(cfg.train_data), "train_images": len(train_ds),
         "val_data": str(cfg.val_data), "val_images": len(val_ds),
         "config": cfg.to_dict(),

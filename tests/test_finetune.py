@@ -154,6 +154,22 @@ def test_resume_adds_epochs_to_a_finished_run(data, tmp_path):
     assert load_model(None, out).extra["epoch"] == 2
 
 
+def test_resumed_run_keeps_the_init_checkpoint_in_its_sidecar(data, tmp_path):
+    # the sidecar of a resumed run said init_checkpoint/init_sha256 null: the provenance was lost
+    import json
+
+    from edgeconvnext.artifacts import sha256_file
+    from edgeconvnext.checkpoint import save_checkpoint
+    from edgeconvnext.zoo import create_model
+
+    init = save_checkpoint(tmp_path / "init.pt", create_model("convnextv2_test", num_classes=5), "convnextv2_test")
+    out = tmp_path / "p.pt"
+    finetune(cfg(data, out, model=None, checkpoint=init, epochs=1))
+    finetune(cfg(data, out, model=None, epochs=2, resume=True))
+    side = json.loads((tmp_path / "p.pt.json").read_text())
+    assert side["init_checkpoint"] == str(init) and side["init_sha256"] == sha256_file(init)
+
+
 def test_workers_load_data_in_subprocesses(data, tmp_path):
     res = finetune(cfg(data, tmp_path / "w.pt", workers=2))
     assert res.history[0].train_top1 > 0 and res.history[0].skipped == 0
