@@ -28,8 +28,27 @@ from typing import Any
 
 from .errors import UsageError, nearest
 
-#: where the recipe files live (the repository's recipes/ folder, beside the package)
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+def _recipes_dir() -> Path:
+    """The repository's recipes/ folder beside the package (a checkout or an editable install), else where a
+    wheel install put it (pyproject's data-files: <prefix>/share/edgeconvnext/recipes, found via the
+    installed file list, so --user and venv installs work too)."""
+    repo = Path(__file__).resolve().parent.parent / "recipes"
+    if repo.is_dir():
+        return repo
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("edgeconvnext")
+    except PackageNotFoundError:
+        return repo
+    for f in dist.files or []:
+        if f.suffix == ".yaml" and f.parent.name == "recipes" and f.parent.parent.name == "edgeconvnext":
+            return Path(dist.locate_file(f)).resolve().parent
+    return repo
+
+
+#: where the recipe files live
+RECIPES_DIR = _recipes_dir()
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,31 @@ def test_build_engine_cli_with_recipe_and_override(tiny_onnx, capsys):
     assert main(["build-engine", str(tiny_onnx), "--recipe", "convnextv2_nano-orin_nano", "--no-fp16",
                  "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["precision"] == "fp32"
+
+
+def test_a_wheel_install_finds_the_recipes_among_its_data_files(tmp_path, monkeypatch):
+    # a wheel has no recipes/ beside the package: pyproject installs them as <prefix>/share/edgeconvnext/recipes
+    # (--recipe NAME said "not found" after 'pip install edgeconvnext')
+    import importlib.metadata
+    from pathlib import PurePosixPath
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((Path(recipes.__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["data-files"]["share/edgeconvnext/recipes"] == ["recipes/*.yaml"]
+    site = tmp_path / "lib" / "site-packages"
+    share = tmp_path / "share" / "edgeconvnext" / "recipes"
+    (site / "edgeconvnext").mkdir(parents=True)
+    share.mkdir(parents=True)
+    (share / "convnextv2_atto-board.yaml").write_text("model: convnextv2_atto\n")
+
+    class Dist:
+        files = [PurePosixPath("edgeconvnext/recipes.py"),
+                 PurePosixPath("../../share/edgeconvnext/recipes/convnextv2_atto-board.yaml")]
+
+        def locate_file(self, f):
+            return site / f
+
+    monkeypatch.setattr(recipes, "__file__", str(site / "edgeconvnext" / "recipes.py"))
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Dist())
+    assert recipes._recipes_dir() == share.resolve()
