@@ -54,3 +54,17 @@ def test_models_table_keeps_every_name_whole_in_80_columns(capsys, monkeypatch):
     assert "…" not in out
     for name in zoo.public_names():
         assert f" {name} " in out
+
+
+def test_a_library_error_quoting_a_multi_line_message_stays_one_line(capsys):
+    from edgeconvnext.errors import ExportError
+
+    @app.command("_multiline_test", hidden=True)
+    def _fail() -> None:
+        raise ExportError("torch.onnx.export failed: RuntimeError: first line\n  second line\n\n  third")
+
+    try:
+        assert main(["_multiline_test"]) == 5
+    finally:
+        app.registered_commands.pop()
+    assert capsys.readouterr().err == "error: torch.onnx.export failed: RuntimeError: first line second line third\n"

@@ -38,7 +38,9 @@ def console():
 
 
 def err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    """One ``error:`` line: messages that quote a library's multi-line error are joined onto it."""
+    one_line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    print(f"error: {one_line}", file=sys.stderr)
 
 
 def info(msg: str) -> None:
