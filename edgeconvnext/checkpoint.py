@@ -486,20 +486,31 @@ def _preprocess_from_configs(raw: _Raw, default: Preprocess) -> tuple[Preprocess
     """timm hub ``pretrained_cfg`` or a HuggingFace ``preprocessor_config.json``, else ``default``."""
     cfg = (raw.config or {}).get("pretrained_cfg")
     if isinstance(cfg, dict) and "input_size" in cfg:
-        d = {"img_size": int(cfg["input_size"][-1])}
-        for k in ("crop_pct", "interpolation", "mean", "std"):
-            if k in cfg:
-                d[k] = cfg[k]
-        return Preprocess.from_dict({**default.to_dict(), **d}), "config.json pretrained_cfg"
+        try:
+            d = {"img_size": int(cfg["input_size"][-1])}
+            for k in ("crop_pct", "interpolation", "mean", "std"):
+                if cfg.get(k) is not None:
+                    d[k] = cfg[k]
+            return Preprocess.from_dict({**default.to_dict(), **d}), "config.json pretrained_cfg"
+        except (TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"config.json beside {raw.weights_file} has an unreadable pretrained_cfg "
+                                  f"({e}); fix or remove the file") from None
     pc = raw.preprocessor_config
-    if pc and isinstance(pc.get("size"), dict) and "shortest_edge" in pc["size"]:
-        size = int(pc["size"]["shortest_edge"])
-        d = {"img_size": size,
-             # transformers' ConvNextImageProcessor resizes without cropping from 384 px up
-             "crop_pct": float(pc.get("crop_pct", default.crop_pct)) if size < 384 else 1.0,
-             "interpolation": _HF_RESAMPLE.get(pc.get("resample"), default.interpolation),
-             "mean": pc.get("image_mean", list(default.mean)), "std": pc.get("image_std", list(default.std))}
-        return Preprocess.from_dict({**default.to_dict(), **d}), "preprocessor_config.json"
+    if pc and isinstance(pc.get("size"), dict) and pc["size"].get("shortest_edge") is not None:
+        def get(key: str, fallback: Any) -> Any:  # a key set to null means the processor's default
+            return fallback if pc.get(key) is None else pc[key]
+
+        try:
+            size = int(pc["size"]["shortest_edge"])
+            d = {"img_size": size,
+                 # transformers' ConvNextImageProcessor resizes without cropping from 384 px up
+                 "crop_pct": float(get("crop_pct", 224 / 256)) if size < 384 else 1.0,
+                 "interpolation": _HF_RESAMPLE.get(pc.get("resample"), default.interpolation),
+                 "mean": get("image_mean", list(default.mean)), "std": get("image_std", list(default.std))}
+            return Preprocess.from_dict({**default.to_dict(), **d}), "preprocessor_config.json"
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"preprocessor_config.json beside {raw.weights_file} has an unreadable value "
+                                  f"({e}); fix or remove the file") from None
     return default, None
 
 

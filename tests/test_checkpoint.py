@@ -210,6 +210,20 @@ def test_huggingface_folder_reads_labels_and_preprocessing(tmp_path):
     assert load_model(None, d).class_names is None
 
 
+def test_huggingface_preprocessor_config_with_nulls_and_bad_values(tmp_path):
+    # a key set to null (the processor's default) was an internal TypeError
+    src = make_model("convnextv2_test", num_classes=3)
+    d = tmp_path / "hf"
+    d.mkdir()
+    save_file(to_hf(plain_sd(src), v2=True), d / "model.safetensors")
+    cfg = {"crop_pct": None, "size": {"shortest_edge": 64}, "resample": None, "image_mean": None, "image_std": None}
+    (d / "preprocessor_config.json").write_text(json.dumps(cfg))
+    assert load_model(None, d).preprocess == zoo.Preprocess(64, 0.875, "bicubic")
+    (d / "preprocessor_config.json").write_text(json.dumps({**cfg, "image_std": "wide"}))
+    with pytest.raises(CheckpointError, match="preprocessor_config.json .* unreadable value"):
+        load_model(None, d)
+
+
 def test_huggingface_sharded_folder(tmp_path):
     src = make_model("convnext_test")
     sd = to_hf(plain_sd(src), v2=False)
