@@ -68,3 +68,18 @@ def test_a_library_error_quoting_a_multi_line_message_stays_one_line(capsys):
     finally:
         app.registered_commands.pop()
     assert capsys.readouterr().err == "error: torch.onnx.export failed: RuntimeError: first line second line third\n"
+
+
+def test_global_flags_work_after_the_command(capsys, monkeypatch):
+    # 'edgeconvnext export ... --quiet' was "No such option: --quiet"
+    from edgeconvnext import zoo
+    from edgeconvnext.cli import _hoist_global_flags
+
+    monkeypatch.setattr(zoo, "count_stats", lambda arch: {"params_m": 1.0, "gmacs": 1.0})
+
+    assert _hoist_global_flags(["export", "-o", "m.onnx", "-q", "--debug"]) == ["-q", "--debug", "export", "-o",
+                                                                                  "m.onnx"]
+    assert _hoist_global_flags(["inspect", "--", "-q"]) == ["inspect", "--", "-q"]
+    rc = main(["models", "--json", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0 and out.err == "" and out.out.lstrip().startswith("[")

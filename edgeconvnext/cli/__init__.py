@@ -41,6 +41,17 @@ for _name, _mod, _fn in _common.COMMANDS:
     app.command(_name)(getattr(__import__(f"{__name__}.{_mod}", fromlist=[_fn]), _fn))
 
 
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+
+
+def _hoist_global_flags(args: list[str]) -> list[str]:
+    """``edgeconvnext export ... --quiet`` -> ``edgeconvnext --quiet export ...``: the root's flags work after
+    the command too (no command defines options of these names; ``--`` ends the search)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     try:
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
