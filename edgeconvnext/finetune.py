@@ -110,7 +110,10 @@ class FinetuneConfig:
             if not ok:
                 raise UsageError(msg)
         if self.interpolation is not None:
-            _pil_interp(self.interpolation)
+            try:
+                _pil_interp(self.interpolation)
+            except UsageError as e:
+                raise UsageError(f"--interpolation: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

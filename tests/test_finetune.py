@@ -224,6 +224,7 @@ def test_cli_trains_one_epoch(data, tmp_path, capsys):
     (["--resume"], 3, "nothing to resume"),
     (["--epochs", "0"], 2, "--epochs must be >= 1"),
     (["--crop-pct", "1.5"], 2, "--crop-pct"),
+    (["--interpolation", "cubic"], 2, "--interpolation: unknown interpolation 'cubic'"),
     (["--img-size", "40"], 2, "multiple of 32"),
     (["--output-as-safetensors"], 2, "use a .pt file"),
 ])
