@@ -189,6 +189,8 @@ class LabelledImages:
         paths, labels, missing = [], [], []
         for name, lab in rows:
             p = root / name
+            if not p.is_file() and "\\" in name:  # a labels file written on Windows: cat\001.jpg
+                p = root / name.replace("\\", "/")
             if not p.is_file():
                 missing.append(name)
                 continue

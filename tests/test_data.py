@@ -69,3 +69,12 @@ def test_image_folder_skips_hidden_and_macos_junk_and_follows_symlinks(tmp_path)
     got = sorted(str(p.relative_to(root)) for p in ds.paths)
     assert got == ["cat/0.PNG", "cat/nested/deeper/n 1.png", "dog/0.png", "dog/linked/1.png"]
     assert ds.labels == [0, 0, 1, 1]
+
+
+def test_labels_file_written_on_windows_with_backslash_paths(tmp_path):
+    _png(tmp_path / "cat" / "0.png")
+    _png(tmp_path / "dog" / "1.png")
+    (tmp_path / "val.txt").write_bytes(b"cat\\0.png cat\r\ndog\\1.png dog\r\n")
+    ds = LabelledImages.discover(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.paths] == ["cat/0.png", "dog/1.png"]
+    assert ds.labels == [0, 1]
