@@ -231,6 +231,10 @@ def load_manifest(path: str | Path, *, preprocess: Preprocess, root: str | Path 
         raise DataError(f"calibration image folder {base} (from {'--calib-data' if root is not None else path}) "
                         "not found: pass --calib-data DIR where the manifest's images are")
     entries = data["images"]
+    if len(entries) < min_images:  # check_size's advice (--calib-size) does not apply to a manifest
+        raise UsageError(f"calibration manifest {path} lists {len(entries)} images, below the minimum of "
+                         f"{min_images} (INT8 ranges from so few images are unreliable): pass --min-calib-size "
+                         f"{len(entries)} to accept it for a smoke test, or make a larger set with --calib-data")
     check_size(len(entries), min_images)
     listed_pp = data.get("preprocess")
     if isinstance(listed_pp, dict) and Preprocess.from_dict(listed_pp) != preprocess:

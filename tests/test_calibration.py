@@ -111,6 +111,16 @@ def test_manifest_round_trip(tmp_path):
     assert np.array_equal(back2.images, cs.images)
 
 
+def test_small_manifest_is_refused_with_advice_that_fits_a_manifest(tmp_path):
+    # the advice was "use --calib-size 32", which --calib-manifest itself refuses
+    make_images(tmp_path / "d", 6)
+    mpath = write_manifest(select_images(tmp_path / "d", 6, preprocess=PP, min_images=4), tmp_path / "m.json")
+    with pytest.raises(UsageError, match=r"lists 6 images.*--min-calib-size 6") as e:
+        load_manifest(mpath, preprocess=PP, min_images=32)
+    assert "--calib-size" not in str(e.value)
+    assert len(load_manifest(mpath, preprocess=PP, min_images=6).paths) == 6
+
+
 def test_manifest_changed_or_missing_file_is_named(tmp_path):
     make_images(tmp_path / "d", 10)
     cs = select_images(tmp_path / "d", 6, preprocess=PP, min_images=4)
