@@ -83,3 +83,16 @@ def test_global_flags_work_after_the_command(capsys, monkeypatch):
     rc = main(["models", "--json", "--quiet"])
     out = capsys.readouterr()
     assert rc == 0 and out.err == "" and out.out.lstrip().startswith("[")
+
+
+def test_tilde_after_equals_is_expanded(tmp_path, monkeypatch, capsys):
+    # the shell leaves '--output=~/m.onnx' alone: a folder named '~' appeared in the working directory
+    from edgeconvnext.cli import _expand_user
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _expand_user(["export", "--output=~/m.onnx", "--model=~x", "-o", "~/y"]) == \
+        ["export", f"--output={tmp_path}/home/m.onnx", "--model=~x", "-o", "~/y"]  # ~x: no such user, kept
+    monkeypatch.chdir(tmp_path)
+    pytest.importorskip("onnxruntime")
+    assert main(["-q", "export", "--model=convnext_test", "--img-size=32", "--output=~/m.onnx"]) == 0
+    assert (tmp_path / "home" / "m.onnx").is_file() and not (tmp_path / "~").exists()

@@ -6,6 +6,7 @@ with --debug).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -52,6 +53,18 @@ def _hoist_global_flags(args: list[str]) -> list[str]:
     return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
 
 
+def _expand_user(args: list[str]) -> list[str]:
+    """``--output=~/m.onnx`` -> ``--output=/home/me/m.onnx``: the shell expands ``~`` in ``--output ~/m.onnx``
+    but not after ``=``, and every stage would otherwise write into a folder literally named ``~``."""
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if a.startswith("--") and eq and value.startswith("~"):
+            a = f"{key}={os.path.expanduser(value)}"
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     try:
@@ -61,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
 
-    args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    args = _expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv)))
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
