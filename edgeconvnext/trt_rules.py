@@ -149,9 +149,12 @@ class TrtReport:
     def summary(self) -> str:
         n8 = len(self.int8_layers)
         share = self.int8_macs_share()
-        s = f"{n8}/{len(self.layers)} layers INT8"
-        if share is not None:
-            s += f" ({share:.1%} of MACs)"
+        if n8 == 0 and self.n_quantize == 0 and self.n_dequantize == 0:
+            s = f"no INT8 layers (a float model without Q/DQ: {len(self.layers)} layers in its own precision)"
+        else:
+            s = f"{n8}/{len(self.layers)} layers INT8"
+            if share is not None:
+                s += f" ({share:.1%} of MACs)"
         s += f", opset {self.opset}, {self.n_quantize} Q / {self.n_dequantize} DQ"
         s += ": OK for TensorRT" if self.ok else f": {len(self.violations)} TensorRT rule violation(s)"
         return s

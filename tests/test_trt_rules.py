@@ -102,6 +102,16 @@ def test_valid_graph_passes_and_reports_int8_layers():
     r.raise_for_violations()  # no-op when ok
 
 
+def test_float_model_says_it_has_no_int8_layers():
+    w = _init("w", np.ones((C_OUT, C_IN, 1, 1), np.float32))
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="/stem/stem.0/Conv")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C_IN, HW, HW])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, HW, HW])], [w])
+    r = check_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert r.ok and r.summary().startswith("no INT8 layers (a float model without Q/DQ: 1 layers")
+    assert "OK for TensorRT" in r.summary()
+
+
 def test_runs_in_onnxruntime_so_the_fixture_is_real():
     ort = pytest.importorskip("onnxruntime")
     m = build()
