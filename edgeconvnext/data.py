@@ -82,6 +82,25 @@ def _is_header(file: str, label: str, root: Path | None) -> bool:
     return Path(file).suffix.lower() not in IMAGE_EXTS and not (root is not None and (root / file).is_file())
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that are classes in the ImageFolder layout (hidden ones left out), sorted."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
+
+
+def find_labels_file(root: Path) -> Path | None:
+    """The labels file (:data:`LABEL_FILES`) that makes ``root`` a flat labelled folder, or None.
+
+    A folder of class sub-folders and no images of its own is an ImageFolder even when it holds a file of
+    such a name: image-retraining tools write ``labels.txt`` as a plain list of class names.
+    """
+    found = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
+    if found is not None and class_folders(root) and not list_images(root, recursive=False):
+        log.info("%s has class folders: reading it as an ImageFolder, not by %s (pass --labels to use it)",
+                 root, found.name)
+        return None
+    return found
+
+
 def _read_labels_file(path: Path, root: Path | None = None) -> list[tuple[str, str]]:
     """Rows (file, label) of a labels file: ``<file> <label>`` (the label is the last field, so file names may
     hold spaces), ``<file>\t<label>`` or CSV ``<file>,<label>[,...]`` (quoted fields allowed); UTF-8 with or
@@ -142,10 +161,10 @@ class LabelledImages:
         if not root.is_dir():
             raise DataError(f"data folder not found: {root}")
         if labels_file is None:
-            labels_file = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
+            labels_file = find_labels_file(root)
         if labels_file is not None:
             return cls._from_labels_file(root, Path(labels_file), class_names)
-        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
+        subdirs = class_folders(root)
         if not subdirs:
             if list_images(root, recursive=False):
                 raise DataError(f"{root} holds images but no class folders and no labels file "

@@ -32,7 +32,7 @@ import numpy as np
 
 from .artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
 from .augment import TrainTransform
-from .data import LABEL_FILES, LabelledImages, is_hidden
+from .data import LabelledImages, find_labels_file, is_hidden
 from .errors import CheckpointError, DataError, UsageError
 from .preprocess import _pil_interp, eval_transform, open_rgb
 from .zoo import Preprocess
@@ -252,7 +252,7 @@ def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImage
         raise DataError(f"classes {empty[:5]}{' ...' if len(empty) > 5 else ''} have no images in {train}: "
                         "add images or remove the empty class folders")
     val = Path(val)
-    has_labels_file = val.is_dir() and any((val / n).is_file() for n in LABEL_FILES)
+    has_labels_file = val.is_dir() and find_labels_file(val) is not None
     if val.is_dir() and not has_labels_file:  # ImageFolder val: exactly the train class folders
         val_dirs = {d.name for d in val.iterdir() if d.is_dir() and not is_hidden(d.name)}
         missing = sorted(set(train_ds.class_names) - val_dirs)

@@ -75,6 +75,21 @@ def test_labels_file_written_on_windows_with_backslash_paths(tmp_path):
     _png(tmp_path / "cat" / "0.png")
     _png(tmp_path / "dog" / "1.png")
     (tmp_path / "val.txt").write_bytes(b"cat\\0.png cat\r\ndog\\1.png dog\r\n")
-    ds = LabelledImages.discover(tmp_path)
+    ds = LabelledImages.discover(tmp_path, tmp_path / "val.txt")
     assert [p.relative_to(tmp_path).as_posix() for p in ds.paths] == ["cat/0.png", "dog/1.png"]
     assert ds.labels == [0, 1]
+
+
+def test_image_folder_with_a_class_list_named_labels_txt(tmp_path):
+    # image-retraining tools write labels.txt as a list of class names beside the class folders: it was read
+    # as '<file> <label>' lines and refused; a flat folder (images of its own) still uses its labels file
+    _png(tmp_path / "cat" / "0.png")
+    _png(tmp_path / "dog" / "1.png")
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    ds = LabelledImages.discover(tmp_path)
+    assert ds.class_names == ["cat", "dog"] and ds.labels == [0, 1]
+    with pytest.raises(DataError, match="expected '<file> <label>'"):  # asked for explicitly: it is read
+        LabelledImages.discover(tmp_path, tmp_path / "labels.txt")
+    _png(tmp_path / "2.png")
+    (tmp_path / "labels.txt").write_text("2.png dog\n")
+    assert [p.name for p in LabelledImages.discover(tmp_path).paths] == ["2.png"]
