@@ -30,7 +30,9 @@ from .zoo import Preprocess
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# what torchvision's ImageFolder reads, less the rare .ppm/.pgm (extensions are matched case-insensitively)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_EXTS = " ".join(IMAGE_EXTS)
 LABEL_FILES = ("labels.txt", "labels.csv", "val.txt", "val_labels.txt", "ground_truth.txt")
 
 
@@ -169,7 +171,7 @@ class LabelledImages:
             if list_images(root, recursive=False):
                 raise DataError(f"{root} holds images but no class folders and no labels file "
                                 f"({' / '.join(LABEL_FILES)}): add one, or pass --labels FILE")
-            raise DataError(f"no images found in {root}")
+            raise DataError(f"no images found in {root} (image files end in {_EXTS}, any case)")
         folder_classes = [d.name for d in subdirs]
         names = list(class_names) if class_names else folder_classes
         index = {c: i for i, c in enumerate(names)}
@@ -184,7 +186,8 @@ class LabelledImages:
                 paths.append(p)
                 labels.append(index[d.name])
         if not paths:
-            raise DataError(f"no images found in the class folders of {root}")
+            raise DataError(f"no images found in the class folders of {root} (image files end in {_EXTS}, "
+                            "any case)")
         return cls(paths, labels, names, root)
 
     @classmethod

@@ -71,6 +71,8 @@ def to_rgb(im):
     """A PIL image of any mode as 8-bit RGB; 16-bit greyscale is scaled (0..65535 -> 0..255), not clipped."""
     from PIL import Image
 
+    if im.mode == "F":  # TIFF float pixels: their range (0..1? 0..255? raw sensor?) is unknown
+        raise ValueError("32-bit float pixels have no standard 0..255 scale; save the image as 8- or 16-bit")
     if im.mode in _WIDE_GREY:
         grey = np.asarray(im).astype(np.float64) / 257.0
         im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")

@@ -91,3 +91,20 @@ def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DataError, match="huge.png"):
         preprocess_image(p, Preprocess(img_size=32))
+
+
+def test_tiff_16bit_and_float(tmp_path):
+    # TIFF (what torchvision's ImageFolder also reads): 16-bit scaled like PNG; float pixels have no known
+    # scale, so such a file is an unreadable image (skipped and counted), not a silently black one
+    from edgeconvnext.data import list_images
+
+    grey8 = np.random.default_rng(0).integers(20, 230, (40, 40), dtype=np.uint8)
+    Image.fromarray(grey8, mode="L").save(tmp_path / "g8.png")
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.TIF")
+    Image.fromarray(grey8.astype(np.float32) / 255).save(tmp_path / "f32.tiff")
+    assert [p.name for p in list_images(tmp_path)] == ["f32.tiff", "g16.TIF", "g8.png"]
+    pp = Preprocess(img_size=32, crop_pct=1.0)
+    np.testing.assert_allclose(preprocess_image(tmp_path / "g16.TIF", pp), preprocess_image(tmp_path / "g8.png", pp),
+                               atol=1e-6)
+    with pytest.raises(DataError, match="f32.tiff.*float pixels"):
+        preprocess_image(tmp_path / "f32.tiff", pp)

@@ -14,7 +14,7 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", show_default=False,
                                          help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx "
                                               "go beside it.")]
 CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="Folder of calibration images (searched "
-                                                      "recursively; jpg/png/webp/bmp).")]
+                                                      "recursively; jpg/png/webp/bmp/tif).")]
 CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on (default 512; "
                                                      "~500 recommended).", show_default=False)]
 # Options a recipe can set default to None ("not given"), so defaults < recipe < command line holds; the
