@@ -291,12 +291,30 @@ def _read_torch(path: Path, allow_unsafe: bool) -> tuple[Any, bool]:
                                   f"the file (unpickling can run arbitrary code)") from None
         log.warning("loading %s with full unpickling (allowed by the caller): it stores %s", path, m.group(1))
     except (RuntimeError, EOFError, ValueError, KeyError, OSError, IndexError) as e:
+        if "TorchScript" in str(e):
+            return _read_torchscript(path, allow_unsafe), True
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt "
                               f"({_first_sentence(e)}); download or copy it again") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False), True
     except Exception as e:  # noqa: BLE001 - arbitrary unpickling can raise anything
         raise CheckpointError(f"cannot unpickle checkpoint {path}: {type(e).__name__}: {_first_sentence(e)}") from None
+
+
+def _read_torchscript(path: Path, allow_unsafe: bool) -> dict[str, Any]:
+    """The weights (state dict) of a TorchScript archive (torch.jit.save), with the user's consent."""
+    import torch
+
+    if not allow_unsafe:
+        raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a weights checkpoint: give "
+                              f"the checkpoint it was made from, or pass --allow-unsafe-pickle to read its weights "
+                              f"(loading TorchScript compiles the code stored in it: only for files you trust)")
+    log.warning("reading the weights of TorchScript archive %s (allowed by the caller)", path)
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as e:  # noqa: BLE001 - the TorchScript loader raises many types
+        raise CheckpointError(f"cannot load TorchScript archive {path}: {type(e).__name__}: "
+                              f"{_first_sentence(e)}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -320,6 +320,17 @@ def test_namespace_training_checkpoint_needs_consent(tmp_path):
     assert_same(loaded, src)
 
 
+def test_torchscript_archive_is_named_and_read_with_consent(tmp_path):
+    # it was "truncated or corrupt; download or copy it again"
+    src = make_model("convnextv2_test")
+    f = tmp_path / "model_scripted.pt"
+    torch.jit.save(torch.jit.trace(src, torch.zeros(1, 3, 32, 32)), str(f))
+    with pytest.raises(CheckpointError, match="is a TorchScript archive .*--allow-unsafe-pickle") as e:
+        load_model(None, f)
+    assert "corrupt" not in str(e.value)
+    assert_same(load_model(None, f, allow_unsafe=True), src)
+
+
 # ------------------------------------------------------------------------------------------------
 # Architecture inference
 # ------------------------------------------------------------------------------------------------
