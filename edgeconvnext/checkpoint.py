@@ -352,6 +352,9 @@ def _read_weights_file(path: Path, allow_unsafe: bool) -> _Raw:
             merged.update(raw.obj)
             unsafe |= raw.unsafe
         return _Raw(merged, path, unsafe=unsafe)
+    if path.suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise CheckpointError(f"{path} is a deployed model, not a checkpoint: give the PyTorch checkpoint it was made "
+                              f"from (validate, inspect and build-engine take {path.suffix} files)")
     raise CheckpointError(f"{path} is not a checkpoint: it is neither a PyTorch file (torch.save) nor safetensors")
 
 

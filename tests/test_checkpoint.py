@@ -320,6 +320,13 @@ def test_namespace_training_checkpoint_needs_consent(tmp_path):
     assert_same(loaded, src)
 
 
+def test_onnx_given_as_checkpoint_says_what_to_give(tmp_path):
+    f = tmp_path / "m.int8.onnx"
+    f.write_bytes(b"\x08\x08\x12\x07pytorch")
+    with pytest.raises(CheckpointError, match="deployed model, not a checkpoint.*validate, inspect and build-engine"):
+        load_model(None, f)
+
+
 def test_torchscript_archive_is_named_and_read_with_consent(tmp_path):
     # it was "truncated or corrupt; download or copy it again"
     src = make_model("convnextv2_test")
