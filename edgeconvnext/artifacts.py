@@ -72,12 +72,35 @@ def _temp_beside(dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
     except OSError as e:
-        blocker = next((a for a in dest.parents if a.exists() and not a.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker is not None else \
-            f"{e.strerror or e} in {dest.parent}"
-        raise UsageError(f"cannot write {dest}: {reason}; choose another output path") from None
+        raise _cannot_write(dest, e) from None
     os.close(fd)
     return Path(tmp)
+
+
+def _cannot_write(dest: Path, e: OSError, folder: Path | None = None) -> UsageError:
+    blocker = next((a for a in dest.parents if a.exists() and not a.is_dir()), None)
+    reason = f"{blocker} is a file, not a folder" if blocker is not None else \
+        f"{e.strerror or e} in {folder or dest.parent}"
+    return UsageError(f"cannot write {dest}: {reason}; choose another output path")
+
+
+def _probe_writable(dest: Path) -> None:
+    """Create and remove a temporary file in dest's folder (or a temporary folder in its nearest existing
+    ancestor, so nothing is left behind when the command fails later); UsageError when that fails."""
+    anc = dest.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        if not anc.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(anc))
+        if anc == dest.parent:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=anc)
+            os.close(fd)
+            os.unlink(tmp)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".edgeconvnext.", suffix=".probe", dir=anc))
+    except OSError as e:
+        raise _cannot_write(dest, e, anc) from None
 
 
 def check_output(path: str | Path, option: str = "--output",
@@ -86,8 +109,8 @@ def check_output(path: str | Path, option: str = "--output",
 
     ``inputs`` maps an option name to the path it was given (None: not given). Raises UsageError naming
     ``option`` when ``path`` is a folder, does not end in ``suffix``, is one of the inputs, or its folder
-    cannot be created or written to (tested by creating and removing a temporary file there). Creates the
-    missing parent folders.
+    cannot be created or written to (tested by creating and removing a temporary file or folder; nothing
+    is left behind: the stage's atomic_output creates the missing folders when it writes).
     """
     dest = Path(path).expanduser()
     if dest.is_dir():
@@ -101,7 +124,7 @@ def check_output(path: str | Path, option: str = "--output",
         if dest.resolve() == src.resolve() or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
             raise UsageError(f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
                              f"choose another {option}")
-    _temp_beside(dest).unlink()
+    _probe_writable(dest)
     return dest
 
 

@@ -11,10 +11,13 @@ from edgeconvnext.cli import main
 from edgeconvnext.errors import UsageError
 
 
-def test_check_output_creates_missing_folders_and_leaves_no_file(tmp_path):
+def test_check_output_leaves_nothing_behind_and_atomic_output_creates_the_folders(tmp_path):
     out = tmp_path / "new" / "deeper" / "m.onnx"
     assert check_output(out, suffix=".onnx") == out
-    assert out.parent.is_dir() and not list(out.parent.iterdir())
+    assert not list(tmp_path.iterdir())  # a command failing later leaves no empty folders
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"x")
+    assert out.read_bytes() == b"x" and [p.name for p in out.parent.iterdir()] == ["m.onnx"]
 
 
 @pytest.mark.parametrize("case,message", [
