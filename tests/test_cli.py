@@ -96,3 +96,16 @@ def test_tilde_after_equals_is_expanded(tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     assert main(["-q", "export", "--model=convnext_test", "--img-size=32", "--output=~/m.onnx"]) == 0
     assert (tmp_path / "home" / "m.onnx").is_file() and not (tmp_path / "~").exists()
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path, capsys):
+    # rich read 'm[bold].onnx' as markup and printed 'm.onnx': the path shown was not the file written
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m[bold].onnx"
+    assert main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    report = tmp_path / "r[x].json"
+    assert main(["-q", "validate", str(out), "--latency", "--iters", "1", "--warmup", "0", "--latency-batch", "1",
+                 "--report", str(report)]) == 0
+    line = capsys.readouterr().out
+    assert "m[bold].onnx" in line and str(report) in line and report.is_file()

@@ -51,11 +51,11 @@ def export_cmd(
     # soft_wrap: each of these stays one line when piped (rich wraps at 80 columns otherwise)
     if not STATE.quiet:
         for note in result.notes:
-            c.print(f"note: {note}", soft_wrap=True)
-        c.print(result.parity_line(), soft_wrap=True)
+            c.print(f"note: {note}", soft_wrap=True, markup=False)
+        c.print(result.parity_line(), soft_wrap=True, markup=False)
     shape = f"({'N' if result.batch is None else result.batch}, 3, {result.img_size}, {result.img_size})"
     c.print(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} opset {result.opset} "
-            f"input {shape}  {result.seconds:.1f} s", soft_wrap=True)
+            f"input {shape}  {result.seconds:.1f} s", soft_wrap=True, markup=False)  # paths are not markup
 
 
 class _Null:

@@ -92,7 +92,9 @@ def finetune_cmd(
                          threads=threads, seed=seed, resume=resume, device=device, allow_unsafe=allow_unsafe, ema=ema)
     with _RichProgress() as hook:
         result = finetune(cfg, progress=hook)
+    from rich.markup import escape  # a path like run[2].pt is data, not markup
+
     pp = result.preprocess
-    done(f"{result.output} ({human_size(result.output.stat().st_size)}): {len(result.class_names)} classes, "
+    done(escape(f"{result.output} ({human_size(result.output.stat().st_size)}): {len(result.class_names)} classes, "
          f"val top-1 {result.final_top1:.2f}% (best {result.best_top1:.2f}% at epoch {result.best_epoch}), "
-         f"input {pp.img_size}/{pp.crop_pct} {pp.interpolation}, {result.seconds:.0f} s")
+         f"input {pp.img_size}/{pp.crop_pct} {pp.interpolation}, {result.seconds:.0f} s"))

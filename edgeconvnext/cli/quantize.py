@@ -182,9 +182,11 @@ class _Progress:
         return self
 
     def step(self, desc: str) -> None:
+        from rich.markup import escape  # descriptions name folders: data, not markup
+
         self._desc = desc
         if self._p is not None:
-            self._p.update(self._task, description=desc, total=None, completed=0)
+            self._p.update(self._task, description=escape(desc), total=None, completed=0)
 
     def advance(self, done: int, total: int) -> None:
         if self._p is not None:

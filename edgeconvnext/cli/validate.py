@@ -107,4 +107,6 @@ def validate_cmd(
             _show(e.report, markdown)  # type: ignore[attr-defined]
             raise
     _show(rep, markdown)
-    done(summary_line(rep, report, markdown))
+    from rich.markup import escape  # paths like run[2].onnx are data, not markup
+
+    done(escape(summary_line(rep, report, markdown)))
