@@ -109,3 +109,10 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path, capsys):
                  "--report", str(report)]) == 0
     line = capsys.readouterr().out
     assert "m[bold].onnx" in line and str(report) in line and report.is_file()
+
+
+def test_version(capsys):
+    from edgeconvnext import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"edgeconvnext {__version__}\n"

@@ -25,10 +25,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"edgeconvnext {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final line."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
     _common.STATE.debug = debug
     _common.STATE.quiet = quiet
