@@ -124,7 +124,9 @@ def check_size(size: int, min_images: int = MIN_IMAGES, *, warn: bool = True) ->
 def selection_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
     """``paths`` ordered by sha256(f"{seed}:{relative path}"): deterministic for a seed, any listing order."""
     def key(p: Path) -> str:
-        return hashlib.sha256(f"{seed}:{_rel(p, root)}".encode()).hexdigest()
+        # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old archive) hashes as its raw
+        # bytes; UTF-8 names hash exactly as before
+        return hashlib.sha256(f"{seed}:{_rel(p, root)}".encode("utf-8", "surrogateescape")).hexdigest()
 
     return sorted(paths, key=key)
 

@@ -147,3 +147,21 @@ def test_bad_manifest_files(tmp_path):
     (tmp_path / "v9.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "format_version": 9}))
     with pytest.raises(DataError, match="format_version 9"):
         read_manifest(tmp_path / "v9.json")
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    # Latin-1 names from an old archive: the selection hash raised UnicodeEncodeError (an internal error)
+    import os
+    import shutil
+
+    make_images(tmp_path / "d", 6)
+    src = sorted((tmp_path / "d").rglob("*.png"))[0]
+    try:
+        for i in range(3):
+            shutil.copy(src, os.path.join(os.fsencode(tmp_path / "d"), f"caf{i}".encode() + b"\xe9.png"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    cs = select_images(tmp_path / "d", 9, preprocess=PP, min_images=4)
+    assert len(cs.paths) == 9
+    back = load_manifest(write_manifest(cs, tmp_path / "m.json"), preprocess=PP, min_images=4)
+    assert back.paths == cs.paths
