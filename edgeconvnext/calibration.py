@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import sha256_file, write_json_atomic
-from .data import IMAGE_EXTS, list_images, load_images
+from .data import IMAGE_EXTS, list_images, load_images, warn_skipped
 from .errors import DataError, UsageError
 from .zoo import Preprocess
 
@@ -144,8 +144,8 @@ def _load_into(paths: list[Path], pp: Preprocess, needed: int, on_progress: Prog
         out[len(used):len(used) + len(ok)] = arr
         used += ok
         for p, reason in bad:
-            log.warning("skipping calibration image: %s", reason)
-        skipped += bad
+            skipped.append((p, reason))
+            warn_skipped(len(skipped), reason, "skipping calibration image:")
         if on_progress is not None:
             on_progress(len(used), needed)
     return out[:len(used)], used

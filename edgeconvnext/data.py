@@ -36,6 +36,21 @@ _EXTS = " ".join(IMAGE_EXTS)
 LABEL_FILES = ("labels.txt", "labels.csv", "val.txt", "val_labels.txt", "ground_truth.txt")
 
 
+#: unreadable images named one by one in the log; the rest are only counted (reports list them)
+SKIP_WARNINGS = 10
+
+
+def warn_skipped(count: int, reason: str, what: str = "skipping") -> None:
+    """Log the ``count``-th unreadable image of a run: the first :data:`SKIP_WARNINGS` by name, then one line
+    (a folder with thousands of broken files must not bury the result)."""
+    if count <= SKIP_WARNINGS:
+        log.warning("%s %s", what, reason)
+    elif count == SKIP_WARNINGS + 1:
+        log.warning("more unreadable images: the rest are counted, not listed here")
+    else:
+        log.debug("%s %s", what, reason)
+
+
 def is_hidden(name: str) -> bool:
     """Names that are never data: dot files/folders (.DS_Store, .ipynb_checkpoints, macOS ._ files) and the
     __MACOSX folder that unzipping a macOS archive leaves."""
@@ -232,7 +247,7 @@ class LabelledImages:
                     ys.append(y)
                 except DataError as e:
                     self.skipped.append((p, str(e)))
-                    log.warning("skipping %s", e)
+                    warn_skipped(len(self.skipped), str(e))
             if xs:
                 yield np.stack(xs), np.asarray(ys, dtype=np.int64)
 

@@ -116,3 +116,25 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"edgeconvnext {__version__}\n"
+
+
+def test_quiet_shows_no_warnings_only_the_final_line(tmp_path, capsys):
+    # --quiet is "only errors and the final line": every skipped image was still a WARNING line
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "m.onnx"
+    assert main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "--num-classes", "2",
+                 "-o", str(model)]) == 0
+    for c in ("0", "1"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / c / "ok.png")
+    (tmp_path / "val" / "0" / "broken.jpg").write_bytes(b"junk")
+    r = subprocess.run([sys.executable, "-m", "edgeconvnext", "validate", str(model), "-d", str(tmp_path / "val"),
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.count("\n") == 1 and "1 unreadable skipped" in r.stdout

@@ -93,3 +93,18 @@ def test_image_folder_with_a_class_list_named_labels_txt(tmp_path):
     _png(tmp_path / "2.png")
     (tmp_path / "labels.txt").write_text("2.png dog\n")
     assert [p.name for p in LabelledImages.discover(tmp_path).paths] == ["2.png"]
+
+
+def test_unreadable_images_are_all_counted_but_only_the_first_ones_logged(tmp_path, caplog):
+    from edgeconvnext.data import SKIP_WARNINGS
+    from edgeconvnext.zoo import Preprocess
+
+    _png(tmp_path / "cat" / "ok.png")
+    for i in range(SKIP_WARNINGS + 5):
+        (tmp_path / "cat" / f"bad{i:02d}.jpg").write_bytes(b"not a jpeg")
+    ds = LabelledImages.discover(tmp_path)
+    with caplog.at_level("WARNING", logger="edgeconvnext.data"):
+        n = sum(len(y) for _, y in ds.batches(Preprocess(img_size=32), batch=4))
+    assert n == 1 and len(ds.skipped) == SKIP_WARNINGS + 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == SKIP_WARNINGS + 1 and "counted, not listed" in warnings[-1]

@@ -42,7 +42,8 @@ def _root(
 ) -> None:
     _common.STATE.debug = debug
     _common.STATE.quiet = quiet
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+    # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
