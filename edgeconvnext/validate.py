@@ -511,13 +511,17 @@ def _accuracy(runner: Runner, runners: list[Runner], data: Path, *, display: str
     ds = _limit(_dataset(data, labels, class_names, num_classes, display, notes), limit)
 
     base: Runner | None = None
+    base_sha: str | None = None
     base_path = baseline if baseline is not None else checkpoint
     if baseline is not None:
         base = open_runner(Path(baseline), "onnxruntime", "cpu", threads=threads)
+        base_sha = sha256_file(baseline)
     elif checkpoint is not None:
         from .checkpoint import load_model
 
-        base = open_runner(load_model(None, Path(checkpoint), allow_unsafe=allow_unsafe), "torch", "cpu", "fp32")
+        loaded = load_model(None, Path(checkpoint), allow_unsafe=allow_unsafe)  # hashes the file once
+        base = open_runner(loaded, "torch", "cpu", "fp32")
+        base_sha = loaded.source_sha256
     if base is not None:
         runners.append(base)
         _check_baseline(base, _model_info(base), num_classes, class_names, pp, Path(base_path).name, notes)
@@ -547,7 +551,7 @@ def _accuracy(runner: Runner, runners: list[Runner], data: Path, *, display: str
         skipped_files=[{"file": str(p), "reason": why} for p, why in ds.skipped[:SKIPPED_LISTED]])
     if base is not None:
         bs = scores[1]
-        out.update(baseline=str(base_path), baseline_sha256=sha256_file(base_path), baseline_runner=base.name,
+        out.update(baseline=str(base_path), baseline_sha256=base_sha, baseline_runner=base.name,
                    baseline_top1=bs.top1, baseline_top5=bs.top5, baseline_images_per_s=bs.images_per_s,
                    drop=bs.top1 - ms.top1, top1_agreement=agree.top1_agreement, cosine_mean=agree.cos_mean,
                    cosine_min=agree.cos_min)

@@ -114,6 +114,7 @@ def test_checkpoint_baseline_in_torch_agrees(world, tmp_path):
     data = image_folder(world, tmp_path / "val", world["labels"])
     rep = validate(world["onnx"], data, checkpoint=world["ckpt"])
     assert rep.baseline_runner.startswith("torch-cpu-fp32")
+    assert rep.baseline_sha256 == hashlib.sha256(world["ckpt"].read_bytes()).hexdigest()
     assert rep.baseline_top1 == rep.top1 and rep.top1_agreement == 100.0
     assert rep.cosine_min > 0.99999
 
