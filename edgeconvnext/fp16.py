@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BackendMissing, ExportError, UsageError
+from .quantization.graph import QDQ_OPS, GraphIndex
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -52,7 +53,6 @@ FP32_OPS = frozenset({"LayerNormalization"})
 #: ops whose float inputs do not set a compute type (shape queries)
 TYPE_AGNOSTIC_OPS = frozenset({"Shape", "Size"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 #: smallest positive normal float16; smaller Q/DQ scales lose precision as subnormals
 FP16_MIN_NORMAL = 6.103515625e-05
 FP16_MAX = 65504.0
@@ -175,14 +175,12 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
     types: dict[str, int] = {}
     for v in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
         types[v.name] = v.type.tensor_type.elem_type
-    inits = {t.name: t for t in g.initializer}
-    for name, t in inits.items():
-        types[name] = t.data_type
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    types[n.output[0]] = a.t.data_type
+    gi = GraphIndex(model)  # holds the node objects themselves: in-place edits below show through it
+    inits = gi.initializers
+    for name in list(inits) + [n.output[0] for n in g.node if n.op_type == "Constant"]:
+        dt = gi.const_dtype(name)
+        if dt is not None:
+            types[name] = dt
 
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -197,11 +195,9 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
 
     # 2. Constant tensors: initializers, Constant outputs, and Identity chains over them.
     const: set[str] = set(inits)
-    const_node: dict[str, Any] = {}
     for n in g.node:
         if n.op_type == "Constant":
             const.add(n.output[0])
-            const_node[n.output[0]] = n
         elif n.op_type == "Identity" and n.input[0] in const:
             const.add(n.output[0])
 
@@ -227,14 +223,12 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
     report.fp32_nodes = dict(Counter(g.node[i].op_type for i in sorted(keep32)))
 
     # 4. The float type each tensor will have: island outputs float32, every other float tensor float16.
-    graph_inputs = {v.name for v in g.input if v.name not in inits}
-
     def new_type(name: str) -> int:
         if not is_float(name):
             return types.get(name, 0)
         if name in fp32_tensors:
             return FLOAT
-        if name in graph_inputs and keep_io_types:
+        if name in gi.graph_inputs and keep_io_types:
             return FLOAT
         return HALF
 
@@ -260,16 +254,13 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
         key = (name, want)
         if key in const_variant:
             return const_variant[key]
-        src = name
-        while src not in inits and src not in const_node:  # Identity chain over a constant
-            prod = producer[src]
-            src = prod.input[0]
+        src, src_node = gi.trace_back(name, through=("Identity",))  # Identity chain over a constant
         vname = fresh(f"{name}_fp16")
         if src in inits:
             new_inits.append(_tensor_to_fp16(inits[src], vname, report))
             report.initializers_converted += 1
         else:
-            t = next(a.t for a in const_node[src].attribute if a.name == "value")
+            t = next(a.t for a in src_node.attribute if a.name == "value")
             new_nodes.append(helper.make_node("Constant", [], [vname], value=_tensor_to_fp16(t, vname, report)))
             report.constants_converted += 1
         const_variant[key] = vname
@@ -285,7 +276,6 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
             report.casts_inserted += 1
         return casts[key]
 
-    producer = {o: n for n in g.node for o in n.output}
     # Float constants are materialised per consumer; the originals are dropped when unused.
     for i, n in enumerate(g.node):
         if n.op_type == "Constant" and is_float(n.output[0]):
@@ -322,11 +312,11 @@ def convert_to_fp16(proto: "onnx.ModelProto", *, keep_io_types: bool = True) -> 
             continue
         src = name
         chain = []
-        while src not in inits and src not in const_node:
-            chain.append(producer[src])
-            src = producer[src].input[0]
-        if src in const_node and is_float(src):
-            f32_const_nodes.append(const_node[src])
+        while not gi.is_const(src):
+            chain.append(gi.producer[src])
+            src = gi.producer[src].input[0]
+        if src not in inits and is_float(src):
+            f32_const_nodes.append(gi.producer[src])
         f32_const_nodes.extend(reversed(chain))
     seen_ids: set[int] = set()
     f32_const_nodes = [n for n in f32_const_nodes if not (id(n) in seen_ids or seen_ids.add(id(n)))]
