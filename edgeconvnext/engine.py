@@ -496,7 +496,7 @@ def _convert_fp16(plan: BuildPlan, step: Callable[[str], None]) -> dict[str, Any
     from .fp16 import compare_outputs, convert_file
 
     step(f"converting {plan.onnx.path.name} to FP16 (LayerNorm and GRN reductions kept FP32) -> {plan.build_onnx}")
-    report = convert_file(plan.onnx.path, plan.build_onnx)
+    report = convert_file(plan.onnx.path, plan.build_onnx, source_sha256=plan.onnx.sha256)
     out: dict[str, Any] = {"path": str(plan.build_onnx), "sha256": sha256_file(plan.build_onnx),
                            "report": report.to_dict()}
     try:

@@ -397,25 +397,23 @@ def _topo_sort(g: Any) -> None:
 
 
 def convert_file(src: str | Path, dst: str | Path, *, keep_io_types: bool = True,
-                 extra_metadata: dict[str, str] | None = None) -> Fp16Report:
-    """Convert the ONNX file ``src`` to FP16 and write ``dst`` atomically (metadata precision updated)."""
+                 source_sha256: str | None = None) -> Fp16Report:
+    """Convert the ONNX file ``src`` to FP16 and write ``dst`` atomically (metadata precision updated).
+
+    ``source_sha256``: the sha256 of ``src`` when the caller has it already (else it is computed).
+    """
     onnx = _onnx()
     from .artifacts import atomic_output, sha256_file
+    from .export import set_metadata
     from .onnx_info import load_proto
 
     proto = load_proto(src, external_data=True)
     out, report = convert_to_fp16(proto, keep_io_types=keep_io_types)
-    meta = {p.key: p.value for p in out.metadata_props}
     has_qdq = any(n.op_type in QDQ_OPS for n in out.graph.node)
-    updates = {"edgeconvnext.precision": "int8" if has_qdq else "fp16",
-               "edgeconvnext.compute_dtype": "float16",
-               "edgeconvnext.io_dtype": "float32" if keep_io_types else "float16",
-               "edgeconvnext.fp16_converted_from": sha256_file(src)}
-    updates.update(extra_metadata or {})
-    meta.update(updates)
-    del out.metadata_props[:]
-    for k, v in meta.items():
-        out.metadata_props.add(key=k, value=v)
+    set_metadata(out, {"edgeconvnext.precision": "int8" if has_qdq else "fp16",
+                       "edgeconvnext.compute_dtype": "float16",
+                       "edgeconvnext.io_dtype": "float32" if keep_io_types else "float16",
+                       "edgeconvnext.fp16_converted_from": source_sha256 or sha256_file(src)})
     if out.ByteSize() > 2**31 - 64 * 2**20:
         raise ExportError(f"the FP16 model of {src} is larger than protobuf's 2 GiB limit; export it in FP16 "
                           "with external data instead (edgeconvnext export --precision fp16)")
