@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,7 +66,7 @@ def build_engine_cmd(
     from rich.markup import escape
     from rich.status import Status
 
-    with Status("building", console=console(), spinner="dots") if not STATE.quiet and not json_out else _Null() as status:
+    with Status("building", console=console(), spinner="dots") if not STATE.quiet and not json_out else nullcontext() as status:
         def step(msg: str) -> None:
             if status is not None:
                 status.update(escape(msg))
@@ -84,11 +85,3 @@ def build_engine_cmd(
         info(escape(f"note: {note}"))
     done(escape(f"{result.engine} ({human_size(result.engine_bytes)}, {result.precision}, batch {result.profile}, "
          f"TensorRT {result.tensorrt_version or '?'} via {result.backend}) in {result.seconds:.1f} s"))
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
