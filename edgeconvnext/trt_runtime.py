@@ -241,18 +241,17 @@ class TensorRTRunner(Runner):
     def _prepare(self, batch: int) -> dict[str, Any]:
         """Device buffers for ``batch`` and the context's shapes/addresses set for them (cached per batch)."""
         torch = self.torch
+        self._set_shape(batch)
         bufs = self._buffers.get(batch)
         if bufs is None:
             bufs = {self.input_name: torch.empty((batch, *self.chw), dtype=self.dtypes[self.input_name],
                                                  device=self.device)}
-            self._set_shape(batch)
             for name in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise CheckpointError(f"{self.path}: output {name} has unresolved shape {shape}")
                 bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             self._buffers[batch] = bufs
-        self._set_shape(batch)
         for name, t in bufs.items():
             # set_tensor_address returns False (and TensorRT logs why) for a bad name or alignment
             if not self.context.set_tensor_address(name, t.data_ptr()):
