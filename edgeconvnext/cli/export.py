@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, human_size
+from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, done, human_size
 
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32 or fp16 (fp16 keeps float32 input/output; "
                                                                      "INT8 comes from 'edgeconvnext quantize').")]
@@ -43,7 +44,7 @@ def export_cmd(
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
 
     c = console()
-    with c.status("loading the model", spinner="dots") if not STATE.quiet else _Null() as status:
+    with c.status("loading the model", spinner="dots") if not STATE.quiet else nullcontext() as status:
         loaded = load_model(model, checkpoint, num_classes=num_classes, img_size=img_size,
                             allow_unsafe=allow_unsafe_pickle, ema=ema)
         on_step = status.update if status is not None else None
@@ -53,14 +54,8 @@ def export_cmd(
         for note in result.notes:
             c.print(f"note: {note}", soft_wrap=True, markup=False)
         c.print(result.parity_line(), soft_wrap=True, markup=False)
+    from rich.markup import escape  # a path like run[2].onnx is data, not markup
+
     shape = f"({'N' if result.batch is None else result.batch}, 3, {result.img_size}, {result.img_size})"
-    c.print(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} opset {result.opset} "
-            f"input {shape}  {result.seconds:.1f} s", soft_wrap=True, markup=False)  # paths are not markup
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    done(escape(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} "
+                f"opset {result.opset} input {shape}  {result.seconds:.1f} s"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, human_size
+from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, done, human_size
 
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", show_default=False,
                                          help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx "
@@ -156,9 +156,11 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
         c.print(f"TensorRT rules: {result.report.summary()}", soft_wrap=True, markup=False)
         extra = [result.manifest.name] + ([result.fp32_path.name] if result.fp32_path else [])
         c.print(f"beside it: {result.sidecar.name}, {', '.join(extra)}", soft_wrap=True, markup=False)
+    from rich.markup import escape  # a path like run[2].onnx is data, not markup
+
     cfg = result.config
-    c.print(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 ({cfg.backend}, "
-            f"{cfg.calib_method})  {result.seconds:.1f} s", soft_wrap=True, markup=False)
+    done(escape(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 ({cfg.backend}, "
+                f"{cfg.calib_method})  {result.seconds:.1f} s"))
 
 
 class _Progress:
