@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RuleViolation, UsageError
+from .fp16 import default_opset
 from .quantization.graph import (
     COMPUTE_OPS,
     GraphIndex,
@@ -214,13 +215,6 @@ def check_file(path: str | Path) -> TrtReport:
     return report
 
 
-def _opset(model: "onnx.ModelProto") -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return int(o.version)
-    return 0
-
-
 def _is_per_tensor(shape: tuple[int, ...] | None) -> bool:
     return shape is not None and int(np.prod(shape)) == 1
 
@@ -240,7 +234,7 @@ def _float_precision(g: GraphIndex, node: "onnx.NodeProto") -> str:
 def check_model(model: "onnx.ModelProto") -> TrtReport:
     """Check ``model`` against TensorRT's explicit-quantization rules; never raises for a rule (see report)."""
     g = GraphIndex(model)
-    opset = _opset(model)
+    opset = default_opset(model)
     violations: list[Violation] = []
     warnings: list[str] = []
     v = violations.append
@@ -371,14 +365,19 @@ def _check_pair(g: GraphIndex, q: "onnx.NodeProto", dq: "onnx.NodeProto", v) -> 
                     f"axis {attr(dq, 'axis', 1)} differs from its QuantizeLinear's axis {attr(q, 'axis', 1)}"))
 
 
+def _dequantizes_weight(g: GraphIndex, dq: "onnx.NodeProto") -> bool:
+    """Whether ``dq`` dequantizes a constant: directly, or through a QuantizeLinear of the constant."""
+    src = dq.input[0]
+    p = g.producer.get(src)
+    return g.is_const(src) or (p is not None and p.op_type == "QuantizeLinear" and g.is_const(p.input[0]))
+
+
 def _check_dequantize(g: GraphIndex, n: "onnx.NodeProto", v) -> None:
     label = n.name or "DequantizeLinear"
     _check_zero_point_and_scale(g, n, v, is_q=False)
     src = n.input[0]
     src_node = g.producer.get(src)
-    is_weight = g.is_const(src) or (src_node is not None and src_node.op_type == "QuantizeLinear"
-                                     and g.is_const(src_node.input[0]))
-    if not is_weight:
+    if not _dequantizes_weight(g, n):
         if src_node is None or src_node.op_type != "QuantizeLinear":
             where = "a graph input" if src in g.graph_inputs else (f"{src_node.op_type} '{src_node.name}'"
                                                                    if src_node else f"'{src}'")
@@ -450,9 +449,7 @@ def _layer_precisions(g: GraphIndex, warnings: list[str]) -> list[LayerPrecision
         act_dq = _from_int8_dq(g, n.input[0])
         w_dq = _from_int8_dq(g, n.input[1])
         act_int8 = act_dq is not None and not g.is_const(act_dq.input[0])
-        w_int8 = w_dq is not None and (g.is_const(w_dq.input[0]) or (
-            g.producer.get(w_dq.input[0]) is not None and g.producer[w_dq.input[0]].op_type == "QuantizeLinear"
-            and g.is_const(g.producer[w_dq.input[0]].input[0])))
+        w_int8 = w_dq is not None and _dequantizes_weight(g, w_dq)
         axis = None
         if w_int8:
             sshape = g.const_shape(w_dq.input[1])
@@ -470,8 +467,7 @@ def _layer_precisions(g: GraphIndex, warnings: list[str]) -> list[LayerPrecision
                 which = "activation" if act_int8 else "weight"
                 warnings.append(f"{name} ({n.op_type}): only its {which} has Q/DQ, so TensorRT computes it in "
                                 f"{precision}; the Q/DQ there costs time and buys nothing")
-        if n.op_type == "MatMul" and not g.is_const(g.trace_back(n.input[1], through=set(TRANSPARENT_OPS)
-                                                                | {"DequantizeLinear", "QuantizeLinear"})[0]):
+        if n.op_type == "MatMul" and weight_tensor(g, n)[0] is None:
             warnings.append(f"{name}: MatMul of two activations (no weight)")
         rows.append(LayerPrecision(node=n.name, layer=name, op=n.op_type, precision=precision,
                                    activation_int8=act_int8, weight_int8=w_int8, weight_axis=axis,
