@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .artifacts import atomic_output, check_output, environment, sha256_file, sidecar_path
+from .artifacts import atomic_output, check_output, environment, sidecar_path
 from .errors import BackendMissing, ExportError, UsageError, nearest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -443,7 +444,8 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
     proto.graph.name = loaded.arch.name
     proto.doc_string = (f"edgeconvnext {__version__}: {loaded.arch.name} {precision}, input 'input' "
                         f"(N, 3, {size}, {size}) float32 normalised RGB, output 'logits' float32")
-    set_metadata(proto, build_metadata(loaded, precision=precision, preprocess=preprocess))
+    meta_props = build_metadata(loaded, precision=precision, preprocess=preprocess)
+    set_metadata(proto, meta_props)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape inference errors
@@ -474,11 +476,11 @@ def export_onnx(loaded: "LoadedModel", output: str | Path, *, img_size: int | No
                     f"the {precision} ONNX of {loaded.arch.name} disagrees with the torch model: max abs diff "
                     f"{parity['max_abs_diff']:.3g}, rel diff {parity['rel_diff']:.3g} > {tol:g}; nothing was "
                     "written (rerun with --debug for the exporter log)")
-        digest = sha256_file(tmp_onnx)
+        digest = hashlib.sha256(data).hexdigest()  # the bytes just written: no need to read them back
         timings = {"export_s": round(t_export, 3), "check_s": round(t_check, 3), "parity_s": round(t_parity, 3)}
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         all_notes = list(getattr(loaded, "notes", []) or []) + notes
-        meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+        meta = decode_metadata(meta_props)
         sidecar_data = {
             "stage": "export",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
