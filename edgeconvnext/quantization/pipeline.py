@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import atomic_output, check_output, environment, sha256_file, sidecar_path
+from ..artifacts import atomic_output, check_output, environment, sidecar_path
 from ..calibration import DEFAULT_SIZE, MIN_IMAGES, CalibrationSet, load_manifest, select_images
 from ..errors import BackendMissing, ExportError, RuleViolation, UsageError, nearest
 from . import policy as policy_mod
@@ -312,7 +312,7 @@ def _quantize_with(loaded: "LoadedModel", cs: CalibrationSet, cfg: QuantizeConfi
             if t_fp is not None and t_fps is not None:
                 t_fp.write_bytes(fp32_bytes)
                 t_fps.write_bytes(exp.sidecar.read_bytes())
-            digest = sha256_file(t_onnx)
+            digest = _sha256_bytes(data)  # the bytes just written, without reading them back
             seconds = time.perf_counter() - t0
             rss = peak_rss_mb()
             sidecar = {
