@@ -5,8 +5,9 @@ Input: a folder of images (``--images DIR``) or, by default, ``--n`` synthetic i
 calibration step alone from the sidecar, peak RSS of the quantize process) and a JSON summary.
 
 The machine may be shared: the CPU time of the run and the 1-minute load average are printed with the wall
-time, so a number taken under contention can be read as such. Each backend runs ``python -m edgeconvnext quantize ... --json`` in its own process, so the peak RSS is that
-run's alone. Random weights: calibration cost does not depend on the weights.
+time, so a number taken under contention can be read as such. Each backend runs
+``python -m edgeconvnext quantize ... --json`` in its own process, so the peak RSS is that run's alone.
+Random weights: calibration cost does not depend on the weights.
 
 Usage::
 
@@ -40,9 +41,28 @@ def make_synthetic(folder: Path, n: int, seed: int = 0) -> None:
 
 def run(backend: str, images: Path, out_dir: Path, args: argparse.Namespace) -> dict:
     out = out_dir / f"{args.model}.{backend}.int8.onnx"
-    cmd = [sys.executable, "-m", "edgeconvnext", "-q", "quantize", "-m", args.model, "--img-size", str(args.img_size),
-           "--calib-data", str(images), "--calib-size", str(args.n), "--backend", backend,
-           "--calib-method", args.calib_method, "-o", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeconvnext",
+        "-q",
+        "quantize",
+        "-m",
+        args.model,
+        "--img-size",
+        str(args.img_size),
+        "--calib-data",
+        str(images),
+        "--calib-size",
+        str(args.n),
+        "--backend",
+        backend,
+        "--calib-method",
+        args.calib_method,
+        "-o",
+        str(out),
+        "--json",
+    ]
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -55,12 +75,19 @@ def run(backend: str, images: Path, out_dir: Path, args: argparse.Namespace) -> 
         return {"backend": backend, "ok": False, "exit_code": proc.returncode, "stderr": proc.stderr[-2000:]}
     side = json.loads((out_dir / f"{out.name}.json").read_text())
     return {
-        "backend": backend, "ok": True, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "backend": backend,
+        "ok": True,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "calibration_s": side["timings"]["calibration_s"], "export_s": side["timings"]["export_s"],
-        "quantize_total_s": side["timings"]["total_s"], "peak_rss_mb": side["peak_rss_mb"],
-        "images": side["calibration"]["images"], "int8_macs_share": side["placement"]["int8_macs_share"],
-        "agreement_vs_fp32": side["agreement_vs_fp32"], "trt_ok": side["trt_check"]["ok"],
+        "calibration_s": side["timings"]["calibration_s"],
+        "export_s": side["timings"]["export_s"],
+        "quantize_total_s": side["timings"]["total_s"],
+        "peak_rss_mb": side["peak_rss_mb"],
+        "images": side["calibration"]["images"],
+        "int8_macs_share": side["placement"]["int8_macs_share"],
+        "agreement_vs_fp32": side["agreement_vs_fp32"],
+        "trt_ok": side["trt_check"]["ok"],
     }
 
 
@@ -88,15 +115,22 @@ def main() -> int:
             r = run(b, images, work, args)
             results.append(r)
             if r["ok"]:
-                print(f"{b:5} {args.model} {args.img_size}px {r['images']} images: wall {r['wall_s']:.1f} s "
-                      f"(calibration {r['calibration_s']:.1f} s, export {r['export_s']:.1f} s; CPU {r['cpu_s']:.0f} s, "
-                      f"load {r['load_avg_1m']}), "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MiB, INT8 {r['int8_macs_share']:.1%} of MACs, "
-                      f"top-1 agreement vs FP32 {r['agreement_vs_fp32']['top1_agreement']:.1%}", flush=True)
+                print(
+                    f"{b:5} {args.model} {args.img_size}px {r['images']} images: wall {r['wall_s']:.1f} s "
+                    f"(calibration {r['calibration_s']:.1f} s, export {r['export_s']:.1f} s; CPU {r['cpu_s']:.0f} s, "
+                    f"load {r['load_avg_1m']}), "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MiB, INT8 {r['int8_macs_share']:.1%} of MACs, "
+                    f"top-1 agreement vs FP32 {r['agreement_vs_fp32']['top1_agreement']:.1%}",
+                    flush=True,
+                )
             else:
                 print(f"{b:5} failed (exit {r['exit_code']}): {r['stderr']}", flush=True)
-        print(json.dumps({"cpu_count": os.cpu_count(), "model": args.model, "img_size": args.img_size,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"cpu_count": os.cpu_count(), "model": args.model, "img_size": args.img_size, "results": results},
+                indent=2,
+            )
+        )
     return 0 if all(r["ok"] for r in results) else 1
 
 

@@ -25,12 +25,14 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     args = ap.parse_args()
 
-    from edgeconvnext.checkpoint import load_model
-    from edgeconvnext.export import export_onnx
+    from edgeconvnext.export.onnx_export import export_onnx
+    from edgeconvnext.models.checkpoint import load_model
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"Export parity, {args.img_size} px, random weights, dynamic batch, opset 17; commit {commit}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"Export parity, {args.img_size} px, random weights, dynamic batch, opset 17; commit {commit}, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     print("| model | precision | max abs diff | relative diff | top-1 agreement | size MB | export s |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,8 +40,11 @@ def main() -> None:
             loaded = load_model(name, img_size=args.img_size)
             for precision in args.precisions:
                 r = export_onnx(loaded, Path(tmp) / f"{name}.{precision}.onnx", precision=precision)
-                print(f"| {name} | {precision} | {r.max_abs_diff:.2e} | {r.rel_diff:.2e} | "
-                      f"{r.top1_agreement:.0%} | {r.size_bytes / 1e6:.1f} | {r.seconds:.1f} |", flush=True)
+                print(
+                    f"| {name} | {precision} | {r.max_abs_diff:.2e} | {r.rel_diff:.2e} | "
+                    f"{r.top1_agreement:.0%} | {r.size_bytes / 1e6:.1f} | {r.seconds:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def convert(dataset: Path, out: Path) -> Path:
         labels = read_idx(dataset / f"{prefix}-labels-idx1-ubyte.gz")
         for c in CLASSES:
             (out / split / c).mkdir(parents=True, exist_ok=True)
-        for i, (img, lab) in enumerate(zip(images, labels)):
+        for i, (img, lab) in enumerate(zip(images, labels, strict=False)):
             Image.fromarray(img, mode="L").save(out / split / CLASSES[lab] / f"{i:05d}.png", optimize=False)
         print(f"converted {split}: {len(images)} images", file=sys.stderr)
     done.write_text("ok\n")
@@ -72,24 +72,33 @@ def ort_library_defaults(fp32: Path, manifest: Path, output: Path) -> None:
     This is what a user gets without edgeconvnext's placement policy."""
     import onnxruntime.quantization as q
 
-    from edgeconvnext.data import load_images
-    from edgeconvnext.zoo import Preprocess
+    from edgeconvnext.data.folders import load_images
+    from edgeconvnext.models.registry import Preprocess
 
     m = json.loads(manifest.read_text())
-    images, _, _ = load_images([Path(m["root"]) / e["path"] for e in m["images"]], Preprocess.from_dict(m["preprocess"]))
+    images, _, _ = load_images(
+        [Path(m["root"]) / e["path"] for e in m["images"]], Preprocess.from_dict(m["preprocess"])
+    )
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter(images[i:i + 16] for i in range(0, len(images), 16))
+            self.it = iter(images[i : i + 16] for i in range(0, len(images), 16))
 
         def get_next(self):
             batch = next(self.it, None)
             return None if batch is None else {"input": batch}
 
-    q.quantize_static(str(fp32), str(output), Reader(), quant_format=q.QuantFormat.QDQ,
-                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
-                      op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                      extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+    q.quantize_static(
+        str(fp32),
+        str(output),
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        activation_type=q.QuantType.QInt8,
+        weight_type=q.QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "QuantizeBias": False},
+    )
     import onnx  # carry the model's metadata (preprocessing, class names) over, as our quantize does
 
     src, out = onnx.load(str(fp32)), onnx.load(str(output))
@@ -123,24 +132,62 @@ def main() -> None:
         ckpt = args.work / f"{model}_fmnist_{args.img_size}px_{args.epochs}ep.pt"
         if not ckpt.is_file():
             t0 = time.perf_counter()
-            cli("finetune", "--model", model, "--train-data", str(data / "train"), "--val-data", str(data / "test"),
-                "--img-size", str(args.img_size), "--crop-pct", "1.0", "--epochs", str(args.epochs),
-                "--output", str(ckpt))
+            cli(
+                "finetune",
+                "--model",
+                model,
+                "--train-data",
+                str(data / "train"),
+                "--val-data",
+                str(data / "test"),
+                "--img-size",
+                str(args.img_size),
+                "--crop-pct",
+                "1.0",
+                "--epochs",
+                str(args.epochs),
+                "--output",
+                str(ckpt),
+            )
             print(f"finetune {model}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for backend in args.backends:
             for policy in args.policies:
                 stem = args.work / f"{model}_{backend}_{policy}"
                 onnx_path = stem.with_suffix(".int8.onnx")
-                cli("quantize", "--model", model, "--checkpoint", str(ckpt), "--calib-data", str(data / "train"),
-                    "--calib-size", str(args.calib_size), "--backend", backend, "--policy", policy,
-                    "--output", str(onnx_path))
+                cli(
+                    "quantize",
+                    "--model",
+                    model,
+                    "--checkpoint",
+                    str(ckpt),
+                    "--calib-data",
+                    str(data / "train"),
+                    "--calib-size",
+                    str(args.calib_size),
+                    "--backend",
+                    backend,
+                    "--policy",
+                    policy,
+                    "--output",
+                    str(onnx_path),
+                )
                 side = json.loads(Path(str(onnx_path) + ".json").read_text())
                 report = stem.with_suffix(".report.json")
                 # Baseline: the FP32 ONNX quantize kept beside its output (same weights; parity <= 1e-4 relative
                 # to the checkpoint, checked at export), run on the same onnxruntime CPU backend.
                 fp32 = onnx_path.parent / side["fp32_baseline"]["path"]
-                cli("validate", str(onnx_path), "--data", str(data / "test"), "--baseline", str(fp32),
-                    "--batch", "256", "--report", str(report))
+                cli(
+                    "validate",
+                    str(onnx_path),
+                    "--data",
+                    str(data / "test"),
+                    "--baseline",
+                    str(fp32),
+                    "--batch",
+                    "256",
+                    "--report",
+                    str(report),
+                )
                 rep = json.loads(report.read_text())
                 rows.append((model, backend, policy, rep, side))
                 if backend == "ort" and policy == "convnext":  # the reference: library defaults, same images
@@ -149,19 +196,43 @@ def main() -> None:
                     ort_library_defaults(fp32, Path(str(onnx_path).removesuffix(".onnx") + ".calib.json"), ref)
                     ref_s = time.perf_counter() - t0
                     ref_report = ref.with_suffix(".report.json")
-                    cli("validate", str(ref), "--data", str(data / "test"), "--baseline", str(fp32),
-                        "--batch", "256", "--report", str(ref_report))
-                    rows.append((model, "ort quantize_static defaults", "all (+outputs)",
-                                 json.loads(ref_report.read_text()), {"timings": {"calibration_s": ref_s}}))
+                    cli(
+                        "validate",
+                        str(ref),
+                        "--data",
+                        str(data / "test"),
+                        "--baseline",
+                        str(fp32),
+                        "--batch",
+                        "256",
+                        "--report",
+                        str(ref_report),
+                    )
+                    rows.append(
+                        (
+                            model,
+                            "ort quantize_static defaults",
+                            "all (+outputs)",
+                            json.loads(ref_report.read_text()),
+                            {"timings": {"calibration_s": ref_s}},
+                        )
+                    )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"\nFashion-MNIST test set (10,000 images), {args.img_size} px, {args.epochs} epochs fine-tune, "
-          f"{args.calib_size} calibration images from train; commit {commit}, {time.strftime('%Y-%m-%d')}\n")
-    print("| model | backend | policy | FP32 top-1 | INT8 top-1 | drop (pts) | top-1 agreement | min cosine | calibration s |")
+    print(
+        f"\nFashion-MNIST test set (10,000 images), {args.img_size} px, {args.epochs} epochs fine-tune, "
+        f"{args.calib_size} calibration images from train; commit {commit}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| model | backend | policy | FP32 top-1 | INT8 top-1 | drop (pts) | top-1 agreement | min cosine "
+        "| calibration s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model, backend, policy, rep, side in rows:
-        print(f"| {model} | {backend} | {policy} | {rep['baseline_top1']:.2f} | {rep['top1']:.2f} | "
-              f"{rep['drop']:+.2f} | {rep['top1_agreement']:.2f}% | {rep['cosine_min']:.4f} | "
-              f"{side['timings']['calibration_s']:.1f} |")
+        print(
+            f"| {model} | {backend} | {policy} | {rep['baseline_top1']:.2f} | {rep['top1']:.2f} | "
+            f"{rep['drop']:+.2f} | {rep['top1_agreement']:.2f}% | {rep['cosine_min']:.4f} | "
+            f"{side['timings']['calibration_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,27 +33,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (after eager) for each row")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    ap.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                    help="default: cuda when torch sees a GPU, else cpu")
+    ap.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when torch sees a GPU, else cpu"
+    )
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--warmup", type=int, default=None, help="default: the library's (5 CPU, 50 CUDA)")
     ap.add_argument("--iters", type=int, default=None, help="default: the library's (30 CPU, 200 CUDA)")
     ap.add_argument("--no-cuda-graph", action="store_true", help="time plain launches on CUDA")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (torch.set_num_threads); on a shared machine 1 avoids thread contention")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (torch.set_num_threads); on a shared machine 1 avoids thread contention",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the full reports here")
     args = ap.parse_args(argv)
 
     import torch
 
     from edgeconvnext.errors import EdgeError
-    from edgeconvnext.validate import LatencyOptions, markdown_table, validate
+    from edgeconvnext.evaluate.validate import LatencyOptions, markdown_table, validate
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    opts = LatencyOptions(batches=args.batches, warmup=args.warmup, iters=args.iters,
-                          cuda_graph=False if args.no_cuda_graph else None)
+    opts = LatencyOptions(
+        batches=args.batches, warmup=args.warmup, iters=args.iters, cuda_graph=False if args.no_cuda_graph else None
+    )
     modes = [False, True] if args.compile else [False]
     reports, failures = [], []
     for model in args.models:
@@ -62,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                 what = f"{model} {precision} {'compile' if compiled else 'eager'} on {device}"
                 t0 = time.perf_counter()
                 try:
-                    rep = validate(None, arch=model, backend="torch", device=device, precision=precision,
-                                   compile=compiled, img_size=args.img_size, latency=opts)
+                    rep = validate(
+                        None,
+                        arch=model,
+                        backend="torch",
+                        device=device,
+                        precision=precision,
+                        compile=compiled,
+                        img_size=args.img_size,
+                        latency=opts,
+                    )
                 except EdgeError as e:
                     failures.append(f"{what}: {e}")
                     print(f"failed: {failures[-1]}", file=sys.stderr)
@@ -78,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     n = torch.get_num_threads()
     threads = f", {n} CPU thread{'s' if n != 1 else ''}" if device == "cpu" else ""
-    print(f"\nPyTorch {torch.__version__} latency, {args.img_size} px, random weights, "
-          f"{reports[0].device_name} ({device}{threads}), {time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"\nPyTorch {torch.__version__} latency, {args.img_size} px, random weights, "
+        f"{reports[0].device_name} ({device}{threads}), {time.strftime('%Y-%m-%d')}\n"
+    )
     print(markdown_table(reports))
     if args.json is not None:
         args.json.write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from edgeconvnext.errors import UsageError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -51,8 +51,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             yield tmp_path
         except OSError as e:
             if e.errno in _FULL_ERRNOS:  # the disk filled up while writing: not a bug of the stage
-                raise UsageError(f"cannot write {dest}: {e.strerror}; free space or choose another output "
-                                 f"path") from None
+                raise UsageError(
+                    f"cannot write {dest}: {e.strerror}; free space or choose another output path"
+                ) from None
             raise
         try:
             os.replace(tmp_path, dest)
@@ -79,8 +80,9 @@ def _temp_beside(dest: Path) -> Path:
 
 def _cannot_write(dest: Path, e: OSError, folder: Path | None = None) -> UsageError:
     blocker = next((a for a in dest.parents if a.exists() and not a.is_dir()), None)
-    reason = f"{blocker} is a file, not a folder" if blocker is not None else \
-        f"{e.strerror or e} in {folder or dest.parent}"
+    reason = (
+        f"{blocker} is a file, not a folder" if blocker is not None else f"{e.strerror or e} in {folder or dest.parent}"
+    )
     return UsageError(f"cannot write {dest}: {reason}; choose another output path")
 
 
@@ -103,8 +105,12 @@ def _probe_writable(dest: Path) -> None:
         raise _cannot_write(dest, e, anc) from None
 
 
-def check_output(path: str | Path, option: str = "--output",
-                 inputs: dict[str, str | Path | None] | None = None, suffix: str | None = None) -> Path:
+def check_output(
+    path: str | Path,
+    option: str = "--output",
+    inputs: dict[str, str | Path | None] | None = None,
+    suffix: str | None = None,
+) -> Path:
     """Refuse, before any slow work, an output that cannot be written or would replace one of the inputs.
 
     ``inputs`` maps an option name to the path it was given (None: not given). Raises UsageError naming
@@ -122,8 +128,10 @@ def check_output(path: str | Path, option: str = "--output",
             continue
         src = Path(inp).expanduser()
         if dest.resolve() == src.resolve() or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
-            raise UsageError(f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
-                             f"choose another {option}")
+            raise UsageError(
+                f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
+                f"choose another {option}"
+            )
     _probe_writable(dest)
     return dest
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, nearest
+from edgeconvnext.errors import UsageError, nearest
+
 
 def _recipes_dir() -> Path:
     """The repository's recipes/ folder beside the package (a checkout or an editable install), else where a
@@ -65,24 +66,33 @@ class Key:
 
 TARGETS: dict[str, dict[str, Any]] = {
     # DLA cores and memory shape the defaults; ConvNeXt runs on the GPU everywhere (no DLA support).
-    "orin_nano": {"description": "Jetson Orin Nano 8GB / Super (JetPack 6.x, TensorRT 10.3)", "dla_cores": 0,
-                  "memory_gb": 8},
+    "orin_nano": {
+        "description": "Jetson Orin Nano 8GB / Super (JetPack 6.x, TensorRT 10.3)",
+        "dla_cores": 0,
+        "memory_gb": 8,
+    },
     "orin_nx": {"description": "Jetson Orin NX 8/16GB (JetPack 6.x)", "dla_cores": 2, "memory_gb": 16},
     "agx_orin": {"description": "Jetson AGX Orin 32/64GB (JetPack 6.x)", "dla_cores": 2, "memory_gb": 64},
-    "dgpu": {"description": "x86 workstation or server GPU (TensorRT 10.x/11.x)", "dla_cores": 0,
-             "memory_gb": None},
+    "dgpu": {"description": "x86 workstation or server GPU (TensorRT 10.x/11.x)", "dla_cores": 0, "memory_gb": None},
 }
 
 SCHEMA: dict[str, dict[str, Key]] = {
     # keys and defaults follow edgeconvnext.quantization.pipeline.QuantizeConfig
     "quantize": {
         "method": Key((str,), "ptq", "ptq (post-training quantization)", choices=("ptq",)),
-        "backend": Key((str,), "ort", "quantizer: ort (onnxruntime quantize_static) or nncf",
-                       choices=("ort", "nncf")),
-        "calib_method": Key((str,), "minmax", "activation range estimator (ort: minmax/percentile/entropy; "
-                            "nncf: minmax/mse)", choices=("minmax", "percentile", "entropy", "mse")),
-        "policy": Key((str,), "convnext", "convnext: INT8 MLPs and downsample convs, stem/depthwise/classifier "
-                      "in float; all: every conv/matmul", choices=("convnext", "all")),
+        "backend": Key((str,), "ort", "quantizer: ort (onnxruntime quantize_static) or nncf", choices=("ort", "nncf")),
+        "calib_method": Key(
+            (str,),
+            "minmax",
+            "activation range estimator (ort: minmax/percentile/entropy; nncf: minmax/mse)",
+            choices=("minmax", "percentile", "entropy", "mse"),
+        ),
+        "policy": Key(
+            (str,),
+            "convnext",
+            "convnext: INT8 MLPs and downsample convs, stem/depthwise/classifier in float; all: every conv/matmul",
+            choices=("convnext", "all"),
+        ),
         "exclude": Key((list,), [], "extra layers kept out of INT8 (fnmatch patterns on module names)"),
         "calib_size": Key((int,), 512, "calibration images (>= ~500 for CNNs)", minimum=1),
         "min_calib_size": Key((int,), 32, "refuse fewer calibration images than this", minimum=1),
@@ -99,8 +109,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "validate": {
         "batch": Key((int,), 32, "images per inference batch for accuracy", minimum=1),
-        "max_drop": Key((int, float, type(None)), None, "fail when top-1 drops more points than this vs FP32",
-                        minimum=0),
+        "max_drop": Key(
+            (int, float, type(None)), None, "fail when top-1 drops more points than this vs FP32", minimum=0
+        ),
         "limit": Key((int, type(None)), None, "evaluate a seeded subset of N images (None: all)", minimum=1),
         "latency_batch": Key((int,), 1, "batch size of the latency measurement", minimum=1),
         "warmup": Key((int,), 50, "untimed warm-up iterations", minimum=0),
@@ -138,8 +149,10 @@ def _check_value(label: str, spec: Key, value: Any) -> Any:
         raise UsageError(f"{label} must be {names}, got {value!r}")
     if spec.choices is not None and value is not None and value not in spec.choices:
         hint = nearest(str(value), [str(c) for c in spec.choices])
-        raise UsageError(f"{label}: {value!r} is not one of {', '.join(map(str, spec.choices))}"
-                         + (f"; did you mean '{hint}'?" if hint else ""))
+        raise UsageError(
+            f"{label}: {value!r} is not one of {', '.join(map(str, spec.choices))}"
+            + (f"; did you mean '{hint}'?" if hint else "")
+        )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.minimum is not None and value < spec.minimum:
             raise UsageError(f"{label}: {value!r} is below the minimum {spec.minimum:g}")
@@ -150,8 +163,9 @@ def _check_value(label: str, spec: Key, value: Any) -> Any:
 
 def _unknown(where: str, key: str, valid: list[str]) -> UsageError:
     hint = nearest(key, valid)
-    return UsageError(f"{where}: unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else
-                                                         f"; valid keys: {', '.join(valid)}"))
+    return UsageError(
+        f"{where}: unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else f"; valid keys: {', '.join(valid)}")
+    )
 
 
 @dataclass
@@ -195,7 +209,7 @@ def validate_recipe(data: Any, where: str = "recipe") -> Recipe:
         else:
             raise _unknown(where, key, valid_top)
     if rec.model is not None:
-        from .zoo import resolve as resolve_arch
+        from edgeconvnext.models.registry import resolve as resolve_arch
 
         rec.model = resolve_arch(rec.model).name
     return rec
@@ -211,8 +225,10 @@ def find_recipe(name_or_path: str | Path) -> Path:
             return cand
     names = [q.stem for q in list_recipes()]
     hint = nearest(str(name_or_path), names)
-    raise UsageError(f"recipe '{name_or_path}' not found (neither a file nor a name in {RECIPES_DIR})"
-                     + (f"; did you mean '{hint}'?" if hint else f"; available: {', '.join(names) or 'none'}"))
+    raise UsageError(
+        f"recipe '{name_or_path}' not found (neither a file nor a name in {RECIPES_DIR})"
+        + (f"; did you mean '{hint}'?" if hint else f"; available: {', '.join(names) or 'none'}")
+    )
 
 
 def list_recipes() -> list[Path]:
@@ -233,8 +249,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return rec
 
 
-def resolve(section: str, recipe: Recipe | None, cli: dict[str, Any] | None = None, *,
-            cli_names: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def resolve(
+    section: str, recipe: Recipe | None, cli: dict[str, Any] | None = None, *, cli_names: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Merge defaults < recipe < CLI for ``section``; CLI values of None mean "not given".
 
     ``cli_names`` maps a key to its option (``{"workspace_mib": "--workspace"}``) for error messages.

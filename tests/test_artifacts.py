@@ -20,18 +20,26 @@ def test_check_output_leaves_nothing_behind_and_atomic_output_creates_the_folder
     assert out.read_bytes() == b"x" and [p.name for p in out.parent.iterdir()] == ["m.onnx"]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("folder", "is a folder"),
-    ("suffix", "should end in .onnx"),
-    ("file_in_the_way", "is a file, not a folder"),
-    ("same_as_input", "is the same file as --checkpoint"),
-    ("same_via_symlink", "is the same file as --checkpoint"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("folder", "is a folder"),
+        ("suffix", "should end in .onnx"),
+        ("file_in_the_way", "is a file, not a folder"),
+        ("same_as_input", "is the same file as --checkpoint"),
+        ("same_via_symlink", "is the same file as --checkpoint"),
+    ],
+)
 def test_check_output_refusals_name_the_option(tmp_path, case, message):
     ckpt = tmp_path / "model.onnx"
     ckpt.write_bytes(b"weights")
-    out = {"folder": tmp_path, "suffix": tmp_path / "m.pt", "file_in_the_way": ckpt / "m.onnx",
-           "same_as_input": ckpt, "same_via_symlink": tmp_path / "link.onnx"}[case]
+    out = {
+        "folder": tmp_path,
+        "suffix": tmp_path / "m.pt",
+        "file_in_the_way": ckpt / "m.onnx",
+        "same_as_input": ckpt,
+        "same_via_symlink": tmp_path / "link.onnx",
+    }[case]
     if case == "same_via_symlink":
         out.symlink_to(ckpt)
     with pytest.raises(UsageError, match=message) as e:
@@ -62,15 +70,45 @@ def test_cli_output_over_the_input_is_refused_and_the_input_survives(tmp_path, c
     assert main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "-o", str(model)]) == 0
     before = model.read_bytes()
     capsys.readouterr()
-    assert main(["validate", str(model), "--latency", "--iters", "1", "--warmup", "0", "--latency-batch", "1",
-                 "--report", str(model)]) == 2
+    assert (
+        main(
+            [
+                "validate",
+                str(model),
+                "--latency",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--latency-batch",
+                "1",
+                "--report",
+                str(model),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --report") and "same file as MODEL" in err[-1]
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"not read")
     assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "c.pth")]) == 2  # not .onnx
-    assert main(["finetune", "--checkpoint", str(ckpt), "--train-data", str(tmp_path), "--val-data", str(tmp_path),
-                 "-o", str(ckpt)]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(ckpt),
+                "--train-data",
+                str(tmp_path),
+                "--val-data",
+                str(tmp_path),
+                "-o",
+                str(ckpt),
+            ]
+        )
+        == 2
+    )
     assert "same file as --checkpoint" in capsys.readouterr().err
     assert model.read_bytes() == before and ckpt.read_bytes() == b"not read"
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeconvnext import calibration
-from edgeconvnext.calibration import (
+from edgeconvnext.data import calibration
+from edgeconvnext.data.calibration import (
     MANIFEST_FORMAT,
     load_manifest,
     read_manifest,
     select_images,
     write_manifest,
 )
+from edgeconvnext.data.preprocess import preprocess_image
 from edgeconvnext.errors import DataError, UsageError
-from edgeconvnext.preprocess import preprocess_image
-from edgeconvnext.zoo import Preprocess
+from edgeconvnext.models.registry import Preprocess
 
 PP = Preprocess(img_size=32, crop_pct=1.0)
 
@@ -90,7 +90,7 @@ def test_size_floor_and_recommendation(tmp_path, caplog):
     with pytest.raises(UsageError, match=r"--calib-size 8 is below the minimum of 32 .*--min-calib-size 8"):
         select_images(tmp_path / "d", 8, preprocess=PP)
     assert calibration.MIN_IMAGES == 32 and calibration.RECOMMENDED_IMAGES == 500
-    with caplog.at_level(logging.WARNING, logger="edgeconvnext.calibration"):
+    with caplog.at_level(logging.WARNING, logger="edgeconvnext.data.calibration"):
         select_images(tmp_path / "d", 8, preprocess=PP, min_images=8)
     assert "about 500 are recommended" in caplog.text
 

@@ -11,43 +11,56 @@ import argparse
 import json
 import logging
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgeconvnext import zoo
 from edgeconvnext.artifacts import sha256_file
-from edgeconvnext.checkpoint import (LoadedModel, detect_layout, infer_arch, load_model, remap_huggingface,
-                                     remap_official, remap_timm, save_checkpoint)
 from edgeconvnext.errors import CheckpointError, UsageError
-
+from edgeconvnext.models import registry as zoo
+from edgeconvnext.models.checkpoint import (
+    LoadedModel,
+    detect_layout,
+    infer_arch,
+    load_model,
+    remap_huggingface,
+    remap_official,
+    remap_timm,
+    save_checkpoint,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Inverse converters: our (timm) keys -> the foreign layouts
 # ------------------------------------------------------------------------------------------------
 
+
 def to_official(sd: dict) -> dict:
     out = {}
     for k, v in sd.items():
         if k.startswith("stem."):
-            k = "downsample_layers.0." + k[len("stem."):]
+            k = "downsample_layers.0." + k[len("stem.") :]
         elif m := re.match(r"stages\.(\d+)\.downsample\.(.*)", k):
             k = f"downsample_layers.{m[1]}.{m[2]}"
         elif m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", k):
             rest = m[3]
-            rest = {"conv_dw.weight": "dwconv.weight", "conv_dw.bias": "dwconv.bias",
-                    "mlp.fc1.weight": "pwconv1.weight", "mlp.fc1.bias": "pwconv1.bias",
-                    "mlp.fc2.weight": "pwconv2.weight", "mlp.fc2.bias": "pwconv2.bias",
-                    "mlp.grn.weight": "grn.gamma", "mlp.grn.bias": "grn.beta"}.get(rest, rest)
+            rest = {
+                "conv_dw.weight": "dwconv.weight",
+                "conv_dw.bias": "dwconv.bias",
+                "mlp.fc1.weight": "pwconv1.weight",
+                "mlp.fc1.bias": "pwconv1.bias",
+                "mlp.fc2.weight": "pwconv2.weight",
+                "mlp.fc2.bias": "pwconv2.bias",
+                "mlp.grn.weight": "grn.gamma",
+                "mlp.grn.bias": "grn.beta",
+            }.get(rest, rest)
             if rest.startswith("grn."):
                 v = v.reshape(1, 1, 1, -1)
             k = f"stages.{m[1]}.{m[2]}.{rest}"
         elif k.startswith("head.norm."):
-            k = "norm." + k[len("head.norm."):]
+            k = "norm." + k[len("head.norm.") :]
         elif k.startswith("head.fc."):
-            k = "head." + k[len("head.fc."):]
+            k = "head." + k[len("head.fc.") :]
         out[k] = v
     return out
 
@@ -61,25 +74,31 @@ def to_hf(sd: dict, v2: bool) -> dict:
     out = {}
     for k, v in sd.items():
         if k.startswith("stem.0."):
-            k = p + "embeddings.patch_embeddings." + k[len("stem.0."):]
+            k = p + "embeddings.patch_embeddings." + k[len("stem.0.") :]
         elif k.startswith("stem.1."):
-            k = p + "embeddings.layernorm." + k[len("stem.1."):]
+            k = p + "embeddings.layernorm." + k[len("stem.1.") :]
         elif m := re.match(r"stages\.(\d+)\.downsample\.(.*)", k):
             k = f"{p}encoder.stages.{m[1]}.downsampling_layer.{m[2]}"
         elif m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", k):
             rest = m[3]
-            for a, b in (("conv_dw", "dwconv"), ("norm", "layernorm"), ("mlp.fc1", "pwconv1"),
-                         ("mlp.fc2", "pwconv2"), ("mlp.grn", "grn"), ("gamma", "layer_scale_parameter")):
+            for a, b in (
+                ("conv_dw", "dwconv"),
+                ("norm", "layernorm"),
+                ("mlp.fc1", "pwconv1"),
+                ("mlp.fc2", "pwconv2"),
+                ("mlp.grn", "grn"),
+                ("gamma", "layer_scale_parameter"),
+            ):
                 if rest == a or rest.startswith(a + "."):
-                    rest = b + rest[len(a):]
+                    rest = b + rest[len(a) :]
                     break
             if rest.startswith("grn."):
                 v = v.reshape(1, 1, 1, -1)  # transformers' ConvNextV2GRN stores (1, 1, 1, C)
             k = f"{p}encoder.stages.{m[1]}.layers.{m[2]}.{rest}"
         elif k.startswith("head.norm."):
-            k = p + "layernorm." + k[len("head.norm."):]
+            k = p + "layernorm." + k[len("head.norm.") :]
         elif k.startswith("head.fc."):
-            k = "classifier." + k[len("head.fc."):]
+            k = "classifier." + k[len("head.fc.") :]
         out[k] = v
     return out
 
@@ -87,6 +106,7 @@ def to_hf(sd: dict, v2: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
+
 
 def make_model(name: str, num_classes: int = 7, seed: int = 0):
     """A model whose every parameter is random (GRN and LayerScale too), so a dropped remap shows."""
@@ -121,6 +141,7 @@ def assert_same(loaded: LoadedModel, model, size: int = 32) -> None:
 # Round trips: one per format and file type, architecture inferred from the shapes
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["convnextv2_test", "convnext_test"])
 def test_official_pth_round_trip(tmp_path, name):
     src = make_model(name)
@@ -134,8 +155,9 @@ def test_official_pth_round_trip(tmp_path, name):
     assert_same(loaded, src)
 
 
-@pytest.mark.parametrize("name,conv_mlp", [("convnextv2_atto", True), ("convnext_atto", True),
-                                           ("convnext_test", False)])
+@pytest.mark.parametrize(
+    "name,conv_mlp", [("convnextv2_atto", True), ("convnext_atto", True), ("convnext_test", False)]
+)
 @pytest.mark.parametrize("suffix", [".pth", ".bin", ".safetensors"])
 def test_timm_round_trip(tmp_path, name, conv_mlp, suffix):
     src = make_model(name)
@@ -151,25 +173,44 @@ def test_timm_round_trip(tmp_path, name, conv_mlp, suffix):
 def test_timm_training_checkpoint_state_dict_and_ema(tmp_path):
     src, ema = make_model("convnextv2_test", seed=0), make_model("convnextv2_test", seed=5)
     f = tmp_path / "last.pth.tar"
-    torch.save({"epoch": 3, "arch": "convnextv2_test", "state_dict": {"module." + k: v for k, v in plain_sd(src).items()},
-                "state_dict_ema": plain_sd(ema)}, f)
+    torch.save(
+        {
+            "epoch": 3,
+            "arch": "convnextv2_test",
+            "state_dict": {"module." + k: v for k, v in plain_sd(src).items()},
+            "state_dict_ema": plain_sd(ema),
+        },
+        f,
+    )
     assert_same(load_model(None, f), src)  # DistributedDataParallel's module. prefix is dropped
     assert_same(load_model(None, f, ema=True), ema)
 
 
-@pytest.mark.parametrize("prefix,layout", [("model.", "timm"), ("net.backbone.", "official"),
-                                            ("model.", "huggingface")])
+@pytest.mark.parametrize(
+    "prefix,layout", [("model.", "timm"), ("net.backbone.", "official"), ("model.", "huggingface")]
+)
 def test_lightning_checkpoint_with_prefixed_keys(tmp_path, prefix, layout):
     # PyTorch Lightning keeps the weights under the LightningModule's attribute (model.stem.0.weight ...),
     # beside metric/loss buffers: this was "not a ConvNeXt checkpoint"
     src = make_model("convnextv2_test")
-    sd = {"timm": plain_sd, "official": lambda m: to_official(plain_sd(m)),
-          "huggingface": lambda m: to_hf(plain_sd(m), v2=True)}[layout](src)
+    sd = {
+        "timm": plain_sd,
+        "official": lambda m: to_official(plain_sd(m)),
+        "huggingface": lambda m: to_hf(plain_sd(m), v2=True),
+    }[layout](src)
     weights = {prefix + k: v for k, v in sd.items()}
     weights["train_acc.tp"] = torch.zeros(7)
     f = tmp_path / "epoch=3-step=100.ckpt"
-    torch.save({"state_dict": weights, "epoch": 3, "global_step": 100, "optimizer_states": [],
-                "hyper_parameters": {"lr": 0.1}}, f)
+    torch.save(
+        {
+            "state_dict": weights,
+            "epoch": 3,
+            "global_step": 100,
+            "optimizer_states": [],
+            "hyper_parameters": {"lr": 0.1},
+        },
+        f,
+    )
     loaded = load_model(None, f)
     assert loaded.source_format == layout
     assert any(f"'{prefix}' keys" in n and "train_acc.tp" in n for n in loaded.notes)
@@ -194,11 +235,20 @@ def test_huggingface_folder_reads_labels_and_preprocessing(tmp_path):
     d = tmp_path / "hf"
     d.mkdir()
     save_file(to_hf(plain_sd(src), v2=True), d / "model.safetensors")
-    (d / "config.json").write_text(json.dumps({"model_type": "convnextv2",
-                                               "id2label": {"1": "dog", "0": "cat", "2": "bird"}}))
-    (d / "preprocessor_config.json").write_text(json.dumps({
-        "crop_pct": 0.9, "size": {"shortest_edge": 64}, "resample": 2,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}))
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "convnextv2", "id2label": {"1": "dog", "0": "cat", "2": "bird"}})
+    )
+    (d / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_pct": 0.9,
+                "size": {"shortest_edge": 64},
+                "resample": 2,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+            }
+        )
+    )
     loaded = load_model("v2_test", d)
     assert loaded.source_format == "huggingface"
     assert loaded.class_names == ["cat", "dog", "bird"]
@@ -228,8 +278,10 @@ def test_huggingface_sharded_folder(tmp_path):
     src = make_model("convnext_test")
     sd = to_hf(plain_sd(src), v2=False)
     keys = sorted(sd)
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    halves = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for fname, ks in halves.items():
         save_file({k: sd[k] for k in ks}, tmp_path / fname)
     index = {"weight_map": {k: fname for fname, ks in halves.items() for k in ks}}
@@ -240,10 +292,22 @@ def test_huggingface_sharded_folder(tmp_path):
 def test_timm_hub_folder_reads_pretrained_cfg(tmp_path):
     src = make_model("convnextv2_test", num_classes=2)
     save_file(plain_sd(src), tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({
-        "architecture": "convnextv2_test", "num_classes": 2, "label_names": ["no", "yes"],
-        "pretrained_cfg": {"input_size": [3, 64, 64], "crop_pct": 1.0, "interpolation": "bicubic",
-                           "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "convnextv2_test",
+                "num_classes": 2,
+                "label_names": ["no", "yes"],
+                "pretrained_cfg": {
+                    "input_size": [3, 64, 64],
+                    "crop_pct": 1.0,
+                    "interpolation": "bicubic",
+                    "mean": [0.1, 0.2, 0.3],
+                    "std": [0.4, 0.5, 0.6],
+                },
+            }
+        )
+    )
     loaded = load_model(None, tmp_path)
     assert loaded.source_format == "timm"
     assert loaded.class_names == ["no", "yes"]
@@ -260,8 +324,9 @@ def test_own_checkpoint_round_trip(tmp_path, suffix):
     opt.step()
     src.zero_grad()
     extra = {"optimizer": opt.state_dict(), "epoch": 4, "history": [{"loss": 0.5}]} if suffix == ".pt" else None
-    f = save_checkpoint(tmp_path / f"ft{suffix}", src, "convnextv2_test", class_names=["a", "b", "c"],
-                        preprocess=pp, extra=extra)
+    f = save_checkpoint(
+        tmp_path / f"ft{suffix}", src, "convnextv2_test", class_names=["a", "b", "c"], preprocess=pp, extra=extra
+    )
     assert f == tmp_path / f"ft{suffix}" and not list(tmp_path.glob("*.partial"))
     loaded = load_model(None, f)
     assert loaded.source_format == "edgeconvnext" and loaded.arch.name == "convnextv2_test"
@@ -281,6 +346,7 @@ def test_own_checkpoint_round_trip(tmp_path, suffix):
 # ------------------------------------------------------------------------------------------------
 # EMA, unsafe pickles
 # ------------------------------------------------------------------------------------------------
+
 
 def test_official_ema_selection(tmp_path):
     src, ema = make_model("convnextv2_test", seed=0), make_model("convnextv2_test", seed=9)
@@ -308,8 +374,10 @@ def test_ema_requested_but_absent(tmp_path):
 def test_namespace_training_checkpoint_needs_consent(tmp_path):
     src = make_model("convnext_test")
     f = tmp_path / "checkpoint-best.pth"
-    torch.save({"model": to_official(plain_sd(src)), "args": argparse.Namespace(lr=4e-3, model="convnext_test"),
-                "epoch": 10}, f)
+    torch.save(
+        {"model": to_official(plain_sd(src)), "args": argparse.Namespace(lr=4e-3, model="convnext_test"), "epoch": 10},
+        f,
+    )
     with pytest.raises(CheckpointError) as e:
         load_model(None, f)
     msg = str(e.value)
@@ -342,6 +410,7 @@ def test_torchscript_archive_is_named_and_read_with_consent(tmp_path):
 # Architecture inference
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(zoo.ARCHS))
 def test_infer_arch_every_architecture_on_meta(name):
     sd = zoo.create_model(name, num_classes=10, device="meta").state_dict()
@@ -355,8 +424,11 @@ def test_infer_arch_every_architecture_on_meta(name):
 def test_remaps_are_exact_inverses_on_meta():
     sd = zoo.create_model("convnextv2_nano", device="meta").state_dict()
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    for back in (remap_official(to_official(sd)), remap_huggingface(to_hf(sd, v2=True)),
-                 remap_timm(to_timm_conv_mlp(sd))):
+    for back in (
+        remap_official(to_official(sd)),
+        remap_huggingface(to_hf(sd, v2=True)),
+        remap_timm(to_timm_conv_mlp(sd)),
+    ):
         assert {k: tuple(v.shape) for k, v in back.items()} == shapes
     assert detect_layout(to_official(sd)) == "official"
     assert detect_layout(to_hf(sd, v2=True)) == "huggingface"
@@ -374,6 +446,7 @@ def test_infer_arch_unknown_shapes():
 # Bad input: one clear CheckpointError each
 # ------------------------------------------------------------------------------------------------
 
+
 def _assert_one_line(e: pytest.ExceptionInfo) -> None:
     assert "\n" not in str(e.value) and len(str(e.value)) < 400
 
@@ -384,8 +457,9 @@ def test_missing_file(tmp_path):
     _assert_one_line(e)
 
 
-@pytest.mark.parametrize("content", [b"hello world\n" * 20, bytes(range(7, 200)) * 3, b""],
-                         ids=["text", "bytes", "empty"])
+@pytest.mark.parametrize(
+    "content", [b"hello world\n" * 20, bytes(range(7, 200)) * 3, b""], ids=["text", "bytes", "empty"]
+)
 def test_not_a_checkpoint(tmp_path, content):
     f = tmp_path / "model.pth"
     f.write_bytes(content)
@@ -412,9 +486,14 @@ def test_truncated_zip_and_safetensors(tmp_path):
     _assert_one_line(e)
 
 
-@pytest.mark.parametrize("obj,match", [([1, 2, 3], "holds a list, not a dict of weights"),
-                                       ({"epoch": 3, "lr": 0.1}, "holds no state dict of tensors"),
-                                       ({"conv.weight": torch.zeros(2)}, "not a ConvNeXt checkpoint: no stem")])
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ([1, 2, 3], "holds a list, not a dict of weights"),
+        ({"epoch": 3, "lr": 0.1}, "holds no state dict of tensors"),
+        ({"conv.weight": torch.zeros(2)}, "not a ConvNeXt checkpoint: no stem"),
+    ],
+)
 def test_not_a_convnext_checkpoint(tmp_path, obj, match):
     f = tmp_path / "x.pt"
     torch.save(obj, f)
@@ -424,11 +503,18 @@ def test_not_a_convnext_checkpoint(tmp_path, obj, match):
 
 def test_fcmae_pretraining_checkpoint(tmp_path):
     f = tmp_path / "convnextv2_atto_1k_224_fcmae.pt"
-    sparse = {"mask_token": torch.zeros(1, 320, 1, 1), "encoder.downsample_layers.0.0.weight": torch.zeros(40, 3, 4, 4),
-              "encoder.stages.0.0.dwconv.kernel": torch.zeros(49, 40), "encoder.stages.0.0.pwconv1.linear.weight":
-              torch.zeros(160, 40), "decoder.0.dwconv.weight": torch.zeros(512, 1, 7, 7), "pred.weight": torch.zeros(48, 512, 1, 1)}
+    sparse = {
+        "mask_token": torch.zeros(1, 320, 1, 1),
+        "encoder.downsample_layers.0.0.weight": torch.zeros(40, 3, 4, 4),
+        "encoder.stages.0.0.dwconv.kernel": torch.zeros(49, 40),
+        "encoder.stages.0.0.pwconv1.linear.weight": torch.zeros(160, 40),
+        "decoder.0.dwconv.weight": torch.zeros(512, 1, 7, 7),
+        "pred.weight": torch.zeros(48, 512, 1, 1),
+    }
     torch.save({"model": sparse, "epoch": 1599}, f)
-    with pytest.raises(CheckpointError, match="FCMAE pre-training checkpoint.*no classifier and must be fine-tuned") as e:
+    with pytest.raises(
+        CheckpointError, match="FCMAE pre-training checkpoint.*no classifier and must be fine-tuned"
+    ) as e:
         load_model(None, f)
     _assert_one_line(e)
     # the sparse encoder alone, prefix stripped
@@ -455,8 +541,11 @@ def test_missing_and_unexpected_keys(tmp_path):
     sd["stages.1.blocks.0.extra.weight"] = torch.zeros(3)
     f = tmp_path / "bad.pth"
     torch.save(sd, f)
-    with pytest.raises(CheckpointError, match=r"does not fit convnextv2_test: missing keys stages\.1\.blocks\.0\.mlp\.grn\.bias; "
-                                              r"unexpected keys stages\.1\.blocks\.0\.extra\.weight") as e:
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit convnextv2_test: missing keys stages\.1\.blocks\.0\.mlp\.grn\.bias; "
+        r"unexpected keys stages\.1\.blocks\.0\.extra\.weight",
+    ) as e:
         load_model(None, f)
     _assert_one_line(e)
 
@@ -466,8 +555,11 @@ def test_shape_mismatch_with_named_model(tmp_path):
     sd["stages.0.blocks.0.conv_dw.weight"] = torch.zeros(8, 1, 5, 5)
     f = tmp_path / "bad.pth"
     torch.save(sd, f)
-    with pytest.raises(CheckpointError, match=r"shape mismatches \(checkpoint vs model\) stages\.0\.blocks\.0\.conv_dw\.weight "
-                                              r"\(8, 1, 5, 5\) vs \(8, 1, 7, 7\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches \(checkpoint vs model\) stages\.0\.blocks\.0\.conv_dw\.weight "
+        r"\(8, 1, 5, 5\) vs \(8, 1, 7, 7\)",
+    ):
         load_model("convnextv2_test", f)
 
 
@@ -485,6 +577,7 @@ def test_folder_without_weights(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Classifier size, img_size, random init
 # ------------------------------------------------------------------------------------------------
+
 
 def test_num_classes_replaces_the_head(tmp_path):
     src = make_model("convnextv2_test", num_classes=1000)
@@ -538,7 +631,7 @@ def test_random_init_and_img_size():
 def test_detected_format_is_logged(tmp_path, caplog):
     f = tmp_path / "official.pth"
     torch.save({"model": to_official(plain_sd(make_model("convnext_test")))}, f)
-    with caplog.at_level(logging.INFO, logger="edgeconvnext.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="edgeconvnext.models.checkpoint"):
         load_model(None, f)
     assert re.search(r"official\.pth: official format", caplog.text)
 
@@ -556,6 +649,7 @@ def test_fp16_weights_load_as_fp32(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # save_checkpoint refusals
 # ------------------------------------------------------------------------------------------------
+
 
 def test_save_checkpoint_refusals(tmp_path):
     m = make_model("convnext_test", num_classes=3)

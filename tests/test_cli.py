@@ -7,14 +7,17 @@ import pytest
 from edgeconvnext.cli import app, main
 
 
-@pytest.mark.parametrize("args,message", [
-    (["export"], "Missing option '--output'"),
-    (["export", "-o", "x.onnx", "--img-size", "abc"], "Invalid value for '--img-size'"),
-    (["export", "-o", "x.onnx", "--bogus"], "No such option: --bogus"),
-    (["expor"], "Did you mean 'export'?"),
-    (["inspect"], "Missing argument"),
-    (["validate", "--batch", "x"], "Invalid value for '--batch'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["export"], "Missing option '--output'"),
+        (["export", "-o", "x.onnx", "--img-size", "abc"], "Invalid value for '--img-size'"),
+        (["export", "-o", "x.onnx", "--bogus"], "No such option: --bogus"),
+        (["expor"], "Did you mean 'export'?"),
+        (["inspect"], "Missing argument"),
+        (["validate", "--batch", "x"], "Invalid value for '--batch'"),
+    ],
+)
 def test_usage_errors_are_one_error_line(capsys, args, message):
     rc = main(args)
     out, err = capsys.readouterr()
@@ -45,7 +48,7 @@ def test_ctrl_c_in_a_command_is_exit_130_with_one_line(capsys):
 
 def test_models_table_keeps_every_name_whole_in_80_columns(capsys, monkeypatch):
     # piped output is 80 columns wide: the names were cut to 'convnextv2_at…'
-    from edgeconvnext import zoo
+    from edgeconvnext.models import registry as zoo
 
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setattr(zoo, "count_stats", lambda arch: {"params_m": 1.0, "gmacs": 1.0})  # the table, not the maths
@@ -72,13 +75,18 @@ def test_a_library_error_quoting_a_multi_line_message_stays_one_line(capsys):
 
 def test_global_flags_work_after_the_command(capsys, monkeypatch):
     # 'edgeconvnext export ... --quiet' was "No such option: --quiet"
-    from edgeconvnext import zoo
     from edgeconvnext.cli import _hoist_global_flags
+    from edgeconvnext.models import registry as zoo
 
     monkeypatch.setattr(zoo, "count_stats", lambda arch: {"params_m": 1.0, "gmacs": 1.0})
 
-    assert _hoist_global_flags(["export", "-o", "m.onnx", "-q", "--debug"]) == ["-q", "--debug", "export", "-o",
-                                                                                  "m.onnx"]
+    assert _hoist_global_flags(["export", "-o", "m.onnx", "-q", "--debug"]) == [
+        "-q",
+        "--debug",
+        "export",
+        "-o",
+        "m.onnx",
+    ]
     assert _hoist_global_flags(["inspect", "--", "-q"]) == ["inspect", "--", "-q"]
     rc = main(["models", "--json", "--quiet"])
     out = capsys.readouterr()
@@ -90,8 +98,13 @@ def test_tilde_after_equals_is_expanded(tmp_path, monkeypatch, capsys):
     from edgeconvnext.cli import _expand_user
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _expand_user(["export", "--output=~/m.onnx", "--model=~x", "-o", "~/y"]) == \
-        ["export", f"--output={tmp_path}/home/m.onnx", "--model=~x", "-o", "~/y"]  # ~x: no such user, kept
+    assert _expand_user(["export", "--output=~/m.onnx", "--model=~x", "-o", "~/y"]) == [
+        "export",
+        f"--output={tmp_path}/home/m.onnx",
+        "--model=~x",
+        "-o",
+        "~/y",
+    ]  # ~x: no such user, kept
     monkeypatch.chdir(tmp_path)
     pytest.importorskip("onnxruntime")
     assert main(["-q", "export", "--model=convnext_test", "--img-size=32", "--output=~/m.onnx"]) == 0
@@ -105,8 +118,25 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path, capsys):
     assert main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "-o", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     report = tmp_path / "r[x].json"
-    assert main(["-q", "validate", str(out), "--latency", "--iters", "1", "--warmup", "0", "--latency-batch", "1",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "validate",
+                str(out),
+                "--latency",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--latency-batch",
+                "1",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out
     assert "m[bold].onnx" in line and str(report) in line and report.is_file()
 
@@ -128,13 +158,18 @@ def test_quiet_shows_no_warnings_only_the_final_line(tmp_path, capsys):
 
     pytest.importorskip("onnxruntime")
     model = tmp_path / "m.onnx"
-    assert main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "--num-classes", "2",
-                 "-o", str(model)]) == 0
+    assert (
+        main(["-q", "export", "--model", "convnext_test", "--img-size", "32", "--num-classes", "2", "-o", str(model)])
+        == 0
+    )
     for c in ("0", "1"):
         (tmp_path / "val" / c).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / c / "ok.png")
     (tmp_path / "val" / "0" / "broken.jpg").write_bytes(b"junk")
-    r = subprocess.run([sys.executable, "-m", "edgeconvnext", "validate", str(model), "-d", str(tmp_path / "val"),
-                        "--quiet"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeconvnext", "validate", str(model), "-d", str(tmp_path / "val"), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.count("\n") == 1 and "1 unreadable skipped" in r.stdout

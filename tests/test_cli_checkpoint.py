@@ -13,7 +13,7 @@ from edgeconvnext.cli import _common, main
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-export = pytest.importorskip("edgeconvnext.export")
+export = pytest.importorskip("edgeconvnext.export.onnx_export")
 if not any(name == "export" for name, _, _ in _common.COMMANDS):
     pytest.skip("the export command is not registered", allow_module_level=True)
 
@@ -55,12 +55,15 @@ def test_unsafe_pickle_refused_then_allowed(tmp_path, capsys):
     assert out.exists()
 
 
-@pytest.mark.parametrize("args,code,msg", [
-    (["-c", "{tmp}/missing.pth"], 3, "checkpoint not found"),
-    (["-c", "{ck}", "-m", "convnextv2_test"], 3, "is convnext_test, not convnextv2_test"),
-    (["-c", "{ck}", "--ema"], 3, "holds no EMA weights"),
-    (["-m", "convnextv2_nanoo"], 2, "did you mean 'convnextv2_nano'"),
-])
+@pytest.mark.parametrize(
+    "args,code,msg",
+    [
+        (["-c", "{tmp}/missing.pth"], 3, "checkpoint not found"),
+        (["-c", "{ck}", "-m", "convnextv2_test"], 3, "is convnext_test, not convnextv2_test"),
+        (["-c", "{ck}", "--ema"], 3, "holds no EMA weights"),
+        (["-m", "convnextv2_nanoo"], 2, "did you mean 'convnextv2_nano'"),
+    ],
+)
 def test_checkpoint_errors_exit_codes(tmp_path, capsys, args, code, msg):
     ck = tmp_path / "v1.pth"
     torch.save({"model": to_official(plain_sd(make_model("convnext_test")))}, ck)
@@ -74,8 +77,9 @@ def test_checkpoint_errors_exit_codes(tmp_path, capsys, args, code, msg):
 def test_num_classes_note_reaches_the_user(tmp_path, capsys):
     f = tmp_path / "ck.safetensors"
     save_file(plain_sd(make_model("convnext_test", num_classes=1000)), f)
-    code, out, err = _run(capsys, "-c", str(f), "--num-classes", "10", "-o", str(tmp_path / "m.onnx"),
-                          "--img-size", "32")
+    code, out, err = _run(
+        capsys, "-c", str(f), "--num-classes", "10", "-o", str(tmp_path / "m.onnx"), "--img-size", "32"
+    )
     assert code == 0, err
     assert "replaced the 1000-class classifier with a new 10-class one (train it)" in out
     assert export.read_metadata(tmp_path / "m.onnx")["num_classes"] == 10

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeconvnext.data import LabelledImages
+from edgeconvnext.data.folders import LabelledImages
 from edgeconvnext.errors import DataError
 
 
@@ -19,20 +19,27 @@ def flat(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("text", [
-    "filename,label\r\na b.png,cat\r\nd.png,dog\r\nünï.png,bird\r\n",  # Windows line endings, header
-    "\ufefffilename,label\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # spreadsheet export: UTF-8 BOM
-    "file_name,class\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # another header spelling
-    "# labels\nimage label\na b.png cat\nd.png dog\nünï.png bird\n",  # comment, then a header
-    "a b.png cat\nd.png dog\nünï.png bird\n",  # whitespace format, a file name with a space
-    "a b.png\tcat\nd.png\tdog\nünï.png\tbird\n",  # tab-separated
-    '"a b.png","cat"\nd.png, dog\nünï.png,bird\n',  # quoted CSV fields
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "filename,label\r\na b.png,cat\r\nd.png,dog\r\nünï.png,bird\r\n",  # Windows line endings, header
+        "\ufefffilename,label\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # spreadsheet export: UTF-8 BOM
+        "file_name,class\na b.png,cat\nd.png,dog\nünï.png,bird\n",  # another header spelling
+        "# labels\nimage label\na b.png cat\nd.png dog\nünï.png bird\n",  # comment, then a header
+        "a b.png cat\nd.png dog\nünï.png bird\n",  # whitespace format, a file name with a space
+        "a b.png\tcat\nd.png\tdog\nünï.png\tbird\n",  # tab-separated
+        '"a b.png","cat"\nd.png, dog\nünï.png,bird\n',  # quoted CSV fields
+    ],
+)
 def test_labels_file_variants(flat, text):
     (flat / "labels.csv").write_bytes(text.encode("utf-8"))
     ds = LabelledImages.discover(flat)
     assert ds.class_names == ["bird", "cat", "dog"]
-    assert [(p.name, y) for p, y in zip(ds.paths, ds.labels)] == [("a b.png", 1), ("d.png", 2), ("ünï.png", 0)]
+    assert [(p.name, y) for p, y in zip(ds.paths, ds.labels, strict=False)] == [
+        ("a b.png", 1),
+        ("d.png", 2),
+        ("ünï.png", 0),
+    ]
 
 
 def test_labels_file_index_labels_keep_their_first_row(flat):
@@ -96,14 +103,14 @@ def test_image_folder_with_a_class_list_named_labels_txt(tmp_path):
 
 
 def test_unreadable_images_are_all_counted_but_only_the_first_ones_logged(tmp_path, caplog):
-    from edgeconvnext.data import SKIP_WARNINGS
-    from edgeconvnext.zoo import Preprocess
+    from edgeconvnext.data.folders import SKIP_WARNINGS
+    from edgeconvnext.models.registry import Preprocess
 
     _png(tmp_path / "cat" / "ok.png")
     for i in range(SKIP_WARNINGS + 5):
         (tmp_path / "cat" / f"bad{i:02d}.jpg").write_bytes(b"not a jpeg")
     ds = LabelledImages.discover(tmp_path)
-    with caplog.at_level("WARNING", logger="edgeconvnext.data"):
+    with caplog.at_level("WARNING", logger="edgeconvnext.data.folders"):
         n = sum(len(y) for _, y in ds.batches(Preprocess(img_size=32), batch=4))
     assert n == 1 and len(ds.skipped) == SKIP_WARNINGS + 5
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

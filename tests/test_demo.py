@@ -6,7 +6,7 @@ import onnx
 
 from edgeconvnext.cli import main
 from edgeconvnext.demo import assets
-from edgeconvnext.trt_rules import check_file
+from edgeconvnext.onnx.trt_rules import check_file
 
 
 def test_demo_assets_are_packaged():
@@ -14,7 +14,17 @@ def test_demo_assets_are_packaged():
     assert a.checkpoint.stat().st_size > 1_000_000
     assert len(list(a.calib.glob("*.png"))) >= 512
     assert sorted(p.name for p in a.val.iterdir() if p.is_dir()) == [
-        "ankle_boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "t-shirt_top", "trouser"]
+        "ankle_boot",
+        "bag",
+        "coat",
+        "dress",
+        "pullover",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "t-shirt_top",
+        "trouser",
+    ]
 
 
 def test_demo_pipeline_end_to_end(tmp_path, capsys):

@@ -8,9 +8,13 @@ import sys
 
 import pytest
 
-from edgeconvnext import doctor
+from edgeconvnext.env import doctor
 
-NV_TEGRA_RELEASE = "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n"
+NV_TEGRA_RELEASE = (
+    "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
+    "DATE: Fri Sep 13 04:36:44 UTC 2024\n"
+    "# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n"
+)
 DT_MODEL = b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00"
 NVPMODEL = "NV Power Mode: MAXN_SUPER\n2\n"
 
@@ -48,23 +52,33 @@ def test_nvpmodel():
 def test_gpu_and_cuda_outputs():
     smi = "NVIDIA H100 80GB HBM3, 550.54.15, 9.0, 81559 MiB\nNVIDIA L4, 550.54.15, 8.9, 23034 MiB\n"
     gpus = doctor.parse_nvidia_smi_csv(smi)
-    assert gpus[0] == {"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15", "compute_capability": "9.0",
-                       "memory": "81559 MiB"}
+    assert gpus[0] == {
+        "name": "NVIDIA H100 80GB HBM3",
+        "driver": "550.54.15",
+        "compute_capability": "9.0",
+        "memory": "81559 MiB",
+    }
     assert gpus[1]["compute_capability"] == "8.9" and len(gpus) == 2
-    assert doctor.parse_nvidia_smi_cuda("| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4 |") == "12.4"
+    assert (
+        doctor.parse_nvidia_smi_cuda("| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4 |")
+        == "12.4"
+    )
     assert doctor.parse_nvcc_version("Cuda compilation tools, release 12.6, V12.6.68\nBuild cuda_12.6.r12.6") == "12.6"
     assert doctor.parse_cuda_version_json('{"cuda": {"name": "CUDA SDK", "version": "12.6.68"}}') == "12.6.68"
     assert doctor.parse_cuda_version_json("not json") is None
     assert doctor.parse_dpkg_version("6.1+b123") == "6.1" and doctor.parse_dpkg_version("") is None
 
 
-@pytest.mark.parametrize("text,version", [
-    ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help", (10, 3, 0)),
-    ("&&&& RUNNING TensorRT.trtexec [TensorRT v110100] [b106] # trtexec --help", (11, 1, 0)),
-    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec", (8, 6, 1)),
-    ("[06/01/2025-10:00:00] [I] TensorRT version: 10.3.0", (10, 3, 0)),
-    ("no banner here", None),
-])
+@pytest.mark.parametrize(
+    "text,version",
+    [
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help", (10, 3, 0)),
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v110100] [b106] # trtexec --help", (11, 1, 0)),
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec", (8, 6, 1)),
+        ("[06/01/2025-10:00:00] [I] TensorRT version: 10.3.0", (10, 3, 0)),
+        ("no banner here", None),
+    ],
+)
 def test_trt_version_from_trtexec_output(text, version):
     assert doctor.parse_trt_version(text) == version
 
@@ -87,26 +101,43 @@ def _jetson_tree(root):
 def test_probe_jetson_reads_sample_tree(tmp_path):
     jet = doctor.probe_jetson(_jetson_tree(tmp_path))
     assert jet["model"].startswith("NVIDIA Jetson Orin Nano") and jet["family"] == "orin"
-    assert jet["l4t"] == "36.4.0" and jet["jetpack"] in ("6.1", doctor.parse_dpkg_version(jet.get("jetpack_package", "")))
+    assert jet["l4t"] == "36.4.0" and jet["jetpack"] in (
+        "6.1",
+        doctor.parse_dpkg_version(jet.get("jetpack_package", "")),
+    )
     assert jet["dla_cores"] == 0
     assert jet["clocks_mhz"]["gpu (17000000.gpu)"] == 1020.0 and jet["clocks_mhz"]["cpu max"] == 1728.0
     assert doctor.probe_jetson(tmp_path / "empty") is None
 
 
 def test_checks_for_a_jetson_and_for_a_bare_host():
-    jet = {"model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super", "family": "orin",
-           "dla_cores": 0, "l4t": "36.4.0", "jetpack": "6.1", "power_mode": {"mode": "MAXN_SUPER", "id": 2},
-           "clocks_mhz": {"gpu (17000000.gpu)": 1020.0}}
-    checks = {c.name: c for c in doctor.build_checks({"jetson": jet, "gpu": {"gpus": []},
-                                                      "tensorrt": {"python_version": "10.3.0"},
-                                                      "trtexec": {"path": "/usr/src/tensorrt/bin/trtexec",
-                                                                  "version": "10.3.0"}})}
+    jet = {
+        "model": "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+        "family": "orin",
+        "dla_cores": 0,
+        "l4t": "36.4.0",
+        "jetpack": "6.1",
+        "power_mode": {"mode": "MAXN_SUPER", "id": 2},
+        "clocks_mhz": {"gpu (17000000.gpu)": 1020.0},
+    }
+    checks = {
+        c.name: c
+        for c in doctor.build_checks(
+            {
+                "jetson": jet,
+                "gpu": {"gpus": []},
+                "tensorrt": {"python_version": "10.3.0"},
+                "trtexec": {"path": "/usr/src/tensorrt/bin/trtexec", "version": "10.3.0"},
+            }
+        )
+    }
     assert checks["Jetson"].value.endswith("L4T 36.4.0, JetPack 6.1")
     assert checks["power mode"].value == "MAXN_SUPER (id 2)" and checks["DLA"].status == "info"
     assert "cannot run on DLA" in checks["DLA"].value and checks["TensorRT (Python)"].status == "ok"
     assert checks["clocks"].value == "gpu (17000000.gpu) 1020 MHz"
-    bare = {c.name: c for c in doctor.build_checks({"jetson": None, "gpu": {"gpus": []}, "tensorrt": {},
-                                                    "trtexec": {}})}
+    bare = {
+        c.name: c for c in doctor.build_checks({"jetson": None, "gpu": {"gpus": []}, "tensorrt": {}, "trtexec": {}})
+    }
     assert bare["GPU"].status == "missing" and bare["TensorRT (Python)"].status == "missing"
     assert "pip install tensorrt" in bare["TensorRT (Python)"].hint
     jet_hint = {c.name: c for c in doctor.build_checks({"jetson": jet, "tensorrt": {}, "trtexec": {}})}
@@ -116,7 +147,9 @@ def test_checks_for_a_jetson_and_for_a_bare_host():
 def test_gpu_summary_falls_back_to_jetson_model():
     rep = doctor.Report(sections={"gpu": {"gpus": []}, "jetson": {"model": "NVIDIA Jetson AGX Orin", "family": "orin"}})
     assert doctor.gpu_summary(rep) == {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"}
-    rep = doctor.Report(sections={"gpu": {"gpus": [{"name": "NVIDIA L4", "compute_capability": "8.9"}]}, "jetson": None})
+    rep = doctor.Report(
+        sections={"gpu": {"gpus": [{"name": "NVIDIA L4", "compute_capability": "8.9"}]}, "jetson": None}
+    )
     assert doctor.gpu_summary(rep)["compute_capability"] == "8.9"
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeconvnext import engine, fp16, trt_runtime
+from edgeconvnext.engine import build as engine
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
+from edgeconvnext.onnx import fp16
+from edgeconvnext.runtime import tensorrt as trt_runtime
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -30,7 +32,7 @@ def _has_tensorrt() -> bool:
 
 
 def _has_trtexec() -> bool:
-    from edgeconvnext.doctor import find_trtexec
+    from edgeconvnext.env.doctor import find_trtexec
 
     return find_trtexec() is not None
 
@@ -43,8 +45,8 @@ NO_TRT = not _has_tensorrt() and not _has_trtexec()
 
 
 def _export(name: str, path: Path, batch: int | None = None) -> Path:
-    from edgeconvnext.checkpoint import load_model
-    from edgeconvnext.export import export_onnx
+    from edgeconvnext.export.onnx_export import export_onnx
+    from edgeconvnext.models.checkpoint import load_model
 
     export_onnx(load_model(name, num_classes=10, img_size=32), path, batch=batch, verify=False)
     return path
@@ -56,9 +58,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     d = tmp_path_factory.mktemp("onnx")
-    out = {"v2": _export("convnextv2_test", d / "v2.onnx"),
-           "v1": _export("convnext_test", d / "v1.onnx"),
-           "fixed": _export("convnextv2_test", d / "v2_b2.onnx", batch=2)}
+    out = {
+        "v2": _export("convnextv2_test", d / "v2.onnx"),
+        "v1": _export("convnext_test", d / "v1.onnx"),
+        "fixed": _export("convnextv2_test", d / "v2_b2.onnx", batch=2),
+    }
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -69,10 +73,17 @@ def models(tmp_path_factory) -> dict[str, Path]:
             return next(self.it, None)
 
     out["qdq"] = d / "v2_int8.onnx"
-    quantize_static(str(out["v2"]), str(out["qdq"]), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(out["v2"]),
+        str(out["qdq"]),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "QuantizeBias": False},
+    )
     return out
 
 
@@ -86,8 +97,9 @@ def _copy(src: Path, dst_dir: Path) -> Path:
 # batch profile
 
 
-@pytest.mark.parametrize("spec,expected", [(None, None), (4, (4, 4, 4)), ("1", (1, 1, 1)),
-                                           ("1,8,32", (1, 8, 32)), (" 2, 2 ,2 ", (2, 2, 2))])
+@pytest.mark.parametrize(
+    "spec,expected", [(None, None), (4, (4, 4, 4)), ("1", (1, 1, 1)), ("1,8,32", (1, 8, 32)), (" 2, 2 ,2 ", (2, 2, 2))]
+)
 def test_parse_batch(spec, expected):
     prof = engine.parse_batch(spec)
     assert (None if prof is None else (prof.min, prof.opt, prof.max)) == expected
@@ -107,7 +119,10 @@ def test_resolve_profile_fixed_and_dynamic():
     with pytest.raises(UsageError, match="fixed batch of 2"):
         engine.resolve_profile("1,4,8", 2)
     assert engine.BatchProfile(1, 4, 8).shapes((3, 224, 224)) == {
-        "min": [1, 3, 224, 224], "opt": [4, 3, 224, 224], "max": [8, 3, 224, 224]}
+        "min": [1, 3, 224, 224],
+        "opt": [4, 3, 224, 224],
+        "max": [8, 3, 224, 224],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,9 +145,15 @@ def test_dla_is_refused_with_reason(models):
     assert "--dla-core 0" in msg and "LayerNormalization" in msg and "Orin Nano has no DLA" in msg
 
 
-@pytest.mark.parametrize("kwargs,match", [({"opt_level": 6}, "--opt-level"), ({"workspace_mib": 0}, "--workspace"),
-                                          ({"output": Path("x.onnx")}, "--output"),
-                                          ({"batch": "1,4,8"}, None)])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"opt_level": 6}, "--opt-level"),
+        ({"workspace_mib": 0}, "--workspace"),
+        ({"output": Path("x.onnx")}, "--output"),
+        ({"batch": "1,4,8"}, None),
+    ],
+)
 def test_plan_validates_options(models, kwargs, match):
     if match is None:
         plan = engine.plan_build(engine.BuildRequest(onnx=models["v2"], **kwargs))
@@ -153,8 +174,12 @@ def test_plan_precision_and_paths(models):
     p = engine.plan_build(engine.BuildRequest(onnx=models["v2"]))
     assert (p.precision, p.convert_fp16, p.output.name, p.build_onnx) == ("fp32", False, "v2.engine", models["v2"])
     p = engine.plan_build(engine.BuildRequest(onnx=models["v2"], fp16=True))
-    assert (p.precision, p.convert_fp16, p.output.name, p.build_onnx.name) == ("fp16", True, "v2.fp16.engine",
-                                                                              "v2.fp16.onnx")
+    assert (p.precision, p.convert_fp16, p.output.name, p.build_onnx.name) == (
+        "fp16",
+        True,
+        "v2.fp16.engine",
+        "v2.fp16.onnx",
+    )
     p = engine.plan_build(engine.BuildRequest(onnx=models["qdq"], fp16=True))
     assert (p.precision, p.convert_fp16) == ("int8+fp16", True)
     p = engine.plan_build(engine.BuildRequest(onnx=models["qdq"]))
@@ -186,10 +211,18 @@ def test_trtexec_command_trt10(models):
     plan = _plan(models, batch="1,4,8", workspace_mib=512, opt_level=5, timing_cache=Path("tc.cache"))
     cmd = engine.trtexec_command(plan, (10, 3, 0), trtexec="/usr/src/tensorrt/bin/trtexec")
     assert cmd == [
-        "/usr/src/tensorrt/bin/trtexec", f"--onnx={models['v2']}", f"--saveEngine={plan.output}", "--stronglyTyped",
-        "--minShapes=input:1x3x32x32", "--optShapes=input:4x3x32x32", "--maxShapes=input:8x3x32x32",
-        "--memPoolSize=workspace:512M", "--timingCacheFile=tc.cache", "--builderOptimizationLevel=5",
-        "--skipInference"]
+        "/usr/src/tensorrt/bin/trtexec",
+        f"--onnx={models['v2']}",
+        f"--saveEngine={plan.output}",
+        "--stronglyTyped",
+        "--minShapes=input:1x3x32x32",
+        "--optShapes=input:4x3x32x32",
+        "--maxShapes=input:8x3x32x32",
+        "--memPoolSize=workspace:512M",
+        "--timingCacheFile=tc.cache",
+        "--builderOptimizationLevel=5",
+        "--skipInference",
+    ]
 
 
 def test_trtexec_command_trt11_has_no_strongly_typed_flag(models):
@@ -251,7 +284,7 @@ def test_dry_run_needs_no_tensorrt_and_writes_nothing(models, tmp_path):
 
 @pytest.mark.parametrize("name", ["v2", "v1"])
 def test_fp16_conversion_close_to_fp32_and_reductions_fp32(models, name):
-    from edgeconvnext.onnx_info import input_dtypes
+    from edgeconvnext.onnx.info import input_dtypes
 
     proto = onnx.load(str(models[name]))
     out, rep = fp16.convert_to_fp16(proto)
@@ -274,7 +307,7 @@ def test_fp16_conversion_close_to_fp32_and_reductions_fp32(models, name):
 
 
 def test_fp16_conversion_of_qdq_graph(models):
-    from edgeconvnext.onnx_info import input_dtypes
+    from edgeconvnext.onnx.info import input_dtypes
 
     proto = onnx.load(str(models["qdq"]))
     out, rep = fp16.convert_to_fp16(proto)
@@ -291,7 +324,7 @@ def test_fp16_conversion_of_qdq_graph(models):
     assert set(d["LayerNormalization"]) == {"float32"}
     cmp = fp16.compare_outputs(proto, out, batch=4)
     assert cmp["finite"] and cmp["rel_diff"] < 0.1
-    from edgeconvnext.trt_rules import check_model
+    from edgeconvnext.onnx.trt_rules import check_model
 
     rules = check_model(out)  # still a valid TensorRT explicit-quantization graph, every layer INT8
     assert rules.ok and rules.opset == 19 and {layer.precision for layer in rules.layers} == {"INT8"}
@@ -302,10 +335,19 @@ def test_fp16_refuses_fp16_input_and_control_flow(models):
     with pytest.raises(UsageError, match="already FP16"):
         fp16.convert_to_fp16(out)
     g = onnx.helper.make_graph(
-        [onnx.helper.make_node("If", ["c"], ["y"], then_branch=onnx.helper.make_graph([], "t", [], []),
-                               else_branch=onnx.helper.make_graph([], "e", [], []))], "g",
+        [
+            onnx.helper.make_node(
+                "If",
+                ["c"],
+                ["y"],
+                then_branch=onnx.helper.make_graph([], "t", [], []),
+                else_branch=onnx.helper.make_graph([], "e", [], []),
+            )
+        ],
+        "g",
         [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     with pytest.raises(UsageError, match="control flow"):
         fp16.convert_to_fp16(onnx.helper.make_model(g))
 
@@ -342,13 +384,20 @@ def test_plan_header(tmp_path):
 
 
 def _sidecar(trt="10.3.0", cc="8.7", name="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super"):
-    return {"tensorrt": {"version": trt}, "gpu": {"name": name, "compute_capability": cc},
-            "source_onnx": {"path": "nano_int8.onnx"}}
+    return {
+        "tensorrt": {"version": trt},
+        "gpu": {"name": name, "compute_capability": cc},
+        "source_onnx": {"path": "nano_int8.onnx"},
+    }
 
 
 def test_compatibility_same_machine_ok():
-    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0.30", compute_capability="8.7",
-                                        gpu_name="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super")
+    c = trt_runtime.check_compatibility(
+        _sidecar(),
+        trt_version="10.3.0.30",
+        compute_capability="8.7",
+        gpu_name="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+    )
     assert c.ok and not c.warnings
 
 
@@ -360,38 +409,49 @@ def test_compatibility_other_tensorrt_refused():
 
 
 def test_compatibility_other_gpu_refused_same_cc_warns():
-    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0", compute_capability="9.0",
-                                        gpu_name="NVIDIA H100 80GB HBM3")
+    c = trt_runtime.check_compatibility(
+        _sidecar(), trt_version="10.3.0", compute_capability="9.0", gpu_name="NVIDIA H100 80GB HBM3"
+    )
     assert not c.ok and "compute capability 8.7" in c.problems[0] and "9.0" in c.problems[0]
-    c = trt_runtime.check_compatibility(_sidecar(cc="8.9", name="NVIDIA L4"), trt_version="10.3.0",
-                                        compute_capability="8.9", gpu_name="NVIDIA GeForce RTX 4090")
+    c = trt_runtime.check_compatibility(
+        _sidecar(cc="8.9", name="NVIDIA L4"),
+        trt_version="10.3.0",
+        compute_capability="8.9",
+        gpu_name="NVIDIA GeForce RTX 4090",
+    )
     assert c.ok and "NVIDIA L4" in c.warnings[0]
 
 
 def test_compatibility_without_sidecar_uses_plan_header():
-    c = trt_runtime.check_compatibility(None, trt_version="11.1.0", compute_capability="9.0",
-                                        header_version=(10, 3, 0, 26))
+    c = trt_runtime.check_compatibility(
+        None, trt_version="11.1.0", compute_capability="9.0", header_version=(10, 3, 0, 26)
+    )
     assert not c.ok and "10.3.0" in c.problems[0]
-    c = trt_runtime.check_compatibility(None, trt_version="10.3.0", compute_capability="9.0",
-                                        header_version=(10, 3, 0, 26))
+    c = trt_runtime.check_compatibility(
+        None, trt_version="10.3.0", compute_capability="9.0", header_version=(10, 3, 0, 26)
+    )
     assert c.ok and "no sidecar" in c.warnings[0]
 
 
 def test_compatibility_plan_header_wins_and_build_numbers():
     # the header is read from the engine file itself: a stale sidecar does not hide a rebuilt engine
-    c = trt_runtime.check_compatibility(_sidecar(trt="10.3.0"), trt_version="10.7.0", compute_capability="8.7",
-                                        header_version=(10, 7, 0, 23))
+    c = trt_runtime.check_compatibility(
+        _sidecar(trt="10.3.0"), trt_version="10.7.0", compute_capability="8.7", header_version=(10, 7, 0, 23)
+    )
     assert c.ok, c.problems
-    c = trt_runtime.check_compatibility(_sidecar(trt="10.7.0"), trt_version="10.7.0", compute_capability="8.7",
-                                        header_version=(10, 3, 0, 30))
+    c = trt_runtime.check_compatibility(
+        _sidecar(trt="10.7.0"), trt_version="10.7.0", compute_capability="8.7", header_version=(10, 3, 0, 30)
+    )
     assert not c.ok and "TensorRT 10.3.0.30" in c.problems[0]
     # same release, other build: TensorRT itself decides (it wants the exact build), we warn
-    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0.30", compute_capability="8.7",
-                                        header_version=(10, 3, 0, 26))
+    c = trt_runtime.check_compatibility(
+        _sidecar(), trt_version="10.3.0.30", compute_capability="8.7", header_version=(10, 3, 0, 26)
+    )
     assert c.ok and "another build" in c.warnings[0]
     # build unknown here (pip's tensorrt.__version__ is major.minor.patch): no build comparison
-    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0", compute_capability="8.7",
-                                        header_version=(10, 3, 0, 26))
+    c = trt_runtime.check_compatibility(
+        _sidecar(), trt_version="10.3.0", compute_capability="8.7", header_version=(10, 3, 0, 26)
+    )
     assert c.ok and not c.warnings
     assert engine._version_tuple("10.3.0.30") == (10, 3, 0, 30) and engine._version_tuple("11.1.0") == (11, 1, 0)
 
@@ -412,7 +472,7 @@ def test_batch_chunks_and_dtypes():
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the missing-backend path cannot be exercised")
 def test_runner_without_tensorrt_is_backend_missing(tmp_path):
-    from edgeconvnext.runners import open_runner
+    from edgeconvnext.runtime.runners import open_runner
 
     plan = tmp_path / "m.engine"
     plan.write_bytes(_fake_plan())
@@ -447,13 +507,27 @@ print("&&&& PASSED TensorRT.trtexec")
 """
 
 
-def _fake_trtexec(tmp_path: Path, major: int = 10, minor: int = 3, fail: bool = False,
-                  fail_msg: str = "[E] Error[4]: fake parser failure") -> tuple[Path, Path]:
+def _fake_trtexec(
+    tmp_path: Path,
+    major: int = 10,
+    minor: int = 3,
+    fail: bool = False,
+    fail_msg: str = "[E] Error[4]: fake parser failure",
+) -> tuple[Path, Path]:
     record = tmp_path / "argv.txt"
     script = tmp_path / f"trtexec{major}"
-    script.write_text(_FAKE_TRTEXEC.format(python=sys.executable, banner=major * 10000 + minor * 100,
-                                           version=f"{major}.{minor}.0", record=str(record), fail=fail, fail_msg=fail_msg,
-                                           major=major, minor=minor))
+    script.write_text(
+        _FAKE_TRTEXEC.format(
+            python=sys.executable,
+            banner=major * 10000 + minor * 100,
+            version=f"{major}.{minor}.0",
+            record=str(record),
+            fail=fail,
+            fail_msg=fail_msg,
+            major=major,
+            minor=minor,
+        )
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script, record
 
@@ -500,9 +574,11 @@ def test_engine_build_never_imports_torch(models, tmp_path):
 
     src = _copy(models["v2"], tmp_path)
     exe, _ = _fake_trtexec(tmp_path)
-    code = ("import sys; from pathlib import Path; from edgeconvnext import engine; "
-            f"engine.build_engine(engine.BuildRequest(onnx=Path({str(src)!r}), trtexec=Path({str(exe)!r}))); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from edgeconvnext.engine import build as engine; "
+        f"engine.build_engine(engine.BuildRequest(onnx=Path({str(src)!r}), trtexec=Path({str(exe)!r}))); "
+        "print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
@@ -541,8 +617,14 @@ def test_qdq_graph_breaking_tensorrt_rules_is_refused_before_building(models, tm
             return next(self.it, None)
 
     bad = tmp_path / "uint8.onnx"  # onnxruntime's defaults: uint8 asymmetric activations, not TensorRT's
-    quantize_static(str(models["v2"]), str(bad), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(models["v2"]),
+        str(bad),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     exe, record = _fake_trtexec(tmp_path)
     with pytest.raises(RuleViolation, match="TensorRT rule violation"):
         engine.build_engine(engine.BuildRequest(onnx=bad, trtexec=exe))
@@ -573,12 +655,15 @@ def test_cli_dry_run(models, capsys):
     assert data["settings"]["profile"]["batch"] == [1, 1, 1] and data["config_sources"]["batch"] == "default"
 
 
-@pytest.mark.parametrize("args,code,text", [
-    (["--dla-core", "0"], 2, "ConvNeXt cannot run on DLA"),
-    (["--batch", "4,2,8"], 2, "MIN <= OPT <= MAX"),
-    (["--opt-level", "9"], 2, "--opt-level: 9 is above the maximum 5"),
-    (["--workspace", "0"], 2, "--workspace: 0 is below the minimum 1"),
-])
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["--dla-core", "0"], 2, "ConvNeXt cannot run on DLA"),
+        (["--batch", "4,2,8"], 2, "MIN <= OPT <= MAX"),
+        (["--opt-level", "9"], 2, "--opt-level: 9 is above the maximum 5"),
+        (["--workspace", "0"], 2, "--workspace: 0 is below the minimum 1"),
+    ],
+)
 def test_cli_refusals(models, capsys, args, code, text):
     assert _cli(["build-engine", str(models["v2"]), *args]) == code
     assert text in capsys.readouterr().err

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconvnext.augment import TrainTransform, default_scale
-from edgeconvnext.checkpoint import load_model
 from edgeconvnext.cli import main
+from edgeconvnext.data.augment import TrainTransform, default_scale
+from edgeconvnext.data.preprocess import eval_transform
 from edgeconvnext.errors import DataError, UsageError
-from edgeconvnext.finetune import FinetuneConfig, LogProgress, finetune, last_state_path, lr_at
-from edgeconvnext.preprocess import eval_transform
-from edgeconvnext.zoo import Preprocess
+from edgeconvnext.models.checkpoint import load_model
+from edgeconvnext.models.registry import Preprocess
+from edgeconvnext.train.finetune import FinetuneConfig, LogProgress, finetune, last_state_path, lr_at
 
 COLOURS = {"blue": (30, 30, 200), "green": (30, 200, 30), "red": (200, 30, 30)}
 
@@ -41,19 +41,29 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def cfg(data: tuple[Path, Path], out: Path, **kw) -> FinetuneConfig:
-    base = dict(train_data=data[0], val_data=data[1], output=out, model="convnextv2_test", img_size=32,
-                epochs=1, batch=16, lr=2e-3, workers=0)
+    base = dict(
+        train_data=data[0],
+        val_data=data[1],
+        output=out,
+        model="convnextv2_test",
+        img_size=32,
+        epochs=1,
+        batch=16,
+        lr=2e-3,
+        workers=0,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
 # ---- schedule and augmentation --------------------------------------------------------------------
 
+
 def test_lr_schedule_warmup_then_cosine():
     total, warm, base, lo = 100, 10, 1e-3, 1e-6
     lrs = [lr_at(s, total, warm, base, lo) for s in range(total)]
     assert lrs[0] == pytest.approx(base / 10) and lrs[9] == pytest.approx(base)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # linear warm-up rises
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine falls
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10], strict=False))  # linear warm-up rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # cosine falls
     assert lrs[55] == pytest.approx(lo + (base - lo) * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert lr_at(total, total, warm, base, lo) == pytest.approx(lo)
     assert lr_at(0, 10, 0, base, lo) == pytest.approx(base)  # no warm-up: starts at the peak
@@ -89,6 +99,7 @@ def test_train_transform_refuses_bad_values():
 
 
 # ---- training ---------------------------------------------------------------------------------------
+
 
 def test_finetune_learns_and_saves_everything(data, tmp_path):
     out = tmp_path / "m.pt"
@@ -159,8 +170,8 @@ def test_resumed_run_keeps_the_init_checkpoint_in_its_sidecar(data, tmp_path):
     import json
 
     from edgeconvnext.artifacts import sha256_file
-    from edgeconvnext.checkpoint import save_checkpoint
-    from edgeconvnext.zoo import create_model
+    from edgeconvnext.models.checkpoint import save_checkpoint
+    from edgeconvnext.models.registry import create_model
 
     init = save_checkpoint(tmp_path / "init.pt", create_model("convnextv2_test", num_classes=5), "convnextv2_test")
     out = tmp_path / "p.pt"
@@ -208,34 +219,75 @@ def test_empty_train_class_folder_is_refused(data, tmp_path):
 
 # ---- CLI ----------------------------------------------------------------------------------------
 
+
 def test_cli_trains_one_epoch(data, tmp_path, capsys):
     out = tmp_path / "cli.pt"
-    code = main(["-q", "finetune", "--model", "convnextv2_test", "--train-data", str(data[0]), "--val-data",
-                 str(data[1]), "--img-size", "32", "--epochs", "1", "--batch", "16", "--workers", "0",
-                 "--crop-pct", "0.875", "--interpolation", "bilinear", "--output", str(out)])
+    code = main(
+        [
+            "-q",
+            "finetune",
+            "--model",
+            "convnextv2_test",
+            "--train-data",
+            str(data[0]),
+            "--val-data",
+            str(data[1]),
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--workers",
+            "0",
+            "--crop-pct",
+            "0.875",
+            "--interpolation",
+            "bilinear",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     line = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert str(out) in line and "3 classes" in line and "input 32/0.875 bilinear" in line
     assert load_model(None, out).preprocess.interpolation == "bilinear"
 
 
-@pytest.mark.parametrize("args,code,message", [
-    (["--device", "cuda"], 8, "--device cuda"),
-    (["--resume"], 3, "nothing to resume"),
-    (["--epochs", "0"], 2, "--epochs must be >= 1"),
-    (["--crop-pct", "1.5"], 2, "--crop-pct"),
-    (["--interpolation", "cubic"], 2, "--interpolation: unknown interpolation 'cubic'"),
-    (["--img-size", "40"], 2, "multiple of 32"),
-    (["--output-as-safetensors"], 2, "use a .pt file"),
-])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--device", "cuda"], 8, "--device cuda"),
+        (["--resume"], 3, "nothing to resume"),
+        (["--epochs", "0"], 2, "--epochs must be >= 1"),
+        (["--crop-pct", "1.5"], 2, "--crop-pct"),
+        (["--interpolation", "cubic"], 2, "--interpolation: unknown interpolation 'cubic'"),
+        (["--img-size", "40"], 2, "multiple of 32"),
+        (["--output-as-safetensors"], 2, "use a .pt file"),
+    ],
+)
 def test_cli_refuses_with_one_line(data, tmp_path, capsys, args, code, message):
     if args == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     out = tmp_path / "e.pt"
     if args == ["--output-as-safetensors"]:
         out, args = tmp_path / "e.safetensors", []
-    rc = main(["finetune", "--model", "convnextv2_test", "--train-data", str(data[0]), "--val-data", str(data[1]),
-               "--workers", "0", "--output", str(out), *args])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            "convnextv2_test",
+            "--train-data",
+            str(data[0]),
+            "--val-data",
+            str(data[1]),
+            "--workers",
+            "0",
+            "--output",
+            str(out),
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == code
     assert err[-1].startswith("error: ") and message in err[-1]
@@ -244,6 +296,17 @@ def test_cli_refuses_with_one_line(data, tmp_path, capsys, args, code, message):
 
 def test_cli_empty_train_folder(tmp_path, capsys):
     (tmp_path / "train").mkdir()
-    rc = main(["finetune", "--model", "convnextv2_test", "--train-data", str(tmp_path / "train"),
-               "--val-data", str(tmp_path / "train"), "--output", str(tmp_path / "o.pt")])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            "convnextv2_test",
+            "--train-data",
+            str(tmp_path / "train"),
+            "--val-data",
+            str(tmp_path / "train"),
+            "--output",
+            str(tmp_path / "o.pt"),
+        ]
+    )
     assert rc == 4 and "no images" in capsys.readouterr().err

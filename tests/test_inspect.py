@@ -11,20 +11,38 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeconvnext import export as ex
-from edgeconvnext import zoo
 from edgeconvnext.cli import main
 from edgeconvnext.errors import UsageError
-from edgeconvnext.onnx_info import describe
+from edgeconvnext.export import onnx_export as ex
+from edgeconvnext.models import registry as zoo
+from edgeconvnext.onnx.info import describe
 
-DESCRIBE_KEYS = {"path", "file_bytes", "ir_version", "opset", "producer", "graph_name", "inputs", "outputs", "nodes",
-                 "ops", "initializers", "params", "initializer_bytes", "external_data", "qdq", "metadata",
-                 "metadata_props", "norm_input_dtypes", "onnx_version"}
+DESCRIBE_KEYS = {
+    "path",
+    "file_bytes",
+    "ir_version",
+    "opset",
+    "producer",
+    "graph_name",
+    "inputs",
+    "outputs",
+    "nodes",
+    "ops",
+    "initializers",
+    "params",
+    "initializer_bytes",
+    "external_data",
+    "qdq",
+    "metadata",
+    "metadata_props",
+    "norm_input_dtypes",
+    "onnx_version",
+}
 
 
 @pytest.fixture(scope="module")
 def fp16_onnx(tmp_path_factory) -> tuple[Path, object]:
-    from edgeconvnext.checkpoint import load_model
+    from edgeconvnext.models.checkpoint import load_model
 
     torch.manual_seed(0)
     loaded = load_model("convnextv2_test", num_classes=4, img_size=32)
@@ -53,8 +71,13 @@ def _qdq_model(path: Path, zero_point_dtype: int = TensorProto.INT8) -> Path:
         helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_w", axis=1),
         helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="fc"),
     ]
-    graph = helper.make_graph(nodes, "tiny_qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny_qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hand")
     model.ir_version = 8
     helper.set_model_props(model, {"author": "someone else"})
@@ -156,7 +179,7 @@ def test_cli_inspect_bad_file(tmp_path, capsys, make):
 
 
 def test_param_count_matches_for_v1_fp32(tmp_path):
-    from edgeconvnext.checkpoint import load_model
+    from edgeconvnext.models.checkpoint import load_model
 
     loaded = load_model("convnext_test", num_classes=3, img_size=32)
     res = ex.export_onnx(loaded, tmp_path / "v1.onnx")

@@ -6,8 +6,8 @@ import statistics
 import numpy as np
 import pytest
 
-from edgeconvnext import latency
 from edgeconvnext.errors import BackendMissing, UsageError
+from edgeconvnext.evaluate import latency
 
 
 def test_percentile_matches_numpy_linear():
@@ -94,11 +94,27 @@ def test_cuda_events_and_graph_on_gpu():
 
 
 def test_latency_result_dict_has_the_report_keys():
-    res = latency.LatencyResult(latency.summarize([1.0, 3.0], batch=2), cuda_graph=True, memory_bytes=10,
-                                memory_kind="torch.cuda.max_memory_allocated")
+    res = latency.LatencyResult(
+        latency.summarize([1.0, 3.0], batch=2),
+        cuda_graph=True,
+        memory_bytes=10,
+        memory_kind="torch.cuda.max_memory_allocated",
+    )
     d = res.to_dict()
-    assert {"batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "cuda_graph", "memory_bytes",
-            "memory_kind", "timer", "iters", "warmup"} <= set(d)
+    assert {
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "mean_ms",
+        "images_per_s",
+        "cuda_graph",
+        "memory_bytes",
+        "memory_kind",
+        "timer",
+        "iters",
+        "warmup",
+    } <= set(d)
     assert d["images_per_s"] == pytest.approx(1000.0) and "notes" not in d and "samples_ms" not in d
 
 

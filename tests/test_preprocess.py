@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeconvnext.data.preprocess import center_crop, eval_transform, preprocess_image, resize_shorter
 from edgeconvnext.errors import DataError, UsageError
-from edgeconvnext.preprocess import center_crop, eval_transform, preprocess_image, resize_shorter
-from edgeconvnext.zoo import Preprocess
+from edgeconvnext.models.registry import Preprocess
 
 
 def _image(w, h, seed=0, mode="RGB"):
@@ -28,13 +28,20 @@ def _reference(img, pp):
     r = img.resize(new, getattr(Image.Resampling, pp.interpolation.upper()))
     # CenterCrop: top = int(round((h - th) / 2)), left likewise
     top, left = int(round((r.size[1] - pp.img_size) / 2.0)), int(round((r.size[0] - pp.img_size) / 2.0))
-    c = np.asarray(r, np.float32)[top:top + pp.img_size, left:left + pp.img_size] / 255.0
+    c = np.asarray(r, np.float32)[top : top + pp.img_size, left : left + pp.img_size] / 255.0
     c = (c - np.array(pp.mean, np.float32)) / np.array(pp.std, np.float32)
     return c.transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("size,crop,interp", [((300, 200), 0.875, "bicubic"), ((200, 333), 0.95, "bilinear"),
-                                              ((224, 224), 1.0, "bicubic"), ((28, 28), 1.0, "bicubic")])
+@pytest.mark.parametrize(
+    "size,crop,interp",
+    [
+        ((300, 200), 0.875, "bicubic"),
+        ((200, 333), 0.95, "bilinear"),
+        ((224, 224), 1.0, "bicubic"),
+        ((28, 28), 1.0, "bicubic"),
+    ],
+)
 def test_eval_transform_matches_timm_geometry(size, crop, interp):
     pp = Preprocess(img_size=32 if size == (28, 28) else 224, crop_pct=crop, interpolation=interp)
     img = _image(*size)
@@ -80,8 +87,9 @@ def test_16bit_grey_png_is_scaled_not_clipped(tmp_path):
     with Image.open(tmp_path / "g16.png") as im:
         assert im.mode.startswith("I")  # really read as a 16-bit image
     pp = Preprocess(img_size=32, crop_pct=1.0)
-    np.testing.assert_allclose(preprocess_image(tmp_path / "g16.png", pp), preprocess_image(tmp_path / "g8.png", pp),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        preprocess_image(tmp_path / "g16.png", pp), preprocess_image(tmp_path / "g8.png", pp), atol=1e-6
+    )
 
 
 def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
@@ -96,7 +104,7 @@ def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
 def test_tiff_16bit_and_float(tmp_path):
     # TIFF (what torchvision's ImageFolder also reads): 16-bit scaled like PNG; float pixels have no known
     # scale, so such a file is an unreadable image (skipped and counted), not a silently black one
-    from edgeconvnext.data import list_images
+    from edgeconvnext.data.folders import list_images
 
     grey8 = np.random.default_rng(0).integers(20, 230, (40, 40), dtype=np.uint8)
     Image.fromarray(grey8, mode="L").save(tmp_path / "g8.png")
@@ -104,7 +112,8 @@ def test_tiff_16bit_and_float(tmp_path):
     Image.fromarray(grey8.astype(np.float32) / 255).save(tmp_path / "f32.tiff")
     assert [p.name for p in list_images(tmp_path)] == ["f32.tiff", "g16.TIF", "g8.png"]
     pp = Preprocess(img_size=32, crop_pct=1.0)
-    np.testing.assert_allclose(preprocess_image(tmp_path / "g16.TIF", pp), preprocess_image(tmp_path / "g8.png", pp),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        preprocess_image(tmp_path / "g16.TIF", pp), preprocess_image(tmp_path / "g8.png", pp), atol=1e-6
+    )
     with pytest.raises(DataError, match="f32.tiff.*float pixels"):
         preprocess_image(tmp_path / "f32.tiff", pp)

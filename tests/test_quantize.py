@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from edgeconvnext.cli import main
-from edgeconvnext.quantization.graph import GraphIndex, layer_name, output_channel_axis
-from edgeconvnext.trt_rules import check_file
+from edgeconvnext.onnx.graph import GraphIndex, layer_name, output_channel_axis
+from edgeconvnext.onnx.trt_rules import check_file
 
 pytest.importorskip("onnxruntime")
 
@@ -136,8 +136,13 @@ def test_quantize_policy_convnext(tmp_path, images, backend, model):
 
     # files beside it: sidecar, manifest, FP32 baseline (+ its sidecar); nothing temporary left
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["m.int8.calib.json", "m.int8.fp32.onnx", "m.int8.fp32.onnx.json", "m.int8.onnx",
-                     "m.int8.onnx.json"]
+    assert names == [
+        "m.int8.calib.json",
+        "m.int8.fp32.onnx",
+        "m.int8.fp32.onnx.json",
+        "m.int8.onnx",
+        "m.int8.onnx.json",
+    ]
     side = json.loads((tmp_path / "m.int8.onnx.json").read_text())
     assert side["config"]["backend"] == backend and side["trt_check"]["ok"] is True
     assert side["calibration"]["images"] == N_IMAGES and side["calibration"]["skipped"] == 2
@@ -147,14 +152,15 @@ def test_quantize_policy_convnext(tmp_path, images, backend, model):
     assert side["calibration"]["manifest_sha256"] == sha256_file(tmp_path / "m.int8.calib.json")
     assert side["output"]["sha256"] == sha256_file(out)
     table = side["placement"]["table"]
-    assert {"layer": "stages.2.blocks.*.mlp.fc1", "count": 2, "precision": "INT8"}.items() <= \
-        next(r for r in table if r["layer"] == "stages.2.blocks.*.mlp.fc1").items()
+    assert {"layer": "stages.2.blocks.*.mlp.fc1", "count": 2, "precision": "INT8"}.items() <= next(
+        r for r in table if r["layer"] == "stages.2.blocks.*.mlp.fc1"
+    ).items()
     assert 0.3 < side["placement"]["int8_macs_share"] < 0.9
 
     # INT8 close to FP32 on the calibration inputs (random weights: logits are small, so compare cosine)
     manifest = json.loads((tmp_path / "m.int8.calib.json").read_text())
-    from edgeconvnext.preprocess import preprocess_image
-    from edgeconvnext.zoo import Preprocess
+    from edgeconvnext.data.preprocess import preprocess_image
+    from edgeconvnext.models.registry import Preprocess
 
     pp = Preprocess.from_dict(side["config"]["preprocess"])
     x = np.stack([preprocess_image(Path(manifest["root"]) / e["path"], pp) for e in manifest["images"]])
@@ -167,8 +173,23 @@ def test_quantize_policy_convnext(tmp_path, images, backend, model):
 
 def test_policy_all_and_exclude(tmp_path, images):
     out = tmp_path / "all.onnx"
-    assert run_quantize(out, images, "convnextv2_test", "--policy", "all", "--exclude", "stages.2.blocks.*.mlp.fc2",
-                        "--exclude", "head.fc", "--calib-method", "entropy", "--no-fp32-baseline") == 0
+    assert (
+        run_quantize(
+            out,
+            images,
+            "convnextv2_test",
+            "--policy",
+            "all",
+            "--exclude",
+            "stages.2.blocks.*.mlp.fc2",
+            "--exclude",
+            "head.fc",
+            "--calib-method",
+            "entropy",
+            "--no-fp32-baseline",
+        )
+        == 0
+    )
     q = onnx.load(str(out))
     assert_trt_graph(q)
     layers = int8_layers(q)
@@ -184,17 +205,55 @@ def test_policy_all_and_exclude(tmp_path, images):
 
 def test_manifest_reuse_gives_the_same_model(tmp_path, images):
     """Same checkpoint + the manifest's images -> the same scales: calibration is reproducible."""
-    from edgeconvnext.checkpoint import save_checkpoint
-    from edgeconvnext.zoo import Preprocess, create_model
+    from edgeconvnext.models.checkpoint import save_checkpoint
+    from edgeconvnext.models.registry import Preprocess, create_model
 
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model("convnextv2_test", num_classes=10),
-                           "convnextv2_test", preprocess=Preprocess(img_size=IMG, crop_pct=1.0))
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        create_model("convnextv2_test", num_classes=10),
+        "convnextv2_test",
+        preprocess=Preprocess(img_size=IMG, crop_pct=1.0),
+    )
     first = tmp_path / "a.onnx"
-    assert main(["-q", "quantize", "-c", str(ckpt), "--calib-data", str(images), "-o", str(first),
-                 "--calib-size", str(N_IMAGES), "--min-calib-size", "8", "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "quantize",
+                "-c",
+                str(ckpt),
+                "--calib-data",
+                str(images),
+                "-o",
+                str(first),
+                "--calib-size",
+                str(N_IMAGES),
+                "--min-calib-size",
+                "8",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     second = tmp_path / "b.onnx"
-    assert main(["-q", "quantize", "-c", str(ckpt), "--calib-manifest", str(tmp_path / "a.calib.json"),
-                 "-o", str(second), "--min-calib-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "quantize",
+                "-c",
+                str(ckpt),
+                "--calib-manifest",
+                str(tmp_path / "a.calib.json"),
+                "-o",
+                str(second),
+                "--min-calib-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     ma = json.loads((tmp_path / "a.calib.json").read_text())
     mb = json.loads((tmp_path / "b.calib.json").read_text())
     assert ma["images"] == mb["images"] and mb["seed"] == 4 and ma["preprocess"]["crop_pct"] == 1.0
@@ -209,25 +268,44 @@ def test_manifest_reuse_gives_the_same_model(tmp_path, images):
 
 def _err(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
-    lines = [l for l in err if l.startswith("error:")]
+    lines = [line for line in err if line.startswith("error:")]
     assert len(lines) == 1, err
     return lines[0]
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["--backend", "ort", "--calib-method", "mse"], 2, "--calib-method mse is not available with --backend ort"),
-    (["--backend", "nncf", "--calib-method", "entropy"], 2, "--calib-method entropy is not available with --backend nncf"),
-    (["--backend", "tensorrt"], 2, "unknown --backend 'tensorrt'"),
-    (["--calib-method", "minmaxx"], 2, "did you mean 'minmax'"),
-    (["--method", "qat"], 2, "--method qat: quantization-aware training is not built yet"),
-    (["--policy", "most"], 2, "unknown --policy 'most'"),
-    (["--exclude", "stages.9.*"], 2, "--exclude 'stages.9.*' matches no"),
-    (["--calib-size", "4", "--min-calib-size", "32"], 2, "below the minimum of 32"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["--backend", "ort", "--calib-method", "mse"], 2, "--calib-method mse is not available with --backend ort"),
+        (
+            ["--backend", "nncf", "--calib-method", "entropy"],
+            2,
+            "--calib-method entropy is not available with --backend nncf",
+        ),
+        (["--backend", "tensorrt"], 2, "unknown --backend 'tensorrt'"),
+        (["--calib-method", "minmaxx"], 2, "did you mean 'minmax'"),
+        (["--method", "qat"], 2, "--method qat: quantization-aware training is not built yet"),
+        (["--policy", "most"], 2, "unknown --policy 'most'"),
+        (["--exclude", "stages.9.*"], 2, "--exclude 'stages.9.*' matches no"),
+        (["--calib-size", "4", "--min-calib-size", "32"], 2, "below the minimum of 32"),
+    ],
+)
 def test_bad_options(tmp_path, images, capsys, args, code, needle):
     out = tmp_path / "x.onnx"
-    argv = ["quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(out), "--img-size", "32",
-            "--min-calib-size", "8", *args]
+    argv = [
+        "quantize",
+        "-m",
+        "convnextv2_test",
+        "--calib-data",
+        str(images),
+        "-o",
+        str(out),
+        "--img-size",
+        "32",
+        "--min-calib-size",
+        "8",
+        *args,
+    ]
     assert main(argv) == code
     assert needle in _err(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -264,20 +342,46 @@ def test_manifest_hash_mismatch(tmp_path, capsys):
     victim = imgs / manifest["images"][0]["path"]
     Image.new("RGB", (40, 40), (1, 2, 3)).save(victim)
     before = sorted(p.name for p in tmp_path.iterdir())
-    rc = main(["quantize", "-m", "convnextv2_test", "--calib-manifest", str(tmp_path / "a.calib.json"),
-               "-o", str(tmp_path / "b.onnx"), "--img-size", "32", "--min-calib-size", "8"])
+    rc = main(
+        [
+            "quantize",
+            "-m",
+            "convnextv2_test",
+            "--calib-manifest",
+            str(tmp_path / "a.calib.json"),
+            "-o",
+            str(tmp_path / "b.onnx"),
+            "--img-size",
+            "32",
+            "--min-calib-size",
+            "8",
+        ]
+    )
     assert rc == 4
     msg = _err(capsys)
     assert victim.name in msg and "changed since" in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no b.* files
-    rc = main(["quantize", "-m", "convnextv2_test", "--calib-manifest", str(tmp_path / "a.calib.json"),
-               "--seed", "3", "-o", str(tmp_path / "b.onnx"), "--img-size", "32"])
+    rc = main(
+        [
+            "quantize",
+            "-m",
+            "convnextv2_test",
+            "--calib-manifest",
+            str(tmp_path / "a.calib.json"),
+            "--seed",
+            "3",
+            "-o",
+            str(tmp_path / "b.onnx"),
+            "--img-size",
+            "32",
+        ]
+    )
     assert rc == 2 and "--calib-manifest fixes the calibration images" in _err(capsys)
 
 
 def test_rule_violation_leaves_nothing(tmp_path, images, monkeypatch, capsys):
     """If the backend produced a graph TensorRT rejects, quantize refuses it (exit 6) and writes nothing."""
-    from edgeconvnext.quantization import ort_backend
+    from edgeconvnext.quantize import ort_backend
 
     real = ort_backend.quantize_ort
 
@@ -305,16 +409,23 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
     import torch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgeconvnext.calibration import CalibrationSet
-    from edgeconvnext.quantization import ort_backend
-    from edgeconvnext.quantization.policy import plan
-    from edgeconvnext.zoo import Preprocess, create_model
+    from edgeconvnext.data.calibration import CalibrationSet
+    from edgeconvnext.models.registry import Preprocess, create_model
+    from edgeconvnext.quantize import ort_backend
+    from edgeconvnext.quantize.policy import plan
 
     torch.manual_seed(0)
     fp32 = tmp_path / "fp32.onnx"
-    torch.onnx.export(create_model("convnextv2_test", num_classes=10).eval(), (torch.zeros(1, 3, IMG, IMG),),
-                      str(fp32), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        create_model("convnextv2_test", num_classes=10).eval(),
+        (torch.zeros(1, 3, IMG, IMG),),
+        str(fp32),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
     nodes = [p.node for p in plan(onnx.load(str(fp32)), "convnext") if p.int8]
     x = np.random.default_rng(0).standard_normal((24, 3, IMG, IMG)).astype(np.float32)
     cs = CalibrationSet(tmp_path, [], [], x, Preprocess(img_size=IMG), 24, 0)
@@ -323,13 +434,24 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
 
     reader = ort_backend._Reader(x, "input", ort_backend.BATCH, None)
     ref = tmp_path / "ref.onnx"
-    quantize_static(str(fp32), str(ref), reader, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=ort_backend.OP_TYPES, per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                    calibrate_method=getattr(CalibrationMethod, ort_backend.CALIB_METHODS[method]),
-                    extra_options={"ActivationSymmetric": True, "QuantizeBias": False,
-                                   "OpTypesToExcludeOutputQuantization": ort_backend.OP_TYPES,
-                                   "CalibStridedMinMax": 1})
+    quantize_static(
+        str(fp32),
+        str(ref),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=ort_backend.OP_TYPES,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes,
+        calibrate_method=getattr(CalibrationMethod, ort_backend.CALIB_METHODS[method]),
+        extra_options={
+            "ActivationSymmetric": True,
+            "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": ort_backend.OP_TYPES,
+            "CalibStridedMinMax": 1,
+        },
+    )
 
     def scales(path):
         g = GraphIndex(onnx.load(str(path)))
@@ -343,9 +465,11 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
 
 def test_recipe_sets_defaults_and_the_command_line_overrides_them(tmp_path, images):
     recipe = tmp_path / "tiny-dgpu.yaml"
-    recipe.write_text("model: convnextv2_test\ntarget: dgpu\nimg_size: 32\n"
-                      "quantize: {policy: all, calib_method: entropy, calib_size: 12, min_calib_size: 8, "
-                      "keep_fp32: false}\n")
+    recipe.write_text(
+        "model: convnextv2_test\ntarget: dgpu\nimg_size: 32\n"
+        "quantize: {policy: all, calib_method: entropy, calib_size: 12, min_calib_size: 8, "
+        "keep_fp32: false}\n"
+    )
     out = tmp_path / "r.onnx"
     assert main(["-q", "quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(out)]) == 0
     side = json.loads((tmp_path / "r.onnx.json").read_text())
@@ -355,8 +479,25 @@ def test_recipe_sets_defaults_and_the_command_line_overrides_them(tmp_path, imag
     assert int8_layers(onnx.load(str(out)))["stem.0"]  # policy all from the recipe
 
     out2 = tmp_path / "r2.onnx"  # explicit options win over the recipe
-    assert main(["-q", "quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(out2),
-                 "--policy", "convnext", "--calib-method", "minmax"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "quantize",
+                "--recipe",
+                str(recipe),
+                "--calib-data",
+                str(images),
+                "-o",
+                str(out2),
+                "--policy",
+                "convnext",
+                "--calib-method",
+                "minmax",
+            ]
+        )
+        == 0
+    )
     side2 = json.loads((tmp_path / "r2.onnx.json").read_text())
     assert side2["config"]["policy"] == "convnext" and side2["config"]["calib_method"] == "minmax"
     assert not int8_layers(onnx.load(str(out2)))["stem.0"]
@@ -374,17 +515,54 @@ def test_recipe_with_an_unknown_key_is_refused(tmp_path, images, capsys):
 def test_histogram_calibration_with_a_partial_last_batch(tmp_path, images, method):
     # 13 images = one full batch of 8 and one of 5: onnxruntime's histogram collectors must not get both at once
     out = tmp_path / "p.onnx"
-    assert main(["-q", "quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(out),
-                 "--img-size", str(IMG), "--calib-size", "13", "--min-calib-size", "8", "--calib-method", method,
-                 "--no-fp32-baseline"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "quantize",
+                "-m",
+                "convnextv2_test",
+                "--calib-data",
+                str(images),
+                "-o",
+                str(out),
+                "--img-size",
+                str(IMG),
+                "--calib-size",
+                "13",
+                "--min-calib-size",
+                "8",
+                "--calib-method",
+                method,
+                "--no-fp32-baseline",
+            ]
+        )
+        == 0
+    )
     assert_trt_graph(onnx.load(str(out)))
 
 
 @pytest.mark.parametrize("backend,method", [("ort", "entropy"), ("nncf", "minmax")])
 def test_json_stdout_is_only_json(tmp_path, images, capsys, backend, method):
     # onnxruntime's histogram calibrators print() and NNCF draws progress bars on stdout: --json was not JSON
-    rc = main(["quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(tmp_path / "j.onnx"),
-               *COMMON, "--backend", backend, "--calib-method", method, "--no-fp32-baseline", "--json"])
+    rc = main(
+        [
+            "quantize",
+            "-m",
+            "convnextv2_test",
+            "--calib-data",
+            str(images),
+            "-o",
+            str(tmp_path / "j.onnx"),
+            *COMMON,
+            "--backend",
+            backend,
+            "--calib-method",
+            method,
+            "--no-fp32-baseline",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert json.loads(out)["output"] == str(tmp_path / "j.onnx")

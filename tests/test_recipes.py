@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeconvnext import engine, recipes, zoo
+from edgeconvnext import recipes
+from edgeconvnext.engine import build as engine
 from edgeconvnext.errors import UsageError
+from edgeconvnext.models import registry as zoo
 
 RECIPE_FILES = recipes.list_recipes()
 
@@ -24,9 +26,12 @@ def tiny_onnx(tmp_path_factory) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 224, 224])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+    )
     path = tmp_path_factory.mktemp("recipe") / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -42,13 +47,20 @@ def test_recipe_file(path, tiny_onnx):
     assert build["dla_core"] is None  # ConvNeXt never runs on DLA
     if recipes.TARGETS[rec.target]["memory_gb"] == 8:
         assert build["workspace_mib"] <= 1024
-    plan = engine.plan_build(engine.BuildRequest(onnx=tiny_onnx, fp16=build["fp16"], batch=build["batch"],
-                                                 workspace_mib=build["workspace_mib"], opt_level=build["opt_level"]))
+    plan = engine.plan_build(
+        engine.BuildRequest(
+            onnx=tiny_onnx,
+            fp16=build["fp16"],
+            batch=build["batch"],
+            workspace_mib=build["workspace_mib"],
+            opt_level=build["opt_level"],
+        )
+    )
     cmd = engine.trtexec_command(plan, (10, 3, 0))
     assert f"--memPoolSize=workspace:{build['workspace_mib']}M" in cmd
     assert f"--maxShapes=input:{plan.profile.max}x3x224x224" in cmd
     # the quantize section is a valid QuantizeConfig of the quantize stage
-    from edgeconvnext.quantization.pipeline import QuantizeConfig
+    from edgeconvnext.quantize.ptq import QuantizeConfig
 
     q, _ = recipes.resolve("quantize", rec)
     QuantizeConfig(**{**q, "exclude": tuple(q["exclude"])}).validated()
@@ -63,8 +75,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_precedence_defaults_recipe_cli(tmp_path):
-    rec = recipes.load_recipe(_write(tmp_path, "model: v2_nano\ntarget: orin_nano\nbuild:\n  batch: '1,4,8'\n"
-                                                "  opt_level: 4\n"))
+    rec = recipes.load_recipe(
+        _write(tmp_path, "model: v2_nano\ntarget: orin_nano\nbuild:\n  batch: '1,4,8'\n  opt_level: 4\n")
+    )
     assert rec.model == "convnextv2_nano"  # aliases resolve
     values, sources = recipes.resolve("build", rec, {"opt_level": 2, "batch": None})
     assert values["batch"] == "1,4,8" and sources["batch"] == "recipe"  # None = option not given
@@ -74,19 +87,22 @@ def test_precedence_defaults_recipe_cli(tmp_path):
     assert values == recipes.defaults("build")
 
 
-@pytest.mark.parametrize("text,match", [
-    ("build:\n  workspace: 512\n", "unknown key 'workspace'; did you mean 'workspace_mib'?"),
-    ("modle: convnextv2_nano\n", "unknown key 'modle'; did you mean 'model'?"),
-    ("biuld:\n  fp16: true\n", "unknown key 'biuld'; did you mean 'build'?"),
-    ("quantize:\n  calib_methd: minmax\n", "did you mean 'calib_method'?"),
-    ("build:\n  opt_level: 7\n", "'build.opt_level': 7 is above the maximum 5"),
-    ("build:\n  fp16: 1\n", "'build.fp16' must be bool"),
-    ("quantize:\n  calib_method: entropyy\n", "did you mean 'entropy'?"),
-    ("target: orin_nanoo\n", "did you mean 'orin_nano'?"),
-    ("model: convnextv2_nan\n", "did you mean"),
-    ("- a\n- b\n", "a YAML mapping"),
-    ("build: [1, 2]\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("build:\n  workspace: 512\n", "unknown key 'workspace'; did you mean 'workspace_mib'?"),
+        ("modle: convnextv2_nano\n", "unknown key 'modle'; did you mean 'model'?"),
+        ("biuld:\n  fp16: true\n", "unknown key 'biuld'; did you mean 'build'?"),
+        ("quantize:\n  calib_methd: minmax\n", "did you mean 'calib_method'?"),
+        ("build:\n  opt_level: 7\n", "'build.opt_level': 7 is above the maximum 5"),
+        ("build:\n  fp16: 1\n", "'build.fp16' must be bool"),
+        ("quantize:\n  calib_method: entropyy\n", "did you mean 'entropy'?"),
+        ("target: orin_nanoo\n", "did you mean 'orin_nano'?"),
+        ("model: convnextv2_nan\n", "did you mean"),
+        ("- a\n- b\n", "a YAML mapping"),
+        ("build: [1, 2]\n", "must be a mapping"),
+    ],
+)
 def test_recipe_errors(tmp_path, text, match):
     with pytest.raises(UsageError, match=match.replace("(", r"\(").replace("?", r"\?").replace(".", r"\.")):
         recipes.load_recipe(_write(tmp_path, text))
@@ -104,14 +120,39 @@ def test_cli_value_checks_and_unknown_recipe():
 def test_build_engine_cli_with_recipe_and_override(tiny_onnx, capsys):
     from edgeconvnext.cli import main
 
-    assert main(["build-engine", str(tiny_onnx), "--recipe", "convnextv2_nano-orin_nano", "--batch", "2",
-                 "--dry-run", "--json"]) == 0
+    assert (
+        main(
+            [
+                "build-engine",
+                str(tiny_onnx),
+                "--recipe",
+                "convnextv2_nano-orin_nano",
+                "--batch",
+                "2",
+                "--dry-run",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["settings"]["profile"]["batch"] == [2, 2, 2] and data["config_sources"]["batch"] == "cli"
     assert data["settings"]["precision"] == "fp16" and data["config_sources"]["fp16"] == "recipe"
     assert data["recipe"].endswith("convnextv2_nano-orin_nano.yaml")
-    assert main(["build-engine", str(tiny_onnx), "--recipe", "convnextv2_nano-orin_nano", "--no-fp16",
-                 "--dry-run", "--json"]) == 0
+    assert (
+        main(
+            [
+                "build-engine",
+                str(tiny_onnx),
+                "--recipe",
+                "convnextv2_nano-orin_nano",
+                "--no-fp16",
+                "--dry-run",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["settings"]["precision"] == "fp32"
 
 
@@ -132,8 +173,10 @@ def test_a_wheel_install_finds_the_recipes_among_its_data_files(tmp_path, monkey
     (share / "convnextv2_atto-board.yaml").write_text("model: convnextv2_atto\n")
 
     class Dist:
-        files = [PurePosixPath("edgeconvnext/recipes.py"),
-                 PurePosixPath("../../share/edgeconvnext/recipes/convnextv2_atto-board.yaml")]
+        files = [
+            PurePosixPath("edgeconvnext/recipes.py"),
+            PurePosixPath("../../share/edgeconvnext/recipes/convnextv2_atto-board.yaml"),
+        ]
 
         def locate_file(self, f):
             return site / f

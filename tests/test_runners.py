@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from edgeconvnext.checkpoint import load_model
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
-from edgeconvnext.export import export_onnx
-from edgeconvnext.latency import LatencyStats, summarize
-from edgeconvnext.runners import (OnnxRuntimeRunner, Runner, TorchRunner, backend_for, cuda_graph_capable,
-                                 open_runner, runner_latency)
+from edgeconvnext.evaluate.latency import LatencyStats, summarize
+from edgeconvnext.export.onnx_export import export_onnx
+from edgeconvnext.models.checkpoint import load_model
+from edgeconvnext.runtime.runners import (
+    OnnxRuntimeRunner,
+    Runner,
+    TorchRunner,
+    backend_for,
+    cuda_graph_capable,
+    open_runner,
+    runner_latency,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +100,16 @@ def test_open_runner_picks_the_backend(models, tmp_path):
         assert isinstance(r, TorchRunner) and r.precision == "fp16"
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"backend": "torch"}, UsageError, "--backend torch cannot run"),
-    ({"backend": "tensorrt"}, UsageError, "expected a .engine file"),
-    ({"backend": "openvino"}, UsageError, "unknown backend 'openvino'"),
-    ({"precision": "fp16"}, UsageError, "is a fp32 model"),
-    ({"device": "tpu"}, UsageError, "unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"backend": "torch"}, UsageError, "--backend torch cannot run"),
+        ({"backend": "tensorrt"}, UsageError, "expected a .engine file"),
+        ({"backend": "openvino"}, UsageError, "unknown backend 'openvino'"),
+        ({"precision": "fp16"}, UsageError, "is a fp32 model"),
+        ({"device": "tpu"}, UsageError, "unknown device 'tpu'"),
+    ],
+)
 def test_open_runner_refusals(models, kwargs, error, message):
     with pytest.raises(error, match=message):
         open_runner(models["fp32"], **kwargs)
@@ -120,15 +130,15 @@ def test_cuda_without_a_gpu_names_the_fix(models):
 def test_engine_when_the_tensorrt_module_is_absent(tmp_path, monkeypatch):
     import sys
 
-    import edgeconvnext
+    import edgeconvnext.runtime
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)
-    monkeypatch.setitem(sys.modules, "edgeconvnext.trt_runtime", None)  # as in an install without it
+    monkeypatch.setitem(sys.modules, "edgeconvnext.runtime.tensorrt", None)  # as in an install without it
     # Once imported (tests/test_engine.py does), the module is also an attribute of the package, which
-    # 'from . import trt_runtime' would find whatever sys.modules says: hide it too.
-    monkeypatch.delattr(edgeconvnext, "trt_runtime", raising=False)
-    with pytest.raises(BackendMissing, match="trt_runtime"):
+    # 'from . import tensorrt' would find whatever sys.modules says: hide it too.
+    monkeypatch.delattr(edgeconvnext.runtime, "tensorrt", raising=False)
+    with pytest.raises(BackendMissing, match=r"edgeconvnext\.runtime\.tensorrt"):
         open_runner(engine)
 
 
@@ -152,6 +162,7 @@ def test_missing_or_broken_onnx(tmp_path):
 
 # ---- latency ----------------------------------------------------------------------------------------
 
+
 def test_runner_latency_on_cpu_leaves_the_accuracy_counters(models):
     with OnnxRuntimeRunner(models["fp32"]) as r:
         r.infer(_x(2))
@@ -172,12 +183,15 @@ def test_torch_runner_latency_on_cpu(models):
         assert res.stats.batch == 2 and res.stats.timer == "perf_counter" and not cuda_graph_capable(r)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"batch": 1, "model": "b4"}, "fixed batch of 4"),
-    ({"batch": 2, "cuda_graph": True}, "no CUDA graphs"),
-    ({"batch": 2, "img_size": 64}, "takes 32 px inputs"),
-    ({"batch": 0}, ">= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch": 1, "model": "b4"}, "fixed batch of 4"),
+        ({"batch": 2, "cuda_graph": True}, "no CUDA graphs"),
+        ({"batch": 2, "img_size": 64}, "takes 32 px inputs"),
+        ({"batch": 0}, ">= 1"),
+    ],
+)
 def test_runner_latency_refusals(models, kwargs, message):
     with OnnxRuntimeRunner(models[kwargs.pop("model", "fp32")]) as r, pytest.raises(UsageError, match=message):
         runner_latency(r, warmup=0, iters=1, **kwargs)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeconvnext.errors import RuleViolation, UsageError
-from edgeconvnext.trt_rules import check_file, check_model, format_report
+from edgeconvnext.onnx.trt_rules import check_file, check_model, format_report
 
 C_IN, C_OUT, HW, N_OUT = 4, 6, 8, 5
 
@@ -21,10 +21,14 @@ def _init(name, arr):
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
+ZP0 = np.int8(0)
+SCALE = np.float32(0.05)
+
+
 def build(
     *,
-    act_zp=np.int8(0),
-    act_scale=np.float32(0.05),
+    act_zp=ZP0,
+    act_scale=SCALE,
     dq_act_scale=None,
     conv_w_axis=0,
     mm_w_axis=1,
@@ -60,21 +64,31 @@ def build(
     zp_in = ["x_zp"] if q_has_zp else []
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "x_scale", *zp_in], ["x_q"], name="q_x", domain=domain_q),
-        helper.make_node(q_consumer, ["x_q", "x_dq_scale", *(["x_zp"] if act_zp is not None else [])], ["x_dq"],
-                         name="dq_x"),
-        helper.make_node("DequantizeLinear", ["conv_w_q", "conv_w_scale", "conv_w_zp"], ["conv_w"], name="dq_conv_w",
-                         axis=conv_w_axis),
-        helper.make_node("Conv", ["x_dq", "conv_w", "conv_b"], ["y"], name="/stages/stages.1/downsample/downsample.1/Conv"),
+        helper.make_node(
+            q_consumer, ["x_q", "x_dq_scale", *(["x_zp"] if act_zp is not None else [])], ["x_dq"], name="dq_x"
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            ["conv_w_q", "conv_w_scale", "conv_w_zp"],
+            ["conv_w"],
+            name="dq_conv_w",
+            axis=conv_w_axis,
+        ),
+        helper.make_node(
+            "Conv", ["x_dq", "conv_w", "conv_b"], ["y"], name="/stages/stages.1/downsample/downsample.1/Conv"
+        ),
         helper.make_node("Transpose", ["y"], ["y_t"], perm=[0, 2, 3, 1], name="t"),
         helper.make_node("QuantizeLinear", ["y_t", "h_scale", "h_zp"], ["h_q"], name="q_h"),
         helper.make_node("DequantizeLinear", ["h_q", "h_scale", "h_zp"], ["h_dq"], name="dq_h"),
-        helper.make_node("DequantizeLinear", ["mm_w_q", "mm_w_scale", "mm_w_zp"], ["mm_w"], name="dq_mm_w",
-                         axis=mm_w_axis),
+        helper.make_node(
+            "DequantizeLinear", ["mm_w_q", "mm_w_scale", "mm_w_zp"], ["mm_w"], name="dq_mm_w", axis=mm_w_axis
+        ),
         helper.make_node("MatMul", ["h_dq", "mm_w"], ["out"], name="/stages/stages.1/blocks/blocks.0/mlp/fc1/MatMul"),
         *extra_nodes,
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C_IN, HW, HW])],
         outputs or [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", HW, HW, N_OUT])],
         initializer=inits,
@@ -91,22 +105,26 @@ def test_valid_graph_passes_and_reports_int8_layers():
     onnx.checker.check_model(m)
     r = check_model(m)
     assert r.ok, r.violations
-    assert [(l.layer, l.op, l.precision, l.weight_axis) for l in r.layers] == [
+    assert [(row.layer, row.op, row.precision, row.weight_axis) for row in r.layers] == [
         ("stages.1.downsample.1", "Conv", "INT8", 0),
         ("stages.1.blocks.0.mlp.fc1", "MatMul", "INT8", 1),
     ]
     assert r.n_quantize == 2 and r.n_dequantize == 4
     # MACs at batch 1: conv 6*8*8 outputs x 4 inputs; matmul 8*8*5 outputs x K=6
-    assert [l.macs for l in r.layers] == [6 * 64 * 4, 64 * 5 * 6]
+    assert [row.macs for row in r.layers] == [6 * 64 * 4, 64 * 5 * 6]
     assert "OK for TensorRT" in format_report(r)
     r.raise_for_violations()  # no-op when ok
 
 
 def test_float_model_says_it_has_no_int8_layers():
     w = _init("w", np.ones((C_OUT, C_IN, 1, 1), np.float32))
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="/stem/stem.0/Conv")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C_IN, HW, HW])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, HW, HW])], [w])
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="/stem/stem.0/Conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C_IN, HW, HW])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, HW, HW])],
+        [w],
+    )
     r = check_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert r.ok and r.summary().startswith("no INT8 layers (a float model without Q/DQ: 1 layers")
     assert "OK for TensorRT" in r.summary()
@@ -172,8 +190,10 @@ def test_q_without_following_dq():
 
 
 def test_graph_output_straight_from_q():
-    m = build(extra_nodes=[helper.make_node("QuantizeLinear", ["out", "h_scale", "h_zp"], ["out_q"], name="q_out")],
-              outputs=[helper.make_tensor_value_info("out_q", TensorProto.INT8, ["N", HW, HW, N_OUT])])
+    m = build(
+        extra_nodes=[helper.make_node("QuantizeLinear", ["out", "h_scale", "h_zp"], ["out_q"], name="q_out")],
+        outputs=[helper.make_tensor_value_info("out_q", TensorProto.INT8, ["N", HW, HW, N_OUT])],
+    )
     assert "unpaired-q" in rules(m)
 
 
@@ -212,7 +232,7 @@ def test_weight_only_qdq_is_fp_with_a_warning():
         if n.name == "/stages/stages.1/blocks/blocks.0/mlp/fc1/MatMul":
             n.input[0] = "y_t"
     r = check_model(m)
-    mm = [l for l in r.layers if l.op == "MatMul"][0]
+    mm = [row for row in r.layers if row.op == "MatMul"][0]
     assert mm.precision == "FP32" and mm.weight_int8 and not mm.activation_int8
     assert any("only its weight" in w for w in r.warnings)
 
@@ -233,23 +253,28 @@ def test_raise_for_violations_and_check_file(tmp_path):
 
 
 def test_layer_names_from_torchscript_and_dynamo_exports():
-    from edgeconvnext.quantization.graph import block_pattern, compress_rows, layer_name
+    from edgeconvnext.onnx.graph import block_pattern, compress_rows, layer_name
 
     ts = helper.make_node("MatMul", ["a", "b"], ["c"], name="/stages/stages.0/blocks/blocks.3/mlp/fc1/MatMul")
     assert layer_name(ts) == "stages.0.blocks.3.mlp.fc1"
     assert layer_name(helper.make_node("Conv", ["a", "b"], ["c"], name="/stem/stem.0/Conv")) == "stem.0"
     assert layer_name(helper.make_node("Gemm", ["a", "b"], ["c"], name="/head/fc/Gemm")) == "head.fc"
     dyn = helper.make_node("Conv", ["a", "b"], ["c"], name="node_Conv_51")
-    dyn.metadata_props.add(key="pkg.torch.onnx.name_scopes",
-                           value="['', 'stages', 'stages.2', 'stages.2.blocks', 'stages.2.blocks.0', "
-                                 "'stages.2.blocks.0.conv_dw', 'conv2d_5']")
+    dyn.metadata_props.add(
+        key="pkg.torch.onnx.name_scopes",
+        value="['', 'stages', 'stages.2', 'stages.2.blocks', 'stages.2.blocks.0', "
+        "'stages.2.blocks.0.conv_dw', 'conv2d_5']",
+    )
     assert layer_name(dyn) == "stages.2.blocks.0.conv_dw"
     assert layer_name(helper.make_node("Relu", ["a"], ["c"], name="custom")) == "custom"
     assert block_pattern("stages.2.blocks.11.mlp.fc2") == "stages.2.blocks.*.mlp.fc2"
-    rows = [{"layer": f"stages.2.blocks.{i}.mlp.fc1", "op": "MatMul", "precision": "INT8", "macs": 10}
-            for i in range(3)] + [{"layer": "head.fc", "op": "Gemm", "precision": "FP32", "macs": 1}]
+    rows = [
+        {"layer": f"stages.2.blocks.{i}.mlp.fc1", "op": "MatMul", "precision": "INT8", "macs": 10} for i in range(3)
+    ] + [{"layer": "head.fc", "op": "Gemm", "precision": "FP32", "macs": 1}]
     assert [(r["layer"], r["count"], r["macs"]) for r in compress_rows(rows)] == [
-        ("stages.2.blocks.*.mlp.fc1", 3, 30), ("head.fc", 1, 1)]
+        ("stages.2.blocks.*.mlp.fc1", 3, 30),
+        ("head.fc", 1, 1),
+    ]
 
 
 def test_inspect_trt_exits_6_on_a_violation(tmp_path, capsys):

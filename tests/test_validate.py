@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeconvnext.checkpoint import load_model, save_checkpoint
 from edgeconvnext.cli import main
+from edgeconvnext.data.preprocess import preprocess_image
 from edgeconvnext.errors import AccuracyError, DataError, UsageError
-from edgeconvnext.export import export_onnx
-from edgeconvnext.preprocess import preprocess_image
-from edgeconvnext.runners import OnnxRuntimeRunner
-from edgeconvnext.validate import MARKDOWN_COLUMNS, LatencyOptions, markdown_table, validate
+from edgeconvnext.evaluate.validate import MARKDOWN_COLUMNS, LatencyOptions, markdown_table, validate
+from edgeconvnext.export.onnx_export import export_onnx
+from edgeconvnext.models.checkpoint import load_model, save_checkpoint
+from edgeconvnext.runtime.runners import OnnxRuntimeRunner
 
 N_CLASSES = 10
 NAMES = [f"c{i}" for i in range(N_CLASSES)]
@@ -60,13 +60,20 @@ def world(tmp_path_factory):
     assert len(set(order[:, 0])) > 2  # the predictions are spread over several classes
     labels = order[:, 0].copy()
     labels[:K_SECOND] = order[:K_SECOND, 1]
-    labels[K_SECOND:K_SECOND + K_LAST] = order[K_SECOND:K_SECOND + K_LAST, -1]
-    return {"root": root, "loaded": loaded, "onnx": onnx_a, "ckpt": ckpt, "files": files, "pred": order[:, 0],
-            "labels": labels}
+    labels[K_SECOND : K_SECOND + K_LAST] = order[K_SECOND : K_SECOND + K_LAST, -1]
+    return {
+        "root": root,
+        "loaded": loaded,
+        "onnx": onnx_a,
+        "ckpt": ckpt,
+        "files": files,
+        "pred": order[:, 0],
+        "labels": labels,
+    }
 
 
 def image_folder(world, dest: Path, labels: np.ndarray) -> Path:
-    for f, y in zip(world["files"], labels):
+    for f, y in zip(world["files"], labels, strict=False):
         (dest / NAMES[y]).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dest / NAMES[y] / f.name)
     return dest
@@ -75,7 +82,7 @@ def image_folder(world, dest: Path, labels: np.ndarray) -> Path:
 def flat_folder(world, dest: Path, labels: np.ndarray, as_index: bool = False) -> Path:
     dest.mkdir(parents=True)
     lines = []
-    for f, y in zip(world["files"], labels):
+    for f, y in zip(world["files"], labels, strict=False):
         shutil.copy(f, dest / f.name)
         lines.append(f"{f.name} {y if as_index else NAMES[y]}")
     (dest / "labels.txt").write_text("\n".join(lines) + "\n")
@@ -83,6 +90,7 @@ def flat_folder(world, dest: Path, labels: np.ndarray, as_index: bool = False) -
 
 
 # ---- exact numbers ----------------------------------------------------------------------------------
+
 
 def test_known_top1_top5_and_per_class(world, tmp_path):
     data = image_folder(world, tmp_path / "val", world["labels"])
@@ -150,6 +158,7 @@ def test_model_without_class_names_maps_sorted_folders(world, tmp_path):
 
 # ---- accuracy gate ---------------------------------------------------------------------------------
 
+
 def test_max_drop_exceeded_exit_7_and_report_written(world, tmp_path, capsys):
     worse = _model(NAMES)
     with torch.no_grad():
@@ -162,8 +171,20 @@ def test_max_drop_exceeded_exit_7_and_report_written(world, tmp_path, capsys):
     with pytest.raises(AccuracyError) as e:
         validate(worse_onnx, data, baseline=world["onnx"], max_drop=0.5, report=report)
     assert e.value.report.drop == pytest.approx(100 - expected_top1)
-    rc = main(["validate", str(worse_onnx), "--data", str(data), "--baseline", str(world["onnx"]),
-               "--max-drop", "0.5", "--report", str(report)])
+    rc = main(
+        [
+            "validate",
+            str(worse_onnx),
+            "--data",
+            str(data),
+            "--baseline",
+            str(world["onnx"]),
+            "--max-drop",
+            "0.5",
+            "--report",
+            str(report),
+        ]
+    )
     assert rc == 7
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: worse.onnx loses") and "--max-drop 0.5" in err[-1]
@@ -175,17 +196,21 @@ def test_max_drop_exceeded_exit_7_and_report_written(world, tmp_path, capsys):
 
 # ---- CLI and bad inputs ----------------------------------------------------------------------------
 
+
 def test_cli_prints_table_and_one_line_and_writes_report(world, tmp_path, capsys):
     data = image_folder(world, tmp_path / "val", world["labels"])
     report = tmp_path / "out" / "report.json"
-    rc = main(["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["onnx"]),
-               "--report", str(report)])
+    rc = main(
+        ["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["onnx"]), "--report", str(report)]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "top-1 %" in out and "agreement" in out
     flat = " ".join(out.split())  # rich wraps at the terminal width
-    assert ("a.onnx: top-1 87.50%, top-5 95.00% on 40 images (baseline 87.50%, drop 0.00 pts, agreement 100.0%) "
-            f"-> {report}") in flat
+    assert (
+        "a.onnx: top-1 87.50%, top-5 95.00% on 40 images (baseline 87.50%, drop 0.00 pts, agreement 100.0%) "
+        f"-> {report}"
+    ) in flat
     rep = json.loads(report.read_text())
     assert rep["drop"] == 0.0 and len(rep["per_class"]) == len(set(world["labels"]))
 
@@ -203,16 +228,19 @@ def _cli(world, *args: str) -> list[str]:
     return ["validate", str(world["onnx"]), *args]
 
 
-@pytest.mark.parametrize("case,code,message", [
-    ("empty", 4, "no images found"),
-    ("missing_labels_file", 4, "labels file not found"),
-    ("missing_files", 4, "missing from"),
-    ("unknown_class", 4, "not among the model's 10 classes"),
-    ("both_baselines", 2, "not both"),
-    ("max_drop_without_baseline", 2, "--max-drop needs a baseline"),
-    ("all_corrupt", 4, "could be read"),
-    ("missing_model", 3, "model not found"),
-])
+@pytest.mark.parametrize(
+    "case,code,message",
+    [
+        ("empty", 4, "no images found"),
+        ("missing_labels_file", 4, "labels file not found"),
+        ("missing_files", 4, "missing from"),
+        ("unknown_class", 4, "not among the model's 10 classes"),
+        ("both_baselines", 2, "not both"),
+        ("max_drop_without_baseline", 2, "--max-drop needs a baseline"),
+        ("all_corrupt", 4, "could be read"),
+        ("missing_model", 3, "model not found"),
+    ],
+)
 def test_cli_bad_inputs_one_line(world, tmp_path, capsys, case, code, message):
     d = tmp_path / "d"
     d.mkdir()
@@ -274,7 +302,7 @@ def test_latency_only_onnx(world):
     assert rep.top1 is None and rep.images == 0 and rep.data is None and rep.drop is None
     assert rep.backend == "onnxruntime" and rep.device == "cpu" and rep.device_name
     assert [e["batch"] for e in rep.latency] == [1, 3]
-    for e, b in zip(rep.latency, (1, 3)):
+    for e, b in zip(rep.latency, (1, 3), strict=False):
         _check_stats(e, b, 5, 1)
         assert e["timer"] == "perf_counter" and e["cuda_graph"] is False
         assert e["memory_kind"] == "process peak RSS" and e["memory_bytes"] > 50 * 2**20
@@ -312,9 +340,27 @@ def test_torch_backend_from_checkpoint_matches_its_onnx_export(world, tmp_path):
 def test_accuracy_and_latency_in_one_cli_call(world, tmp_path, capsys):
     data = image_folder(world, tmp_path / "val", world["labels"])
     report, md = tmp_path / "r.json", tmp_path / "r.md"
-    rc = main(["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["onnx"]),
-               "--latency", "--latency-batch", "2,1", "--warmup", "0", "--iters", "3",
-               "--report", str(report), "--markdown", str(md)])
+    rc = main(
+        [
+            "validate",
+            str(world["onnx"]),
+            "--data",
+            str(data),
+            "--baseline",
+            str(world["onnx"]),
+            "--latency",
+            "--latency-batch",
+            "2,1",
+            "--warmup",
+            "0",
+            "--iters",
+            "3",
+            "--report",
+            str(report),
+            "--markdown",
+            str(md),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     rep = json.loads(report.read_text())
@@ -323,7 +369,7 @@ def test_accuracy_and_latency_in_one_cli_call(world, tmp_path, capsys):
     assert rep["drop"] == 0.0 and rep["top1_agreement"] == 100.0 and rep["cosine_min"] > 0.999999
     assert rep["images"] == N_IMAGES and rep["skipped"] == 0
     assert [e["batch"] for e in rep["latency"]] == [2, 1]
-    for e, b in zip(rep["latency"], (2, 1)):
+    for e, b in zip(rep["latency"], (2, 1), strict=False):
         _check_stats(e, b, 3, 0)
     assert md.read_text() == rep["markdown"]
     rows = [ln for ln in rep["markdown"].splitlines() if ln.startswith("| a.onnx")]
@@ -335,8 +381,24 @@ def test_accuracy_and_latency_in_one_cli_call(world, tmp_path, capsys):
 
 def test_random_weights_torch_latency_from_cli(tmp_path, capsys):
     report = tmp_path / "r.json"
-    rc = main(["validate", "--model", "convnextv2_test", "--img-size", "32", "--latency", "--latency-batch", "2",
-               "--warmup", "0", "--iters", "3", "--report", str(report)])
+    rc = main(
+        [
+            "validate",
+            "--model",
+            "convnextv2_test",
+            "--img-size",
+            "32",
+            "--latency",
+            "--latency-batch",
+            "2",
+            "--warmup",
+            "0",
+            "--iters",
+            "3",
+            "--report",
+            str(report),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(report.read_text())
     assert rep["model"] == "convnextv2_test (random weights)" and rep["model_sha256"] is None
@@ -361,21 +423,24 @@ def test_markdown_of_several_reports(world, tmp_path):
     assert only_acc[2] == "| a.onnx | onnxruntime | cpu | fp32 | 87.50 | +0.00 |"
 
 
-@pytest.mark.parametrize("case,code,message", [
-    ("precision_onnxruntime", 2, "--precision applies to --backend torch only"),
-    ("compile_onnxruntime", 2, "--compile applies to --backend torch only"),
-    ("tensorrt_on_cpu", 2, "--device cpu: TensorRT engines run on the GPU only"),
-    ("tensorrt_backend_for_onnx", 2, "expected a .engine file"),
-    ("random_weights_accuracy", 2, "random weights, so its accuracy means nothing"),
-    ("cuda_graph_on_cpu", 2, "--cuda-graph needs --device cuda"),
-    ("timing_without_latency", 2, "--iters sets up the latency mode: add --latency"),
-    ("nothing_to_do", 2, "nothing to do"),
-    ("baseline_without_data", 2, "--baseline belongs to the accuracy run"),
-    ("bad_latency_batch", 2, "--latency-batch '0,2'"),
-    ("model_name_for_onnx", 2, "--model names the architecture"),
-    ("img_size_for_fixed_onnx", 2, "--img-size 64: a.onnx takes 32 px"),
-    ("model_name_mismatch", 3, "is convnextv2_test, not convnext_test"),
-])
+@pytest.mark.parametrize(
+    "case,code,message",
+    [
+        ("precision_onnxruntime", 2, "--precision applies to --backend torch only"),
+        ("compile_onnxruntime", 2, "--compile applies to --backend torch only"),
+        ("tensorrt_on_cpu", 2, "--device cpu: TensorRT engines run on the GPU only"),
+        ("tensorrt_backend_for_onnx", 2, "expected a .engine file"),
+        ("random_weights_accuracy", 2, "random weights, so its accuracy means nothing"),
+        ("cuda_graph_on_cpu", 2, "--cuda-graph needs --device cuda"),
+        ("timing_without_latency", 2, "--iters sets up the latency mode: add --latency"),
+        ("nothing_to_do", 2, "nothing to do"),
+        ("baseline_without_data", 2, "--baseline belongs to the accuracy run"),
+        ("bad_latency_batch", 2, "--latency-batch '0,2'"),
+        ("model_name_for_onnx", 2, "--model names the architecture"),
+        ("img_size_for_fixed_onnx", 2, "--img-size 64: a.onnx takes 32 px"),
+        ("model_name_mismatch", 3, "is convnextv2_test, not convnext_test"),
+    ],
+)
 def test_cli_refusals(world, tmp_path, capsys, case, code, message):
     onnx, ckpt = str(world["onnx"]), str(world["ckpt"])
     d = str(tmp_path)
@@ -415,8 +480,10 @@ def test_cuda_without_cuda_is_exit_8_with_the_fix(world, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("EDGECONVNEXT_SLOW"),
-                    reason="torch.compile on CPU takes ~30 s on 2 cores: set EDGECONVNEXT_SLOW=1")
+@pytest.mark.skipif(
+    not os.environ.get("EDGECONVNEXT_SLOW"),
+    reason="torch.compile on CPU takes ~30 s on 2 cores: set EDGECONVNEXT_SLOW=1",
+)
 def test_torch_compile_on_cpu_gives_the_same_top1(world, tmp_path):
     data = image_folder(world, tmp_path / "val", world["labels"])
     rep = validate(world["ckpt"], data, compile=True, latency=LatencyOptions(batches=[2], warmup=1, iters=3))
@@ -425,6 +492,7 @@ def test_torch_compile_on_cpu_gives_the_same_top1(world, tmp_path):
 
 
 # ---- GPU (skipped without CUDA) --------------------------------------------------------------------
+
 
 def _need_cuda() -> None:
     if not torch.cuda.is_available():
@@ -435,16 +503,21 @@ def _need_cuda() -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_torch_cuda_latency_with_and_without_cuda_graph(world, precision):
     _need_cuda()
-    rep = validate(world["ckpt"], device="cuda", precision=precision,
-                   latency=LatencyOptions(batches=[1, 4], warmup=3, iters=10))
+    rep = validate(
+        world["ckpt"], device="cuda", precision=precision, latency=LatencyOptions(batches=[1, 4], warmup=3, iters=10)
+    )
     assert rep.device == "cuda" and rep.device_name == torch.cuda.get_device_name()
-    for e, b in zip(rep.latency, (1, 4)):
+    for e, b in zip(rep.latency, (1, 4), strict=False):
         _check_stats(e, b, 10, 3)
         assert e["timer"] == "cuda_events" and e["cuda_graph"] is True
         assert e["memory_kind"] == "torch.cuda.max_memory_allocated" and e["memory_bytes"] > 0
     assert "CUDA graph" in rep.markdown and "CUDA events" in rep.markdown
-    plain = validate(world["ckpt"], device="cuda", precision=precision,
-                     latency=LatencyOptions(batches=[2], warmup=1, iters=5, cuda_graph=False))
+    plain = validate(
+        world["ckpt"],
+        device="cuda",
+        precision=precision,
+        latency=LatencyOptions(batches=[2], warmup=1, iters=5, cuda_graph=False),
+    )
     assert plain.latency[0]["cuda_graph"] is False and plain.latency[0]["timer"] == "cuda_events"
 
 
@@ -472,7 +545,7 @@ def test_onnxruntime_cuda_latency(world):
 def test_default_latency_batches_fit_the_artifact():
     from types import SimpleNamespace
 
-    from edgeconvnext.validate import _default_batches
+    from edgeconvnext.evaluate.validate import _default_batches
 
     notes: list[str] = []
     assert _default_batches(SimpleNamespace(batch=None, name="m.onnx"), "cpu", notes) == [1, 8] and not notes

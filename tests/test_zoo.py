@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edgeconvnext import zoo
 from edgeconvnext.errors import UsageError
+from edgeconvnext.models import registry as zoo
 
 SMALL = ("convnext_atto", "convnextv2_atto", "convnext_test", "convnextv2_test")
 
@@ -37,7 +37,7 @@ def test_small_archs_forward(name):
 
 
 def test_grn_matches_official_definition():
-    from edgeconvnext.model import GlobalResponseNorm
+    from edgeconvnext.models.convnext import GlobalResponseNorm
 
     grn = GlobalResponseNorm(12)
     torch.nn.init.normal_(grn.weight)
@@ -50,8 +50,15 @@ def test_grn_matches_official_definition():
     assert torch.equal(grn(x), ref)
 
 
-@pytest.mark.parametrize("alias,name", [("v2_nano", "convnextv2_nano"), ("v1_tiny", "convnext_tiny"),
-                                        ("ConvNeXtV2_Atto", "convnextv2_atto"), ("convnext-small", "convnext_small")])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("v2_nano", "convnextv2_nano"),
+        ("v1_tiny", "convnext_tiny"),
+        ("ConvNeXtV2_Atto", "convnextv2_atto"),
+        ("convnext-small", "convnext_small"),
+    ],
+)
 def test_aliases(alias, name):
     assert zoo.resolve(alias).name == name
 

@@ -11,10 +11,10 @@ import sys
 
 import typer
 
-from ..errors import EdgeError
-from . import _common
-from .demo import demo_cmd
-from .models import models_cmd
+from edgeconvnext.cli import _common
+from edgeconvnext.cli.demo import demo_cmd
+from edgeconvnext.cli.models import models_cmd
+from edgeconvnext.errors import EdgeError
 
 app = typer.Typer(
     name="edgeconvnext",
@@ -27,7 +27,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from edgeconvnext import __version__
 
         print(f"edgeconvnext {__version__}")
         raise typer.Exit()
@@ -37,14 +37,18 @@ def _print_version(value: bool) -> None:
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final line."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
-                                 callback=_print_version),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
     _common.STATE.debug = debug
     _common.STATE.quiet = quiet
     # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 app.command("models")(models_cmd)

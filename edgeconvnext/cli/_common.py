@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,11 +53,25 @@ def done(msg: str) -> None:
     console().print(msg)
 
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Architecture (timm name or alias: v2_nano, v1_tiny).")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint file (official, timm, HuggingFace or edgeconvnext).")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Replace a classifier of another size with N outputs.")]
-ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (default: the checkpoint's, else 224).")]
-UnsafeOpt = Annotated[bool, typer.Option("--allow-unsafe-pickle", help="Allow full unpickling of a trusted checkpoint that weights_only loading refuses.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Architecture (timm name or alias: v2_nano, v1_tiny).")
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", "-c", help="Checkpoint file (official, timm, HuggingFace or edgeconvnext)."),
+]
+NumClassesOpt = Annotated[
+    int | None, typer.Option("--num-classes", help="Replace a classifier of another size with N outputs.")
+]
+ImgSizeOpt = Annotated[
+    int | None, typer.Option("--img-size", help="Input size in pixels (default: the checkpoint's, else 224).")
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsafe-pickle", help="Allow full unpickling of a trusted checkpoint that weights_only loading refuses."
+    ),
+]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of an official training checkpoint.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

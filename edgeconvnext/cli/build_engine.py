@@ -5,40 +5,93 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import STATE, JsonOpt, console, done, human_size, info
+from edgeconvnext.cli._common import STATE, JsonOpt, console, done, human_size, info
 
 
 def build_engine_cmd(
     onnx: Annotated[Path, typer.Argument(help="ONNX model: FP32, FP16 or INT8 Q/DQ (precision comes from it).")],
-    fp16: Annotated[Optional[bool], typer.Option("--fp16/--no-fp16", help="Run the non-INT8 layers in FP16: an FP32 ONNX is converted to FP16 first (LayerNorm/GRN statistics stay FP32).")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch profile: N or MIN,OPT,MAX (default: the ONNX's fixed batch, else 1).")] = None,
-    workspace: Annotated[Optional[int], typer.Option("--workspace", help="Builder workspace limit in MiB (default 1024, for 8 GB Jetsons).")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file: reused when present, saved after the build.")] = None,
-    opt_level: Annotated[Optional[int], typer.Option("--opt-level", help="Builder optimization level 0-5 (default 3).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Engine file (default: beside the ONNX, .engine).")] = None,
-    trtexec: Annotated[Optional[Path], typer.Option("--trtexec", help="Build with this trtexec binary instead of the Python bindings.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the builder settings and the equivalent trtexec command; needs no TensorRT.")] = False,
-    dla_core: Annotated[Optional[int], typer.Option("--dla-core", help="Refused: ConvNeXt cannot run on DLA (kept so the reason is given).")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file: its build section sets defaults the options above override.")] = None,
+    fp16: Annotated[
+        bool | None,
+        typer.Option(
+            "--fp16/--no-fp16",
+            help=(
+                "Run the non-INT8 layers in FP16: an FP32 ONNX is converted to FP16 first (LayerNorm/GRN "
+                "statistics stay FP32)."
+            ),
+        ),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", help="Batch profile: N or MIN,OPT,MAX (default: the ONNX's fixed batch, else 1)."),
+    ] = None,
+    workspace: Annotated[
+        int | None, typer.Option("--workspace", help="Builder workspace limit in MiB (default 1024, for 8 GB Jetsons).")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option("--timing-cache", help="Timing cache file: reused when present, saved after the build."),
+    ] = None,
+    opt_level: Annotated[
+        int | None, typer.Option("--opt-level", help="Builder optimization level 0-5 (default 3).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Engine file (default: beside the ONNX, .engine).")
+    ] = None,
+    trtexec: Annotated[
+        Path | None, typer.Option("--trtexec", help="Build with this trtexec binary instead of the Python bindings.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the builder settings and the equivalent trtexec command; needs no TensorRT."
+        ),
+    ] = False,
+    dla_core: Annotated[
+        int | None,
+        typer.Option("--dla-core", help="Refused: ConvNeXt cannot run on DLA (kept so the reason is given)."),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", help="Recipe name or YAML file: its build section sets defaults the options above override."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x, strongly typed) from an ONNX model."""
-    from ..engine import BuildRequest, build_engine, dry_run as plan_dry_run, settings_json
-    from ..recipes import load_recipe, resolve
+    from edgeconvnext.engine.build import BuildRequest, build_engine, settings_json
+    from edgeconvnext.engine.build import dry_run as plan_dry_run
+    from edgeconvnext.recipes import load_recipe, resolve
 
     rec = load_recipe(recipe) if recipe else None
-    values, sources = resolve("build", rec, {
-        "fp16": fp16, "batch": batch, "workspace_mib": workspace, "opt_level": opt_level,
-        "timing_cache": str(timing_cache) if timing_cache else None, "dla_core": dla_core,
-    }, cli_names={"workspace_mib": "--workspace"})
-    req = BuildRequest(onnx=onnx, output=output, fp16=bool(values["fp16"]), batch=values["batch"],
-                       workspace_mib=int(values["workspace_mib"]),
-                       timing_cache=Path(values["timing_cache"]) if values["timing_cache"] else None,
-                       opt_level=int(values["opt_level"]), dla_core=values["dla_core"], trtexec=trtexec)
+    values, sources = resolve(
+        "build",
+        rec,
+        {
+            "fp16": fp16,
+            "batch": batch,
+            "workspace_mib": workspace,
+            "opt_level": opt_level,
+            "timing_cache": str(timing_cache) if timing_cache else None,
+            "dla_core": dla_core,
+        },
+        cli_names={"workspace_mib": "--workspace"},
+    )
+    req = BuildRequest(
+        onnx=onnx,
+        output=output,
+        fp16=bool(values["fp16"]),
+        batch=values["batch"],
+        workspace_mib=int(values["workspace_mib"]),
+        timing_cache=Path(values["timing_cache"]) if values["timing_cache"] else None,
+        opt_level=int(values["opt_level"]),
+        dla_core=values["dla_core"],
+        trtexec=trtexec,
+    )
     if dry_run:
         result = plan_dry_run(req)
         result["config_sources"] = sources
@@ -52,10 +105,16 @@ def build_engine_cmd(
         c = console()
         s = result["settings"]
         c.print(f"[bold]build-engine (dry run)[/bold]: {escape(s['onnx'])} -> {escape(s['output'])}")
-        c.print(f"  precision {s['precision']} (strongly typed), input '{s['input']}' "
-                f"min {s['profile']['min']} opt {s['profile']['opt']} max {s['profile']['max']}", markup=False)
-        c.print(f"  workspace {s['workspace_mib']} MiB, optimization level {s['builder_optimization_level']}, "
-                f"timing cache {s['timing_cache'] or 'none'}; TensorRT {result['tensorrt']}", markup=False)
+        c.print(
+            f"  precision {s['precision']} (strongly typed), input '{s['input']}' "
+            f"min {s['profile']['min']} opt {s['profile']['opt']} max {s['profile']['max']}",
+            markup=False,
+        )
+        c.print(
+            f"  workspace {s['workspace_mib']} MiB, optimization level {s['builder_optimization_level']}, "
+            f"timing cache {s['timing_cache'] or 'none'}; TensorRT {result['tensorrt']}",
+            markup=False,
+        )
         for note in s["notes"]:
             c.print(f"  note: {note}", markup=False)
         c.print("steps:")
@@ -66,7 +125,12 @@ def build_engine_cmd(
     from rich.markup import escape
     from rich.status import Status
 
-    with Status("building", console=console(), spinner="dots") if not STATE.quiet and not json_out else nullcontext() as status:
+    with (
+        Status("building", console=console(), spinner="dots")
+        if not STATE.quiet and not json_out
+        else nullcontext() as status
+    ):
+
         def step(msg: str) -> None:
             if status is not None:
                 status.update(escape(msg))
@@ -75,13 +139,28 @@ def build_engine_cmd(
 
         result = build_engine(req, step=step)
     if json_out:
-        print(json.dumps({"engine": str(result.engine), "sidecar": str(result.sidecar),
-                          "precision": result.precision, "profile": str(result.profile),
-                          "backend": result.backend, "tensorrt": result.tensorrt_version,
-                          "seconds": round(result.seconds, 2), "engine_bytes": result.engine_bytes,
-                          "fp16_onnx": str(result.fp16_onnx) if result.fp16_onnx else None}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "engine": str(result.engine),
+                    "sidecar": str(result.sidecar),
+                    "precision": result.precision,
+                    "profile": str(result.profile),
+                    "backend": result.backend,
+                    "tensorrt": result.tensorrt_version,
+                    "seconds": round(result.seconds, 2),
+                    "engine_bytes": result.engine_bytes,
+                    "fp16_onnx": str(result.fp16_onnx) if result.fp16_onnx else None,
+                },
+                indent=2,
+            )
+        )
         return
     for note in result.notes:
         info(escape(f"note: {note}"))
-    done(escape(f"{result.engine} ({human_size(result.engine_bytes)}, {result.precision}, batch {result.profile}, "
-         f"TensorRT {result.tensorrt_version or '?'} via {result.backend}) in {result.seconds:.1f} s"))
+    done(
+        escape(
+            f"{result.engine} ({human_size(result.engine_bytes)}, {result.precision}, batch {result.profile}, "
+            f"TensorRT {result.tensorrt_version or '?'} via {result.backend}) in {result.seconds:.1f} s"
+        )
+    )

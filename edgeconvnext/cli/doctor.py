@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, console
+from edgeconvnext.cli._common import JsonOpt, console
 
 
 def doctor_cmd(
-    trtexec: Annotated[Optional[Path], typer.Option("--trtexec", help="Also check this trtexec binary.")] = None,
+    trtexec: Annotated[Path | None, typer.Option("--trtexec", help="Also check this trtexec binary.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Report GPU, driver, CUDA, TensorRT (bindings and trtexec), Jetson model, JetPack, power mode, clocks,
     onnxruntime providers and torch. Works without torch, TensorRT or a GPU."""
-    from ..doctor import probe
+    from edgeconvnext.env.doctor import probe
 
     report = probe(trtexec)
     if json_out:
@@ -26,8 +26,12 @@ def doctor_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    marks = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]", "warn": "[yellow]warn[/yellow]",
-             "info": "[dim]info[/dim]"}
+    marks = {
+        "ok": "[green]ok[/green]",
+        "missing": "[red]missing[/red]",
+        "warn": "[yellow]warn[/yellow]",
+        "info": "[dim]info[/dim]",
+    }
     t = Table(title="edgeconvnext doctor", show_lines=False)
     for col in ("check", "", "found", "what to do"):
         t.add_column(col, overflow="fold")
@@ -35,5 +39,7 @@ def doctor_cmd(
         t.add_row(escape(c.name), marks.get(c.status, escape(c.status)), escape(c.value), escape(c.hint))
     out = console()
     out.print(t)
-    out.print("can build engines here: " + ("yes" if report.can_build else
-                                             "no (TensorRT bindings or trtexec needed; --dry-run works anyway)"))
+    out.print(
+        "can build engines here: "
+        + ("yes" if report.can_build else "no (TensorRT bindings or trtexec needed; --dry-run works anyway)")
+    )

@@ -1,4 +1,7 @@
-"""``edgeconvnext export``: checkpoint -> verified FP32/FP16 ONNX with metadata and a sidecar (see edgeconvnext.export)."""
+"""``edgeconvnext export``: checkpoint -> verified FP32/FP16 ONNX with metadata and a sidecar.
+
+The library side is edgeconvnext.export.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,35 @@ from typing import Annotated
 
 import typer
 
-from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, done, human_size
+from edgeconvnext.cli._common import (
+    STATE,
+    CheckpointOpt,
+    EmaOpt,
+    ImgSizeOpt,
+    ModelOpt,
+    NumClassesOpt,
+    UnsafeOpt,
+    console,
+    done,
+    human_size,
+)
 
-PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32 or fp16 (fp16 keeps float32 input/output; "
-                                                                     "INT8 comes from 'edgeconvnext quantize').")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        "-p",
+        help="fp32 or fp16 (fp16 keeps float32 input/output; INT8 comes from 'edgeconvnext quantize').",
+    ),
+]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset, 17..20 (17+ keeps LayerNorm one op).")]
 BatchOpt = Annotated[str, typer.Option("--batch", help="'dynamic' or a fixed batch size N.")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (a .onnx.json sidecar goes beside it).",
-                                         show_default=False)]
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="ONNX file to write (a .onnx.json sidecar goes beside it).", show_default=False
+    ),
+]
 
 
 def export_cmd(
@@ -31,22 +55,23 @@ def export_cmd(
     ema: EmaOpt = False,
 ) -> None:
     """Export a checkpoint (or random weights) to ONNX, checked by onnx.checker and verified in onnxruntime."""
-    from ..export import check_img_size, check_options, export_onnx, require_backends
+    from edgeconvnext.export.onnx_export import check_img_size, check_options, export_onnx, require_backends
 
     # refuse bad options and a missing onnx/onnxruntime before the (possibly slow) checkpoint load
     precision, opset, batch_n = check_options(precision, opset, batch)
     if img_size is not None:
         check_img_size(img_size)
     require_backends()
-    from ..artifacts import check_output
-    from ..checkpoint import load_model
+    from edgeconvnext.artifacts import check_output
+    from edgeconvnext.models.checkpoint import load_model
 
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
 
     c = console()
     with c.status("loading the model", spinner="dots") if not STATE.quiet else nullcontext() as status:
-        loaded = load_model(model, checkpoint, num_classes=num_classes, img_size=img_size,
-                            allow_unsafe=allow_unsafe_pickle, ema=ema)
+        loaded = load_model(
+            model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
+        )
         on_step = status.update if status is not None else None
         result = export_onnx(loaded, output, precision=precision, opset=opset, batch=batch_n, on_step=on_step)
     # soft_wrap: each of these stays one line when piped (rich wraps at 80 columns otherwise)
@@ -57,5 +82,9 @@ def export_cmd(
     from rich.markup import escape  # a path like run[2].onnx is data, not markup
 
     shape = f"({'N' if result.batch is None else result.batch}, 3, {result.img_size}, {result.img_size})"
-    done(escape(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} "
-                f"opset {result.opset} input {shape}  {result.seconds:.1f} s"))
+    done(
+        escape(
+            f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} {result.precision} "
+            f"opset {result.opset} input {shape}  {result.seconds:.1f} s"
+        )
+    )

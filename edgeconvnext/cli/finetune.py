@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done, human_size
+from edgeconvnext.cli._common import (
+    STATE,
+    CheckpointOpt,
+    EmaOpt,
+    ImgSizeOpt,
+    ModelOpt,
+    UnsafeOpt,
+    console,
+    done,
+    human_size,
+)
 
 
 class _RichProgress:
     """finetune.ProgressHook on a rich progress bar: one bar per epoch, loss/throughput/lr in the line."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console(), transient=True, disable=STATE.quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=True,
+            disable=STATE.quiet,
+        )
         self.task = None
         self.epochs = 0
 
-    def __enter__(self) -> "_RichProgress":
+    def __enter__(self) -> _RichProgress:
         self.progress.start()
         return self
 
@@ -39,8 +64,7 @@ class _RichProgress:
         self._new(f"epoch {epoch}/{epochs}", steps)
 
     def step(self, loss: float, images_per_s: float, lr: float) -> None:
-        self.progress.update(self.task, advance=1,
-                             stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
+        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
 
     def validating(self, steps: int) -> None:
         self._new("  validate", steps)
@@ -53,48 +77,104 @@ class _RichProgress:
         if not STATE.quiet:
             self.progress.console.print(
                 f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, val loss {r.val_loss:.4f}, "
-                f"val top-1 {r.val_top1:.2f}%, {r.images_per_s:.0f} img/s, {r.seconds:.0f} s{skipped}")
+                f"val top-1 {r.val_top1:.2f}%, {r.images_per_s:.0f} img/s, {r.seconds:.0f} s{skipped}"
+            )
 
 
 def finetune_cmd(
     train_data: Annotated[Path, typer.Option("--train-data", help="Train folder: one sub-folder per class.")],
-    val_data: Annotated[Path, typer.Option("--val-data", help="Val folder: the same class folders (or flat + labels file).")],
+    val_data: Annotated[
+        Path, typer.Option("--val-data", help="Val folder: the same class folders (or flat + labels file).")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")],
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
-    crop_pct: Annotated[Optional[float], typer.Option("--crop-pct", help="Eval crop fraction stored with the model (default: 1.0 when the images are no larger than --img-size, else the checkpoint's).")] = None,
-    interpolation: Annotated[Optional[str], typer.Option("--interpolation", help="Resize filter: bicubic, bilinear, ... (default: the checkpoint's).")] = None,
+    crop_pct: Annotated[
+        float | None,
+        typer.Option(
+            "--crop-pct",
+            help=(
+                "Eval crop fraction stored with the model (default: 1.0 when the images are no larger "
+                "than --img-size, else the checkpoint's)."
+            ),
+        ),
+    ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option("--interpolation", help="Resize filter: bicubic, bilinear, ... (default: the checkpoint's)."),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 10,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
     min_lr: Annotated[float, typer.Option("--min-lr", help="Learning rate at the end of the cosine.")] = 1e-6,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on norms/biases).")] = 0.05,
-    warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear warm-up length in epochs (default: 10% of the run).")] = None,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="AdamW weight decay (not on norms/biases).")
+    ] = 0.05,
+    warmup_epochs: Annotated[
+        float | None, typer.Option("--warmup-epochs", help="Linear warm-up length in epochs (default: 10% of the run).")
+    ] = None,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")] = 0.1,
-    aug_scale: Annotated[Optional[float], typer.Option("--aug-scale", help="Smallest random-crop area fraction (default 0.6 at <= 64 px, else 0.25).")] = None,
-    hflip: Annotated[float, typer.Option("--hflip", help="Horizontal flip probability (0 for data where flips change meaning).")] = 0.5,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes (default min(2, cpus)).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: the cpus available).")] = None,
+    aug_scale: Annotated[
+        float | None,
+        typer.Option("--aug-scale", help="Smallest random-crop area fraction (default 0.6 at <= 64 px, else 0.25)."),
+    ] = None,
+    hflip: Annotated[
+        float, typer.Option("--hflip", help="Horizontal flip probability (0 for data where flips change meaning).")
+    ] = 0.5,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Data-loading processes (default min(2, cpus)).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads (default: the cpus available).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (order, augmentation, new classifier).")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved at OUTPUT (its .last file, or OUTPUT to add epochs).")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run saved at OUTPUT (its .last file, or OUTPUT to add epochs)."),
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     allow_unsafe: UnsafeOpt = False,
     ema: EmaOpt = False,
 ) -> None:
     """Fine-tune (or train) a ConvNeXt: AdamW, warm-up + cosine, label smoothing, mild augmentation."""
-    from ..finetune import FinetuneConfig, finetune
+    from edgeconvnext.train.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(train_data=train_data, val_data=val_data, output=output, model=model, checkpoint=checkpoint,
-                         img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, epochs=epochs,
-                         batch=batch, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                         label_smoothing=label_smoothing, aug_scale=aug_scale, hflip=hflip, workers=workers,
-                         threads=threads, seed=seed, resume=resume, device=device, allow_unsafe=allow_unsafe, ema=ema)
+    cfg = FinetuneConfig(
+        train_data=train_data,
+        val_data=val_data,
+        output=output,
+        model=model,
+        checkpoint=checkpoint,
+        img_size=img_size,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        min_lr=min_lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        aug_scale=aug_scale,
+        hflip=hflip,
+        workers=workers,
+        threads=threads,
+        seed=seed,
+        resume=resume,
+        device=device,
+        allow_unsafe=allow_unsafe,
+        ema=ema,
+    )
     with _RichProgress() as hook:
         result = finetune(cfg, progress=hook)
     from rich.markup import escape  # a path like run[2].pt is data, not markup
 
     pp = result.preprocess
-    done(escape(f"{result.output} ({human_size(result.output.stat().st_size)}): {len(result.class_names)} classes, "
-         f"val top-1 {result.final_top1:.2f}% (best {result.best_top1:.2f}% at epoch {result.best_epoch}), "
-         f"input {pp.img_size}/{pp.crop_pct} {pp.interpolation}, {result.seconds:.0f} s"))
+    done(
+        escape(
+            f"{result.output} ({human_size(result.output.stat().st_size)}): {len(result.class_names)} classes, "
+            f"val top-1 {result.final_top1:.2f}% (best {result.best_top1:.2f}% at epoch {result.best_epoch}), "
+            f"input {pp.img_size}/{pp.crop_pct} {pp.interpolation}, {result.seconds:.0f} s"
+        )
+    )

@@ -8,10 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import JsonOpt, console, human_size
+from edgeconvnext.cli._common import JsonOpt, console, human_size
 
-TrtOpt = Annotated[bool, typer.Option("--trt", help="Also check the graph against TensorRT's explicit-quantization "
-                                                    "rules (no TensorRT needed).")]
+TrtOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trt", help="Also check the graph against TensorRT's explicit-quantization rules (no TensorRT needed)."
+    ),
+]
 
 
 def _shape(dims: list[Any]) -> str:
@@ -24,12 +28,12 @@ def inspect_cmd(
     trt: TrtOpt = False,
 ) -> None:
     """Describe an ONNX file: ops, opset, inputs/outputs, edgeconvnext metadata, weights, Q/DQ nodes."""
-    from ..onnx_info import describe
+    from edgeconvnext.onnx.info import describe
 
     info = describe(path)
     report = None
     if trt:
-        from ..trt_rules import check_file
+        from edgeconvnext.onnx.trt_rules import check_file
 
         report = check_file(path)
         info["trt"] = report.to_dict()
@@ -47,18 +51,23 @@ def _print(info: dict[str, Any], report: Any = None) -> None:
 
     c = console()
     opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())
-    c.print(f"[bold]{escape(info['path'])}[/bold]  {human_size(info['file_bytes'])}  IR {info['ir_version']}  "
-            f"opset {opsets}  producer {info['producer'] or '?'}")
+    c.print(
+        f"[bold]{escape(info['path'])}[/bold]  {human_size(info['file_bytes'])}  IR {info['ir_version']}  "
+        f"opset {opsets}  producer {info['producer'] or '?'}"
+    )
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             c.print(f"  {kind[:-1]:6} {escape(v['name'])}  {v['dtype']}  {escape(_shape(v['shape']))}")
-    c.print(f"  weights {info['initializers']} initializers, {info['params'] / 1e6:.3f} M params, "
-            f"{human_size(info['initializer_bytes'])}" + ("  (external data)" if info["external_data"] else ""))
+    c.print(
+        f"  weights {info['initializers']} initializers, {info['params'] / 1e6:.3f} M params, "
+        f"{human_size(info['initializer_bytes'])}" + ("  (external data)" if info["external_data"] else "")
+    )
     q = info["qdq"]
     c.print(f"  Q/DQ    {q['total']} ({q['QuantizeLinear']} QuantizeLinear, {q['DequantizeLinear']} DequantizeLinear)")
     if info["norm_input_dtypes"]:
-        norm = "; ".join(f"{op} " + ", ".join(f"{n}x {dt}" for dt, n in d.items())
-                         for op, d in info["norm_input_dtypes"].items())
+        norm = "; ".join(
+            f"{op} " + ", ".join(f"{n}x {dt}" for dt, n in d.items()) for op, d in info["norm_input_dtypes"].items()
+        )
         c.print(f"  norm    {norm}")
 
     meta = info["metadata"]
@@ -86,7 +95,7 @@ def _print(info: dict[str, Any], report: Any = None) -> None:
         t.add_row(op, str(n))
     c.print(t)
     if report is not None:
-        from ..trt_rules import format_report
+        from edgeconvnext.onnx.trt_rules import format_report
 
         c.print("TensorRT explicit-quantization rules:")
         c.print(format_report(report), soft_wrap=True, markup=False, highlight=False)

@@ -4,45 +4,97 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from ._common import STATE, CheckpointOpt, EmaOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt, console, done, human_size
+from edgeconvnext.cli._common import (
+    STATE,
+    CheckpointOpt,
+    EmaOpt,
+    ImgSizeOpt,
+    ModelOpt,
+    NumClassesOpt,
+    UnsafeOpt,
+    console,
+    done,
+    human_size,
+)
 
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", show_default=False,
-                                         help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx "
-                                              "go beside it.")]
-CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="Folder of calibration images (searched "
-                                                      "recursively; jpg/png/webp/bmp/tif).")]
-CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="Images to calibrate on (default 512; "
-                                                     "~500 recommended).", show_default=False)]
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        show_default=False,
+        help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx go beside it.",
+    ),
+]
+CalibDataOpt = Annotated[
+    Path | None,
+    typer.Option("--calib-data", help="Folder of calibration images (searched recursively; jpg/png/webp/bmp/tif)."),
+]
+CalibSizeOpt = Annotated[
+    int | None,
+    typer.Option("--calib-size", help="Images to calibrate on (default 512; ~500 recommended).", show_default=False),
+]
 # Options a recipe can set default to None ("not given"), so defaults < recipe < command line holds; the
 # built-in defaults live in edgeconvnext.recipes.SCHEMA and are named in the help texts.
-MinCalibOpt = Annotated[Optional[int], typer.Option("--min-calib-size", help="Refuse fewer calibration images than "
-                                                    "this (default 32; lower it only for smoke tests).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Chooses the calibration subset (default 0).",
-                                                show_default=False)]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", help="ptq (post-training quantization, default); "
-                                                  "qat is not built yet.")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster "
-                                                   "calibration) or nncf.")]
-CalibMethodOpt = Annotated[Optional[str], typer.Option("--calib-method", help="ort: minmax (default), percentile, "
-                                                       "entropy; nncf: minmax, mse.")]
-PolicyOpt = Annotated[Optional[str], typer.Option("--policy", help="convnext (default): INT8 on fc1/fc2 and "
-                                                  "downsample convs, stem, depthwise and classifier in float; "
-                                                  "all: every conv/matmul.")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep layers matching this fnmatch "
-                                                         "pattern out of INT8 (repeatable), e.g. "
-                                                         "'stages.2.blocks.*.mlp.fc2'.")]
-ManifestOpt = Annotated[Optional[Path], typer.Option("--calib-manifest", help="Reuse the exact images of a "
-                                                     "manifest (OUT.calib.json), hash-checked.")]
-Fp32Opt = Annotated[Optional[bool], typer.Option("--fp32-baseline/--no-fp32-baseline", help="Keep the FP32 ONNX "
-                                                 "the INT8 model was made from as OUT.fp32.onnx (for validate "
-                                                 "--baseline; default on).")]
-RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file (recipes/): its model, "
-                                                  "img_size and quantize section set defaults the options "
-                                                  "given here override.")]
+MinCalibOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-calib-size",
+        help="Refuse fewer calibration images than this (default 32; lower it only for smoke tests).",
+    ),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Chooses the calibration subset (default 0).", show_default=False)
+]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", help="ptq (post-training quantization, default); qat is not built yet.")
+]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or nncf.")
+]
+CalibMethodOpt = Annotated[
+    str | None, typer.Option("--calib-method", help="ort: minmax (default), percentile, entropy; nncf: minmax, mse.")
+]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="convnext (default): INT8 on fc1/fc2 and "
+        "downsample convs, stem, depthwise and classifier in float; "
+        "all: every conv/matmul.",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Keep layers matching this fnmatch pattern out of INT8 (repeatable), e.g. 'stages.2.blocks.*.mlp.fc2'.",
+    ),
+]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option("--calib-manifest", help="Reuse the exact images of a manifest (OUT.calib.json), hash-checked."),
+]
+Fp32Opt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fp32-baseline/--no-fp32-baseline",
+        help="Keep the FP32 ONNX the INT8 model was made from as OUT.fp32.onnx (for validate --baseline; default on).",
+    ),
+]
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="Recipe name or YAML file (recipes/): its model, "
+        "img_size and quantize section set defaults the options "
+        "given here override.",
+    ),
+]
 JsonOutOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the table.")]
 
 
@@ -69,24 +121,34 @@ def quantize_cmd(
     recipe: RecipeOpt = None,
 ) -> None:
     """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
-    from ..calibration import check_size
-    from ..errors import UsageError
-    from ..quantization import QuantizeConfig
-    from ..quantization.pipeline import require_backend
-    from ..recipes import load_recipe, resolve
+    from edgeconvnext.data.calibration import check_size
+    from edgeconvnext.errors import UsageError
+    from edgeconvnext.quantize import QuantizeConfig
+    from edgeconvnext.quantize.ptq import require_backend
+    from edgeconvnext.recipes import load_recipe, resolve
 
     if calib_manifest is not None and (calib_size is not None or seed is not None):
-        raise UsageError("--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
-                         "--calib-manifest to choose a new set")
+        raise UsageError(
+            "--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
+            "--calib-manifest to choose a new set"
+        )
     if calib_data is None and calib_manifest is None:
         raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
     # defaults < recipe < options given here; every option that cannot be honoured is refused before the
     # (slow) checkpoint load
     rec = load_recipe(recipe) if recipe else None
     values, _ = resolve("quantize", rec)  # defaults < recipe (the recipe's values are checked when it loads)
-    given = {"method": method, "backend": backend, "calib_method": calib_method, "policy": policy,
-             "exclude": list(exclude) if exclude else None, "calib_size": calib_size, "seed": seed,
-             "min_calib_size": min_calib_size, "keep_fp32": fp32_baseline}
+    given = {
+        "method": method,
+        "backend": backend,
+        "calib_method": calib_method,
+        "policy": policy,
+        "exclude": list(exclude) if exclude else None,
+        "calib_size": calib_size,
+        "seed": seed,
+        "min_calib_size": min_calib_size,
+        "keep_fp32": fp32_baseline,
+    }
     values.update({k: v for k, v in given.items() if v is not None})  # < command line, checked just below
     if rec is not None:
         model = model or rec.model
@@ -96,18 +158,26 @@ def quantize_cmd(
         check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
     require_backend(cfg.backend)
 
-    from ..artifacts import check_output
-    from ..checkpoint import load_model
+    from edgeconvnext.artifacts import check_output
+    from edgeconvnext.models.checkpoint import load_model
 
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
-    from ..quantization import quantize
+    from edgeconvnext.quantize import quantize
 
     with _Progress(enabled=not STATE.quiet and not json_out) as prog:
         prog.step("loading the model")
-        loaded = load_model(model, checkpoint, num_classes=num_classes, img_size=img_size,
-                            allow_unsafe=allow_unsafe_pickle, ema=ema)
-        result = quantize(loaded, output, calib_data=calib_data, config=cfg, calib_manifest=calib_manifest,
-                          on_step=prog.step, on_progress=prog.advance)
+        loaded = load_model(
+            model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
+        )
+        result = quantize(
+            loaded,
+            output,
+            calib_data=calib_data,
+            config=cfg,
+            calib_manifest=calib_manifest,
+            on_step=prog.step,
+            on_progress=prog.advance,
+        )
     _print(result, loaded, json_out)
 
 
@@ -116,25 +186,42 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
 
     c = console()
     if json_out:
-        print(json.dumps({
-            "output": str(result.path), "sidecar": str(result.sidecar), "manifest": str(result.manifest),
-            "fp32_baseline": str(result.fp32_path) if result.fp32_path else None,
-            "bytes": result.size_bytes, "int8_macs_share": result.int8_macs_share, "placement": result.table(),
-            "calibration": {"images": result.calib_images, "skipped": result.calib_skipped,
-                            "seconds": round(result.calib_seconds, 3)},
-            "agreement_vs_fp32": result.agreement, "peak_rss_mb": round(result.peak_rss_mb, 1),
-            "trt_check": result.report.to_dict(), "seconds": round(result.seconds, 3),
-        }, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "output": str(result.path),
+                    "sidecar": str(result.sidecar),
+                    "manifest": str(result.manifest),
+                    "fp32_baseline": str(result.fp32_path) if result.fp32_path else None,
+                    "bytes": result.size_bytes,
+                    "int8_macs_share": result.int8_macs_share,
+                    "placement": result.table(),
+                    "calibration": {
+                        "images": result.calib_images,
+                        "skipped": result.calib_skipped,
+                        "seconds": round(result.calib_seconds, 3),
+                    },
+                    "agreement_vs_fp32": result.agreement,
+                    "peak_rss_mb": round(result.peak_rss_mb, 1),
+                    "trt_check": result.report.to_dict(),
+                    "seconds": round(result.seconds, 3),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     if not STATE.quiet:
         from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=f"INT8 placement ({result.config.policy} policy"
-                        + (f", --exclude {' '.join(result.config.exclude)}" if result.config.exclude else "") + ")",
-                  title_justify="left")
-        for col, just in (("layer", "left"), ("op", "left"), ("precision", "left"), ("MACs", "right"),
-                          ("why", "left")):
+        t = Table(
+            title=f"INT8 placement ({result.config.policy} policy"
+            + (f", --exclude {' '.join(result.config.exclude)}" if result.config.exclude else "")
+            + ")",
+            title_justify="left",
+        )
+        for col, just in (("layer", "left"), ("op", "left"), ("precision", "left"), ("MACs", "right"), ("why", "left")):
             t.add_column(col, justify=just, no_wrap=col != "why")
         for r in result.table():
             name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
@@ -145,22 +232,32 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
             c.print(f"note: {note}", soft_wrap=True, markup=False)
         share = result.int8_macs_share
         a = result.agreement
-        c.print(f"INT8 on {sum(p.int8 for p in result.placement)}/{len(result.placement)} layers"
-                + (f", {share:.1%} of MACs" if share is not None else "")
-                + f"; calibration {result.calib_images} images"
-                + (f" ({result.calib_skipped} unreadable skipped)" if result.calib_skipped else "")
-                + f" in {result.calib_seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MiB", soft_wrap=True)
+        c.print(
+            f"INT8 on {sum(p.int8 for p in result.placement)}/{len(result.placement)} layers"
+            + (f", {share:.1%} of MACs" if share is not None else "")
+            + f"; calibration {result.calib_images} images"
+            + (f" ({result.calib_skipped} unreadable skipped)" if result.calib_skipped else "")
+            + f" in {result.calib_seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MiB",
+            soft_wrap=True,
+        )
         if a:
-            c.print(f"vs FP32 on {a['images']} calibration images: top-1 agreement {a['top1_agreement']:.1%}, "
-                    f"cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})", soft_wrap=True)
+            c.print(
+                f"vs FP32 on {a['images']} calibration images: top-1 agreement {a['top1_agreement']:.1%}, "
+                f"cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})",
+                soft_wrap=True,
+            )
         c.print(f"TensorRT rules: {result.report.summary()}", soft_wrap=True, markup=False)
         extra = [result.manifest.name] + ([result.fp32_path.name] if result.fp32_path else [])
         c.print(f"beside it: {result.sidecar.name}, {', '.join(extra)}", soft_wrap=True, markup=False)
     from rich.markup import escape  # a path like run[2].onnx is data, not markup
 
     cfg = result.config
-    done(escape(f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 ({cfg.backend}, "
-                f"{cfg.calib_method})  {result.seconds:.1f} s"))
+    done(
+        escape(
+            f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 ({cfg.backend}, "
+            f"{cfg.calib_method})  {result.seconds:.1f} s"
+        )
+    )
 
 
 class _Progress:
@@ -172,13 +269,26 @@ class _Progress:
         self._task: Any = None
         self._desc = ""
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
-                TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-            self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TimeElapsedColumn(), console=console(), transient=True)
+            self._p = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console(),
+                transient=True,
+            )
             self._p.__enter__()
             self._task = self._p.add_task("starting", total=None)
         return self

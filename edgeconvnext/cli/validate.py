@@ -4,11 +4,11 @@ latency (p50/p90/p99, images/s, memory) on onnxruntime, TensorRT or torch, CPU o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done
+from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done
 
 
 def _table(rep) -> None:
@@ -46,48 +46,142 @@ def _show(rep, markdown: Path | None) -> None:
 
 
 def validate_cmd(
-    model: Annotated[Optional[Path], typer.Argument(help="Model: .onnx (onnxruntime), .engine/.plan (TensorRT), or a checkpoint file / HuggingFace folder (torch). Omit it with --model NAME for a random-weights torch model (latency only).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled images: class sub-folders, or a flat folder with a labels file. Optional with --latency (latency only).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels file '<file> <label>' (default: labels.txt/val.txt ... in --data).")] = None,
-    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="FP32 ONNX to compare with (onnxruntime CPU).")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Checkpoint as the FP32 baseline instead (torch CPU).")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help=(
+                "Model: .onnx (onnxruntime), .engine/.plan (TensorRT), or a checkpoint file / "
+                "HuggingFace folder (torch). Omit it with --model NAME for a random-weights torch model (latency only)."
+            )
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help=(
+                "Labelled images: class sub-folders, or a flat folder with a labels file. Optional with "
+                "--latency (latency only)."
+            ),
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Labels file '<file> <label>' (default: labels.txt/val.txt ... in --data)."),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="FP32 ONNX to compare with (onnxruntime CPU).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint as the FP32 baseline instead (torch CPU).")
+    ] = None,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Images per inference batch (accuracy).")] = 32,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Fail (exit 7) when top-1 drops more than this many points below the baseline.")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the full report (per-class table, latency) as JSON.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate a seeded random subset of N images.")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="onnxruntime, tensorrt or torch (default: from MODEL: .onnx -> onnxruntime, .engine/.plan -> tensorrt, checkpoint -> torch).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda for tensorrt, else cpu).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="torch only: fp32 (default) or fp16. An ONNX/engine fixes its own precision.")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch only: run through torch.compile (one static graph per batch size).")] = False,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop", help="Fail (exit 7) when top-1 drops more than this many points below the baseline."
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the full report (per-class table, latency) as JSON.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate a seeded random subset of N images.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help=(
+                "onnxruntime, tensorrt or torch (default: from MODEL: .onnx -> onnxruntime, "
+                ".engine/.plan -> tensorrt, checkpoint -> torch)."
+            ),
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: cuda for tensorrt, else cpu).")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="torch only: fp32 (default) or fp16. An ONNX/engine fixes its own precision."),
+    ] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch only: run through torch.compile (one static graph per batch size).")
+    ] = False,
     arch: ModelOpt = None,
     img_size: ImgSizeOpt = None,
     allow_unsafe: UnsafeOpt = False,
-    latency: Annotated[bool, typer.Option("--latency", help="Also measure latency: warm-up, then timed iterations at each --latency-batch.")] = False,
-    latency_batch: Annotated[Optional[str], typer.Option("--latency-batch", help="Batch sizes to time, comma-separated (default: 1,8 on CPU, 1,32 on CUDA; an artifact's fixed batch).")] = None,
-    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed iterations per batch size (default: 5 on CPU, 50 on CUDA).")] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Timed iterations per batch size (default: 30 on CPU, 200 on CUDA).")] = None,
-    cuda_graph: Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="Replay as a CUDA graph (default: on for torch and TensorRT on CUDA).")] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the Markdown table (artifact, backend, precision, top-1, drop, p50 ms, images/s ...) to FILE; it is also printed.")] = None,
+    latency: Annotated[
+        bool,
+        typer.Option("--latency", help="Also measure latency: warm-up, then timed iterations at each --latency-batch."),
+    ] = False,
+    latency_batch: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-batch",
+            help="Batch sizes to time, comma-separated (default: 1,8 on CPU, 1,32 on CUDA; an artifact's fixed batch).",
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Untimed iterations per batch size (default: 5 on CPU, 50 on CUDA).")
+    ] = None,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Timed iterations per batch size (default: 30 on CPU, 200 on CUDA).")
+    ] = None,
+    cuda_graph: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graph/--no-cuda-graph", help="Replay as a CUDA graph (default: on for torch and TensorRT on CUDA)."
+        ),
+    ] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(
+            "--markdown",
+            help=(
+                "Write the Markdown table (artifact, backend, precision, top-1, drop, p50 ms, images/s "
+                "...) to FILE; it is also printed."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Top-1/top-5 of MODEL on labelled images; with a baseline (--baseline ONNX or --checkpoint) the drop,
     top-1 agreement and logit cosine similarity; with --latency, p50/p90/p99 latency, images/s and memory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from ..errors import AccuracyError, UsageError
-    from ..validate import LatencyOptions, parse_batches, summary_line, validate
+    from edgeconvnext.errors import AccuracyError, UsageError
+    from edgeconvnext.evaluate.validate import LatencyOptions, parse_batches, summary_line, validate
 
     timing = {"--latency-batch": latency_batch, "--warmup": warmup, "--iters": iters, "--cuda-graph": cuda_graph}
     opts = None
     if latency:
-        opts = LatencyOptions(batches=parse_batches(latency_batch) if latency_batch is not None else None,
-                              warmup=warmup, iters=iters, cuda_graph=cuda_graph)
+        opts = LatencyOptions(
+            batches=parse_batches(latency_batch) if latency_batch is not None else None,
+            warmup=warmup,
+            iters=iters,
+            cuda_graph=cuda_graph,
+        )
     else:
         given = [k if k != "--cuda-graph" or v else "--no-cuda-graph" for k, v in timing.items() if v is not None]
         if given:
             raise UsageError(f"{given[0]} sets up the latency mode: add --latency")
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console(), transient=True, disable=STATE.quiet) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console(),
+        transient=True,
+        disable=STATE.quiet,
+    ) as bar:
         task = bar.add_task("validate", total=None)
 
         def progress(n: int, total: int) -> None:
@@ -97,11 +191,28 @@ def validate_cmd(
             bar.update(task, description=f"latency, batch {b}", completed=0, total=None)
 
         try:
-            rep = validate(model, data, baseline=baseline, checkpoint=checkpoint, batch=batch, max_drop=max_drop,
-                           labels=labels, limit=limit, report=report, backend=backend, device=device,
-                           precision=precision, compile=compile, arch=arch, img_size=img_size,
-                           allow_unsafe=allow_unsafe, latency=opts, markdown=markdown, progress=progress,
-                           on_latency_batch=on_latency_batch)
+            rep = validate(
+                model,
+                data,
+                baseline=baseline,
+                checkpoint=checkpoint,
+                batch=batch,
+                max_drop=max_drop,
+                labels=labels,
+                limit=limit,
+                report=report,
+                backend=backend,
+                device=device,
+                precision=precision,
+                compile=compile,
+                arch=arch,
+                img_size=img_size,
+                allow_unsafe=allow_unsafe,
+                latency=opts,
+                markdown=markdown,
+                progress=progress,
+                on_latency_batch=on_latency_batch,
+            )
         except AccuracyError as e:
             bar.stop()
             _show(e.report, markdown)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from edgeconvnext.errors import DataError
 
 
 @dataclass(frozen=True)

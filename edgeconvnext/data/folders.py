@@ -1,0 +1,289 @@
+"""Image folders in, preprocessed batches out: the data side shared by calibration, validate and finetune.
+
+Layouts read:
+- a plain folder of images, searched recursively (calibration);
+- an ImageFolder layout, one sub-folder per class (validate, finetune);
+- a flat folder with a labels file (ImageNet val style): lines ``<file> <label>`` or ``<file>,<label>``,
+  the label a class index or a class name.
+
+A corrupt or unreadable image is skipped and counted, never a crash. No torch here.
+
+Usage::
+
+    ds = LabelledImages.discover(Path("val/"))
+    for x, y in ds.batches(pp, batch=32): ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeconvnext.data.preprocess import eval_transform, open_rgb
+from edgeconvnext.errors import DataError
+from edgeconvnext.models.registry import Preprocess
+
+log = logging.getLogger(__name__)
+
+# what torchvision's ImageFolder reads, less the rare .ppm/.pgm (extensions are matched case-insensitively)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_EXTS = " ".join(IMAGE_EXTS)
+LABEL_FILES = ("labels.txt", "labels.csv", "val.txt", "val_labels.txt", "ground_truth.txt")
+
+
+#: unreadable images named one by one in the log; the rest are only counted (reports list them)
+SKIP_WARNINGS = 10
+
+
+def warn_skipped(count: int, reason: str, what: str = "skipping") -> None:
+    """Log the ``count``-th unreadable image of a run: the first :data:`SKIP_WARNINGS` by name, then one line
+    (a folder with thousands of broken files must not bury the result)."""
+    if count <= SKIP_WARNINGS:
+        log.warning("%s %s", what, reason)
+    elif count == SKIP_WARNINGS + 1:
+        log.warning("more unreadable images: the rest are counted, not listed here")
+    else:
+        log.debug("%s %s", what, reason)
+
+
+def is_hidden(name: str) -> bool:
+    """Names that are never data: dot files/folders (.DS_Store, .ipynb_checkpoints, macOS ._ files) and the
+    __MACOSX folder that unzipping a macOS archive leaves."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Every image file under ``root`` (by extension), sorted for determinism.
+
+    Hidden files and folders (:func:`is_hidden`) are left out; symlinked folders are followed, as
+    torchvision's ImageFolder does (each real folder once; a link back to an ancestor is not followed).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (give a folder of images)")
+    found: list[Path] = []
+    top = os.path.realpath(root)
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen or top.startswith(real + os.sep):  # met before, or a link back to an ancestor (a cycle)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)] if recursive else []
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not is_hidden(f) and p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+# First-column names of a header row ("filename,label"); any first row whose file column does not look like an
+# image and whose label is not a number is taken as a header too.
+_HEADER_WORDS = (
+    "file",
+    "filename",
+    "file_name",
+    "fname",
+    "image",
+    "image_name",
+    "imagename",
+    "image_id",
+    "imageid",
+    "img",
+    "path",
+    "filepath",
+    "file_path",
+    "image_path",
+    "name",
+    "id",
+)
+
+
+def _is_header(file: str, label: str, root: Path | None) -> bool:
+    if label.lstrip("-").isdigit():
+        return False
+    if file.lower() in _HEADER_WORDS:
+        return True
+    return Path(file).suffix.lower() not in IMAGE_EXTS and not (root is not None and (root / file).is_file())
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that are classes in the ImageFolder layout (hidden ones left out), sorted."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
+
+
+def find_labels_file(root: Path) -> Path | None:
+    """The labels file (:data:`LABEL_FILES`) that makes ``root`` a flat labelled folder, or None.
+
+    A folder of class sub-folders and no images of its own is an ImageFolder even when it holds a file of
+    such a name: image-retraining tools write ``labels.txt`` as a plain list of class names.
+    """
+    found = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
+    if found is not None and class_folders(root) and not list_images(root, recursive=False):
+        log.info(
+            "%s has class folders: reading it as an ImageFolder, not by %s (pass --labels to use it)", root, found.name
+        )
+        return None
+    return found
+
+
+def _read_labels_file(path: Path, root: Path | None = None) -> list[tuple[str, str]]:
+    """Rows (file, label) of a labels file: ``<file> <label>`` (the label is the last field, so file names may
+    hold spaces), ``<file>\t<label>`` or CSV ``<file>,<label>[,...]`` (quoted fields allowed); UTF-8 with or
+    without a BOM, any line endings, ``#`` comments, an optional header row."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"labels file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise DataError(f"labels file {path} has no entries")
+    first = lines[0][1]
+    rows: list[tuple[str, str]] = []
+    for i, (n, line) in enumerate(lines):
+        if "," in first:
+            parts = next(csv.reader([line], skipinitialspace=True))
+        elif "\t" in first:
+            parts = line.split("\t")
+        else:
+            parts = line.rsplit(None, 1)
+        parts = [q.strip() for q in parts]
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise DataError(f"{path}:{n}: expected '<file> <label>', got '{line}'")
+        if i == 0 and _is_header(parts[0], parts[1], root):
+            continue
+        rows.append((parts[0], parts[1]))
+    if not rows:
+        raise DataError(f"labels file {path} has no entries")
+    return rows
+
+
+@dataclass
+class LabelledImages:
+    """Image paths with integer labels and the class names they index."""
+
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+    root: Path | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def discover(
+        cls, root: str | Path, labels_file: str | Path | None = None, class_names: Sequence[str] | None = None
+    ) -> LabelledImages:
+        """Read ``root`` as an ImageFolder, or as a flat folder with a labels file.
+
+        ``class_names`` (e.g. stored in the model) fixes the label order; folder classes that are not in
+        it are an error naming them, never a silent mismatch.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data folder not found: {root}")
+        if labels_file is None:
+            labels_file = find_labels_file(root)
+        if labels_file is not None:
+            return cls._from_labels_file(root, Path(labels_file), class_names)
+        subdirs = class_folders(root)
+        if not subdirs:
+            if list_images(root, recursive=False):
+                raise DataError(
+                    f"{root} holds images but no class folders and no labels file "
+                    f"({' / '.join(LABEL_FILES)}): add one, or pass --labels FILE"
+                )
+            raise DataError(f"no images found in {root} (image files end in {_EXTS}, any case)")
+        folder_classes = [d.name for d in subdirs]
+        names = list(class_names) if class_names else folder_classes
+        index = {c: i for i, c in enumerate(names)}
+        unknown = [c for c in folder_classes if c not in index]
+        if unknown:
+            raise DataError(
+                f"class folders {unknown[:5]} in {root} are not among the model's {len(names)} classes "
+                f"(e.g. {names[:3]}): the label mapping would be wrong"
+            )
+        paths: list[Path] = []
+        labels: list[int] = []
+        for d in subdirs:
+            for p in list_images(d):
+                paths.append(p)
+                labels.append(index[d.name])
+        if not paths:
+            raise DataError(f"no images found in the class folders of {root} (image files end in {_EXTS}, any case)")
+        return cls(paths, labels, names, root)
+
+    @classmethod
+    def _from_labels_file(cls, root: Path, labels_file: Path, class_names: Sequence[str] | None) -> LabelledImages:
+        if not labels_file.is_file():
+            raise DataError(f"labels file not found: {labels_file}")
+        rows = _read_labels_file(labels_file, root)
+        all_int = all(lab.lstrip("-").isdigit() for _, lab in rows)
+        if all_int:
+            n_cls = max(int(lab) for _, lab in rows) + 1
+            names = list(class_names) if class_names else [str(i) for i in range(n_cls)]
+            if n_cls > len(names):
+                raise DataError(f"{labels_file} uses label {n_cls - 1} but the model has {len(names)} classes")
+            to_idx = {str(i): i for i in range(len(names))}
+        else:
+            names = list(class_names) if class_names else sorted({lab for _, lab in rows})
+            to_idx = {c: i for i, c in enumerate(names)}
+            unknown = sorted({lab for _, lab in rows if lab not in to_idx})
+            if unknown:
+                raise DataError(f"labels {unknown[:5]} in {labels_file} are not among the model's classes")
+        paths, labels, missing = [], [], []
+        for name, lab in rows:
+            p = root / name
+            if not p.is_file() and "\\" in name:  # a labels file written on Windows: cat\001.jpg
+                p = root / name.replace("\\", "/")
+            if not p.is_file():
+                missing.append(name)
+                continue
+            paths.append(p)
+            labels.append(to_idx[lab])
+        if missing:
+            raise DataError(
+                f"{len(missing)} files named in {labels_file} are missing from {root} (first: {missing[0]})"
+            )
+        return cls(paths, labels, names, root)
+
+    def batches(self, pp: Preprocess, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (images (B,3,S,S) float32, labels (B,) int64); unreadable files are skipped and recorded."""
+        for start in range(0, len(self.paths), batch):
+            xs, ys = [], []
+            for p, y in zip(self.paths[start : start + batch], self.labels[start : start + batch], strict=False):
+                try:
+                    xs.append(eval_transform(open_rgb(p), pp))
+                    ys.append(y)
+                except DataError as e:
+                    self.skipped.append((p, str(e)))
+                    warn_skipped(len(self.skipped), str(e))
+            if xs:
+                yield np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def load_images(paths: Sequence[Path], pp: Preprocess) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+    """Preprocess ``paths``; returns (array (N,3,S,S), paths used, skipped (path, reason))."""
+    xs, used, skipped = [], [], []
+    for p in paths:
+        try:
+            xs.append(eval_transform(open_rgb(p), pp))
+            used.append(p)
+        except DataError as e:
+            skipped.append((p, str(e)))
+    arr = np.stack(xs) if xs else np.zeros((0, 3, pp.img_size, pp.img_size), np.float32)
+    return arr, used, skipped

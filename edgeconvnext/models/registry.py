@@ -1,0 +1,205 @@
+"""The architecture registry: every ConvNeXt V1/V2 variant named as in timm, aliases, preprocessing.
+
+Input: a model name as a user types it (``convnextv2_nano``, ``v2_nano``, ``nano`` is ambiguous).
+Output: an :class:`Arch` (depths, dims, flags) and :func:`create_model` builds it.
+
+Usage::
+
+    model = create_model("v2_nano", num_classes=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgeconvnext.errors import UsageError, nearest
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval-time preprocessing of a checkpoint (timm's pretrained_cfg fields)."""
+
+    img_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k in ("mean", "std"):
+            if k in known:
+                known[k] = tuple(float(v) for v in known[k])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    use_grn: bool
+    ls_init_value: float | None
+    published_params_m: float | None = None
+    published_gmacs: float | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    weights_licence: str = ""
+
+    @property
+    def version(self) -> int:
+        return 2 if self.use_grn else 1
+
+
+_SIZES = {
+    # size: (depths, dims)
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+    "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
+}
+
+# Published params (M) and GMACs at 224 px (KNOWLEDGE.md: official READMEs). V1 atto..nano are timm's.
+_V1 = {
+    "atto": (3.7, 0.55),
+    "femto": (5.2, 0.79),
+    "pico": (9.1, 1.37),
+    "nano": (15.6, 2.46),
+    "tiny": (28.6, 4.5),
+    "small": (50.2, 8.7),
+    "base": (88.6, 15.4),
+    "large": (197.8, 34.4),
+    "xlarge": (350.2, 60.9),
+}
+_V2 = {
+    "atto": (3.7, 0.55),
+    "femto": (5.2, 0.78),
+    "pico": (9.1, 1.37),
+    "nano": (15.6, 2.45),
+    "tiny": (28.6, 4.47),
+    "base": (89.0, 15.4),
+    "large": (198.0, 34.4),
+    "huge": (660.0, 115.0),
+}
+
+
+def _build_registry() -> dict[str, Arch]:
+    reg: dict[str, Arch] = {}
+    for size, (params, gmacs) in _V1.items():
+        depths, dims = _SIZES[size]
+        lic = "Apache-2.0 (timm)" if size in ("atto", "femto", "pico", "nano") else "MIT (facebookresearch)"
+        reg[f"convnext_{size}"] = Arch(
+            f"convnext_{size}", depths, dims, False, 1e-6, params, gmacs, weights_licence=lic
+        )
+    for size, (params, gmacs) in _V2.items():
+        depths, dims = _SIZES[size]
+        reg[f"convnextv2_{size}"] = Arch(
+            f"convnextv2_{size}",
+            depths,
+            dims,
+            True,
+            None,
+            params,
+            gmacs,
+            weights_licence="CC-BY-NC-4.0 (facebookresearch)",
+        )
+    # Test-only variant beside the real ones: builds and runs in milliseconds.
+    reg["convnextv2_test"] = Arch("convnextv2_test", (1, 1, 2, 1), (8, 16, 32, 64), True, None)
+    reg["convnext_test"] = Arch("convnext_test", (1, 1, 2, 1), (8, 16, 32, 64), False, 1e-6)
+    return reg
+
+
+ARCHS: dict[str, Arch] = _build_registry()
+TEST_ARCHS = ("convnextv2_test", "convnext_test")
+
+
+def public_names() -> list[str]:
+    """Every real architecture (the test variants are hidden from listings)."""
+    return [n for n in ARCHS if n not in TEST_ARCHS]
+
+
+def _aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in ARCHS:
+        size = name.split("_", 1)[1]
+        if name.startswith("convnextv2_"):
+            for a in (f"v2_{size}", f"v2{size}", f"convnextv2-{size}", f"convnext_v2_{size}", f"convnextv2{size}"):
+                out[a] = name
+        else:
+            for a in (f"v1_{size}", f"v1{size}", f"convnext-{size}", f"convnext_v1_{size}", f"convnextv1_{size}"):
+                out[a] = name
+    return out
+
+
+ALIASES: dict[str, str] = _aliases()
+
+
+def resolve(name: str) -> Arch:
+    """Architecture for a name or alias, case-insensitive; an unknown name suggests the nearest."""
+    key = name.strip().lower().replace(" ", "")
+    if key in ARCHS:
+        return ARCHS[key]
+    if key in ALIASES:
+        return ARCHS[ALIASES[key]]
+    hint = nearest(key, list(ARCHS) + list(ALIASES))
+    if hint is not None:
+        hint = ALIASES.get(hint, hint)
+    msg = f"unknown model '{name}'"
+    msg += f"; did you mean '{hint}'?" if hint else "; run 'edgeconvnext models' for the list"
+    raise UsageError(msg)
+
+
+def create_model(name: str | Arch, num_classes: int = 1000, drop_path_rate: float = 0.0, device: str | None = None):
+    """Build the model for ``name`` with fresh weights (load a checkpoint with checkpoint.load_model)."""
+    import torch
+
+    from edgeconvnext.models.convnext import ConvNeXt
+
+    arch = name if isinstance(name, Arch) else resolve(name)
+    with torch.device(device or "cpu"):
+        return ConvNeXt(
+            arch.depths,
+            arch.dims,
+            num_classes=num_classes,
+            use_grn=arch.use_grn,
+            ls_init_value=arch.ls_init_value,
+            drop_path_rate=drop_path_rate,
+        )
+
+
+def count_stats(arch: Arch | str, img_size: int = 224, num_classes: int = 1000) -> dict[str, float]:
+    """Params (M) and MACs (G) of ``arch`` computed from the model itself, on the meta device.
+
+    MACs count convolutions and linear layers (the convention of the published tables).
+    """
+    import torch
+    from torch import nn
+
+    model = create_model(arch, num_classes=num_classes, device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    macs = 0
+
+    def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(m, nn.Conv2d):
+            k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+            macs += out.numel() * k
+        elif isinstance(m, nn.Linear):
+            macs += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.empty(1, 3, img_size, img_size, device="meta"))
+    for h in handles:
+        h.remove()
+    return {"params_m": params / 1e6, "gmacs": macs / 1e9}

@@ -1,0 +1,163 @@
+"""What is inside an ONNX file: ops, opset, inputs/outputs, edgeconvnext metadata, weights, Q/DQ nodes.
+
+Input: a path to an ``.onnx`` file (any producer; edgeconvnext metadata is decoded when present).
+Output: :func:`describe` returns a JSON-ready dict; :func:`op_histogram` and :func:`input_dtypes` are
+the graph queries export and the tests use.
+
+Usage::
+
+    info = describe(Path("nano.onnx")); info["ops"]["LayerNormalization"]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeconvnext.errors import BackendMissing, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: ops whose input dtype says whether normalisation statistics run in fp32
+NORM_OPS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise BackendMissing("reading ONNX files needs the onnx package: pip install 'edgeconvnext[onnx]'") from None
+    return onnx
+
+
+def load_proto(path: str | Path, *, external_data: bool = False) -> onnx.ModelProto:
+    """Load an ONNX model; a missing file or a file that is not ONNX is a UsageError with one clear line.
+
+    Weights stored as external data are not read unless ``external_data`` (shapes are enough here).
+    """
+    onnx = _onnx()
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{p} is a folder, not an ONNX file")
+    try:
+        # format="protobuf": onnx otherwise picks a text/JSON parser from the file extension
+        proto = onnx.load(str(p), format="protobuf", load_external_data=external_data)
+    except Exception as e:  # protobuf DecodeError, OSError, external data errors
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"{p} is not an ONNX model ({type(e).__name__}: {why})") from None
+    # protobuf happily parses some arbitrary bytes into an empty message: require a real graph
+    if proto.ir_version == 0 or not proto.opset_import or len(proto.graph.node) == 0:
+        raise UsageError(f"{p} is not an ONNX model (no IR version, opset or graph nodes)")
+    return proto
+
+
+def _dtype_name(elem_type: int) -> str:
+    onnx = _onnx()
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, TypeError, ValueError):
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _value_info(v: Any) -> dict[str, Any]:
+    t = v.type.tensor_type
+    shape: list[int | str] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            shape.append(int(d.dim_value))
+        else:
+            shape.append(d.dim_param or "?")
+    return {"name": v.name, "dtype": _dtype_name(t.elem_type), "shape": shape}
+
+
+def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
+    """Op type -> count over the main graph, most frequent first."""
+    return dict(Counter(n.op_type for n in proto.graph.node).most_common())
+
+
+def input_dtypes(proto: onnx.ModelProto, op_types: Iterable[str] = NORM_OPS) -> dict[str, list[str]]:
+    """For each op type present, the dtype of the first (data) input of every such node, by shape inference."""
+    onnx = _onnx()
+    op_types = tuple(op_types)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    g = inferred.graph
+    types: dict[str, int] = {t.name: t.data_type for t in g.initializer}
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        types[v.name] = v.type.tensor_type.elem_type
+    out: dict[str, list[str]] = {}
+    for n in g.node:
+        if n.op_type in op_types:
+            elem = types.get(n.input[0], 0)
+            out.setdefault(n.op_type, []).append(_dtype_name(elem) if elem else "unknown")
+    return out
+
+
+def _params(proto: onnx.ModelProto) -> tuple[int, int, bool]:
+    onnx = _onnx()
+    count, nbytes, external = 0, 0, False
+    for t in proto.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        count += n
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 0
+        nbytes += n * itemsize
+        external = external or t.data_location == onnx.TensorProto.EXTERNAL
+    return count, nbytes, external
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Everything ``edgeconvnext inspect`` shows, as a JSON-ready dict.
+
+    Keys: path, file_bytes, ir_version, opset ({domain: version}), producer, graph_name, inputs, outputs
+    (name, dtype, shape with symbolic dims by name), nodes, ops (histogram), initializers, params,
+    initializer_bytes, external_data, qdq ({QuantizeLinear, DequantizeLinear, total}), metadata (decoded
+    edgeconvnext keys that are present), metadata_props (every raw key/value), norm_input_dtypes
+    ({op: {dtype: count}} for LayerNormalization/ReduceL2/ReduceSumSquare; None if shape inference fails).
+    """
+    from edgeconvnext.onnx.metadata import decode_metadata
+
+    p = Path(path)
+    proto = load_proto(p)
+    onnx = _onnx()
+    init_names = {t.name for t in proto.graph.initializer}
+    ops = op_histogram(proto)
+    n_params, n_bytes, external = _params(proto)
+    props = {m.key: m.value for m in proto.metadata_props}
+    meta = {k: v for k, v in decode_metadata(props).items() if v is not None}
+    try:
+        norm = {op: dict(Counter(d)) for op, d in input_dtypes(proto).items()}
+    except Exception:  # noqa: BLE001 - shape inference on a foreign graph: report, don't fail
+        norm = None
+    qdq = {op: ops.get(op, 0) for op in QDQ_OPS}
+    qdq["total"] = sum(qdq.values())
+    return {
+        "path": str(p),
+        "file_bytes": p.stat().st_size,
+        "ir_version": int(proto.ir_version),
+        "opset": {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import},
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "graph_name": proto.graph.name,
+        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in init_names],
+        "outputs": [_value_info(v) for v in proto.graph.output],
+        "nodes": len(proto.graph.node),
+        "ops": ops,
+        "initializers": len(proto.graph.initializer),
+        "params": n_params,
+        "initializer_bytes": n_bytes,
+        "external_data": external,
+        "qdq": qdq,
+        "metadata": meta,
+        "metadata_props": props,
+        "norm_input_dtypes": norm,
+        "onnx_version": onnx.__version__,
+    }

@@ -1,0 +1,518 @@
+"""The quantize stage: loaded checkpoint -> FP32 ONNX -> calibrated INT8 Q/DQ ONNX that passes the TensorRT
+rules, with its calibration manifest, FP32 baseline and sidecar.
+
+Input: a :class:`~edgeconvnext.checkpoint.LoadedModel`, calibration images (a folder or a manifest), a
+:class:`QuantizeConfig`. Output (all or nothing, beside ``OUT.onnx``):
+
+- ``OUT.onnx``: explicit QuantizeLinear/DequantizeLinear, signed INT8, zero point 0, weights per output
+  channel, activations per tensor, opset 17, the FP32 export's metadata plus
+  ``edgeconvnext.precision = "int8"`` and ``edgeconvnext.quantization`` (JSON);
+- ``OUT.onnx.json``: sidecar: placement table, backend and its settings, calibration method, manifest
+  sha256, calibration wall time (the backend step: statistics and Q/DQ insertion), peak RSS,
+  INT8-vs-FP32 agreement on calibration images, TensorRT check, source sha256, library versions;
+- ``OUT.calib.json``: the calibration manifest (calibration/README.md);
+- ``OUT.fp32.onnx`` (+ its export sidecar): the FP32 model the INT8 one was made from, kept by default as
+  the baseline for ``validate --baseline`` (same export, same graph: the fair comparison);
+  ``keep_fp32=False`` skips it.
+
+Steps: check options -> calibration set (fails fast on data) -> export FP32 (verified against torch) ->
+placement (policy) -> backend quantizes -> metadata -> TensorRT rules check (a violation is a RuleViolation
+and nothing is written) -> placement verified on the result -> INT8/FP32 agreement -> atomic write.
+
+Usage::
+
+    result = quantize(load_model("convnextv2_nano", ckpt), Path("nano.int8.onnx"),
+                      calib_data=Path("calib/"), config=QuantizeConfig(backend="ort"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
+from edgeconvnext.data.calibration import DEFAULT_SIZE, MIN_IMAGES, CalibrationSet, load_manifest, select_images
+from edgeconvnext.errors import BackendMissing, ExportError, RuleViolation, UsageError, nearest
+from edgeconvnext.quantize import policy as policy_mod
+
+if TYPE_CHECKING:
+    from edgeconvnext.models.checkpoint import LoadedModel
+    from edgeconvnext.onnx.trt_rules import TrtReport
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ptq",)
+#: backend -> (python module it needs, calibration methods it can honour). Arguments are checked against it.
+BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ort": ("onnxruntime", ("minmax", "percentile", "entropy")),
+    "nncf": ("nncf", ("minmax", "mse")),
+}
+CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
+#: onnxruntime is the default: about 2x faster than NNCF's ONNX backend on calibration (KNOWLEDGE.md)
+DEFAULT_BACKEND = "ort"
+#: calibration images the INT8 model is compared with FP32 on, after quantization (sidecar: agreement)
+AGREEMENT_IMAGES = 32
+
+
+@dataclass
+class QuantizeConfig:
+    """Options of the quantize stage (CLI: ``edgeconvnext quantize --help``)."""
+
+    method: str = "ptq"
+    backend: str = DEFAULT_BACKEND
+    calib_method: str = "minmax"
+    policy: str = "convnext"
+    exclude: tuple[str, ...] = ()
+    calib_size: int = DEFAULT_SIZE
+    seed: int = 0
+    min_calib_size: int = MIN_IMAGES
+    keep_fp32: bool = True
+
+    def validated(self) -> QuantizeConfig:
+        """A normalised copy; every option that cannot be honoured is a UsageError naming it."""
+        method = self.method.strip().lower()
+        if method == "qat":
+            raise UsageError("--method qat: quantization-aware training is not built yet; use --method ptq")
+        if method not in METHODS:
+            raise UsageError(f"unknown --method '{self.method}'; use ptq")
+        backend = self.backend.strip().lower()
+        if backend not in BACKENDS:
+            hint = nearest(backend, list(BACKENDS))
+            raise UsageError(
+                f"unknown --backend '{self.backend}'"
+                + (f"; did you mean '{hint}'?" if hint else "")
+                + f" (choose from {', '.join(BACKENDS)})"
+            )
+        cm = self.calib_method.strip().lower()
+        if cm not in CALIB_METHODS:
+            hint = nearest(cm, CALIB_METHODS)
+            raise UsageError(
+                f"unknown --calib-method '{self.calib_method}'"
+                + (f"; did you mean '{hint}'?" if hint else "")
+                + f" (choose from {', '.join(CALIB_METHODS)})"
+            )
+        supported = BACKENDS[backend][1]
+        if cm not in supported:
+            others = [b for b, (_, ms) in BACKENDS.items() if cm in ms]
+            raise UsageError(
+                f"--calib-method {cm} is not available with --backend {backend} (it offers "
+                f"{', '.join(supported)}): use --calib-method {' / '.join(supported)}"
+                + (f", or --backend {others[0]} for {cm}" if others else "")
+            )
+        pol = policy_mod.check_policy(self.policy)
+        if self.calib_size < 1:
+            raise UsageError(f"--calib-size must be at least 1, got {self.calib_size}")
+        return QuantizeConfig(
+            method=method,
+            backend=backend,
+            calib_method=cm,
+            policy=pol,
+            exclude=tuple(self.exclude),
+            calib_size=self.calib_size,
+            seed=self.seed,
+            min_calib_size=self.min_calib_size,
+            keep_fp32=self.keep_fp32,
+        )
+
+
+def require_backend(backend: str) -> None:
+    """BackendMissing naming the extra to install when the backend's library is absent."""
+    mods = ["onnx", "onnxruntime", BACKENDS[backend][0]]
+    for mod in dict.fromkeys(mods):
+        try:
+            __import__(mod)
+        except ImportError:
+            raise BackendMissing(
+                f"--backend {backend} needs {mod}, which is not installed: pip install 'edgeconvnext[quant]'"
+            ) from None
+
+
+def output_paths(output: Path) -> dict[str, Path]:
+    """Files the stage writes for ``output`` (``x.onnx`` -> ``x.onnx.json``, ``x.calib.json``, ``x.fp32.onnx``)."""
+    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
+    fp32 = output.with_name(f"{stem}.fp32.onnx")
+    return {
+        "onnx": output,
+        "sidecar": sidecar_path(output),
+        "manifest": output.with_name(f"{stem}.calib.json"),
+        "fp32": fp32,
+        "fp32_sidecar": sidecar_path(fp32),
+    }
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` wrote and measured."""
+
+    path: Path
+    sidecar: Path
+    manifest: Path
+    fp32_path: Path | None
+    config: QuantizeConfig
+    placement: list[policy_mod.Placement]
+    report: TrtReport
+    calib_images: int
+    calib_skipped: int
+    calib_seconds: float
+    seconds: float
+    peak_rss_mb: float
+    size_bytes: int
+    agreement: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, compress: bool = True) -> list[dict[str, Any]]:
+        return policy_mod.table(self.placement, compress=compress)
+
+    @property
+    def int8_macs_share(self) -> float | None:
+        return policy_mod.int8_macs_share(self.placement)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _agreement(fp32: bytes, int8: bytes, images: Any) -> dict[str, float]:
+    """Top-1 agreement and mean cosine similarity of INT8 vs FP32 logits (onnxruntime CPU)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    a = ort.InferenceSession(fp32, opts, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
+    ya, yb = [], []
+    for i in range(0, len(images), 8):
+        x = images[i : i + 8]
+        ya.append(a.run(None, {"input": x})[0])
+        yb.append(b.run(None, {"input": x})[0])
+    la, lb = np.concatenate(ya).astype(np.float64), np.concatenate(yb).astype(np.float64)
+    if not np.isfinite(lb).all():
+        raise ExportError("the quantized model produces non-finite logits in onnxruntime; nothing was written")
+    cos = (la * lb).sum(1) / (np.linalg.norm(la, axis=1) * np.linalg.norm(lb, axis=1) + 1e-12)
+    return {
+        "images": int(len(la)),
+        "top1_agreement": float((la.argmax(1) == lb.argmax(1)).mean()),
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "max_abs_diff": float(np.abs(la - lb).max()),
+    }
+
+
+def _verify_placement(placement: Sequence[policy_mod.Placement], report: TrtReport, backend: str) -> None:
+    """The graph must compute in INT8 exactly the layers the policy chose: never a silent difference."""
+    by_node = {r.node: r for r in report.layers}
+    wrong = []
+    for p in placement:
+        r = by_node.get(p.node)
+        got = None if r is None else r.precision == "INT8"
+        if got is None or got != p.int8:
+            wrong.append(
+                f"{p.layer} ({'INT8' if p.int8 else 'FP'} planned, "
+                f"{'missing' if r is None else r.precision} in the graph)"
+            )
+    if wrong:
+        raise ExportError(
+            f"--backend {backend} did not place INT8 as planned for {len(wrong)} layer(s): "
+            f"{'; '.join(wrong[:4])}; nothing was written (try the other --backend or --exclude them)"
+        )
+
+
+def quantize(
+    loaded: LoadedModel,
+    output: str | Path,
+    *,
+    calib_data: str | Path | None = None,
+    config: QuantizeConfig | None = None,
+    calib_manifest: str | Path | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize ``loaded`` to ``output`` (see the module doc). ``on_step`` gets a description of each step,
+    ``on_progress`` (done, total) during image loading and calibration.
+
+    Raises UsageError / DataError / BackendMissing before any heavy work when options or data are wrong,
+    ExportError when export or the backend fails, RuleViolation when the result breaks a TensorRT rule.
+    """
+    t0 = time.perf_counter()
+    cfg = (config or QuantizeConfig()).validated()
+    require_backend(cfg.backend)
+    step = on_step or (lambda s: None)
+    output = Path(output)
+    check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
+    paths = output_paths(output)
+    if calib_data is None and calib_manifest is None:
+        raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
+    # --exclude patterns are checked against the torch modules now, before minutes of work
+    policy_mod.check_excludes(cfg.exclude, policy_mod.torch_layer_names(loaded.model))
+
+    pp = loaded.preprocess
+    if calib_manifest is not None:
+        step(f"verifying the calibration manifest {calib_manifest}")
+        cs = load_manifest(
+            calib_manifest, preprocess=pp, root=calib_data, min_images=cfg.min_calib_size, on_progress=on_progress
+        )
+    else:
+        step(f"loading {cfg.calib_size} calibration images from {calib_data}")
+        cs = select_images(
+            calib_data,
+            cfg.calib_size,
+            seed=cfg.seed,
+            preprocess=pp,
+            min_images=cfg.min_calib_size,
+            on_progress=on_progress,
+        )
+    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0)
+
+
+def _quantize_with(
+    loaded: LoadedModel,
+    cs: CalibrationSet,
+    cfg: QuantizeConfig,
+    paths: dict[str, Path],
+    step: Callable[[str], None],
+    on_progress: Callable[[int, int], None] | None,
+    t0: float,
+) -> QuantizeResult:
+    import onnx
+
+    from edgeconvnext.export.onnx_export import export_onnx
+    from edgeconvnext.onnx.metadata import decode_metadata, set_metadata
+    from edgeconvnext.onnx.trt_rules import check_model
+
+    output = paths["onnx"]
+    with tempfile.TemporaryDirectory(
+        prefix=".edgeconvnext-quantize-", dir=output.parent if output.parent.exists() else None
+    ) as tmpdir:
+        tmp = Path(tmpdir)
+        step(f"exporting {loaded.arch.name} FP32 ONNX ({pp_size(loaded)} px, verified against torch)")
+        exp = export_onnx(loaded, tmp / paths["fp32"].name, precision="fp32", opset=17, batch=None, verify=True)
+        fp32_model = onnx.load(str(exp.path))
+        placement = policy_mod.plan(fp32_model, cfg.policy, cfg.exclude)
+        int8_nodes = [p.node for p in placement if p.int8]
+        fp_nodes = [p.node for p in placement if not p.int8]
+
+        step(
+            f"calibrating {len(cs)} images with {cfg.backend} ({cfg.calib_method}), "
+            f"{len(int8_nodes)}/{len(placement)} layers INT8"
+        )
+        q_path = tmp / "quantized.onnx"
+        t_cal = time.perf_counter()
+        try:
+            with _library_output():
+                if cfg.backend == "ort":
+                    from edgeconvnext.quantize.ort_backend import quantize_ort
+
+                    settings = quantize_ort(exp.path, q_path, cs, int8_nodes, cfg.calib_method, on_progress=on_progress)
+                else:
+                    from edgeconvnext.quantize.nncf_backend import quantize_nncf
+
+                    settings = quantize_nncf(exp.path, q_path, cs, fp_nodes, cfg.calib_method, on_progress=on_progress)
+        except MemoryError:
+            raise
+        except Exception as e:  # library errors of many types: one message, traceback with --debug
+            raise ExportError(
+                f"--backend {cfg.backend} failed to quantize {loaded.arch.name}: {type(e).__name__}: {e}"
+            ) from e
+        calib_s = time.perf_counter() - t_cal
+
+        step("checking the result against TensorRT's explicit-quantization rules")
+        q = onnx.load(str(q_path))
+        fp32_meta = {p.key: p.value for p in fp32_model.metadata_props}
+        quant_meta = {
+            "method": cfg.method,
+            "backend": cfg.backend,
+            "calib_method": cfg.calib_method,
+            "policy": cfg.policy,
+            "exclude": list(cfg.exclude),
+            "calib_images": len(cs),
+            "activations": "int8 per tensor, symmetric",
+            "weights": "int8 per output channel, symmetric",
+        }
+        set_metadata(
+            q,
+            {
+                **fp32_meta,
+                "edgeconvnext.precision": "int8",
+                "edgeconvnext.quantization": json.dumps(quant_meta, sort_keys=True),
+            },
+        )
+        q.doc_string = (
+            f"edgeconvnext: {loaded.arch.name} INT8 Q/DQ ({cfg.backend}, {cfg.calib_method}, "
+            f"policy {cfg.policy}), input 'input' float32, output 'logits' float32"
+        )
+        report = check_model(q)
+        try:
+            report.raise_for_violations()  # refuse to leave a file TensorRT would reject
+        except RuleViolation as e:
+            raise RuleViolation(
+                f"--backend {cfg.backend} produced a graph TensorRT would reject, so {output} was not written: {e}"
+            ) from None
+        report.path = output
+        _verify_placement(placement, report, cfg.backend)
+        data = q.SerializeToString()
+
+        step(f"comparing INT8 with FP32 on {min(AGREEMENT_IMAGES, len(cs))} calibration images")
+        fp32_bytes = exp.path.read_bytes()
+        agreement = _agreement(fp32_bytes, data, cs.images[:AGREEMENT_IMAGES])
+
+        manifest = cs.manifest()
+        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+        with (
+            atomic_output(paths["onnx"]) as t_onnx,
+            atomic_output(paths["sidecar"]) as t_side,
+            atomic_output(paths["manifest"]) as t_man,
+            _MaybeAtomic(paths["fp32"], cfg.keep_fp32) as t_fp,
+            _MaybeAtomic(paths["fp32_sidecar"], cfg.keep_fp32) as t_fps,
+        ):
+            t_onnx.write_bytes(data)
+            t_man.write_bytes(manifest_bytes)
+            if t_fp is not None and t_fps is not None:
+                t_fp.write_bytes(fp32_bytes)
+                t_fps.write_bytes(exp.sidecar.read_bytes())
+            digest = _sha256_bytes(data)  # the bytes just written, without reading them back
+            seconds = time.perf_counter() - t0
+            rss = peak_rss_mb()
+            sidecar = {
+                "stage": "quantize",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "output": {"path": output.name, "bytes": len(data), "sha256": digest},
+                "metadata": decode_metadata({p.key: p.value for p in q.metadata_props}),
+                "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+                "source": {
+                    "path": str(loaded.source) if loaded.source else None,
+                    "sha256": loaded.source_sha256,
+                    "format": loaded.source_format,
+                },
+                "config": {
+                    **asdict(cfg),
+                    "exclude": list(cfg.exclude),
+                    "img_size": pp_size(loaded),
+                    "preprocess": loaded.preprocess.to_dict(),
+                    "opset": 17,
+                },
+                "backend": settings,
+                "placement": {
+                    "int8_layers": sum(p.int8 for p in placement),
+                    "layers": len(placement),
+                    "int8_macs_share": policy_mod.int8_macs_share(placement),
+                    "table": policy_mod.table(placement),
+                    "layers_detail": [p.to_dict() for p in placement],
+                },
+                "calibration": {
+                    "manifest": paths["manifest"].name,
+                    "manifest_sha256": _sha256_bytes(manifest_bytes),
+                    "source": cs.source,
+                    "root": str(cs.root),
+                    "images": len(cs),
+                    "skipped": len(cs.skipped),
+                    "seed": cs.seed,
+                    "requested_size": cs.requested,
+                    "method": cfg.calib_method,
+                    "wall_s": round(calib_s, 3),
+                },
+                "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
+                "agreement_vs_fp32": agreement,
+                "trt_check": {
+                    "ok": report.ok,
+                    "opset": report.opset,
+                    "n_quantize": report.n_quantize,
+                    "n_dequantize": report.n_dequantize,
+                    "warnings": report.warnings,
+                },
+                "peak_rss_mb": round(rss, 1),
+                "timings": {
+                    "calibration_s": round(calib_s, 3),
+                    "export_s": round(exp.seconds, 3),
+                    "total_s": round(seconds, 3),
+                },
+                "notes": list(getattr(loaded, "notes", []) or []),
+                "environment": environment(),
+            }
+            t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    if not cfg.keep_fp32 and paths["fp32"].exists():
+        log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
+    log.info(
+        "quantized %s: %d/%d layers INT8, calibration %.1f s",
+        loaded.arch.name,
+        sum(p.int8 for p in placement),
+        len(placement),
+        calib_s,
+    )
+    return QuantizeResult(
+        path=output,
+        sidecar=paths["sidecar"],
+        manifest=paths["manifest"],
+        fp32_path=paths["fp32"] if cfg.keep_fp32 else None,
+        config=cfg,
+        placement=placement,
+        report=report,
+        calib_images=len(cs),
+        calib_skipped=len(cs.skipped),
+        calib_seconds=calib_s,
+        seconds=time.perf_counter() - t0,
+        peak_rss_mb=rss,
+        size_bytes=len(data),
+        agreement=agreement,
+        notes=list(getattr(loaded, "notes", []) or []),
+    )
+
+
+def pp_size(loaded: LoadedModel) -> int:
+    return int(loaded.preprocess.img_size)
+
+
+@contextlib.contextmanager
+def _library_output() -> Iterator[None]:
+    """Keep stdout for the command's result (``--json``): onnxruntime's calibrators print progress lines
+    and NNCF draws progress bars and logs through a handler bound to stdout. Send all of it to stderr, or
+    nowhere when INFO logging is off (``--quiet``)."""
+    sink = sys.stderr if log.isEnabledFor(logging.INFO) else open(os.devnull, "w")  # noqa: SIM115
+    bound = [
+        h
+        for h in logging.getLogger("nncf").handlers
+        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.__stdout__)
+    ]
+    old_streams = [h.stream for h in bound]
+    for h in bound:
+        h.setStream(sink)
+    try:
+        with contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        for h, stream in zip(bound, old_streams, strict=False):
+            h.setStream(stream)
+        if sink is not sys.stderr:
+            sink.close()
+
+
+def _sha256_bytes(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+class _MaybeAtomic:
+    """atomic_output(path) when ``enabled``, else a context yielding None."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self._cm = atomic_output(path) if enabled else None
+
+    def __enter__(self) -> Path | None:
+        return self._cm.__enter__() if self._cm is not None else None
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._cm.__exit__(*exc) if self._cm is not None else None

@@ -1,0 +1,389 @@
+"""TensorRT runtime: load a plain ``.engine`` plan, refuse one built for another TensorRT or GPU, run it.
+
+Input: an engine file and its sidecar ``.engine.json`` (written by build-engine). Output: a runner with
+``.infer(np.ndarray (N, 3, S, S) float32) -> np.ndarray (N, classes) float32`` like the other runners, and
+:meth:`TensorRTRunner.benchmark` (device buffers only, CUDA-graph replay, CUDA-event timing).
+
+The compatibility check is plain Python over the sidecar and the plan header (tested without TensorRT):
+an engine only deserializes in the TensorRT version that built it, and its kernels are compiled for one
+compute capability. A different GPU model with the same compute capability runs (TensorRT warns): we
+warn too, because the kernels were timed on the other GPU.
+
+Device buffers are torch CUDA tensors (no pycuda); TensorRT 10/11 name-based I/O: ``num_io_tensors``,
+``get_tensor_name/mode/dtype``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``.
+
+Usage::
+
+    with TensorRTRunner(Path("nano_int8.engine")) as r:
+        logits = r.infer(batch)
+        print(r.benchmark(batch=1).p50_ms)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconvnext.artifacts import read_sidecar
+from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
+from edgeconvnext.evaluate.latency import LatencyStats, measure_latency
+from edgeconvnext.runtime.runners import Runner
+
+log = logging.getLogger(__name__)
+
+#: TensorRT DataType names -> torch dtype names (the runner allocates torch CUDA buffers)
+TRT_TO_TORCH_DTYPE = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
+
+
+def _version(version: Any) -> tuple[int, ...] | None:
+    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0, 30); '10.3' -> (10, 3, 0): release (3) plus build when known."""
+    if version is None:
+        return None
+    parts = str(version).split(".") if not isinstance(version, (tuple, list)) else [str(v) for v in version]
+    try:
+        nums = tuple(int(p) for p in parts[:4])
+    except ValueError:
+        return None
+    if not nums:
+        return None
+    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
+
+
+def _fmt(v: tuple[int, ...] | None) -> str:
+    return ".".join(map(str, v)) if v else "?"
+
+
+@dataclass
+class Compatibility:
+    """Problems refuse the engine; warnings are logged."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_compatibility(
+    sidecar: dict[str, Any] | None,
+    *,
+    trt_version: str | None,
+    compute_capability: str | None,
+    gpu_name: str | None = None,
+    header_version: tuple[int, ...] | None = None,
+    engine: str = "the engine",
+) -> Compatibility:
+    """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
+
+    By default an engine deserializes only in the TensorRT that built it, build number included (TensorRT
+    "Version Compatibility" and DRIVE OS release notes; we never build version-compatible engines). A
+    different major.minor.patch is refused here; a different build number of the same release only
+    warns, because the build is not always known on both sides (pip's ``tensorrt.__version__`` has none)
+    and TensorRT's own deserialization check then decides with its message.
+    """
+    res = Compatibility()
+    here = _version(trt_version)
+    rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
+    if sidecar is not None:
+        src = (sidecar.get("source_onnx") or {}).get("path")
+        if src:
+            rebuild = f"rebuild it here: edgeconvnext build-engine {src}"
+    # the header is read from the engine file itself; the sidecar could belong to an older build
+    built_trt = _version(header_version)
+    if built_trt is None and sidecar is not None:
+        built_trt = _version((sidecar.get("tensorrt") or {}).get("version"))
+    if built_trt is not None and here is not None:
+        if built_trt[:3] != here[:3]:
+            res.problems.append(
+                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has TensorRT "
+                f"{_fmt(here)}: a TensorRT engine loads only in the TensorRT version that built "
+                f"it; {rebuild}"
+            )
+        elif len(built_trt) > 3 and len(here) > 3 and built_trt[3] != here[3]:
+            res.warnings.append(
+                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has "
+                f"{_fmt(here)} (another build of the same release): TensorRT may refuse it; "
+                f"if it does, {rebuild}"
+            )
+    if sidecar is None:
+        res.warnings.append(f"{engine} has no sidecar (.engine.json): its GPU could not be checked")
+        return res
+    gpu = sidecar.get("gpu") or {}
+    built_cc, built_name = gpu.get("compute_capability"), gpu.get("name")
+    if built_cc and compute_capability and str(built_cc) != str(compute_capability):
+        res.problems.append(
+            f"{engine} was built for compute capability {built_cc} ({built_name or 'unknown GPU'}) "
+            f"and this GPU is {compute_capability} ({gpu_name or 'unknown'}): its kernels cannot run "
+            f"here; {rebuild}"
+        )
+    elif built_name and gpu_name and built_name != gpu_name:
+        res.warnings.append(
+            f"{engine} was built on {built_name} and runs on {gpu_name} (same compute capability "
+            f"{compute_capability}): it runs, but its kernels were timed on the other GPU; "
+            "rebuild for best speed"
+        )
+    return res
+
+
+def torch_dtype_name(trt_dtype: Any) -> str:
+    """trt.DataType.HALF (or 'DataType.HALF', 'HALF') -> 'float16'.
+
+    TensorRT's DataType is a pybind11 enum (FLOAT, HALF, BF16, INT8, INT32, INT64, BOOL, UINT8, FP8, INT4;
+    11.x adds FP4, E8M0): its ``.name`` is the member name.
+    """
+    name = getattr(trt_dtype, "name", None)
+    name = (name if isinstance(name, str) else str(trt_dtype).rsplit(".", 1)[-1]).upper()
+    if name not in TRT_TO_TORCH_DTYPE:
+        raise UsageError(f"engine tensor type {trt_dtype} is not supported by the TensorRT runner")
+    return TRT_TO_TORCH_DTYPE[name]
+
+
+def batch_chunks(n: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """Split ``n`` images into (start, count, run_batch) chunks within the profile [lo, hi]; a chunk
+    smaller than ``lo`` runs padded to ``lo`` (the padded rows are dropped)."""
+    if n < 1:
+        return []
+    out = []
+    start = 0
+    while start < n:
+        count = min(hi, n - start)
+        out.append((start, count, max(count, lo)))
+        start += count
+    return out
+
+
+def _require_tensorrt() -> Any:
+    from edgeconvnext.engine.build import import_tensorrt
+    from edgeconvnext.env.probes import install_hint, probe_jetson
+
+    trt, why = import_tensorrt()
+    if trt is None:
+        raise BackendMissing(
+            f"running a TensorRT engine needs TensorRT's Python bindings ({why}); "
+            f"{install_hint(probe_jetson() is not None)}"
+        )
+    return trt
+
+
+def _require_cuda_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise BackendMissing(
+            "the TensorRT runner uses torch CUDA tensors as device buffers: install a CUDA build of torch"
+        ) from None
+    if not torch.cuda.is_available():
+        raise BackendMissing(
+            "the TensorRT runner needs a CUDA GPU and a CUDA build of torch "
+            f"(torch {torch.__version__} sees no CUDA device)"
+        )
+    return torch
+
+
+class TensorRTRunner(Runner):
+    """A deserialized TensorRT engine with one execution context on its own CUDA stream."""
+
+    def __init__(self, path: str | Path, device: str = "cuda", *, check: bool = True) -> None:
+        super().__init__()
+        if not str(device).startswith("cuda"):
+            raise UsageError(f"--device {device}: TensorRT engines run on the GPU; use --device cuda")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"engine not found: {self.path}")
+        from edgeconvnext.engine.build import check_plan_file
+
+        try:
+            header = check_plan_file(self.path)
+        except Exception as e:  # BuildError: not a plan
+            raise CheckpointError(str(e)) from None
+        trt = _require_tensorrt()
+        torch = _require_cuda_torch()
+        self.torch, self.trt = torch, trt
+        self.device = torch.device(device)
+        self.sidecar = read_sidecar(self.path)
+        cc = "{}.{}".format(*torch.cuda.get_device_capability(self.device))
+        compat = check_compatibility(
+            self.sidecar,
+            trt_version=str(trt.__version__),
+            compute_capability=cc,
+            gpu_name=torch.cuda.get_device_name(self.device),
+            header_version=header,
+            engine=str(self.path),
+        )
+        for w in compat.warnings:
+            log.warning("%s", w)
+        if check and not compat.ok:
+            raise CheckpointError("; ".join(compat.problems))
+
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise CheckpointError(
+                f"TensorRT could not deserialize {self.path} (see the TensorRT messages above); "
+                "rebuild it with this TensorRT version"
+            )
+        self.context = self.engine.create_execution_context()
+        if self.context is None:  # TensorRT returns null when it cannot allocate the context's device memory
+            raise CheckpointError(
+                f"TensorRT could not create an execution context for {self.path} (see the "
+                "TensorRT messages above; usually too little free GPU memory)"
+            )
+        inputs, outputs = [], []
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            mode = self.engine.get_tensor_mode(name)
+            (inputs if mode == trt.TensorIOMode.INPUT else outputs).append(name)
+        if len(inputs) != 1 or not outputs:
+            raise CheckpointError(f"{self.path} has inputs {inputs} and outputs {outputs}; expected one image input")
+        self.input_name = inputs[0]
+        self.output_names = outputs
+        self.output_name = "logits" if "logits" in outputs else outputs[0]
+        self.dtypes = {n: getattr(torch, torch_dtype_name(self.engine.get_tensor_dtype(n))) for n in inputs + outputs}
+        shape = list(self.engine.get_tensor_shape(self.input_name))
+        if len(shape) != 4:
+            raise CheckpointError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, C, H, W)")
+        if shape[0] == -1:
+            lo, _, hi = (list(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
+            self.batch_range = (int(lo[0]), int(hi[0]))
+        else:
+            self.batch_range = (int(shape[0]), int(shape[0]))
+        self.batch = None  # chunking is done here against the profile range
+        self.input_size = int(shape[2]) if shape[2] == shape[3] and shape[2] > 0 else None
+        self.chw = tuple(int(d) for d in shape[1:])
+        self.precision = str((self.sidecar or {}).get("precision", "unknown"))
+        self.metadata = (self.sidecar or {}).get("metadata") or {}
+        self.num_classes = None
+        self.stream = torch.cuda.Stream(device=self.device)
+        self._buffers: dict[int, dict[str, Any]] = {}
+        self.name = f"tensorrt:{self.path.name}"
+
+    # -- buffers ------------------------------------------------------------------------------------
+
+    def _prepare(self, batch: int) -> dict[str, Any]:
+        """Device buffers for ``batch`` and the context's shapes/addresses set for them (cached per batch)."""
+        torch = self.torch
+        self._set_shape(batch)
+        bufs = self._buffers.get(batch)
+        if bufs is None:
+            bufs = {
+                self.input_name: torch.empty((batch, *self.chw), dtype=self.dtypes[self.input_name], device=self.device)
+            }
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise CheckpointError(f"{self.path}: output {name} has unresolved shape {shape}")
+                bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            self._buffers[batch] = bufs
+        for name, t in bufs.items():
+            # set_tensor_address returns False (and TensorRT logs why) for a bad name or alignment
+            if not self.context.set_tensor_address(name, t.data_ptr()):
+                raise CheckpointError(
+                    f"TensorRT refused the device address of tensor {name} of {self.path} "
+                    "(see the TensorRT messages above)"
+                )
+        return bufs
+
+    def _set_shape(self, batch: int) -> None:
+        # set_input_shape returns False when the shape is outside the optimisation profile
+        if not self.context.set_input_shape(self.input_name, (batch, *self.chw)):
+            lo, hi = self.batch_range
+            raise UsageError(
+                f"TensorRT refused input shape {(batch, *self.chw)} for {self.path} (profile batch "
+                f"{lo}..{hi}); rebuild with --batch MIN,OPT,MAX covering {batch}"
+            )
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise CheckpointError(f"TensorRT execution of {self.path} failed (see the TensorRT messages above)")
+
+    # -- inference ----------------------------------------------------------------------------------
+
+    def _infer_batched(self, x: np.ndarray) -> np.ndarray:
+        lo, hi = self.batch_range
+        outs = []
+        for start, count, run_b in batch_chunks(x.shape[0], lo, hi):
+            chunk = x[start : start + count]
+            if run_b > count:
+                chunk = np.concatenate([chunk, np.zeros((run_b - count,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self._infer(chunk)[:count])
+        return np.concatenate(outs)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        if tuple(x.shape[1:]) != self.chw:
+            raise UsageError(f"{self.name}: the engine takes (N, {', '.join(map(str, self.chw))}) input, got {x.shape}")
+        bufs = self._prepare(x.shape[0])
+        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        with torch.cuda.stream(self.stream):
+            bufs[self.input_name].copy_(host.to(self.dtypes[self.input_name]), non_blocking=False)
+            self._enqueue()
+            out = bufs[self.output_name].float().cpu()
+        self.stream.synchronize()
+        return out.numpy()
+
+    # -- timing -------------------------------------------------------------------------------------
+
+    def benchmark(
+        self, batch: int = 1, *, warmup: int = 50, iters: int = 200, cuda_graph: bool = True
+    ) -> tuple[LatencyStats, str]:
+        """Latency of the engine alone: device buffers filled once, no host transfers, CUDA events on the
+        runner's stream; replayed as a CUDA graph when ``cuda_graph`` and capture succeeds.
+
+        Returns the statistics and the path taken ("cuda_graph" or "enqueue").
+        """
+        torch = self.torch
+        lo, hi = self.batch_range
+        if not lo <= batch <= hi:
+            raise UsageError(
+                f"batch {batch} is outside the engine's profile {lo}..{hi}; "
+                "rebuild with --batch MIN,OPT,MAX covering it"
+            )
+        bufs = self._prepare(batch)
+        # Filled on the runner's stream: torch's side streams do not synchronise with the default stream.
+        with torch.cuda.stream(self.stream):
+            bufs[self.input_name].copy_(
+                torch.randn(bufs[self.input_name].shape, device=self.device).to(self.dtypes[self.input_name])
+            )
+            # One enqueue before capture, so that initialisation work is not captured (trtexec does the
+            # same, samples/common/sampleInference.cpp), then wait.
+            self._enqueue()
+        self.stream.synchronize()
+        run_fn = self._enqueue
+        how = "enqueue"
+        if cuda_graph:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                # thread-local capture mode, as trtexec's --useCudaGraph uses
+                with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                    self._enqueue()
+                run_fn = graph.replay
+                how = "cuda_graph"
+            except Exception as e:  # noqa: BLE001 - some engines cannot be captured; time plain enqueues
+                log.warning("CUDA graph capture of %s failed (%s): timing plain enqueues", self.path, e)
+                # the buffers were allocated before the capture and keep their random input; set the
+                # context's shape and addresses again in case the failed capture left it half-configured
+                self._prepare(batch)
+        with torch.cuda.stream(self.stream):
+            stats = measure_latency(run_fn, warmup=warmup, iters=iters, use_cuda_events=True, batch=batch)
+        return stats, how
+
+    def close(self) -> None:
+        self._buffers = {}
+        self.context = None
+        self.engine = None
+        self.runtime = None

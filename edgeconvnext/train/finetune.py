@@ -1,0 +1,599 @@
+"""Fine-tune a ConvNeXt on an image-folder dataset: AdamW, warm-up + cosine (per step), label smoothing.
+
+Input: an architecture (and optionally a checkpoint to start from), a train and a val folder in
+ImageFolder layout (the val folder may be flat with a labels file naming the train classes).
+Output: an edgeconvnext checkpoint (checkpoint.save_checkpoint) holding the weights, the train class
+names, the eval Preprocess every later stage uses, and ``extra`` = optimizer state, step, epoch,
+best top-1, history and the arguments; a sidecar ``<output>.json`` with the same summary.
+
+While training, ``<output stem>.last<suffix>`` holds the state after the last finished epoch
+(written atomically); ``resume=True`` continues from it (or from a finished output, to add epochs).
+
+Usage::
+
+    result = finetune(FinetuneConfig(model="convnextv2_atto", train_data=Path("train"),
+                                     val_data=Path("val"), output=Path("atto.pt"), img_size=32))
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from edgeconvnext.artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
+from edgeconvnext.data.augment import TrainTransform
+from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden
+from edgeconvnext.data.preprocess import _pil_interp, eval_transform, open_rgb
+from edgeconvnext.errors import CheckpointError, DataError, UsageError
+from edgeconvnext.models.registry import Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeconvnext.models.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+LOW_RES_SAMPLE = 32  # images looked at to decide whether the data is already at the target size
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on (saved in the checkpoint as ``extra["args"]``)."""
+
+    train_data: Path
+    val_data: Path
+    output: Path
+    model: str | None = None
+    checkpoint: Path | None = None
+    img_size: int | None = None
+    crop_pct: float | None = None  # None: 1.0 when the images are no larger than img_size, else the checkpoint's
+    interpolation: str | None = None  # None: the checkpoint's
+    epochs: int = 10
+    batch: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float | None = None  # None: 10% of the run
+    label_smoothing: float = 0.1
+    aug_scale: float | None = None  # smallest crop area fraction; None: augment.default_scale
+    hflip: float = 0.5
+    workers: int | None = None  # None: min(2, cpus)
+    threads: int | None = None  # torch intra-op threads; None: the cpus this process may use
+    seed: int = 0
+    resume: bool = False
+    device: str = "cpu"
+    allow_unsafe: bool = False
+    ema: bool = False
+
+    def validate(self) -> None:
+        """Refuse values that cannot be honoured, naming the option."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch >= 1, f"--batch must be >= 1, got {self.batch}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, --lr], got {self.min_lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
+                f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}",
+            ),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.img_size is None or self.img_size >= 32, f"--img-size must be >= 32, got {self.img_size}"),
+            (self.crop_pct is None or 0 < self.crop_pct <= 1, f"--crop-pct must be in (0, 1], got {self.crop_pct}"),
+            (self.aug_scale is None or 0 < self.aug_scale <= 1, f"--aug-scale must be in (0, 1], got {self.aug_scale}"),
+            (0 <= self.hflip <= 1, f"--hflip must be in [0, 1], got {self.hflip}"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+            (
+                self.model is not None or self.checkpoint is not None or self.resume,
+                "give --model NAME (and optionally --checkpoint PATH) to fine-tune",
+            ),
+            (
+                self.output.suffix != ".safetensors",
+                f"--output {self.output}: use a .pt file (it keeps the optimizer state for --resume; "
+                "safetensors holds weights only)",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        if self.interpolation is not None:
+            try:
+                _pil_interp(self.interpolation)
+            except UsageError as e:
+                raise UsageError(f"--interpolation: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    train_top1: float  # % on the augmented train batches
+    val_loss: float
+    val_top1: float  # %
+    lr: float  # at the end of the epoch
+    images_per_s: float  # training throughput
+    seconds: float
+    skipped: int = 0  # unreadable images in this epoch (train + val)
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    class_names: list[str]
+    preprocess: Preprocess
+    history: list[EpochResult]
+    best_top1: float
+    best_epoch: int
+    final_top1: float
+    start_epoch: int  # epochs already done when this run started (resume)
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "class_names": self.class_names,
+            "preprocess": self.preprocess.to_dict(),
+            "history": [asdict(h) for h in self.history],
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "final_top1": self.final_top1,
+            "start_epoch": self.start_epoch,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+
+class ProgressHook(Protocol):
+    """What a front end implements to show progress; the library itself only logs."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None: ...
+
+    def validating(self, steps: int) -> None: ...
+
+    def val_step(self) -> None: ...
+
+    def end_epoch(self, result: EpochResult) -> None: ...
+
+
+class LogProgress:
+    """Default hook: one log line per epoch."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._epochs = epochs
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        pass
+
+    def validating(self, steps: int) -> None:
+        pass
+
+    def val_step(self) -> None:
+        pass
+
+    def end_epoch(self, r: EpochResult) -> None:
+        log.info(
+            "epoch %d/%d: loss %.4f, val top-1 %.2f%%, %.0f img/s, %.1f s",
+            r.epoch,
+            self._epochs,
+            r.train_loss,
+            r.val_top1,
+            r.images_per_s,
+            r.seconds,
+        )
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up to base_lr, then cosine to min_lr."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / decay)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def last_state_path(output: Path) -> Path:
+    """``atto.pt`` -> ``atto.last.pt``: the state after the last finished epoch, for --resume."""
+    return output.with_name(f"{output.stem}.last{output.suffix}")
+
+
+class _ImageDataset:
+    """torch Dataset over (path, label) pairs; an unreadable image yields None (skipped by _collate)."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Any) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int] | None:
+        try:
+            return self.transform(open_rgb(self.paths[i])), self.labels[i]
+        except DataError as e:
+            log.warning("skipping %s", e)
+            return None
+
+
+def _collate(items: list[tuple[np.ndarray, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    import torch
+
+    good = [it for it in items if it is not None]
+    skipped = len(items) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    x = torch.from_numpy(np.stack([g[0] for g in good]))
+    y = torch.tensor([g[1] for g in good], dtype=torch.long)
+    return x, y, skipped
+
+
+def _loader(ds: _ImageDataset, batch: int, shuffle: bool, workers: int, seed: int):
+    import torch
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=_collate,
+        generator=g,
+        drop_last=False,
+        pin_memory=False,
+    )
+
+
+def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImages]:
+    """Train classes from the train folder (its class sub-folders or labels file); val must hold the same."""
+    train_ds = LabelledImages.discover(train)
+    if len(train_ds.class_names) < 2:
+        raise DataError(f"{train} holds {len(train_ds.class_names)} class; a classifier needs at least 2")
+    counts = np.bincount(np.asarray(train_ds.labels, dtype=np.int64), minlength=len(train_ds.class_names))
+    empty = [c for c, n in zip(train_ds.class_names, counts, strict=False) if n == 0]
+    if empty:  # an output the classifier never sees an example of: almost always a stray or unfilled folder
+        raise DataError(
+            f"classes {empty[:5]}{' ...' if len(empty) > 5 else ''} have no images in {train}: "
+            "add images or remove the empty class folders"
+        )
+    val = Path(val)
+    has_labels_file = val.is_dir() and find_labels_file(val) is not None
+    if val.is_dir() and not has_labels_file:  # ImageFolder val: exactly the train class folders
+        val_dirs = {d.name for d in val.iterdir() if d.is_dir() and not is_hidden(d.name)}
+        missing = sorted(set(train_ds.class_names) - val_dirs)
+        extra = sorted(val_dirs - set(train_ds.class_names))
+        if val_dirs and (missing or extra):
+            raise DataError(
+                f"class folders of {train} and {val} differ: "
+                + "; ".join(
+                    f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}"
+                    for what, names in ((f"{val} lacks", missing), (f"{val} adds", extra))
+                    if names
+                )
+                + ": both need the same class folders"
+            )
+    val_ds = LabelledImages.discover(val, class_names=train_ds.class_names)
+    return train_ds, val_ds
+
+
+def _choose_preprocess(
+    base: Preprocess, cfg: FinetuneConfig, train_paths: Sequence[Path], notes: list[str]
+) -> Preprocess:
+    """The eval Preprocess stored in the checkpoint: the checkpoint's, with the options' overrides.
+
+    crop_pct defaults to 1.0 when the training images are already no larger than img_size (low-res data
+    such as 28 px Fashion-MNIST at 32 px): a 0.875 centre crop would cut off the object's border for no gain.
+    """
+    pp = base
+    if cfg.img_size is not None:
+        pp = replace(pp, img_size=cfg.img_size)
+    if cfg.interpolation is not None:
+        pp = replace(pp, interpolation=cfg.interpolation)
+    if cfg.crop_pct is not None:
+        return replace(pp, crop_pct=cfg.crop_pct)
+    from PIL import Image
+
+    step = max(1, len(train_paths) // LOW_RES_SAMPLE)
+    sides = []
+    for p in list(train_paths)[::step][:LOW_RES_SAMPLE]:
+        try:
+            with Image.open(p) as im:
+                sides.append(max(im.size))
+        except (OSError, Image.DecompressionBombError):  # unreadable files are skipped (and counted) later
+            continue
+    if sides and max(sides) <= pp.img_size and pp.crop_pct != 1.0:
+        notes.append(
+            f"crop_pct 1.0 (images are at most {max(sides)} px, no larger than img_size "
+            f"{pp.img_size}); pass --crop-pct to override"
+        )
+        pp = replace(pp, crop_pct=1.0)
+    return pp
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, GRN and LayerScale (1-D parameters), as timm does."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def training_state(loaded: LoadedModel) -> dict[str, Any]:
+    """The fine-tuning state (optimizer, step, epoch ...) stored beside the weights of a finetune checkpoint."""
+    extra = loaded.extra
+    if "epoch" not in extra or "optimizer" not in extra:
+        raise CheckpointError(
+            f"{loaded.source} holds no fine-tuning state (optimizer, epoch): it was not "
+            "written by 'edgeconvnext finetune'; start without --resume"
+        )
+    return extra
+
+
+def _resume_source(cfg: FinetuneConfig) -> Path:
+    last = last_state_path(cfg.output)
+    if last.is_file():
+        return last
+    if cfg.output.is_file():
+        return cfg.output
+    raise CheckpointError(
+        f"--resume: nothing to resume, neither {last} nor {cfg.output} exists; run without --resume to start"
+    )
+
+
+def _evaluate(model: torch.nn.Module, loader, device: str, hook: ProgressHook) -> tuple[float, float, int]:
+    """(mean cross-entropy, top-1 %, skipped images) of ``model`` over ``loader``."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    loss_sum, correct, n, skipped = 0.0, 0, 0, 0
+    hook.validating(len(loader))
+    with torch.inference_mode():
+        for x, y, s in loader:
+            skipped += s
+            if len(y):
+                x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
+                logits = model(x)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(y)
+            hook.val_step()
+    if n == 0:
+        raise DataError("no readable validation images")
+    return loss_sum / n, 100.0 * correct / n, skipped
+
+
+def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> FinetuneResult:
+    """Run (or resume) fine-tuning as ``cfg`` says; returns the summary, the checkpoint is at cfg.output."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeconvnext.models.checkpoint import load_model, save_checkpoint
+    from edgeconvnext.runtime.runners import check_device
+
+    cfg.validate()
+    # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
+    check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
+    check_device(cfg.device)
+    hook: ProgressHook = progress or LogProgress()
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    cpus = cpu_count()
+    torch.set_num_threads(cfg.threads or cpus)
+    workers = min(2, cpus) if cfg.workers is None else cfg.workers
+
+    train_ds, val_ds = load_datasets(cfg.train_data, cfg.val_data)
+    classes = train_ds.class_names
+
+    torch.manual_seed(cfg.seed)  # before load_model: a new classifier's init depends on it
+    state: dict[str, Any] | None = None
+    if cfg.resume:
+        src = _resume_source(cfg)
+        loaded = load_model(cfg.model, src, allow_unsafe=cfg.allow_unsafe)
+        state = training_state(loaded)
+        if loaded.class_names != classes:
+            raise DataError(
+                f"--resume: {src} was trained on classes {loaded.class_names[:5] if loaded.class_names else None}"
+                f" but {cfg.train_data} holds {classes[:5]}: use the same train folder"
+            )
+        pp = loaded.preprocess
+        for opt, val, saved in (
+            ("--img-size", cfg.img_size, pp.img_size),
+            ("--crop-pct", cfg.crop_pct, pp.crop_pct),
+            ("--interpolation", cfg.interpolation, pp.interpolation),
+        ):
+            if val is not None and val != saved:
+                raise UsageError(
+                    f"--resume: {opt} {val} differs from the resumed run's {saved}; drop {opt} or start a new run"
+                )
+        notes.append(f"resumed from {src} after epoch {state['epoch']}")
+    else:
+        last = last_state_path(cfg.output)
+        if last.is_file():
+            raise UsageError(
+                f"{last} holds an interrupted run: pass --resume to continue it, or delete it to start over"
+            )
+        loaded = load_model(
+            cfg.model,
+            cfg.checkpoint,
+            num_classes=len(classes),
+            img_size=cfg.img_size,
+            allow_unsafe=cfg.allow_unsafe,
+            ema=cfg.ema,
+        )
+        pp = _choose_preprocess(loaded.preprocess, cfg, train_ds.paths, notes)
+    for n in notes:
+        log.info("%s", n)
+
+    # channels_last: the depthwise convs and the NCHW<->NHWC permutes around each block's MLP get cheaper
+    # (measured ~1.2-1.5x faster training of atto at 32 px on CPU). Checkpoints are saved contiguous.
+    model = loaded.model.to(cfg.device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else 0.1 * cfg.epochs
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+
+    start_epoch, step, best_top1, best_epoch = 0, 0, -1.0, 0
+    history: list[EpochResult] = []
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_top1, best_epoch = float(state.get("best_top1", -1.0)), int(state.get("best_epoch", 0))
+        history = [EpochResult(**h) for h in state.get("history", [])]
+        saved_args = state.get("args", {})
+        changed = [
+            k for k in ("epochs", "batch", "lr", "weight_decay") if k in saved_args and saved_args[k] != getattr(cfg, k)
+        ]
+        if changed:
+            log.warning(
+                "--resume with different %s than the saved run: the schedule continues from step %d "
+                "with the new values",
+                ", ".join(changed),
+                step,
+            )
+
+    train_tf = TrainTransform(pp, scale=(cfg.aug_scale, 1.0) if cfg.aug_scale is not None else None, hflip=cfg.hflip)
+    train_set = _ImageDataset(train_ds.paths, train_ds.labels, train_tf)
+    val_set = _ImageDataset(val_ds.paths, val_ds.labels, functools.partial(eval_transform, pp=pp))
+    val_loader = _loader(val_set, cfg.batch, False, workers, cfg.seed)
+    out_last = last_state_path(cfg.output)
+
+    # the checkpoint the run started from, kept through resumes for the final sidecar's provenance
+    init = (
+        dict(state["init"])
+        if state is not None and isinstance(state.get("init"), dict)
+        else {
+            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            "sha256": loaded.source_sha256 if state is None else None,
+        }
+    )
+
+    def save(path: Path, epoch: int) -> None:
+        extra = {
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "best_top1": best_top1,
+            "init": init,
+            "best_epoch": best_epoch,
+            "history": [asdict(h) for h in history],
+            "args": cfg.to_dict(),
+        }
+        save_checkpoint(path, model, loaded.arch, class_names=classes, preprocess=pp, extra=extra)  # atomic
+
+    if start_epoch >= cfg.epochs:
+        notes.append(f"already trained {start_epoch} epochs (--epochs {cfg.epochs}): nothing to train")
+    for epoch in range(start_epoch, cfg.epochs):
+        # Each epoch's order and augmentation are a function of (seed, epoch), so a resumed run
+        # sees the same data as an uninterrupted one.
+        random.seed(cfg.seed + epoch)
+        loader = _loader(train_set, cfg.batch, True, workers, cfg.seed + epoch)
+        hook.start_epoch(epoch + 1, cfg.epochs, len(loader))
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
+        lr = lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+        for x, y, s in loader:
+            skipped += s
+            if len(y) == 0:
+                continue
+            lr = lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = x.to(cfg.device, memory_format=torch.channels_last, non_blocking=True)
+            y = y.to(cfg.device, non_blocking=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            hook.step(loss_value, seen / (time.perf_counter() - t0), lr)
+        if seen == 0:
+            raise DataError(f"no readable training images in {cfg.train_data}")
+        train_s = time.perf_counter() - t0
+        val_loss, val_top1, val_skipped = _evaluate(model, val_loader, cfg.device, hook)
+        if val_top1 > best_top1:
+            best_top1, best_epoch = val_top1, epoch + 1
+        result = EpochResult(
+            epoch + 1,
+            loss_sum / seen,
+            100.0 * correct / seen,
+            val_loss,
+            val_top1,
+            lr,
+            seen / train_s,
+            time.perf_counter() - t0,
+            skipped + val_skipped,
+        )
+        history.append(result)
+        save(out_last, epoch + 1)
+        hook.end_epoch(result)
+
+    save(cfg.output, max(start_epoch, cfg.epochs))
+    if out_last.exists():
+        out_last.unlink()
+    seconds = time.perf_counter() - t_start
+    result_obj = FinetuneResult(
+        cfg.output,
+        classes,
+        pp,
+        history,
+        best_top1,
+        best_epoch,
+        history[-1].val_top1 if history else best_top1,
+        start_epoch,
+        seconds,
+        notes,
+    )
+    write_json_atomic(
+        sidecar_path(cfg.output),
+        {
+            "stage": "finetune",
+            "output": str(cfg.output),
+            "output_sha256": sha256_file(cfg.output),
+            "arch": loaded.arch.name,
+            "init_checkpoint": init["checkpoint"],
+            "init_sha256": init["sha256"],
+            "train_data": str(cfg.train_data),
+            "train_images": len(train_ds),
+            "val_data": str(cfg.val_data),
+            "val_images": len(val_ds),
+            "config": cfg.to_dict(),
+            "result": result_obj.to_dict(),
+            "environment": environment(),
+        },
+    )
+    return result_obj
