@@ -1,7 +1,8 @@
 """Recipes: YAML files with the quantize / build / validate settings for one model on one target.
 
 Precedence is defaults < recipe < explicit CLI options. Unknown keys are errors that name the nearest
-valid key; values are type-checked. The schema below is the single list of keys (data, not code).
+valid key; values are type-checked. A section's keys and defaults are the fields of its stage's config
+class (:data:`SECTIONS`; checked by :mod:`edgeconvnext.config`): one list, nothing written twice.
 
 A recipe file ``recipes/<model>-<target>.yaml``::
 
@@ -23,10 +24,18 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgeconvnext.config import Spec, check_section, check_value, recipe_keys, unknown_key
+from edgeconvnext.config import defaults as config_defaults
+from edgeconvnext.engine.config import BuildRequest
 from edgeconvnext.errors import UsageError, nearest
+from edgeconvnext.evaluate.config import ValidateConfig
+from edgeconvnext.export.config import ExportConfig
+from edgeconvnext.quantize.config import QuantizeConfig
+from edgeconvnext.train.config import FinetuneConfig
 
 
 def _recipes_dir() -> Path:
@@ -76,49 +85,15 @@ TARGETS: dict[str, dict[str, Any]] = {
     "dgpu": {"description": "x86 workstation or server GPU (TensorRT 10.x/11.x)", "dla_cores": 0, "memory_gb": None},
 }
 
-SCHEMA: dict[str, dict[str, Key]] = {
-    # keys and defaults follow edgeconvnext.quantization.pipeline.QuantizeConfig
-    "quantize": {
-        "method": Key((str,), "ptq", "ptq (post-training quantization)", choices=("ptq",)),
-        "backend": Key((str,), "ort", "quantizer: ort (onnxruntime quantize_static) or nncf", choices=("ort", "nncf")),
-        "calib_method": Key(
-            (str,),
-            "minmax",
-            "activation range estimator (ort: minmax/percentile/entropy; nncf: minmax/mse)",
-            choices=("minmax", "percentile", "entropy", "mse"),
-        ),
-        "policy": Key(
-            (str,),
-            "convnext",
-            "convnext: INT8 MLPs and downsample convs, stem/depthwise/classifier in float; all: every conv/matmul",
-            choices=("convnext", "all"),
-        ),
-        "exclude": Key((list,), [], "extra layers kept out of INT8 (fnmatch patterns on module names)"),
-        "calib_size": Key((int,), 512, "calibration images (>= ~500 for CNNs)", minimum=1),
-        "min_calib_size": Key((int,), 32, "refuse fewer calibration images than this", minimum=1),
-        "seed": Key((int,), 0, "seed choosing the calibration subset"),
-        "keep_fp32": Key((bool,), True, "keep the FP32 ONNX the INT8 one was made from (validate --baseline)"),
-    },
-    "build": {
-        "fp16": Key((bool,), False, "run the non-INT8 layers in FP16 (converts an FP32 ONNX)"),
-        "batch": Key((str, int, type(None)), None, "N or MIN,OPT,MAX (None: the ONNX's batch, or 1)"),
-        "workspace_mib": Key((int,), 1024, "builder workspace limit in MiB", minimum=1),
-        "opt_level": Key((int,), 3, "builder optimization level", minimum=0, maximum=5),
-        "timing_cache": Key((str, type(None)), None, "timing cache file reused and saved between builds"),
-        "dla_core": Key((int, type(None)), None, "DLA core (always refused for ConvNeXt)"),
-    },
-    "validate": {
-        "batch": Key((int,), 32, "images per inference batch for accuracy", minimum=1),
-        "max_drop": Key(
-            (int, float, type(None)), None, "fail when top-1 drops more points than this vs FP32", minimum=0
-        ),
-        "limit": Key((int, type(None)), None, "evaluate a seeded subset of N images (None: all)", minimum=1),
-        "latency_batch": Key((int,), 1, "batch size of the latency measurement", minimum=1),
-        "warmup": Key((int,), 50, "untimed warm-up iterations", minimum=0),
-        "iters": Key((int,), 200, "timed iterations", minimum=1),
-        "cuda_graph": Key((bool,), True, "replay the engine as a CUDA graph when timing"),
-    },
+#: recipe section -> the stage's config class: its fields (and their defaults) are the section's keys
+SECTIONS: dict[str, type] = {
+    "export": ExportConfig,
+    "quantize": QuantizeConfig,
+    "build": BuildRequest,
+    "validate": ValidateConfig,
+    "finetune": FinetuneConfig,
 }
+SCHEMA: dict[str, dict[str, Spec]] = {name: recipe_keys(cls) for name, cls in SECTIONS.items()}
 
 TOP_LEVEL: dict[str, Key] = {
     "model": Key((str,), None, "architecture (timm name)"),
@@ -129,9 +104,9 @@ TOP_LEVEL: dict[str, Key] = {
 
 
 def defaults(section: str) -> dict[str, Any]:
-    """The built-in defaults of a section."""
+    """The built-in defaults of a section (the stage config's field defaults)."""
     _check_section(section)
-    return {k: (list(v.default) if isinstance(v.default, list) else v.default) for k, v in SCHEMA[section].items()}
+    return config_defaults(SECTIONS[section])
 
 
 def _check_section(section: str) -> None:
@@ -161,11 +136,7 @@ def _check_value(label: str, spec: Key, value: Any) -> Any:
     return value
 
 
-def _unknown(where: str, key: str, valid: list[str]) -> UsageError:
-    hint = nearest(key, valid)
-    return UsageError(
-        f"{where}: unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else f"; valid keys: {', '.join(valid)}")
-    )
+_unknown = unknown_key
 
 
 @dataclass
@@ -195,17 +166,7 @@ def validate_recipe(data: Any, where: str = "recipe") -> Recipe:
         if key in TOP_LEVEL:
             setattr(rec, key, _check_value(f"{where}: '{key}'", TOP_LEVEL[key], value))
         elif key in SCHEMA:
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise UsageError(f"{where}: section '{key}' must be a mapping of settings")
-            section: dict[str, Any] = {}
-            for k, v in value.items():
-                k = str(k)
-                if k not in SCHEMA[key]:
-                    raise _unknown(f"{where} [{key}]", k, list(SCHEMA[key]))
-                section[k] = _check_value(f"{where}: '{key}.{k}'", SCHEMA[key][k], v)
-            rec.sections[key] = section
+            rec.sections[key] = check_section(SECTIONS[key], key, value, where)
         else:
             raise _unknown(where, key, valid_top)
     if rec.model is not None:
@@ -252,10 +213,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 def resolve(
     section: str, recipe: Recipe | None, cli: dict[str, Any] | None = None, *, cli_names: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Merge defaults < recipe < CLI for ``section``; CLI values of None mean "not given".
+    """Merge defaults < recipe < CLI for ``section`` as plain values; CLI values of None mean "not given".
 
-    ``cli_names`` maps a key to its option (``{"workspace_mib": "--workspace"}``) for error messages.
-    Returns the values and, per key, where the value came from ("default", "recipe" or "cli").
+    ``cli_names`` maps a key to its option for error messages (default: the config field's option).
+    Returns the values and, per key, where the value came from ("default", "recipe" or "cli"). The stages
+    resolve their typed configs with their own ``resolve`` (``edgeconvnext.quantize.config.resolve`` ...).
     """
     values = defaults(section)
     sources = {k: "default" for k in values}
@@ -263,12 +225,14 @@ def resolve(
         for k, v in recipe.sections.get(section, {}).items():
             values[k] = v
             sources[k] = "recipe"
+    keys = SCHEMA[section]
     for k, v in (cli or {}).items():
-        if k not in SCHEMA[section]:
-            raise _unknown(f"{section} options", k, list(SCHEMA[section]))
+        if k not in keys:
+            raise unknown_key(f"{section} options", k, list(keys))
         if v is None:
             continue
-        label = (cli_names or {}).get(k, f"--{k.replace('_', '-')}")
-        values[k] = _check_value(label, SCHEMA[section][k], v)
+        label = (cli_names or {}).get(k, keys[k].label)
+        checked = check_value(label, keys[k], v)
+        values[k] = checked.value if isinstance(checked, Enum) else checked
         sources[k] = "cli"
     return values, sources

@@ -63,34 +63,25 @@ def build_engine_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x, strongly typed) from an ONNX model."""
-    from edgeconvnext.engine.build import BuildRequest, build_engine, settings_json
+    from edgeconvnext.engine.build import build_engine, settings_json
     from edgeconvnext.engine.build import dry_run as plan_dry_run
-    from edgeconvnext.recipes import load_recipe, resolve
+    from edgeconvnext.engine.config import resolve_sources
+    from edgeconvnext.recipes import load_recipe
 
     rec = load_recipe(recipe) if recipe else None
-    values, sources = resolve(
-        "build",
+    req, sources = resolve_sources(
         rec,
         {
+            "onnx": onnx,
+            "output": output,
             "fp16": fp16,
             "batch": batch,
             "workspace_mib": workspace,
             "opt_level": opt_level,
-            "timing_cache": str(timing_cache) if timing_cache else None,
+            "timing_cache": timing_cache,
             "dla_core": dla_core,
+            "trtexec": trtexec,
         },
-        cli_names={"workspace_mib": "--workspace"},
-    )
-    req = BuildRequest(
-        onnx=onnx,
-        output=output,
-        fp16=bool(values["fp16"]),
-        batch=values["batch"],
-        workspace_mib=int(values["workspace_mib"]),
-        timing_cache=Path(values["timing_cache"]) if values["timing_cache"] else None,
-        opt_level=int(values["opt_level"]),
-        dla_core=values["dla_core"],
-        trtexec=trtexec,
     )
     if dry_run:
         result = plan_dry_run(req)

@@ -1,7 +1,8 @@
 """``edgeconvnext demo``: the whole pipeline on the embedded default, no files of your own needed.
 
 Checkpoint (ConvNeXt-V2 atto, Fashion-MNIST) -> INT8 Q/DQ ONNX checked against TensorRT's rules ->
-validation against the FP32 checkpoint with the accuracy drop printed.
+validation against the FP32 checkpoint with the accuracy drop printed. The steps are library calls
+(edgeconvnext.pipeline.demo); this module shows them as quantize and validate do.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import info
+from edgeconvnext.cli._common import STATE, console, done, info
 
 
 def demo_cmd(
@@ -24,22 +25,38 @@ def demo_cmd(
     ] = 1.0,
 ) -> None:
     """Run checkpoint -> INT8 ONNX (TensorRT rules checked) -> validation vs FP32 on the bundled Fashion-MNIST demo."""
-    from edgeconvnext.cli.quantize import quantize_cmd
-    from edgeconvnext.cli.validate import validate_cmd
-    from edgeconvnext.demo import assets
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    a = assets()
-    onnx_path = output_dir / "convnextv2_atto_fmnist.int8.onnx"
+    from edgeconvnext.cli.quantize import _print, _Progress
+    from edgeconvnext.cli.validate import _show
+    from edgeconvnext.errors import AccuracyError
+    from edgeconvnext.evaluate.validate import summary_line
+    from edgeconvnext.pipeline.demo import plan_demo, quantize_step, validate_step
+
+    plan = plan_demo(output_dir, backend=backend, max_drop=max_drop)
     info(
         "[bold]1/2 quantize[/bold]: bundled convnextv2_atto (Fashion-MNIST, 32 px) with 512 bundled calibration images"
     )
-    quantize_cmd(output=onnx_path, checkpoint=a.checkpoint, calib_data=a.calib, calib_size=512, backend=backend)
+    with _Progress(enabled=not STATE.quiet) as prog:
+        loaded, result = quantize_step(plan, on_step=prog.step, on_progress=prog.advance)
+    _print(result, loaded, False)
     info("[bold]2/2 validate[/bold]: INT8 ONNX vs the FP32 checkpoint on 500 bundled Fashion-MNIST test images")
-    validate_cmd(
-        model=onnx_path,
-        data=a.val,
-        checkpoint=a.checkpoint,
-        batch=100,
-        max_drop=max_drop,
-        report=output_dir / "report.json",
-    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console(),
+        transient=True,
+        disable=STATE.quiet,
+    ) as bar:
+        task = bar.add_task("validate", total=None)
+        try:
+            rep = validate_step(plan, progress=lambda n, total: bar.update(task, completed=n, total=total))
+        except AccuracyError as e:
+            bar.stop()
+            _show(e.report, None)  # type: ignore[attr-defined]
+            raise
+    _show(rep, None)
+    done(escape(summary_line(rep, plan.report, None)))

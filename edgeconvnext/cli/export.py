@@ -23,6 +23,7 @@ from edgeconvnext.cli._common import (
     done,
     human_size,
 )
+from edgeconvnext.export.config import ExportConfig
 
 PrecisionOpt = Annotated[
     str,
@@ -48,17 +49,18 @@ def export_cmd(
     checkpoint: CheckpointOpt = None,
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
-    precision: PrecisionOpt = "fp32",
-    opset: OpsetOpt = 17,
-    batch: BatchOpt = "dynamic",
+    precision: PrecisionOpt = ExportConfig.precision.value,
+    opset: OpsetOpt = ExportConfig.opset,
+    batch: BatchOpt = str(ExportConfig.batch),
     allow_unsafe_pickle: UnsafeOpt = False,
     ema: EmaOpt = False,
 ) -> None:
     """Export a checkpoint (or random weights) to ONNX, checked by onnx.checker and verified in onnxruntime."""
-    from edgeconvnext.export.onnx_export import check_img_size, check_options, export_onnx, require_backends
+    from edgeconvnext.export.config import resolve
+    from edgeconvnext.export.onnx_export import check_img_size, export_onnx, require_backends
 
     # refuse bad options and a missing onnx/onnxruntime before the (possibly slow) checkpoint load
-    precision, opset, batch_n = check_options(precision, opset, batch)
+    cfg = resolve(None, {"precision": precision, "opset": opset, "batch": batch})
     if img_size is not None:
         check_img_size(img_size)
     require_backends()
@@ -73,7 +75,9 @@ def export_cmd(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
         on_step = status.update if status is not None else None
-        result = export_onnx(loaded, output, precision=precision, opset=opset, batch=batch_n, on_step=on_step)
+        result = export_onnx(
+            loaded, output, precision=cfg.precision, opset=cfg.opset, batch=cfg.batch_size, on_step=on_step
+        )
     # soft_wrap: each of these stays one line when piped (rich wraps at 80 columns otherwise)
     if not STATE.quiet:
         for note in result.notes:

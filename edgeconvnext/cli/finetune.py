@@ -18,6 +18,7 @@ from edgeconvnext.cli._common import (
     done,
     human_size,
 )
+from edgeconvnext.train.config import FinetuneConfig
 
 
 class _RichProgress:
@@ -104,67 +105,77 @@ def finetune_cmd(
         str | None,
         typer.Option("--interpolation", help="Resize filter: bicubic, bilinear, ... (default: the checkpoint's)."),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 10,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
-    min_lr: Annotated[float, typer.Option("--min-lr", help="Learning rate at the end of the cosine.")] = 1e-6,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = FinetuneConfig.epochs,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = FinetuneConfig.batch,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = FinetuneConfig.lr,
+    min_lr: Annotated[
+        float, typer.Option("--min-lr", help="Learning rate at the end of the cosine.")
+    ] = FinetuneConfig.min_lr,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help="AdamW weight decay (not on norms/biases).")
-    ] = 0.05,
+    ] = FinetuneConfig.weight_decay,
     warmup_epochs: Annotated[
         float | None, typer.Option("--warmup-epochs", help="Linear warm-up length in epochs (default: 10% of the run).")
     ] = None,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")] = 0.1,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")
+    ] = FinetuneConfig.label_smoothing,
     aug_scale: Annotated[
         float | None,
         typer.Option("--aug-scale", help="Smallest random-crop area fraction (default 0.6 at <= 64 px, else 0.25)."),
     ] = None,
     hflip: Annotated[
         float, typer.Option("--hflip", help="Horizontal flip probability (0 for data where flips change meaning).")
-    ] = 0.5,
+    ] = FinetuneConfig.hflip,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Data-loading processes (default min(2, cpus)).")
     ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", help="torch threads (default: the cpus available).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (order, augmentation, new classifier).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (order, augmentation, new classifier).")
+    ] = FinetuneConfig.seed,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue the run saved at OUTPUT (its .last file, or OUTPUT to add epochs)."),
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = FinetuneConfig.device,
     allow_unsafe: UnsafeOpt = False,
     ema: EmaOpt = False,
 ) -> None:
     """Fine-tune (or train) a ConvNeXt: AdamW, warm-up + cosine, label smoothing, mild augmentation."""
-    from edgeconvnext.train.finetune import FinetuneConfig, finetune
+    from edgeconvnext.train.config import resolve
+    from edgeconvnext.train.finetune import finetune
 
-    cfg = FinetuneConfig(
-        train_data=train_data,
-        val_data=val_data,
-        output=output,
-        model=model,
-        checkpoint=checkpoint,
-        img_size=img_size,
-        crop_pct=crop_pct,
-        interpolation=interpolation,
-        epochs=epochs,
-        batch=batch,
-        lr=lr,
-        min_lr=min_lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        aug_scale=aug_scale,
-        hflip=hflip,
-        workers=workers,
-        threads=threads,
-        seed=seed,
-        resume=resume,
-        device=device,
-        allow_unsafe=allow_unsafe,
-        ema=ema,
+    cfg = resolve(
+        None,
+        dict(
+            train_data=train_data,
+            val_data=val_data,
+            output=output,
+            model=model,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            epochs=epochs,
+            batch=batch,
+            lr=lr,
+            min_lr=min_lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
+            aug_scale=aug_scale,
+            hflip=hflip,
+            workers=workers,
+            threads=threads,
+            seed=seed,
+            resume=resume,
+            device=device,
+            allow_unsafe=allow_unsafe,
+            ema=ema,
+        ),
     )
     with _RichProgress() as hook:
         result = finetune(cfg, progress=hook)

@@ -39,7 +39,7 @@ CalibSizeOpt = Annotated[
     typer.Option("--calib-size", help="Images to calibrate on (default 512; ~500 recommended).", show_default=False),
 ]
 # Options a recipe can set default to None ("not given"), so defaults < recipe < command line holds; the
-# built-in defaults live in edgeconvnext.recipes.SCHEMA and are named in the help texts.
+# built-in defaults live in edgeconvnext.quantize.config.QuantizeConfig and are named in the help texts.
 MinCalibOpt = Annotated[
     int | None,
     typer.Option(
@@ -121,42 +121,31 @@ def quantize_cmd(
     recipe: RecipeOpt = None,
 ) -> None:
     """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
-    from edgeconvnext.data.calibration import check_size
-    from edgeconvnext.errors import UsageError
-    from edgeconvnext.quantize import QuantizeConfig
-    from edgeconvnext.quantize.ptq import require_backend
-    from edgeconvnext.recipes import load_recipe, resolve
+    from edgeconvnext.quantize.ptq import prepare
+    from edgeconvnext.recipes import load_recipe
 
-    if calib_manifest is not None and (calib_size is not None or seed is not None):
-        raise UsageError(
-            "--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
-            "--calib-manifest to choose a new set"
-        )
-    if calib_data is None and calib_manifest is None:
-        raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
     # defaults < recipe < options given here; every option that cannot be honoured is refused before the
     # (slow) checkpoint load
     rec = load_recipe(recipe) if recipe else None
-    values, _ = resolve("quantize", rec)  # defaults < recipe (the recipe's values are checked when it loads)
-    given = {
-        "method": method,
-        "backend": backend,
-        "calib_method": calib_method,
-        "policy": policy,
-        "exclude": list(exclude) if exclude else None,
-        "calib_size": calib_size,
-        "seed": seed,
-        "min_calib_size": min_calib_size,
-        "keep_fp32": fp32_baseline,
-    }
-    values.update({k: v for k, v in given.items() if v is not None})  # < command line, checked just below
+    cfg = prepare(
+        rec,
+        {
+            "method": method,
+            "backend": backend,
+            "calib_method": calib_method,
+            "policy": policy,
+            "exclude": list(exclude) if exclude else None,
+            "calib_size": calib_size,
+            "seed": seed,
+            "min_calib_size": min_calib_size,
+            "keep_fp32": fp32_baseline,
+        },
+        calib_data=calib_data,
+        calib_manifest=calib_manifest,
+    )
     if rec is not None:
         model = model or rec.model
         img_size = img_size or rec.img_size
-    cfg = QuantizeConfig(**{**values, "exclude": tuple(values["exclude"])}).validated()
-    if calib_manifest is None:
-        check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
-    require_backend(cfg.backend)
 
     from edgeconvnext.artifacts import check_output
     from edgeconvnext.models.checkpoint import load_model

@@ -76,7 +76,9 @@ def validate_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint as the FP32 baseline instead (torch CPU).")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per inference batch (accuracy).")] = 32,
+    batch: Annotated[
+        int | None, typer.Option("--batch", "-b", help="Images per inference batch (accuracy; default 32).")
+    ] = None,
     max_drop: Annotated[
         float | None,
         typer.Option(
@@ -133,6 +135,14 @@ def validate_cmd(
             "--cuda-graph/--no-cuda-graph", help="Replay as a CUDA graph (default: on for torch and TensorRT on CUDA)."
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="Recipe name or YAML file: its validate section (batch, max_drop, limit, latency settings) sets "
+            "defaults the options given here override.",
+        ),
+    ] = None,
     markdown: Annotated[
         Path | None,
         typer.Option(
@@ -156,21 +166,30 @@ def validate_cmd(
     )
 
     from edgeconvnext.errors import AccuracyError, UsageError
-    from edgeconvnext.evaluate.validate import LatencyOptions, parse_batches, summary_line, validate
+    from edgeconvnext.evaluate.config import resolve
+    from edgeconvnext.evaluate.validate import summary_line, validate
+    from edgeconvnext.recipes import load_recipe
 
     timing = {"--latency-batch": latency_batch, "--warmup": warmup, "--iters": iters, "--cuda-graph": cuda_graph}
-    opts = None
-    if latency:
-        opts = LatencyOptions(
-            batches=parse_batches(latency_batch) if latency_batch is not None else None,
-            warmup=warmup,
-            iters=iters,
-            cuda_graph=cuda_graph,
-        )
-    else:
+    if not latency:
         given = [k if k != "--cuda-graph" or v else "--no-cuda-graph" for k, v in timing.items() if v is not None]
         if given:
             raise UsageError(f"{given[0]} sets up the latency mode: add --latency")
+    # defaults < recipe < options given here
+    rec = load_recipe(recipe) if recipe else None
+    cfg = resolve(
+        rec,
+        {
+            "batch": batch,
+            "max_drop": max_drop,
+            "limit": limit,
+            "latency_batch": latency_batch,
+            "warmup": warmup,
+            "iters": iters,
+            "cuda_graph": cuda_graph,
+        },
+    )
+    opts = cfg.latency_options() if latency else None
 
     with Progress(
         TextColumn("{task.description}"),
@@ -196,10 +215,10 @@ def validate_cmd(
                 data,
                 baseline=baseline,
                 checkpoint=checkpoint,
-                batch=batch,
-                max_drop=max_drop,
+                batch=cfg.batch,
+                max_drop=cfg.max_drop,
                 labels=labels,
-                limit=limit,
+                limit=cfg.limit,
                 report=report,
                 backend=backend,
                 device=device,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgeconvnext.artifacts import sha256_file, write_json_atomic
+from edgeconvnext.data import DEFAULT_SIZE, MIN_IMAGES
 from edgeconvnext.data.folders import IMAGE_EXTS, list_images, load_images, warn_skipped
 from edgeconvnext.errors import DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
@@ -44,9 +45,8 @@ log = logging.getLogger(__name__)
 
 #: below this many images a warning says the ranges may be poor (Model-Optimizer: ~500 for CNNs)
 RECOMMENDED_IMAGES = 500
-#: below this many images quantization is refused unless the caller lowers ``min_images`` explicitly
-MIN_IMAGES = 32
-DEFAULT_SIZE = 512
+# MIN_IMAGES (refused below, unless the caller lowers ``min_images``) and DEFAULT_SIZE live in the package's
+# __init__ so the quantize stage's config can name them without importing numpy
 MANIFEST_FORMAT = "edgeconvnext-calibration-manifest"
 MANIFEST_VERSION = 1
 _CHUNK = 16  # images preprocessed per progress step

@@ -47,13 +47,16 @@ from typing import Any
 
 from edgeconvnext import __version__
 from edgeconvnext.artifacts import atomic_output, environment, sha256_file, sidecar_path
+from edgeconvnext.engine.config import (  # noqa: F401 - BuildRequest is part of this module's API
+    DEFAULT_OPT_LEVEL,
+    DEFAULT_WORKSPACE_MIB,
+    OPT_LEVELS,
+    BuildRequest,
+)
 from edgeconvnext.errors import BackendMissing, ExportError, UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKSPACE_MIB = 1024
-DEFAULT_OPT_LEVEL = 3
-OPT_LEVELS = range(0, 6)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 MIN_TRT_MAJOR = 10
 #: first 4 bytes of a serialized TensorRT plan (little-endian 0x74727466), checked after every build
@@ -217,21 +220,6 @@ def check_dla(dla_core: int | None) -> None:
     """``--dla-core`` is always refused for ConvNeXt, with the reason."""
     if dla_core is not None:
         raise UsageError(f"--dla-core {dla_core}: {DLA_REFUSAL}")
-
-
-@dataclass
-class BuildRequest:
-    """What the user asked for (``build-engine`` options)."""
-
-    onnx: Path
-    output: Path | None = None
-    fp16: bool = False
-    batch: str | int | None = None
-    workspace_mib: int = DEFAULT_WORKSPACE_MIB
-    timing_cache: Path | None = None
-    opt_level: int = DEFAULT_OPT_LEVEL
-    dla_core: int | None = None
-    trtexec: Path | None = None
 
 
 @dataclass

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgeconvnext.errors import UsageError, nearest
 from edgeconvnext.onnx.graph import COMPUTE_OPS, GraphIndex, compress_rows, compute_macs, layer_name
+from edgeconvnext.quantize.config import Policy
 
 if TYPE_CHECKING:
     import onnx
 
-POLICIES = ("convnext", "all")
+POLICIES = tuple(p.value for p in Policy)  # the config's Enum: one list of choices
 
 # role -> (INT8 under "convnext", reason)
 _ROLES: dict[str, tuple[bool, str]] = {

@@ -36,94 +36,59 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
-from edgeconvnext.data.calibration import DEFAULT_SIZE, MIN_IMAGES, CalibrationSet, load_manifest, select_images
-from edgeconvnext.errors import BackendMissing, ExportError, RuleViolation, UsageError, nearest
+from edgeconvnext.data.calibration import CalibrationSet, load_manifest, select_images
+from edgeconvnext.errors import BackendMissing, ExportError, RuleViolation, UsageError
 from edgeconvnext.quantize import policy as policy_mod
+from edgeconvnext.quantize.config import (  # noqa: F401 - re-exported: the stage's public names
+    BACKENDS,
+    CALIB_METHODS,
+    DEFAULT_BACKEND,
+    METHODS,
+    QuantizeConfig,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from edgeconvnext.models.checkpoint import LoadedModel
     from edgeconvnext.onnx.trt_rules import TrtReport
+    from edgeconvnext.recipes import Recipe
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ptq",)
-#: backend -> (python module it needs, calibration methods it can honour). Arguments are checked against it.
-BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ort": ("onnxruntime", ("minmax", "percentile", "entropy")),
-    "nncf": ("nncf", ("minmax", "mse")),
-}
-CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
-#: onnxruntime is the default: about 2x faster than NNCF's ONNX backend on calibration (KNOWLEDGE.md)
-DEFAULT_BACKEND = "ort"
 #: calibration images the INT8 model is compared with FP32 on, after quantization (sidecar: agreement)
 AGREEMENT_IMAGES = 32
 
 
-@dataclass
-class QuantizeConfig:
-    """Options of the quantize stage (CLI: ``edgeconvnext quantize --help``)."""
+def prepare(
+    recipe: Recipe | None,
+    overrides: dict[str, Any],
+    *,
+    calib_data: str | Path | None,
+    calib_manifest: str | Path | None,
+) -> QuantizeConfig:
+    """The resolved config (defaults < recipe < ``overrides``, None: not given), with the inputs checked
+    against it before any slow work: a manifest fixes the images (so no calib_size/seed override), one of
+    the two image sources is given, the size is allowed, the backend's library is installed."""
+    from edgeconvnext.data.calibration import check_size
 
-    method: str = "ptq"
-    backend: str = DEFAULT_BACKEND
-    calib_method: str = "minmax"
-    policy: str = "convnext"
-    exclude: tuple[str, ...] = ()
-    calib_size: int = DEFAULT_SIZE
-    seed: int = 0
-    min_calib_size: int = MIN_IMAGES
-    keep_fp32: bool = True
-
-    def validated(self) -> QuantizeConfig:
-        """A normalised copy; every option that cannot be honoured is a UsageError naming it."""
-        method = self.method.strip().lower()
-        if method == "qat":
-            raise UsageError("--method qat: quantization-aware training is not built yet; use --method ptq")
-        if method not in METHODS:
-            raise UsageError(f"unknown --method '{self.method}'; use ptq")
-        backend = self.backend.strip().lower()
-        if backend not in BACKENDS:
-            hint = nearest(backend, list(BACKENDS))
-            raise UsageError(
-                f"unknown --backend '{self.backend}'"
-                + (f"; did you mean '{hint}'?" if hint else "")
-                + f" (choose from {', '.join(BACKENDS)})"
-            )
-        cm = self.calib_method.strip().lower()
-        if cm not in CALIB_METHODS:
-            hint = nearest(cm, CALIB_METHODS)
-            raise UsageError(
-                f"unknown --calib-method '{self.calib_method}'"
-                + (f"; did you mean '{hint}'?" if hint else "")
-                + f" (choose from {', '.join(CALIB_METHODS)})"
-            )
-        supported = BACKENDS[backend][1]
-        if cm not in supported:
-            others = [b for b, (_, ms) in BACKENDS.items() if cm in ms]
-            raise UsageError(
-                f"--calib-method {cm} is not available with --backend {backend} (it offers "
-                f"{', '.join(supported)}): use --calib-method {' / '.join(supported)}"
-                + (f", or --backend {others[0]} for {cm}" if others else "")
-            )
-        pol = policy_mod.check_policy(self.policy)
-        if self.calib_size < 1:
-            raise UsageError(f"--calib-size must be at least 1, got {self.calib_size}")
-        return QuantizeConfig(
-            method=method,
-            backend=backend,
-            calib_method=cm,
-            policy=pol,
-            exclude=tuple(self.exclude),
-            calib_size=self.calib_size,
-            seed=self.seed,
-            min_calib_size=self.min_calib_size,
-            keep_fp32=self.keep_fp32,
+    if calib_manifest is not None and (overrides.get("calib_size") is not None or overrides.get("seed") is not None):
+        raise UsageError(
+            "--calib-manifest fixes the calibration images: drop --calib-size/--seed, or drop "
+            "--calib-manifest to choose a new set"
         )
+    if calib_data is None and calib_manifest is None:
+        raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
+    cfg = resolve(recipe, overrides)
+    if calib_manifest is None:
+        check_size(cfg.calib_size, cfg.min_calib_size, warn=False)
+    require_backend(cfg.backend)
+    return cfg
 
 
 def require_backend(backend: str) -> None:
@@ -398,8 +363,7 @@ def _quantize_with(
                     "format": loaded.source_format,
                 },
                 "config": {
-                    **asdict(cfg),
-                    "exclude": list(cfg.exclude),
+                    **cfg.to_dict(),
                     "img_size": pp_size(loaded),
                     "preprocess": loaded.preprocess.to_dict(),
                     "opset": 17,

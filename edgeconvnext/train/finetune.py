@@ -33,9 +33,10 @@ import numpy as np
 from edgeconvnext.artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
 from edgeconvnext.data.augment import TrainTransform
 from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden
-from edgeconvnext.data.preprocess import _pil_interp, eval_transform, open_rgb
+from edgeconvnext.data.preprocess import eval_transform, open_rgb
 from edgeconvnext.errors import CheckpointError, DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
+from edgeconvnext.train.config import FinetuneConfig
 
 if TYPE_CHECKING:
     import torch
@@ -52,77 +53,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on (saved in the checkpoint as ``extra["args"]``)."""
-
-    train_data: Path
-    val_data: Path
-    output: Path
-    model: str | None = None
-    checkpoint: Path | None = None
-    img_size: int | None = None
-    crop_pct: float | None = None  # None: 1.0 when the images are no larger than img_size, else the checkpoint's
-    interpolation: str | None = None  # None: the checkpoint's
-    epochs: int = 10
-    batch: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float | None = None  # None: 10% of the run
-    label_smoothing: float = 0.1
-    aug_scale: float | None = None  # smallest crop area fraction; None: augment.default_scale
-    hflip: float = 0.5
-    workers: int | None = None  # None: min(2, cpus)
-    threads: int | None = None  # torch intra-op threads; None: the cpus this process may use
-    seed: int = 0
-    resume: bool = False
-    device: str = "cpu"
-    allow_unsafe: bool = False
-    ema: bool = False
-
-    def validate(self) -> None:
-        """Refuse values that cannot be honoured, naming the option."""
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch >= 1, f"--batch must be >= 1, got {self.batch}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, --lr], got {self.min_lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (
-                self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
-                f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}",
-            ),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.img_size is None or self.img_size >= 32, f"--img-size must be >= 32, got {self.img_size}"),
-            (self.crop_pct is None or 0 < self.crop_pct <= 1, f"--crop-pct must be in (0, 1], got {self.crop_pct}"),
-            (self.aug_scale is None or 0 < self.aug_scale <= 1, f"--aug-scale must be in (0, 1], got {self.aug_scale}"),
-            (0 <= self.hflip <= 1, f"--hflip must be in [0, 1], got {self.hflip}"),
-            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
-            (
-                self.model is not None or self.checkpoint is not None or self.resume,
-                "give --model NAME (and optionally --checkpoint PATH) to fine-tune",
-            ),
-            (
-                self.output.suffix != ".safetensors",
-                f"--output {self.output}: use a .pt file (it keeps the optimizer state for --resume; "
-                "safetensors holds weights only)",
-            ),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-        if self.interpolation is not None:
-            try:
-                _pil_interp(self.interpolation)
-            except UsageError as e:
-                raise UsageError(f"--interpolation: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 @dataclass
