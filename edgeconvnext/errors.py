@@ -37,6 +37,10 @@ class ExportError(EdgeError):
     exit_code = 5
 
 
+class BuildError(ExportError):
+    """TensorRT could not parse or build the ONNX (exit code 5, like a failed export)."""
+
+
 class RuleViolation(EdgeError):
     """A Q/DQ ONNX breaks TensorRT's explicit-quantization rules."""
 

@@ -4,10 +4,8 @@ Input: an engine file and its sidecar ``.engine.json`` (written by build-engine)
 ``.infer(np.ndarray (N, 3, S, S) float32) -> np.ndarray (N, classes) float32`` like the other runners, and
 :meth:`TensorRTRunner.benchmark` (device buffers only, CUDA-graph replay, CUDA-event timing).
 
-The compatibility check is plain Python over the sidecar and the plan header (tested without TensorRT):
-an engine only deserializes in the TensorRT version that built it, and its kernels are compiled for one
-compute capability. A different GPU model with the same compute capability runs (TensorRT warns): we
-warn too, because the kernels were timed on the other GPU.
+The compatibility check (:mod:`edgeconvnext.engine.compat`, plain Python over the sidecar and the plan
+header) refuses an engine built by another TensorRT version or for another compute capability.
 
 Device buffers are torch CUDA tensors (no pycuda); TensorRT 10/11 name-based I/O: ``num_io_tensors``,
 ``get_tensor_name/mode/dtype``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``.
@@ -22,13 +20,13 @@ Usage::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeconvnext.artifacts import read_sidecar
+from edgeconvnext.engine.compat import check_compatibility, check_plan_file
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.evaluate.latency import LatencyStats, measure_latency
 from edgeconvnext.runtime.runners import Runner
@@ -46,97 +44,6 @@ TRT_TO_TORCH_DTYPE = {
     "BOOL": "bool",
     "UINT8": "uint8",
 }
-
-
-def _version(version: Any) -> tuple[int, ...] | None:
-    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0, 30); '10.3' -> (10, 3, 0): release (3) plus build when known."""
-    if version is None:
-        return None
-    parts = str(version).split(".") if not isinstance(version, (tuple, list)) else [str(v) for v in version]
-    try:
-        nums = tuple(int(p) for p in parts[:4])
-    except ValueError:
-        return None
-    if not nums:
-        return None
-    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
-
-
-def _fmt(v: tuple[int, ...] | None) -> str:
-    return ".".join(map(str, v)) if v else "?"
-
-
-@dataclass
-class Compatibility:
-    """Problems refuse the engine; warnings are logged."""
-
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def check_compatibility(
-    sidecar: dict[str, Any] | None,
-    *,
-    trt_version: str | None,
-    compute_capability: str | None,
-    gpu_name: str | None = None,
-    header_version: tuple[int, ...] | None = None,
-    engine: str = "the engine",
-) -> Compatibility:
-    """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
-
-    By default an engine deserializes only in the TensorRT that built it, build number included (TensorRT
-    "Version Compatibility" and DRIVE OS release notes; we never build version-compatible engines). A
-    different major.minor.patch is refused here; a different build number of the same release only
-    warns, because the build is not always known on both sides (pip's ``tensorrt.__version__`` has none)
-    and TensorRT's own deserialization check then decides with its message.
-    """
-    res = Compatibility()
-    here = _version(trt_version)
-    rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
-    if sidecar is not None:
-        src = (sidecar.get("source_onnx") or {}).get("path")
-        if src:
-            rebuild = f"rebuild it here: edgeconvnext build-engine {src}"
-    # the header is read from the engine file itself; the sidecar could belong to an older build
-    built_trt = _version(header_version)
-    if built_trt is None and sidecar is not None:
-        built_trt = _version((sidecar.get("tensorrt") or {}).get("version"))
-    if built_trt is not None and here is not None:
-        if built_trt[:3] != here[:3]:
-            res.problems.append(
-                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has TensorRT "
-                f"{_fmt(here)}: a TensorRT engine loads only in the TensorRT version that built "
-                f"it; {rebuild}"
-            )
-        elif len(built_trt) > 3 and len(here) > 3 and built_trt[3] != here[3]:
-            res.warnings.append(
-                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has "
-                f"{_fmt(here)} (another build of the same release): TensorRT may refuse it; "
-                f"if it does, {rebuild}"
-            )
-    if sidecar is None:
-        res.warnings.append(f"{engine} has no sidecar (.engine.json): its GPU could not be checked")
-        return res
-    gpu = sidecar.get("gpu") or {}
-    built_cc, built_name = gpu.get("compute_capability"), gpu.get("name")
-    if built_cc and compute_capability and str(built_cc) != str(compute_capability):
-        res.problems.append(
-            f"{engine} was built for compute capability {built_cc} ({built_name or 'unknown GPU'}) "
-            f"and this GPU is {compute_capability} ({gpu_name or 'unknown'}): its kernels cannot run "
-            f"here; {rebuild}"
-        )
-    elif built_name and gpu_name and built_name != gpu_name:
-        res.warnings.append(
-            f"{engine} was built on {built_name} and runs on {gpu_name} (same compute capability "
-            f"{compute_capability}): it runs, but its kernels were timed on the other GPU; "
-            "rebuild for best speed"
-        )
-    return res
 
 
 def torch_dtype_name(trt_dtype: Any) -> str:
@@ -204,8 +111,6 @@ class TensorRTRunner(Runner):
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"engine not found: {self.path}")
-        from edgeconvnext.engine.build import check_plan_file
-
         try:
             header = check_plan_file(self.path)
         except Exception as e:  # BuildError: not a plan

@@ -1,0 +1,140 @@
+"""Plan files: the header TensorRT writes, and whether a built engine can run here.
+
+Input: an engine file's first bytes, its sidecar, and this machine's TensorRT version and GPU. Output:
+the TensorRT version in the plan header (:func:`read_plan_header`, what ``trtexec --getPlanVersionOnly``
+reads), a refusal of a file that is not a plain plan (:func:`check_plan_file`), and a
+:class:`Compatibility` verdict (problems refuse, warnings are logged). Plain Python: tested without TensorRT.
+
+Usage::
+
+    header = check_plan_file(Path("nano_int8.engine"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeconvnext.errors import BuildError
+
+#: first 4 bytes of a serialized TensorRT plan (little-endian 0x74727466), checked after every build
+PLAN_TAG = b"ftrt"
+
+
+def read_plan_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """TensorRT version (major, minor, patch, build) stored in a plan's header, None if not a plan.
+
+    A plan starts with the u32 tag 0x74727466 (``ftrt`` in file order) and a u32 serialization version;
+    for serialization version 0, bytes 24..27 hold the TensorRT version a.b.c.d. This is exactly what
+    ``trtexec --getPlanVersionOnly`` reads (samples/common/sampleEngines.cpp printPlanVersion, identical in
+    10.3 and 11.1; "supported only for engines created with 8.6 and forward").
+    """
+    if len(data) < 28 or data[:4] != PLAN_TAG:
+        return None
+    if int.from_bytes(data[4:8], "little") != 0:
+        return None
+    return data[24], data[25], data[26], data[27]
+
+
+def check_plan_file(path: Path) -> tuple[int, int, int, int] | None:
+    """Refuse a file that is not a TensorRT plan (e.g. bytes prepended); its header version or None."""
+    with open(path, "rb") as f:
+        head = f.read(28)
+    if head[:4] != PLAN_TAG:
+        raise BuildError(
+            f"{path} is not a TensorRT plan (it does not start with the plan tag); "
+            "rebuild it with edgeconvnext build-engine or trtexec --saveEngine"
+        )
+    return read_plan_header(head)
+
+
+def _version(version: Any) -> tuple[int, ...] | None:
+    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0, 30); '10.3' -> (10, 3, 0): release (3) plus build when known."""
+    if version is None:
+        return None
+    parts = str(version).split(".") if not isinstance(version, (tuple, list)) else [str(v) for v in version]
+    try:
+        nums = tuple(int(p) for p in parts[:4])
+    except ValueError:
+        return None
+    if not nums:
+        return None
+    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
+
+
+def _fmt(v: tuple[int, ...] | None) -> str:
+    return ".".join(map(str, v)) if v else "?"
+
+
+@dataclass
+class Compatibility:
+    """Problems refuse the engine; warnings are logged."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_compatibility(
+    sidecar: dict[str, Any] | None,
+    *,
+    trt_version: str | None,
+    compute_capability: str | None,
+    gpu_name: str | None = None,
+    header_version: tuple[int, ...] | None = None,
+    engine: str = "the engine",
+) -> Compatibility:
+    """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
+
+    By default an engine deserializes only in the TensorRT that built it, build number included (TensorRT
+    "Version Compatibility" and DRIVE OS release notes; we never build version-compatible engines). A
+    different major.minor.patch is refused here; a different build number of the same release only
+    warns, because the build is not always known on both sides (pip's ``tensorrt.__version__`` has none)
+    and TensorRT's own deserialization check then decides with its message.
+    """
+    res = Compatibility()
+    here = _version(trt_version)
+    rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
+    if sidecar is not None:
+        src = (sidecar.get("source_onnx") or {}).get("path")
+        if src:
+            rebuild = f"rebuild it here: edgeconvnext build-engine {src}"
+    # the header is read from the engine file itself; the sidecar could belong to an older build
+    built_trt = _version(header_version)
+    if built_trt is None and sidecar is not None:
+        built_trt = _version((sidecar.get("tensorrt") or {}).get("version"))
+    if built_trt is not None and here is not None:
+        if built_trt[:3] != here[:3]:
+            res.problems.append(
+                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has TensorRT "
+                f"{_fmt(here)}: a TensorRT engine loads only in the TensorRT version that built "
+                f"it; {rebuild}"
+            )
+        elif len(built_trt) > 3 and len(here) > 3 and built_trt[3] != here[3]:
+            res.warnings.append(
+                f"{engine} was built with TensorRT {_fmt(built_trt)} and this machine has "
+                f"{_fmt(here)} (another build of the same release): TensorRT may refuse it; "
+                f"if it does, {rebuild}"
+            )
+    if sidecar is None:
+        res.warnings.append(f"{engine} has no sidecar (.engine.json): its GPU could not be checked")
+        return res
+    gpu = sidecar.get("gpu") or {}
+    built_cc, built_name = gpu.get("compute_capability"), gpu.get("name")
+    if built_cc and compute_capability and str(built_cc) != str(compute_capability):
+        res.problems.append(
+            f"{engine} was built for compute capability {built_cc} ({built_name or 'unknown GPU'}) "
+            f"and this GPU is {compute_capability} ({gpu_name or 'unknown'}): its kernels cannot run "
+            f"here; {rebuild}"
+        )
+    elif built_name and gpu_name and built_name != gpu_name:
+        res.warnings.append(
+            f"{engine} was built on {built_name} and runs on {gpu_name} (same compute capability "
+            f"{compute_capability}): it runs, but its kernels were timed on the other GPU; "
+            "rebuild for best speed"
+        )
+    return res
