@@ -8,6 +8,7 @@ import pytest
 
 from edgeconvnext.errors import BackendMissing, UsageError
 from edgeconvnext.evaluate import latency
+from edgeconvnext.runtime import cuda
 
 
 def test_percentile_matches_numpy_linear():
@@ -84,7 +85,7 @@ def test_cuda_events_and_graph_on_gpu():
         pytest.skip("needs a CUDA GPU")
     x = torch.randn(8, 256, device="cuda")
     w = torch.randn(256, 256, device="cuda")
-    g = latency.capture_cuda_graph(lambda t: t @ w, x)
+    g = cuda.capture_cuda_graph(lambda t: t @ w, x)
     x.copy_(torch.ones_like(x))
     out = g()
     torch.cuda.synchronize()

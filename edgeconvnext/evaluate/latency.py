@@ -5,8 +5,8 @@ waits for the device. Output: :class:`LatencyStats` (p50/p90/p99/mean ms, images
 
 On CPU each iteration is timed with ``time.perf_counter``. On CUDA, ``use_cuda_events=True`` records a
 ``torch.cuda.Event`` pair around each iteration on the current stream and waits for the end event, so the
-time is the device's, not the Python loop's. :func:`capture_cuda_graph` turns a torch callable with a
-static input into a replayable CUDA graph (launch overhead dominates batch-1 latency on a big GPU).
+time is the device's, not the Python loop's (:func:`edgeconvnext.runtime.cuda.time_cuda_events`; CUDA graph
+capture is :func:`edgeconvnext.runtime.cuda.capture_cuda_graph`).
 :class:`LatencyResult` adds what a report needs beside the statistics (CUDA graph used, memory);
 :func:`device_name` and :func:`peak_rss_bytes` describe where it ran.
 
@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext.errors import BackendMissing, UsageError
+from edgeconvnext.errors import UsageError
+from edgeconvnext.runtime.cuda import time_cuda_events
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def measure_latency(
         if sync is not None:
             sync()
     if use_cuda_events:
-        samples = _time_cuda_events(run_fn, iters)
+        samples = time_cuda_events(run_fn, iters)
         timer = "cuda_events"
     else:
         samples = []
@@ -197,66 +198,3 @@ def measure_latency(
     stats = summarize(samples, batch=batch, warmup=warmup, timer=timer)
     log.debug("latency over %d iters: p50 %.3f ms, p99 %.3f ms", iters, stats.p50_ms, stats.p99_ms)
     return stats
-
-
-def _require_cuda_torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - torch is a dependency
-        raise BackendMissing("CUDA event timing needs torch with CUDA: pip install torch (a CUDA build)") from e
-    if not torch.cuda.is_available():
-        raise BackendMissing(
-            "CUDA event timing needs a CUDA GPU and a CUDA build of torch; "
-            "none is available here (use the CPU timer: use_cuda_events=False)"
-        )
-    return torch
-
-
-def _time_cuda_events(run_fn: Callable[[], Any], iters: int) -> list[float]:
-    torch = _require_cuda_torch()
-    samples = []
-    for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        run_fn()
-        end.record()
-        # Wait per iteration: each sample is one request's latency, not a queue's throughput.
-        end.synchronize()
-        samples.append(float(start.elapsed_time(end)))
-    return samples
-
-
-class CudaGraphCallable:
-    """A captured CUDA graph: write the input into ``static_input``, call it, read ``static_output``."""
-
-    def __init__(self, graph: Any, static_input: Any, static_output: Any) -> None:
-        self.graph = graph
-        self.static_input = static_input
-        self.static_output = static_output
-
-    def __call__(self) -> Any:
-        self.graph.replay()
-        return self.static_output
-
-
-def capture_cuda_graph(fn: Callable[[Any], Any], static_input: Any, *, warmup: int = 3) -> CudaGraphCallable:
-    """Capture ``fn(static_input)`` (a torch CUDA callable) into a CUDA graph.
-
-    Warm-up runs on a side stream first (cuDNN/cuBLAS pick their algorithms and allocate outside the
-    capture), as torch's CUDA graph documentation requires. The returned callable replays the graph;
-    copy new data into ``static_input`` (same shape and dtype) before each call.
-    """
-    torch = _require_cuda_torch()
-    if not getattr(static_input, "is_cuda", False):
-        raise UsageError("capture_cuda_graph needs a CUDA tensor as static_input")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(max(1, warmup)):
-            fn(static_input)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        static_output = fn(static_input)
-    return CudaGraphCallable(graph, static_input, static_output)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
+from edgeconvnext.runtime.cuda import check_tensorrt_device
 
 if TYPE_CHECKING:
     from edgeconvnext.evaluate.latency import LatencyResult
@@ -279,13 +280,14 @@ class TorchRunner(Runner):
         self, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False, img_size: int | None = None
     ) -> LatencyResult:
         """On CUDA: a random input tensor on the GPU in the runner's dtype, the forward pass replayed as a
-        CUDA graph (latency.capture_cuda_graph) when ``cuda_graph``, timed with CUDA events; memory is
+        CUDA graph (runtime.cuda.capture_cuda_graph) when ``cuda_graph``, timed with CUDA events; memory is
         torch.cuda.max_memory_allocated over setup and timing (weights included). On CPU: ``infer`` timing."""
         if self.device != "cuda":
             return super().latency(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph, img_size=img_size)
         import torch
 
-        from edgeconvnext.evaluate.latency import LatencyResult, capture_cuda_graph, measure_latency
+        from edgeconvnext.evaluate.latency import LatencyResult, measure_latency
+        from edgeconvnext.runtime.cuda import capture_cuda_graph
 
         shape = self._latency_input(batch, img_size)
         torch.cuda.synchronize()
@@ -353,11 +355,8 @@ def open_runner(
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     kind = backend_for(artifact)
     device = device or ("cuda" if backend == "tensorrt" else "cpu")
-    if backend == "tensorrt" and not str(device).startswith("cuda"):
-        raise UsageError(
-            f"--device {device}: TensorRT engines run on the GPU only; use --device cuda "
-            "(or validate the .onnx on the CPU with --backend onnxruntime)"
-        )
+    if backend == "tensorrt":
+        check_tensorrt_device(device)
     if backend == "torch":
         if kind != "torch":
             raise UsageError(f"--backend torch cannot run {artifact}: give a checkpoint, or use --backend {kind}")
@@ -379,9 +378,9 @@ def open_runner(
         try:
             trt_runtime = importlib.import_module("edgeconvnext.runtime.tensorrt")
         except ModuleNotFoundError as e:
-            if e.name and e.name.endswith("trt_runtime"):
+            if e.name == "edgeconvnext.runtime.tensorrt":
                 raise BackendMissing(
-                    "the TensorRT backend is not part of this installation (edgeconvnext/trt_runtime.py is missing)"
+                    "the TensorRT backend is not part of this installation (edgeconvnext.runtime.tensorrt is missing)"
                 ) from None
             raise BackendMissing(
                 f"TensorRT backend needs '{e.name}': install TensorRT's Python bindings "

@@ -7,8 +7,9 @@ Input: an engine file and its sidecar ``.engine.json`` (written by build-engine)
 The compatibility check (:mod:`edgeconvnext.engine.compat`, plain Python over the sidecar and the plan
 header) refuses an engine built by another TensorRT version or for another compute capability.
 
-Device buffers are torch CUDA tensors (no pycuda); TensorRT 10/11 name-based I/O: ``num_io_tensors``,
-``get_tensor_name/mode/dtype``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``.
+Device buffers are torch CUDA tensors (no pycuda; :mod:`edgeconvnext.runtime.cuda`); TensorRT 10/11
+name-based I/O: ``num_io_tensors``, ``get_tensor_name/mode/dtype``, ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``.
 
 Usage::
 
@@ -29,6 +30,7 @@ from edgeconvnext.artifacts import read_sidecar
 from edgeconvnext.engine.compat import check_compatibility, check_plan_file
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.evaluate.latency import LatencyStats, measure_latency
+from edgeconvnext.runtime.cuda import DeviceBuffers, check_tensorrt_device, require_cuda_torch
 from edgeconvnext.runtime.runners import Runner
 
 log = logging.getLogger(__name__)
@@ -86,28 +88,12 @@ def _require_tensorrt() -> Any:
     return trt
 
 
-def _require_cuda_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise BackendMissing(
-            "the TensorRT runner uses torch CUDA tensors as device buffers: install a CUDA build of torch"
-        ) from None
-    if not torch.cuda.is_available():
-        raise BackendMissing(
-            "the TensorRT runner needs a CUDA GPU and a CUDA build of torch "
-            f"(torch {torch.__version__} sees no CUDA device)"
-        )
-    return torch
-
-
 class TensorRTRunner(Runner):
     """A deserialized TensorRT engine with one execution context on its own CUDA stream."""
 
     def __init__(self, path: str | Path, device: str = "cuda", *, check: bool = True) -> None:
         super().__init__()
-        if not str(device).startswith("cuda"):
-            raise UsageError(f"--device {device}: TensorRT engines run on the GPU; use --device cuda")
+        check_tensorrt_device(device)
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"engine not found: {self.path}")
@@ -116,7 +102,7 @@ class TensorRTRunner(Runner):
         except Exception as e:  # BuildError: not a plan
             raise CheckpointError(str(e)) from None
         trt = _require_tensorrt()
-        torch = _require_cuda_torch()
+        torch = require_cuda_torch("the TensorRT runner (torch CUDA tensors are its device buffers)")
         self.torch, self.trt = torch, trt
         self.device = torch.device(device)
         self.sidecar = read_sidecar(self.path)
@@ -174,26 +160,23 @@ class TensorRTRunner(Runner):
         self.metadata = (self.sidecar or {}).get("metadata") or {}
         self.num_classes = None
         self.stream = torch.cuda.Stream(device=self.device)
-        self._buffers: dict[int, dict[str, Any]] = {}
+        self._buffers = DeviceBuffers(torch, self.device)
         self.name = f"tensorrt:{self.path.name}"
 
     # -- buffers ------------------------------------------------------------------------------------
 
     def _prepare(self, batch: int) -> dict[str, Any]:
         """Device buffers for ``batch`` and the context's shapes/addresses set for them (cached per batch)."""
-        torch = self.torch
         self._set_shape(batch)
         bufs = self._buffers.get(batch)
         if bufs is None:
-            bufs = {
-                self.input_name: torch.empty((batch, *self.chw), dtype=self.dtypes[self.input_name], device=self.device)
-            }
+            specs = {self.input_name: ((batch, *self.chw), self.dtypes[self.input_name])}
             for name in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise CheckpointError(f"{self.path}: output {name} has unresolved shape {shape}")
-                bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self._buffers[batch] = bufs
+                specs[name] = (shape, self.dtypes[name])
+            bufs = self._buffers.allocate(batch, specs)
         for name, t in bufs.items():
             # set_tensor_address returns False (and TensorRT logs why) for a bad name or alignment
             if not self.context.set_tensor_address(name, t.data_ptr()):
@@ -288,7 +271,7 @@ class TensorRTRunner(Runner):
         return stats, how
 
     def close(self) -> None:
-        self._buffers = {}
+        self._buffers.clear()
         self.context = None
         self.engine = None
         self.runtime = None
