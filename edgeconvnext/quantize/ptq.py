@@ -1,7 +1,7 @@
 """The quantize stage: loaded checkpoint -> FP32 ONNX -> calibrated INT8 Q/DQ ONNX that passes the TensorRT
 rules, with its calibration manifest, FP32 baseline and sidecar.
 
-Input: a :class:`~edgeconvnext.checkpoint.LoadedModel`, calibration images (a folder or a manifest), a
+Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel`, calibration images (a folder or a manifest), a
 :class:`QuantizeConfig`. Output (all or nothing, beside ``OUT.onnx``):
 
 - ``OUT.onnx``: explicit QuantizeLinear/DequantizeLinear, signed INT8, zero point 0, weights per output
@@ -55,6 +55,9 @@ from edgeconvnext.quantize.config import (  # noqa: F401 - re-exported: the stag
 )
 
 if TYPE_CHECKING:
+    import onnx
+
+    from edgeconvnext.export.onnx_export import ExportResult
     from edgeconvnext.models.checkpoint import LoadedModel
     from edgeconvnext.onnx.trt_rules import TrtReport
     from edgeconvnext.recipes import Recipe
@@ -252,82 +255,17 @@ def _quantize_with(
     on_progress: Callable[[int, int], None] | None,
     t0: float,
 ) -> QuantizeResult:
-    import onnx
-
-    from edgeconvnext.export.onnx_export import export_onnx
-    from edgeconvnext.onnx.metadata import decode_metadata, set_metadata
-    from edgeconvnext.onnx.trt_rules import check_model
-
     output = paths["onnx"]
     with tempfile.TemporaryDirectory(
         prefix=".edgeconvnext-quantize-", dir=output.parent if output.parent.exists() else None
     ) as tmpdir:
         tmp = Path(tmpdir)
-        step(f"exporting {loaded.arch.name} FP32 ONNX ({pp_size(loaded)} px, verified against torch)")
-        exp = export_onnx(loaded, tmp / paths["fp32"].name, precision="fp32", opset=17, batch=None, verify=True)
-        fp32_model = onnx.load(str(exp.path))
-        placement = policy_mod.plan(fp32_model, cfg.policy, cfg.exclude)
-        int8_nodes = [p.node for p in placement if p.int8]
-        fp_nodes = [p.node for p in placement if not p.int8]
-
-        step(
-            f"calibrating {len(cs)} images with {cfg.backend} ({cfg.calib_method}), "
-            f"{len(int8_nodes)}/{len(placement)} layers INT8"
-        )
+        exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
         q_path = tmp / "quantized.onnx"
-        t_cal = time.perf_counter()
-        try:
-            with _library_output():
-                if cfg.backend == "ort":
-                    from edgeconvnext.quantize.ort_backend import quantize_ort
-
-                    settings = quantize_ort(exp.path, q_path, cs, int8_nodes, cfg.calib_method, on_progress=on_progress)
-                else:
-                    from edgeconvnext.quantize.nncf_backend import quantize_nncf
-
-                    settings = quantize_nncf(exp.path, q_path, cs, fp_nodes, cfg.calib_method, on_progress=on_progress)
-        except MemoryError:
-            raise
-        except Exception as e:  # library errors of many types: one message, traceback with --debug
-            raise ExportError(
-                f"--backend {cfg.backend} failed to quantize {loaded.arch.name}: {type(e).__name__}: {e}"
-            ) from e
-        calib_s = time.perf_counter() - t_cal
+        settings, calib_s = _calibrate(loaded, exp.path, q_path, cs, cfg, placement, step, on_progress)
 
         step("checking the result against TensorRT's explicit-quantization rules")
-        q = onnx.load(str(q_path))
-        fp32_meta = {p.key: p.value for p in fp32_model.metadata_props}
-        quant_meta = {
-            "method": cfg.method,
-            "backend": cfg.backend,
-            "calib_method": cfg.calib_method,
-            "policy": cfg.policy,
-            "exclude": list(cfg.exclude),
-            "calib_images": len(cs),
-            "activations": "int8 per tensor, symmetric",
-            "weights": "int8 per output channel, symmetric",
-        }
-        set_metadata(
-            q,
-            {
-                **fp32_meta,
-                "edgeconvnext.precision": "int8",
-                "edgeconvnext.quantization": json.dumps(quant_meta, sort_keys=True),
-            },
-        )
-        q.doc_string = (
-            f"edgeconvnext: {loaded.arch.name} INT8 Q/DQ ({cfg.backend}, {cfg.calib_method}, "
-            f"policy {cfg.policy}), input 'input' float32, output 'logits' float32"
-        )
-        report = check_model(q)
-        try:
-            report.raise_for_violations()  # refuse to leave a file TensorRT would reject
-        except RuleViolation as e:
-            raise RuleViolation(
-                f"--backend {cfg.backend} produced a graph TensorRT would reject, so {output} was not written: {e}"
-            ) from None
-        report.path = output
-        _verify_placement(placement, report, cfg.backend)
+        q, report = _finish_graph(q_path, fp32_model, loaded, cs, cfg, placement, output)
         data = q.SerializeToString()
 
         step(f"comparing INT8 with FP32 on {min(AGREEMENT_IMAGES, len(cs))} calibration images")
@@ -348,64 +286,24 @@ def _quantize_with(
             if t_fp is not None and t_fps is not None:
                 t_fp.write_bytes(fp32_bytes)
                 t_fps.write_bytes(exp.sidecar.read_bytes())
-            digest = _sha256_bytes(data)  # the bytes just written, without reading them back
-            seconds = time.perf_counter() - t0
             rss = peak_rss_mb()
-            sidecar = {
-                "stage": "quantize",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "output": {"path": output.name, "bytes": len(data), "sha256": digest},
-                "metadata": decode_metadata({p.key: p.value for p in q.metadata_props}),
-                "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
-                "source": {
-                    "path": str(loaded.source) if loaded.source else None,
-                    "sha256": loaded.source_sha256,
-                    "format": loaded.source_format,
-                },
-                "config": {
-                    **cfg.to_dict(),
-                    "img_size": pp_size(loaded),
-                    "preprocess": loaded.preprocess.to_dict(),
-                    "opset": 17,
-                },
-                "backend": settings,
-                "placement": {
-                    "int8_layers": sum(p.int8 for p in placement),
-                    "layers": len(placement),
-                    "int8_macs_share": policy_mod.int8_macs_share(placement),
-                    "table": policy_mod.table(placement),
-                    "layers_detail": [p.to_dict() for p in placement],
-                },
-                "calibration": {
-                    "manifest": paths["manifest"].name,
-                    "manifest_sha256": _sha256_bytes(manifest_bytes),
-                    "source": cs.source,
-                    "root": str(cs.root),
-                    "images": len(cs),
-                    "skipped": len(cs.skipped),
-                    "seed": cs.seed,
-                    "requested_size": cs.requested,
-                    "method": cfg.calib_method,
-                    "wall_s": round(calib_s, 3),
-                },
-                "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
-                "agreement_vs_fp32": agreement,
-                "trt_check": {
-                    "ok": report.ok,
-                    "opset": report.opset,
-                    "n_quantize": report.n_quantize,
-                    "n_dequantize": report.n_dequantize,
-                    "warnings": report.warnings,
-                },
-                "peak_rss_mb": round(rss, 1),
-                "timings": {
-                    "calibration_s": round(calib_s, 3),
-                    "export_s": round(exp.seconds, 3),
-                    "total_s": round(seconds, 3),
-                },
-                "notes": list(getattr(loaded, "notes", []) or []),
-                "environment": environment(),
-            }
+            sidecar = _quantize_sidecar(
+                loaded,
+                cs,
+                cfg,
+                paths,
+                q,
+                data,
+                exp,
+                settings,
+                placement,
+                report,
+                agreement,
+                manifest_bytes=manifest_bytes,
+                calib_s=calib_s,
+                seconds=time.perf_counter() - t0,
+                rss=rss,
+            )
             t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     if not cfg.keep_fp32 and paths["fp32"].exists():
         log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
@@ -433,6 +331,189 @@ def _quantize_with(
         agreement=agreement,
         notes=list(getattr(loaded, "notes", []) or []),
     )
+
+
+def _export_and_place(
+    loaded: LoadedModel, cfg: QuantizeConfig, fp32_path: Path, step: Callable[[str], None]
+) -> tuple[ExportResult, onnx.ModelProto, list[policy_mod.Placement]]:
+    """The FP32 export (verified against torch) and the policy's placement on its graph."""
+    import onnx
+
+    from edgeconvnext.export.onnx_export import export_onnx
+
+    step(f"exporting {loaded.arch.name} FP32 ONNX ({pp_size(loaded)} px, verified against torch)")
+    exp = export_onnx(loaded, fp32_path, precision="fp32", opset=17, batch=None, verify=True)
+    fp32_model = onnx.load(str(exp.path))
+    placement = policy_mod.plan(fp32_model, cfg.policy, cfg.exclude)
+    return exp, fp32_model, placement
+
+
+def _calibrate(
+    loaded: LoadedModel,
+    fp32_path: Path,
+    q_path: Path,
+    cs: CalibrationSet,
+    cfg: QuantizeConfig,
+    placement: Sequence[policy_mod.Placement],
+    step: Callable[[str], None],
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, Any], float]:
+    """The backend's calibration and Q/DQ insertion into ``q_path``: its settings and wall seconds."""
+    int8_nodes = [p.node for p in placement if p.int8]
+    fp_nodes = [p.node for p in placement if not p.int8]
+    step(
+        f"calibrating {len(cs)} images with {cfg.backend} ({cfg.calib_method}), "
+        f"{len(int8_nodes)}/{len(placement)} layers INT8"
+    )
+    t_cal = time.perf_counter()
+    try:
+        with _library_output():
+            if cfg.backend == "ort":
+                from edgeconvnext.quantize.ort_backend import quantize_ort
+
+                settings = quantize_ort(fp32_path, q_path, cs, int8_nodes, cfg.calib_method, on_progress=on_progress)
+            else:
+                from edgeconvnext.quantize.nncf_backend import quantize_nncf
+
+                settings = quantize_nncf(fp32_path, q_path, cs, fp_nodes, cfg.calib_method, on_progress=on_progress)
+    except MemoryError:
+        raise
+    except Exception as e:  # library errors of many types: one message, traceback with --debug
+        raise ExportError(
+            f"--backend {cfg.backend} failed to quantize {loaded.arch.name}: {type(e).__name__}: {e}"
+        ) from e
+    return settings, time.perf_counter() - t_cal
+
+
+def _finish_graph(
+    q_path: Path,
+    fp32_model: onnx.ModelProto,
+    loaded: LoadedModel,
+    cs: CalibrationSet,
+    cfg: QuantizeConfig,
+    placement: Sequence[policy_mod.Placement],
+    output: Path,
+) -> tuple[onnx.ModelProto, TrtReport]:
+    """The quantized graph with the FP32 export's metadata plus the quantization's, checked against
+    TensorRT's rules (a violation: nothing is written) and the placement verified on it."""
+    import onnx
+
+    from edgeconvnext.onnx.metadata import set_metadata
+    from edgeconvnext.onnx.trt_rules import check_model
+
+    q = onnx.load(str(q_path))
+    fp32_meta = {p.key: p.value for p in fp32_model.metadata_props}
+    quant_meta = {
+        "method": cfg.method,
+        "backend": cfg.backend,
+        "calib_method": cfg.calib_method,
+        "policy": cfg.policy,
+        "exclude": list(cfg.exclude),
+        "calib_images": len(cs),
+        "activations": "int8 per tensor, symmetric",
+        "weights": "int8 per output channel, symmetric",
+    }
+    set_metadata(
+        q,
+        {
+            **fp32_meta,
+            "edgeconvnext.precision": "int8",
+            "edgeconvnext.quantization": json.dumps(quant_meta, sort_keys=True),
+        },
+    )
+    q.doc_string = (
+        f"edgeconvnext: {loaded.arch.name} INT8 Q/DQ ({cfg.backend}, {cfg.calib_method}, "
+        f"policy {cfg.policy}), input 'input' float32, output 'logits' float32"
+    )
+    report = check_model(q)
+    try:
+        report.raise_for_violations()  # refuse to leave a file TensorRT would reject
+    except RuleViolation as e:
+        raise RuleViolation(
+            f"--backend {cfg.backend} produced a graph TensorRT would reject, so {output} was not written: {e}"
+        ) from None
+    report.path = output
+    _verify_placement(placement, report, cfg.backend)
+    return q, report
+
+
+def _quantize_sidecar(
+    loaded: LoadedModel,
+    cs: CalibrationSet,
+    cfg: QuantizeConfig,
+    paths: dict[str, Path],
+    q: onnx.ModelProto,
+    data: bytes,
+    exp: ExportResult,
+    settings: dict[str, Any],
+    placement: Sequence[policy_mod.Placement],
+    report: TrtReport,
+    agreement: dict[str, float],
+    *,
+    manifest_bytes: bytes,
+    calib_s: float,
+    seconds: float,
+    rss: float,
+) -> dict[str, Any]:
+    """What ``OUT.onnx.json`` records of a quantization."""
+    from edgeconvnext.onnx.metadata import decode_metadata
+
+    return {
+        "stage": "quantize",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # the bytes being written, without reading them back
+        "output": {"path": paths["onnx"].name, "bytes": len(data), "sha256": _sha256_bytes(data)},
+        "metadata": decode_metadata({p.key: p.value for p in q.metadata_props}),
+        "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+        "source": {
+            "path": str(loaded.source) if loaded.source else None,
+            "sha256": loaded.source_sha256,
+            "format": loaded.source_format,
+        },
+        "config": {
+            **cfg.to_dict(),
+            "img_size": pp_size(loaded),
+            "preprocess": loaded.preprocess.to_dict(),
+            "opset": 17,
+        },
+        "backend": settings,
+        "placement": {
+            "int8_layers": sum(p.int8 for p in placement),
+            "layers": len(placement),
+            "int8_macs_share": policy_mod.int8_macs_share(placement),
+            "table": policy_mod.table(placement),
+            "layers_detail": [p.to_dict() for p in placement],
+        },
+        "calibration": {
+            "manifest": paths["manifest"].name,
+            "manifest_sha256": _sha256_bytes(manifest_bytes),
+            "source": cs.source,
+            "root": str(cs.root),
+            "images": len(cs),
+            "skipped": len(cs.skipped),
+            "seed": cs.seed,
+            "requested_size": cs.requested,
+            "method": cfg.calib_method,
+            "wall_s": round(calib_s, 3),
+        },
+        "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
+        "agreement_vs_fp32": agreement,
+        "trt_check": {
+            "ok": report.ok,
+            "opset": report.opset,
+            "n_quantize": report.n_quantize,
+            "n_dequantize": report.n_dequantize,
+            "warnings": report.warnings,
+        },
+        "peak_rss_mb": round(rss, 1),
+        "timings": {
+            "calibration_s": round(calib_s, 3),
+            "export_s": round(exp.seconds, 3),
+            "total_s": round(seconds, 3),
+        },
+        "notes": list(getattr(loaded, "notes", []) or []),
+        "environment": environment(),
+    }
 
 
 def pp_size(loaded: LoadedModel) -> int:
