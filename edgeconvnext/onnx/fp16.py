@@ -159,9 +159,45 @@ def _tensor_to_fp16(t: onnx.TensorProto, name: str, report: Fp16Report) -> onnx.
 def convert_to_fp16(proto: onnx.ModelProto, *, keep_io_types: bool = True) -> tuple[onnx.ModelProto, Fp16Report]:
     """Return an FP16 copy of ``proto`` (see the module docstring for what stays FP32) and a report."""
     onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
-
     report = Fp16Report(opset_before=default_opset(proto))
+    _check_convertible(proto)
+    model = _upgrade_for_qdq(proto, report)
+    report.opset_after = default_opset(model)
+
+    conv = _Conversion(model, report, keep_io_types)
+    conv.remove_noop_casts()
+    conv.find_fp32_islands()
+    new_nodes = conv.rewrite_nodes()
+    f32_const_nodes, keep_inits = conv.fp32_constants_still_used(new_nodes)
+    g = model.graph
+    del g.node[:]
+    g.node.extend(f32_const_nodes + new_nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep_inits + conv.new_inits)
+    del g.value_info[:]
+    conv.set_io_types()
+
+    _check_qdq_scales(g, report)
+    if report.clamped_values:
+        report.notes.append(f"{report.clamped_values} weight values beyond +-65504 were clamped to the FP16 range")
+    _topo_sort(g)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001 - checker raises ValidationError/InferenceError
+        raise ExportError(f"the FP16 graph does not pass onnx.checker ({e}): please report this model") from None
+    log.info(
+        "fp16: %d weights converted, %d casts inserted, fp32 islands %s",
+        report.initializers_converted,
+        report.casts_inserted,
+        report.fp32_nodes,
+    )
+    return model, report
+
+
+def _check_convertible(proto: onnx.ModelProto) -> None:
+    """Refuse what the converter cannot handle, with the way out."""
+    from onnx import TensorProto
+
     g0 = proto.graph
     if any(n.op_type in CONTROL_FLOW_OPS for n in g0.node):
         raise UsageError(
@@ -176,6 +212,10 @@ def convert_to_fp16(proto: onnx.ModelProto, *, keep_io_types: bool = True) -> tu
             "onnx.load(path, load_external_data=True) before converting"
         )
 
+
+def _upgrade_for_qdq(proto: onnx.ModelProto, report: Fp16Report) -> onnx.ModelProto:
+    """A copy of ``proto``; a Q/DQ graph below opset 19 converted to 19 (float16 scales need it)."""
+    onnx = _onnx()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     has_qdq = any(n.op_type in QDQ_OPS for n in model.graph.node)
@@ -191,199 +231,220 @@ def convert_to_fp16(proto: onnx.ModelProto, *, keep_io_types: bool = True) -> tu
                 f"{MIN_QDQ_FP16_OPSET} instead"
             ) from None
         report.notes.append(f"opset {report.opset_before} -> {MIN_QDQ_FP16_OPSET} (float16 Q/DQ scales)")
-    report.opset_after = default_opset(model)
+    return model
 
-    g = model.graph
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as e:  # noqa: BLE001 - a foreign graph shape inference rejects
-        raise ExportError(f"ONNX shape inference failed, cannot type the graph for FP16 ({e})") from None
-    types: dict[str, int] = {}
-    for v in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
-        types[v.name] = v.type.tensor_type.elem_type
-    gi = GraphIndex(model)  # holds the node objects themselves: in-place edits below show through it
-    inits = gi.initializers
-    for name in list(inits) + [n.output[0] for n in g.node if n.op_type == "Constant"]:
-        dt = gi.const_dtype(name)
-        if dt is not None:
-            types[name] = dt
 
-    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+class _Conversion:
+    """The state of one conversion: tensor types, constants, FP32 islands, names in use, new tensors.
 
-    # 1. float32 -> float32 Casts are no-ops: make them Identity (they are where x.float() was).
-    for n in g.node:
-        if n.op_type == "Cast" and types.get(n.input[0]) == FLOAT:
-            to = next((a.i for a in n.attribute if a.name == "to"), None)
-            if to == FLOAT:
-                n.op_type = "Identity"
-                del n.attribute[:]
-                report.noop_casts_removed += 1
+    The steps, in order: :meth:`remove_noop_casts`, :meth:`find_fp32_islands`, :meth:`rewrite_nodes`,
+    :meth:`fp32_constants_still_used`, then :meth:`set_io_types` on the rebuilt graph.
+    """
 
-    # 2. Constant tensors: initializers, Constant outputs, and Identity chains over them.
-    const: set[str] = set(inits)
-    for n in g.node:
-        if n.op_type == "Constant":
-            const.add(n.output[0])
-        elif n.op_type == "Identity" and n.input[0] in const:
-            const.add(n.output[0])
+    def __init__(self, model: onnx.ModelProto, report: Fp16Report, keep_io_types: bool) -> None:
+        onnx = _onnx()
+        from onnx import TensorProto
 
-    def is_float(name: str) -> bool:
-        return bool(name) and types.get(name) == FLOAT
+        self.FLOAT, self.HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+        self.model, self.g, self.report, self.keep_io_types = model, model.graph, report, keep_io_types
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception as e:  # noqa: BLE001 - a foreign graph shape inference rejects
+            raise ExportError(f"ONNX shape inference failed, cannot type the graph for FP16 ({e})") from None
+        self.types: dict[str, int] = {}
+        for v in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
+            self.types[v.name] = v.type.tensor_type.elem_type
+        self.gi = GraphIndex(model)  # holds the node objects themselves: in-place edits show through it
+        self.inits = self.gi.initializers
+        for name in list(self.inits) + [n.output[0] for n in self.g.node if n.op_type == "Constant"]:
+            dt = self.gi.const_dtype(name)
+            if dt is not None:
+                self.types[name] = dt
+        self.const: set[str] = set()
+        self.keep32: set[int] = set()
+        self.fp32_tensors: set[str] = set()
+        self.new_nodes: list[Any] = []
+        self.new_inits: list[Any] = []
+        self.casts: dict[tuple[str, int], str] = {}
+        self.const_variant: dict[tuple[str, int], str] = {}
+        self.used_names: set[str] = set(self.types) | {o for n in self.g.node for o in n.output} | set(self.inits)
 
-    # 3. FP32 islands.
-    keep32: set[int] = set()
-    fp32_tensors: set[str] = set()
-    for i, n in enumerate(g.node):
-        if n.op_type in ("Constant",) or (n.op_type == "Identity" and n.input[0] in const):
-            continue
-        float_in = [x for x in n.input if is_float(x)]
-        join = False
-        if n.op_type in FP32_OPS or n.op_type in SEED_OPS:
-            join = True
-        elif n.op_type in ISLAND_OPS and float_in:
-            join = any(x in fp32_tensors for x in float_in) and all(x in fp32_tensors or x in const for x in float_in)
-        if join:
-            keep32.add(i)
-            fp32_tensors.update(o for o in n.output if o)
-    report.fp32_nodes = dict(Counter(g.node[i].op_type for i in sorted(keep32)))
+    def is_float(self, name: str) -> bool:
+        return bool(name) and self.types.get(name) == self.FLOAT
 
-    # 4. The float type each tensor will have: island outputs float32, every other float tensor float16.
-    def new_type(name: str) -> int:
-        if not is_float(name):
-            return types.get(name, 0)
-        if name in fp32_tensors:
-            return FLOAT
-        if name in gi.graph_inputs and keep_io_types:
-            return FLOAT
-        return HALF
+    def new_type(self, name: str) -> int:
+        """The float type ``name`` will have: island outputs float32, every other float tensor float16."""
+        if not self.is_float(name):
+            return self.types.get(name, 0)
+        if name in self.fp32_tensors:
+            return self.FLOAT
+        if name in self.gi.graph_inputs and self.keep_io_types:
+            return self.FLOAT
+        return self.HALF
 
-    # 5. Rebuild the node list: convert constants per consumer type, insert Casts at island borders.
-    new_nodes: list[Any] = []
-    new_inits: list[Any] = []
-    casts: dict[tuple[str, int], str] = {}
-    const_variant: dict[tuple[str, int], str] = {}
-    used_names: set[str] = set(types) | {o for n in g.node for o in n.output} | set(inits)
-
-    def fresh(base: str) -> str:
+    def fresh(self, base: str) -> str:
         name, k = base, 1
-        while name in used_names:
+        while name in self.used_names:
             k += 1
             name = f"{base}_{k}"
-        used_names.add(name)
+        self.used_names.add(name)
         return name
 
-    def const_as(name: str, want: int) -> str:
+    def remove_noop_casts(self) -> None:
+        """float32 -> float32 Casts (where x.float() was) become Identity."""
+        for n in self.g.node:
+            if n.op_type == "Cast" and self.types.get(n.input[0]) == self.FLOAT:
+                to = next((a.i for a in n.attribute if a.name == "to"), None)
+                if to == self.FLOAT:
+                    n.op_type = "Identity"
+                    del n.attribute[:]
+                    self.report.noop_casts_removed += 1
+
+    def find_fp32_islands(self) -> None:
+        """Constant tensors (initializers, Constant outputs, Identity chains over them), then the FP32
+        islands: FP32_OPS and SEED_OPS nodes, and ISLAND_OPS nodes all of whose float inputs are island
+        values or constants (with at least one island value)."""
+        const = set(self.inits)
+        for n in self.g.node:
+            if n.op_type == "Constant":
+                const.add(n.output[0])
+            elif n.op_type == "Identity" and n.input[0] in const:
+                const.add(n.output[0])
+        self.const = const
+        for i, n in enumerate(self.g.node):
+            if n.op_type in ("Constant",) or (n.op_type == "Identity" and n.input[0] in const):
+                continue
+            float_in = [x for x in n.input if self.is_float(x)]
+            join = False
+            if n.op_type in FP32_OPS or n.op_type in SEED_OPS:
+                join = True
+            elif n.op_type in ISLAND_OPS and float_in:
+                join = any(x in self.fp32_tensors for x in float_in) and all(
+                    x in self.fp32_tensors or x in const for x in float_in
+                )
+            if join:
+                self.keep32.add(i)
+                self.fp32_tensors.update(o for o in n.output if o)
+        self.report.fp32_nodes = dict(Counter(self.g.node[i].op_type for i in sorted(self.keep32)))
+
+    def const_as(self, name: str, want: int) -> str:
         """The name of constant ``name`` in type ``want`` (float16 copies made on demand)."""
-        if want == FLOAT:
+        from onnx import helper
+
+        if want == self.FLOAT:
             return name
         key = (name, want)
-        if key in const_variant:
-            return const_variant[key]
-        src, src_node = gi.trace_back(name, through=("Identity",))  # Identity chain over a constant
-        vname = fresh(f"{name}_fp16")
-        if src in inits:
-            new_inits.append(_tensor_to_fp16(inits[src], vname, report))
-            report.initializers_converted += 1
+        if key in self.const_variant:
+            return self.const_variant[key]
+        src, src_node = self.gi.trace_back(name, through=("Identity",))  # Identity chain over a constant
+        vname = self.fresh(f"{name}_fp16")
+        if src in self.inits:
+            self.new_inits.append(_tensor_to_fp16(self.inits[src], vname, self.report))
+            self.report.initializers_converted += 1
         else:
+            assert src_node is not None  # a constant that is no initializer has a Constant producer
             t = next(a.t for a in src_node.attribute if a.name == "value")
-            new_nodes.append(helper.make_node("Constant", [], [vname], value=_tensor_to_fp16(t, vname, report)))
-            report.constants_converted += 1
-        const_variant[key] = vname
+            self.new_nodes.append(
+                helper.make_node("Constant", [], [vname], value=_tensor_to_fp16(t, vname, self.report))
+            )
+            self.report.constants_converted += 1
+        self.const_variant[key] = vname
         return vname
 
-    def cast_as(name: str, want: int) -> str:
+    def cast_as(self, name: str, want: int) -> str:
+        """``name`` cast to ``want`` (one Cast per tensor and type, shared by its consumers)."""
+        from onnx import helper
+
         key = (name, want)
-        if key not in casts:
-            out = fresh(f"{name}_to_{'fp16' if want == HALF else 'fp32'}")
-            new_nodes.append(
-                helper.make_node(
-                    "Cast", [name], [out], to=want, name=fresh(f"{name}_Cast_{'fp16' if want == HALF else 'fp32'}")
-                )
+        if key not in self.casts:
+            tag = "fp16" if want == self.HALF else "fp32"
+            out = self.fresh(f"{name}_to_{tag}")
+            self.new_nodes.append(
+                helper.make_node("Cast", [name], [out], to=want, name=self.fresh(f"{name}_Cast_{tag}"))
             )
-            casts[key] = out
-            report.casts_inserted += 1
-        return casts[key]
+            self.casts[key] = out
+            self.report.casts_inserted += 1
+        return self.casts[key]
 
-    # Float constants are materialised per consumer; the originals are dropped when unused.
-    for i, n in enumerate(g.node):
-        if n.op_type == "Constant" and is_float(n.output[0]):
-            continue  # emitted on demand by const_as (float32 originals re-added below if used)
-        if n.op_type == "Identity" and n.input[0] in const and is_float(n.output[0]):
-            continue
-        if n.op_type in TYPE_AGNOSTIC_OPS:
-            new_nodes.append(n)
-            continue
-        want = FLOAT if i in keep32 else HALF
-        if n.op_type == "Cast":
-            # A remaining Cast converts from a non-float type (or float16): its float output follows the region.
-            for a in n.attribute:
-                if a.name == "to" and a.i == FLOAT and want == HALF:
-                    a.i = HALF
-            new_nodes.append(n)
-            continue
-        for k, x in enumerate(n.input):
-            if not is_float(x):
+    def rewrite_nodes(self) -> list[Any]:
+        """The new node list: each node's float constants in its compute type, Casts at island borders.
+        Float constants are materialised per consumer; the float32 originals are re-added by
+        :meth:`fp32_constants_still_used` where an island still reads them."""
+        for i, n in enumerate(self.g.node):
+            if n.op_type == "Constant" and self.is_float(n.output[0]):
+                continue  # emitted on demand by const_as
+            if n.op_type == "Identity" and n.input[0] in self.const and self.is_float(n.output[0]):
                 continue
-            if x in const:
-                n.input[k] = const_as(x, want)
-                if n.op_type in QDQ_OPS and k == 1 and want == HALF:
-                    report.qdq_scales_converted += 1
-            elif new_type(x) != want:
-                n.input[k] = cast_as(x, want)
-        new_nodes.append(n)
+            if n.op_type in TYPE_AGNOSTIC_OPS:
+                self.new_nodes.append(n)
+                continue
+            want = self.FLOAT if i in self.keep32 else self.HALF
+            if n.op_type == "Cast":
+                # A remaining Cast converts from a non-float type (or float16): its float output follows the region.
+                for a in n.attribute:
+                    if a.name == "to" and a.i == self.FLOAT and want == self.HALF:
+                        a.i = self.HALF
+                self.new_nodes.append(n)
+                continue
+            for k, x in enumerate(n.input):
+                if not self.is_float(x):
+                    continue
+                if x in self.const:
+                    n.input[k] = self.const_as(x, want)
+                    if n.op_type in QDQ_OPS and k == 1 and want == self.HALF:
+                        self.report.qdq_scales_converted += 1
+                elif self.new_type(x) != want:
+                    n.input[k] = self.cast_as(x, want)
+            self.new_nodes.append(n)
+        return self.new_nodes
 
-    # float32 constants still referenced (by islands) must exist under their original names.
-    referenced = {x for n in new_nodes for x in n.input}
-    f32_const_nodes = []
-    for name in sorted(referenced & const):
-        if name in inits:
-            continue
-        src = name
-        chain = []
-        while not gi.is_const(src):
-            chain.append(gi.producer[src])
-            src = gi.producer[src].input[0]
-        if src not in inits and is_float(src):
-            f32_const_nodes.append(gi.producer[src])
-        f32_const_nodes.extend(reversed(chain))
-    seen_ids: set[int] = set()
-    f32_const_nodes = [n for n in f32_const_nodes if not (id(n) in seen_ids or seen_ids.add(id(n)))]
-    referenced |= {x for n in f32_const_nodes for x in n.input}
-    keep_inits = [t for t in g.initializer if t.data_type != FLOAT or t.name in referenced]
+    def fp32_constants_still_used(self, new_nodes: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The Constant/Identity nodes of float32 constants that islands still reference (under their
+        original names), and the initializers to keep (non-float, or float32 and referenced)."""
+        gi = self.gi
+        referenced = {x for n in new_nodes for x in n.input}
+        f32_const_nodes = []
+        for name in sorted(referenced & self.const):
+            if name in self.inits:
+                continue
+            src = name
+            chain = []
+            while not gi.is_const(src):
+                chain.append(gi.producer[src])
+                src = gi.producer[src].input[0]
+            if src not in self.inits and self.is_float(src):
+                f32_const_nodes.append(gi.producer[src])
+            f32_const_nodes.extend(reversed(chain))
+        seen_ids: set[int] = set()
+        f32_const_nodes = [n for n in f32_const_nodes if not (id(n) in seen_ids or seen_ids.add(id(n)))]
+        referenced |= {x for n in f32_const_nodes for x in n.input}
+        keep_inits = [t for t in self.g.initializer if t.data_type != self.FLOAT or t.name in referenced]
+        return f32_const_nodes, keep_inits
 
-    # 6. Graph outputs: a float output computed in float16 gets a Cast back to float32 when keep_io_types.
-    if keep_io_types:
-        for v in g.output:
-            if is_float(v.name) and new_type(v.name) == HALF:
-                inner = fresh(f"{v.name}_fp16")
-                for n in new_nodes:
-                    for k, o in enumerate(n.output):
-                        if o == v.name:
-                            n.output[k] = inner
-                    for k, x in enumerate(n.input):
-                        if x == v.name:
-                            n.input[k] = inner
-                new_nodes.append(
-                    helper.make_node("Cast", [inner], [v.name], to=FLOAT, name=fresh(f"{v.name}_Cast_fp32"))
-                )
-                report.casts_inserted += 1
-    else:
-        for v in list(g.input) + list(g.output):
-            if is_float(v.name) and v.name not in inits:
-                v.type.tensor_type.elem_type = HALF
+    def set_io_types(self) -> None:
+        """Graph outputs computed in float16 are declared float16; with keep_io_types they get a Cast back
+        to float32 (:func:`keep_fp32_io`). Without it, every float input and output becomes float16."""
+        g = self.g
+        if self.keep_io_types:
+            for v in g.output:
+                if self.is_float(v.name) and self.new_type(v.name) == self.HALF:
+                    v.type.tensor_type.elem_type = self.HALF
+            self.report.casts_inserted += keep_fp32_io(self.model, inputs=False)
+        else:
+            for v in list(g.input) + list(g.output):
+                if self.is_float(v.name) and v.name not in self.inits:
+                    v.type.tensor_type.elem_type = self.HALF
 
-    del g.node[:]
-    g.node.extend(f32_const_nodes + new_nodes)
-    del g.initializer[:]
-    g.initializer.extend(keep_inits + new_inits)
-    del g.value_info[:]
 
-    # Q/DQ scale range check: float16 subnormal scales quantize coarsely.
+def _check_qdq_scales(g: Any, report: Fp16Report) -> None:
+    """Q/DQ scales in float16: one that underflows to 0 is refused; subnormal ones (coarse) are counted."""
+    from onnx import TensorProto, numpy_helper
+
     by_name = {t.name: t for t in g.initializer}
     for n in g.node:
         if n.op_type in QDQ_OPS and len(n.input) > 1:
             t = by_name.get(n.input[1])
-            if t is not None and t.data_type == HALF:
+            if t is not None and t.data_type == TensorProto.FLOAT16:
                 arr = numpy_helper.to_array(t)
                 if (arr == 0).any():
                     raise ExportError(
@@ -393,20 +454,61 @@ def convert_to_fp16(proto: onnx.ModelProto, *, keep_io_types: bool = True) -> tu
                 report.subnormal_scales += int((abs(arr) < FP16_MIN_NORMAL).sum())
     if report.subnormal_scales:
         report.notes.append(f"{report.subnormal_scales} Q/DQ scale values are float16 subnormals (< 6.1e-5)")
-    if report.clamped_values:
-        report.notes.append(f"{report.clamped_values} weight values beyond +-65504 were clamped to the FP16 range")
-    _topo_sort(g)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # noqa: BLE001 - checker raises ValidationError/InferenceError
-        raise ExportError(f"the FP16 graph does not pass onnx.checker ({e}): please report this model") from None
-    log.info(
-        "fp16: %d weights converted, %d casts inserted, fp32 islands %s",
-        report.initializers_converted,
-        report.casts_inserted,
-        report.fp32_nodes,
-    )
-    return model, report
+
+
+def keep_fp32_io(proto: onnx.ModelProto, *, inputs: bool = True, outputs: bool = True) -> int:
+    """Make the float16 graph inputs and outputs float32: a Cast after each such input (``/NAME_to_fp16``)
+    and before each such output (``/NAME_to_fp32``); the graph's own node names stay as they are.
+
+    The FP16 export calls it on the whole float16 graph torch writes (so node names stay those of the
+    FP32 export, which per-layer tools compare); :func:`convert_to_fp16` on its outputs (its inputs stay
+    float32 during the conversion, so every float16 consumer already reads them through a Cast).
+    Returns the number of Casts inserted.
+    """
+    from onnx import TensorProto, helper
+
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    used = inits | {v.name for v in [*g.input, *g.output, *g.value_info]} | {o for n in g.node for o in n.output}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name
+
+    def rename(old: str, new: str) -> None:
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+            for i, name in enumerate(node.output):
+                if name == old:
+                    node.output[i] = new
+
+    entry, exit_ = [], []
+    half = TensorProto.FLOAT16
+    for v in g.input if inputs else []:
+        if v.name not in inits and v.type.tensor_type.elem_type == half:
+            inner = fresh(f"{v.name}_fp16")
+            rename(v.name, inner)
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+            entry.append(helper.make_node("Cast", [v.name], [inner], name=fresh(f"/{v.name}_to_fp16"), to=half))
+    for v in g.output if outputs else []:
+        if v.type.tensor_type.elem_type == half:
+            inner = fresh(f"{v.name}_fp16")
+            rename(v.name, inner)
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+            exit_.append(
+                helper.make_node("Cast", [inner], [v.name], name=fresh(f"/{v.name}_to_fp32"), to=TensorProto.FLOAT)
+            )
+    if entry or exit_:
+        nodes = [*entry, *g.node, *exit_]
+        del g.node[:]
+        g.node.extend(nodes)
+    return len(entry) + len(exit_)
 
 
 def _topo_sort(g: Any) -> None:
