@@ -1,6 +1,6 @@
 """ONNX export of a loaded ConvNeXt (FP32 or FP16), verified against the torch model before it is kept.
 
-Input: a :class:`~edgeconvnext.checkpoint.LoadedModel` (eval, fp32). Output: ``OUT.onnx`` with input
+Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel` (eval, fp32). Output: ``OUT.onnx`` with input
 ``input`` (N, 3, S, S) float32 and output ``logits`` (N, classes) float32, edgeconvnext metadata in the
 ONNX ``metadata_props``, and a JSON sidecar ``OUT.onnx.json`` (metadata, resolved config, parity numbers,
 library versions, timings). Both files appear together or not at all.
@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from edgeconvnext import __version__
 from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
 from edgeconvnext.errors import BackendMissing, ExportError, UsageError, nearest
+from edgeconvnext.models.registry import check_img_size
 from edgeconvnext.onnx.metadata import META_PREFIX, decode_metadata, read_metadata, set_metadata
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -158,12 +159,6 @@ def parse_batch(batch: str | int | None) -> int | None:
     return int(batch)
 
 
-def check_img_size(img_size: int) -> int:
-    if img_size < 32:
-        raise UsageError(f"--img-size {img_size} is too small: ConvNeXt downsamples by 32, use 32 or more")
-    return int(img_size)
-
-
 def check_options(precision: str, opset: int, batch: str | int | None) -> tuple[str, int, int | None]:
     """Validate the export options that do not need the model; returns the normalised values."""
     return check_precision(precision), check_opset(opset), parse_batch(batch)
@@ -268,34 +263,6 @@ def _check_graph(proto: onnx.ModelProto, model: Any, precision: str) -> None:
             )
 
 
-def _fp32_io(proto: onnx.ModelProto) -> None:
-    """Turn an fp16 graph's input and output into float32 with a Cast at the entry and at the exit.
-
-    Done on the graph, not by wrapping the torch module, so node names stay those of the fp32 export
-    (/stages/stages.0/... rather than /inner/stages/...), which per-layer tools compare.
-    """
-    from onnx import TensorProto, helper
-
-    (inp,), (out,) = proto.graph.input, proto.graph.output
-    half_in, half_out = f"{inp.name}_fp16", f"{out.name}_fp16"
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name == inp.name:
-                node.input[i] = half_in
-        for i, name in enumerate(node.output):
-            if name == out.name:
-                node.output[i] = half_out
-    inp.type.tensor_type.elem_type = TensorProto.FLOAT
-    out.type.tensor_type.elem_type = TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Cast", [inp.name], [half_in], name="/input_to_fp16", to=TensorProto.FLOAT16),
-        *proto.graph.node,
-        helper.make_node("Cast", [half_out], [out.name], name="/logits_to_fp32", to=TensorProto.FLOAT),
-    ]
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-
-
 def _trace(module: Any, sample: Any, opset: int, dynamic: bool) -> bytes:
     """TorchScript ONNX export of ``module`` to bytes, the exporter's warnings sent to the log."""
     import torch
@@ -388,68 +355,21 @@ def export_onnx(
     t0 = time.perf_counter()
     precision, opset, batch = check_options(precision, opset, batch)
     require_backends()
-    import onnx
-    import torch
-
     step = on_step or (lambda s: None)
     output = Path(output)
     check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
     size = check_img_size(img_size if img_size is not None else loaded.preprocess.img_size)
     preprocess = loaded.preprocess if loaded.preprocess.img_size == size else replace(loaded.preprocess, img_size=size)
-    notes: list[str] = []
-    if size % 32:
-        notes.append(f"img_size {size} is not a multiple of 32: the last stage's feature map is floored")
 
-    reference = loaded.model
-    param = next(reference.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32 or reference.training:
-        reference = copy.deepcopy(reference).to("cpu", torch.float32).eval()
-    bytes_per = 2 if precision == "fp16" else 4
-    n_params = sum(p.numel() for p in reference.parameters())
-    if n_params * bytes_per > _PROTOBUF_LIMIT:
-        hint = " (--precision fp16 halves it)" if precision == "fp32" else ""
-        raise ExportError(
-            f"{loaded.arch.name} in {precision} is {n_params * bytes_per / 2**30:.2f} GiB of weights, "
-            f"more than a single-file ONNX can hold (2 GiB){hint}"
-        )
-
-    if precision == "fp16":
-        module = copy.deepcopy(reference).half().eval()
-    else:
-        module = reference
-    sample = torch.zeros(batch or 2, 3, size, size, dtype=torch.float16 if precision == "fp16" else torch.float32)
-
-    step(f"exporting {loaded.arch.name} {precision} opset {opset} ({'dynamic' if batch is None else batch} batch)")
+    reference = _fp32_reference(loaded, precision)
     t = time.perf_counter()
-    try:
-        raw = _trace(module, sample, opset, dynamic=batch is None)
-    except Exception as e:  # the exporter raises many types; all mean the same to the user
-        raise ExportError(
-            f"torch.onnx.export (TorchScript, opset {opset}) failed for {loaded.arch.name}: {type(e).__name__}: {e}"
-        ) from e
+    raw = _export_bytes(loaded, reference, precision, opset, batch, size, step)
     t_export = time.perf_counter() - t
 
     step("checking the graph")
     t = time.perf_counter()
-    proto = onnx.load_from_string(raw)
-    if precision == "fp16":
-        _fp32_io(proto)
-    n_inlined = _inline_identity_initializers(proto)
-    if n_inlined:
-        log.debug("inlined %d Identity(initializer) nodes", n_inlined)
-    proto.graph.name = loaded.arch.name
-    proto.doc_string = (
-        f"edgeconvnext {__version__}: {loaded.arch.name} {precision}, input 'input' "
-        f"(N, 3, {size}, {size}) float32 normalised RGB, output 'logits' float32"
-    )
     meta_props = build_metadata(loaded, precision=precision, preprocess=preprocess)
-    set_metadata(proto, meta_props)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
-        raise ExportError(f"onnx.checker rejected the exported {loaded.arch.name} graph: {e}") from e
-    _check_graph(proto, reference, precision)
-    data = proto.SerializeToString()
+    data = _finish_graph(raw, loaded, reference, precision, size, meta_props)
     t_check = time.perf_counter() - t
 
     sidecar = sidecar_path(output)
@@ -460,72 +380,16 @@ def export_onnx(
         if verify:
             step("verifying in onnxruntime against the fp32 torch model")
             t = time.perf_counter()
-            parity = _parity(data, reference, size, batch)
+            parity = _verify(data, reference, loaded, precision, size, batch)
             t_parity = time.perf_counter() - t
-            tol = PARITY_REL_TOL[precision]
-            parity["tolerance_rel"] = tol
-            log.debug(
-                "parity %s: max abs diff %.3g, rel diff %.3g", precision, parity["max_abs_diff"], parity["rel_diff"]
-            )
-            if not parity["finite"]:
-                raise ExportError(
-                    f"the {precision} ONNX of {loaded.arch.name} produced non-finite logits in "
-                    "onnxruntime; nothing was written"
-                )
-            if not parity["rel_diff"] <= tol:
-                raise ExportError(
-                    f"the {precision} ONNX of {loaded.arch.name} disagrees with the torch model: max abs diff "
-                    f"{parity['max_abs_diff']:.3g}, rel diff {parity['rel_diff']:.3g} > {tol:g}; nothing was "
-                    "written (rerun with --debug for the exporter log)"
-                )
         digest = hashlib.sha256(data).hexdigest()  # the bytes just written: no need to read them back
         timings = {"export_s": round(t_export, 3), "check_s": round(t_check, 3), "parity_s": round(t_parity, 3)}
         timings["total_s"] = round(time.perf_counter() - t0, 3)
-        all_notes = list(getattr(loaded, "notes", []) or []) + notes
-        meta = decode_metadata(meta_props)
-        sidecar_data = {
-            "stage": "export",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "output": {"path": output.name, "bytes": len(data), "sha256": digest},
-            "metadata": meta,
-            "arch": {
-                "name": loaded.arch.name,
-                "version": loaded.arch.version,
-                "depths": list(loaded.arch.depths),
-                "dims": list(loaded.arch.dims),
-            },
-            "source": {
-                "path": str(loaded.source) if loaded.source else None,
-                "sha256": loaded.source_sha256,
-                "format": loaded.source_format,
-            },
-            "config": {
-                "img_size": size,
-                "precision": precision,
-                "opset": opset,
-                "batch": "dynamic" if batch is None else batch,
-                "input": {
-                    "name": "input",
-                    "shape": ["batch" if batch is None else batch, 3, size, size],
-                    "dtype": "float32",
-                },
-                "output": {
-                    "name": "logits",
-                    "shape": ["batch" if batch is None else batch, meta["num_classes"]],
-                    "dtype": "float32",
-                },
-                "io_dtype": "float32",
-                "compute_dtype": "float16" if precision == "fp16" else "float32",
-                "fp32_islands": ["LayerNormalization", "GRN L2 norm"] if precision == "fp16" else [],
-                "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-                "do_constant_folding": True,
-                "preprocess": preprocess.to_dict(),
-            },
-            "parity": parity,
-            "notes": all_notes,
-            "environment": environment(),
-            "timings": timings,
-        }
+        all_notes = list(getattr(loaded, "notes", []) or [])
+        sidecar_data = _export_sidecar(
+            loaded, output, data, digest, meta_props, precision, opset, batch, size, preprocess, parity, all_notes
+        )
+        sidecar_data["timings"] = timings
         tmp_sidecar.write_text(json.dumps(sidecar_data, indent=2, default=str) + "\n")
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%d bytes) in %.1f s", output, len(data), seconds)
@@ -548,6 +412,160 @@ def export_onnx(
     )
 
 
+def _fp32_reference(loaded: LoadedModel, precision: str) -> Any:
+    """The fp32 CPU eval-mode model parity is measured against (a copy when ``loaded.model`` is not one);
+    refuses a model whose weights cannot fit a single-file ONNX."""
+    import torch
+
+    reference = loaded.model
+    param = next(reference.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32 or reference.training:
+        reference = copy.deepcopy(reference).to("cpu", torch.float32).eval()
+    bytes_per = 2 if precision == "fp16" else 4
+    n_params = sum(p.numel() for p in reference.parameters())
+    if n_params * bytes_per > _PROTOBUF_LIMIT:
+        hint = " (--precision fp16 halves it)" if precision == "fp32" else ""
+        raise ExportError(
+            f"{loaded.arch.name} in {precision} is {n_params * bytes_per / 2**30:.2f} GiB of weights, "
+            f"more than a single-file ONNX can hold (2 GiB){hint}"
+        )
+    return reference
+
+
+def _export_bytes(
+    loaded: LoadedModel,
+    reference: Any,
+    precision: str,
+    opset: int,
+    batch: int | None,
+    size: int,
+    step: Callable[[str], None],
+) -> bytes:
+    """The TorchScript exporter's ONNX of the model in ``precision`` (an fp16 copy for fp16)."""
+    import torch
+
+    module = copy.deepcopy(reference).half().eval() if precision == "fp16" else reference
+    sample = torch.zeros(batch or 2, 3, size, size, dtype=torch.float16 if precision == "fp16" else torch.float32)
+    step(f"exporting {loaded.arch.name} {precision} opset {opset} ({'dynamic' if batch is None else batch} batch)")
+    try:
+        return _trace(module, sample, opset, dynamic=batch is None)
+    except Exception as e:  # the exporter raises many types; all mean the same to the user
+        raise ExportError(
+            f"torch.onnx.export (TorchScript, opset {opset}) failed for {loaded.arch.name}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _finish_graph(
+    raw: bytes, loaded: LoadedModel, reference: Any, precision: str, size: int, meta_props: dict[str, str]
+) -> bytes:
+    """float32 I/O (fp16), weights as direct initializers, names, doc string and metadata; then
+    onnx.checker and the structure checks. Returns the serialized graph."""
+    import onnx
+
+    from edgeconvnext.onnx.fp16 import keep_fp32_io
+
+    proto = onnx.load_from_string(raw)
+    if precision == "fp16":
+        keep_fp32_io(proto)  # Casts /input_to_fp16 and /logits_to_fp32
+    n_inlined = _inline_identity_initializers(proto)
+    if n_inlined:
+        log.debug("inlined %d Identity(initializer) nodes", n_inlined)
+    proto.graph.name = loaded.arch.name
+    proto.doc_string = (
+        f"edgeconvnext {__version__}: {loaded.arch.name} {precision}, input 'input' "
+        f"(N, 3, {size}, {size}) float32 normalised RGB, output 'logits' float32"
+    )
+    set_metadata(proto, meta_props)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
+        raise ExportError(f"onnx.checker rejected the exported {loaded.arch.name} graph: {e}") from e
+    _check_graph(proto, reference, precision)
+    return proto.SerializeToString()
+
+
+def _verify(
+    data: bytes, reference: Any, loaded: LoadedModel, precision: str, size: int, batch: int | None
+) -> dict[str, Any]:
+    """Parity of the serialized ONNX (onnxruntime CPU) with the fp32 torch model; ExportError when its
+    logits are non-finite or further off than ``PARITY_REL_TOL[precision]``."""
+    parity = _parity(data, reference, size, batch)
+    tol = PARITY_REL_TOL[precision]
+    parity["tolerance_rel"] = tol
+    log.debug("parity %s: max abs diff %.3g, rel diff %.3g", precision, parity["max_abs_diff"], parity["rel_diff"])
+    if not parity["finite"]:
+        raise ExportError(
+            f"the {precision} ONNX of {loaded.arch.name} produced non-finite logits in onnxruntime; nothing was written"
+        )
+    if not parity["rel_diff"] <= tol:
+        raise ExportError(
+            f"the {precision} ONNX of {loaded.arch.name} disagrees with the torch model: max abs diff "
+            f"{parity['max_abs_diff']:.3g}, rel diff {parity['rel_diff']:.3g} > {tol:g}; nothing was "
+            "written (rerun with --debug for the exporter log)"
+        )
+    return parity
+
+
+def _export_sidecar(
+    loaded: LoadedModel,
+    output: Path,
+    data: bytes,
+    digest: str,
+    meta_props: dict[str, str],
+    precision: str,
+    opset: int,
+    batch: int | None,
+    size: int,
+    preprocess: Any,
+    parity: dict[str, Any] | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    """What ``OUT.onnx.json`` records of an export (the caller adds ``timings``)."""
+    meta = decode_metadata(meta_props)
+    return {
+        "stage": "export",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "output": {"path": output.name, "bytes": len(data), "sha256": digest},
+        "metadata": meta,
+        "arch": {
+            "name": loaded.arch.name,
+            "version": loaded.arch.version,
+            "depths": list(loaded.arch.depths),
+            "dims": list(loaded.arch.dims),
+        },
+        "source": {
+            "path": str(loaded.source) if loaded.source else None,
+            "sha256": loaded.source_sha256,
+            "format": loaded.source_format,
+        },
+        "config": {
+            "img_size": size,
+            "precision": precision,
+            "opset": opset,
+            "batch": "dynamic" if batch is None else batch,
+            "input": {
+                "name": "input",
+                "shape": ["batch" if batch is None else batch, 3, size, size],
+                "dtype": "float32",
+            },
+            "output": {
+                "name": "logits",
+                "shape": ["batch" if batch is None else batch, meta["num_classes"]],
+                "dtype": "float32",
+            },
+            "io_dtype": "float32",
+            "compute_dtype": "float16" if precision == "fp16" else "float32",
+            "fp32_islands": ["LayerNormalization", "GRN L2 norm"] if precision == "fp16" else [],
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "do_constant_folding": True,
+            "preprocess": preprocess.to_dict(),
+        },
+        "parity": parity,
+        "notes": notes,
+        "environment": environment(),
+    }
+
+
 __all__ = [
     "ExportResult",
     "export_onnx",
@@ -556,6 +574,7 @@ __all__ = [
     "set_metadata",
     "decode_metadata",
     "check_options",
+    "check_img_size",
     "parse_batch",
     "PARITY_REL_TOL",
 ]

@@ -41,7 +41,7 @@ from edgeconvnext.models.readers import (
     strip_wrappers,
     unwrap,
 )
-from edgeconvnext.models.registry import Arch, Preprocess, create_model, resolve
+from edgeconvnext.models.registry import Arch, Preprocess, check_img_size, create_model, resolve
 from edgeconvnext.models.remap import REMAPS, detect_layout, infer_arch, remap_huggingface, remap_official, remap_timm
 
 if TYPE_CHECKING:  # torch stays out of import time (the CLI's --help must stay fast)
@@ -98,14 +98,6 @@ def _check_keys(
         raise CheckpointError(f"checkpoint {path} does not fit {arch.name}: " + "; ".join(problems))
 
 
-def _check_img_size(img_size: int | None) -> None:
-    # Another size would run, but the stride-2 downsamples would silently drop the last rows/columns.
-    if img_size is not None and (img_size < 32 or img_size % 32):
-        lo, hi = max(32, img_size // 32 * 32), max(32, -(-img_size // 32) * 32)
-        sizes = f"{lo}" if lo == hi else f"{lo} or {hi}"
-        raise UsageError(f"--img-size {img_size} is not a multiple of 32 (ConvNeXt downsamples by 32); use {sizes}")
-
-
 def load_model(
     model: str | None,
     checkpoint: Path | None = None,
@@ -122,7 +114,8 @@ def load_model(
     """
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
-    _check_img_size(img_size)
+    if img_size is not None:
+        check_img_size(img_size)
     requested = resolve(model) if model is not None else None
     if checkpoint is None:
         return _random_model(requested, num_classes, img_size, ema)

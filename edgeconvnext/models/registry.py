@@ -144,6 +144,25 @@ def _aliases() -> dict[str, str]:
 ALIASES: dict[str, str] = _aliases()
 
 
+#: ConvNeXt's total stride: a 4x4/4 stem and three 2x2/2 downsamples, none padded
+STRIDE = 32
+
+
+def check_img_size(img_size: int) -> int:
+    """``img_size`` when it is a positive multiple of :data:`STRIDE`; else UsageError naming the nearest.
+
+    Another size runs, but the unpadded stride-4 stem and stride-2 downsamples floor the feature maps, so
+    the last rows/columns of every image would be silently ignored.
+    """
+    if img_size < STRIDE or img_size % STRIDE:
+        lo, hi = max(STRIDE, img_size // STRIDE * STRIDE), max(STRIDE, -(-img_size // STRIDE) * STRIDE)
+        sizes = f"{lo}" if lo == hi else f"{lo} or {hi}"
+        raise UsageError(
+            f"--img-size {img_size} is not a multiple of {STRIDE} (ConvNeXt downsamples by {STRIDE}); use {sizes}"
+        )
+    return int(img_size)
+
+
 def resolve(name: str) -> Arch:
     """Architecture for a name or alias, case-insensitive; an unknown name suggests the nearest."""
     key = name.strip().lower().replace(" ", "")
