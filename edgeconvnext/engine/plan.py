@@ -1,7 +1,7 @@
 """An engine build request turned into a plan: every decision made from the ONNX, without TensorRT.
 
-Input: a :class:`~edgeconvnext.engine.config.BuildRequest` (the ``build-engine`` options) and the ONNX it names. Output: a
-:class:`BuildPlan` (precision, profile, FP16 conversion or not, output/sidecar paths, builder settings;
+Input: a :class:`~edgeconvnext.engine.config.BuildRequest` (the ``build-engine`` options) and the ONNX it
+names. Output: a :class:`BuildPlan` (precision, profile, FP16 conversion or not, output/sidecar paths, builder settings;
 what ``--dry-run`` prints). :func:`summarize_onnx` reads what the builder needs from an ONNX file.
 
 Usage::
