@@ -20,23 +20,31 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeconvnext.artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
 from edgeconvnext.data.augment import TrainTransform
 from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden
-from edgeconvnext.data.preprocess import eval_transform, open_rgb
+from edgeconvnext.data.preprocess import eval_transform
 from edgeconvnext.errors import CheckpointError, DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
 from edgeconvnext.train.config import FinetuneConfig
+from edgeconvnext.train.loop import (
+    ImageDataset,
+    ProgressHook,
+    cpu_count,
+    lr_at,
+    make_loader,
+    param_groups,
+    train_epoch,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -46,13 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOW_RES_SAMPLE = 32  # images looked at to decide whether the data is already at the target size
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -96,20 +97,6 @@ class FinetuneResult:
         }
 
 
-class ProgressHook(Protocol):
-    """What a front end implements to show progress; the library itself only logs."""
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None: ...
-
-    def step(self, loss: float, images_per_s: float, lr: float) -> None: ...
-
-    def validating(self, steps: int) -> None: ...
-
-    def val_step(self) -> None: ...
-
-    def end_epoch(self, result: EpochResult) -> None: ...
-
-
 class LogProgress:
     """Default hook: one log line per epoch."""
 
@@ -137,67 +124,9 @@ class LogProgress:
         )
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warm-up to base_lr, then cosine to min_lr."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / decay)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def last_state_path(output: Path) -> Path:
     """``atto.pt`` -> ``atto.last.pt``: the state after the last finished epoch, for --resume."""
     return output.with_name(f"{output.stem}.last{output.suffix}")
-
-
-class _ImageDataset:
-    """torch Dataset over (path, label) pairs; an unreadable image yields None (skipped by _collate)."""
-
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Any) -> None:
-        self.paths = list(paths)
-        self.labels = list(labels)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int] | None:
-        try:
-            return self.transform(open_rgb(self.paths[i])), self.labels[i]
-        except DataError as e:
-            log.warning("skipping %s", e)
-            return None
-
-
-def _collate(items: list[tuple[np.ndarray, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    import torch
-
-    good = [it for it in items if it is not None]
-    skipped = len(items) - len(good)
-    if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    x = torch.from_numpy(np.stack([g[0] for g in good]))
-    y = torch.tensor([g[1] for g in good], dtype=torch.long)
-    return x, y, skipped
-
-
-def _loader(ds: _ImageDataset, batch: int, shuffle: bool, workers: int, seed: int):
-    import torch
-    from torch.utils.data import DataLoader
-
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=batch,
-        shuffle=shuffle,
-        num_workers=workers,
-        collate_fn=_collate,
-        generator=g,
-        drop_last=False,
-        pin_memory=False,
-    )
 
 
 def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImages]:
@@ -264,15 +193,6 @@ def _choose_preprocess(
         )
         pp = replace(pp, crop_pct=1.0)
     return pp
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, GRN and LayerScale (1-D parameters), as timm does."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def training_state(loaded: LoadedModel) -> dict[str, Any]:
@@ -385,7 +305,7 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
     # channels_last: the depthwise convs and the NCHW<->NHWC permutes around each block's MLP get cheaper
     # (measured ~1.2-1.5x faster training of atto at 32 px on CPU). Checkpoints are saved contiguous.
     model = loaded.model.to(cfg.device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else 0.1 * cfg.epochs
@@ -411,9 +331,9 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
             )
 
     train_tf = TrainTransform(pp, scale=(cfg.aug_scale, 1.0) if cfg.aug_scale is not None else None, hflip=cfg.hflip)
-    train_set = _ImageDataset(train_ds.paths, train_ds.labels, train_tf)
-    val_set = _ImageDataset(val_ds.paths, val_ds.labels, functools.partial(eval_transform, pp=pp))
-    val_loader = _loader(val_set, cfg.batch, False, workers, cfg.seed)
+    train_set = ImageDataset(train_ds.paths, train_ds.labels, train_tf)
+    val_set = ImageDataset(val_ds.paths, val_ds.labels, functools.partial(eval_transform, pp=pp))
+    val_loader = make_loader(val_set, cfg.batch, False, workers, cfg.seed)
     out_last = last_state_path(cfg.output)
 
     # the checkpoint the run started from, kept through resumes for the final sidecar's provenance
@@ -441,52 +361,44 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
 
     if start_epoch >= cfg.epochs:
         notes.append(f"already trained {start_epoch} epochs (--epochs {cfg.epochs}): nothing to train")
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
     for epoch in range(start_epoch, cfg.epochs):
         # Each epoch's order and augmentation are a function of (seed, epoch), so a resumed run
         # sees the same data as an uninterrupted one.
         random.seed(cfg.seed + epoch)
-        loader = _loader(train_set, cfg.batch, True, workers, cfg.seed + epoch)
+        loader = make_loader(train_set, cfg.batch, True, workers, cfg.seed + epoch)
         hook.start_epoch(epoch + 1, cfg.epochs, len(loader))
-        model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
-        lr = lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-        for x, y, s in loader:
-            skipped += s
-            if len(y) == 0:
-                continue
-            lr = lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x = x.to(cfg.device, memory_format=torch.channels_last, non_blocking=True)
-            y = y.to(cfg.device, non_blocking=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_value = float(loss.detach())
-            loss_sum += loss_value * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-            hook.step(loss_value, seen / (time.perf_counter() - t0), lr)
-        if seen == 0:
+        stats = train_epoch(
+            model,
+            loader,
+            opt,
+            loss_fn=loss_fn,
+            lr_fn=lambda s: lr_at(s, total_steps, warmup_steps, cfg.lr, cfg.min_lr),
+            step=step,
+            device=cfg.device,
+            hook=hook,
+        )
+        step = stats.step
+        if stats.seen == 0:
             raise DataError(f"no readable training images in {cfg.train_data}")
-        train_s = time.perf_counter() - t0
         val_loss, val_top1, val_skipped = _evaluate(model, val_loader, cfg.device, hook)
         if val_top1 > best_top1:
             best_top1, best_epoch = val_top1, epoch + 1
         result = EpochResult(
             epoch + 1,
-            loss_sum / seen,
-            100.0 * correct / seen,
+            stats.loss,
+            stats.top1 or 0.0,
             val_loss,
             val_top1,
-            lr,
-            seen / train_s,
+            stats.lr,
+            stats.images_per_s,
             time.perf_counter() - t0,
-            skipped + val_skipped,
+            stats.skipped + val_skipped,
         )
         history.append(result)
         save(out_last, epoch + 1)
