@@ -52,7 +52,7 @@ def test_quantize_precedence_defaults_recipe_override(tmp_path):
         ({"calib_size": 0}, "--calib-size: 0 is below the minimum 1"),
         ({"keep_fp32": 1}, "--fp32-baseline must be bool, got 1"),
         ({"backend": "ort", "calib_method": "mse"}, "--calib-method mse is not available with --backend ort"),
-        ({"method": "qat"}, "--method qat: quantization-aware training is not built yet"),
+        ({"method": "pqt"}, "unknown --method 'pqt'"),
     ],
 )
 def test_quantize_refusals_name_the_option(overrides, message):

@@ -284,7 +284,7 @@ def _err(capsys) -> str:
         ),
         (["--backend", "tensorrt"], 2, "unknown --backend 'tensorrt'"),
         (["--calib-method", "minmaxx"], 2, "did you mean 'minmax'"),
-        (["--method", "qat"], 2, "--method qat: quantization-aware training is not built yet"),
+        (["--method", "qat"], 2, "--method qat needs --train-data"),
         (["--policy", "most"], 2, "unknown --policy 'most'"),
         (["--exclude", "stages.9.*"], 2, "--exclude 'stages.9.*' matches no"),
         (["--calib-size", "4", "--min-calib-size", "32"], 2, "below the minimum of 32"),

@@ -20,6 +20,25 @@ from edgeconvnext.cli._common import (
     done,
     human_size,
 )
+from edgeconvnext.cli.qat import (
+    BatchSizeOpt,
+    ClipOpt,
+    DeviceOpt,
+    DistillOpt,
+    EmaDecayOpt,
+    EpochsOpt,
+    LabelsOpt,
+    LrOpt,
+    OptimizerOpt,
+    ResumeOpt,
+    ScalesOpt,
+    StepsOpt,
+    TemperatureOpt,
+    TrainDataOpt,
+    ValDataOpt,
+    WarmupOpt,
+    WorkersOpt,
+)
 
 OutputOpt = Annotated[
     Path,
@@ -51,7 +70,8 @@ SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Chooses the calibration subset (default 0).", show_default=False)
 ]
 MethodOpt = Annotated[
-    str | None, typer.Option("--method", help="ptq (post-training quantization, default); qat is not built yet.")
+    str | None,
+    typer.Option("--method", help="ptq (post-training quantization, default) or qat (quantization-aware training)."),
 ]
 BackendOpt = Annotated[
     str | None, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or nncf.")
@@ -119,6 +139,23 @@ def quantize_cmd(
     ema: EmaOpt = False,
     json_out: JsonOutOpt = False,
     recipe: RecipeOpt = None,
+    train_data: TrainDataOpt = None,
+    val_data: ValDataOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    steps: StepsOpt = None,
+    distill_weight: DistillOpt = None,
+    temperature: TemperatureOpt = None,
+    optimizer: OptimizerOpt = None,
+    warmup_steps: WarmupOpt = None,
+    clip_grad: ClipOpt = None,
+    ema_decay: EmaDecayOpt = None,
+    scales: ScalesOpt = None,
+    labels: LabelsOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
     from edgeconvnext.quantize.ptq import prepare
@@ -146,11 +183,53 @@ def quantize_cmd(
     if rec is not None:
         model = model or rec.model
         img_size = img_size or rec.img_size
+    qat_values = {
+        "train_data": train_data,
+        "val_data": val_data,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps": steps,
+        "distill_weight": distill_weight,
+        "temperature": temperature,
+        "optimizer": optimizer,
+        "warmup_steps": warmup_steps,
+        "clip_grad": clip_grad,
+        "ema_decay": ema_decay,
+        "scales": scales,
+        "labels": labels,
+        "workers": workers,
+        "device": device,
+        "resume": resume,
+    }
+    from edgeconvnext.cli.qat import qat_given, run_qat
+    from edgeconvnext.errors import UsageError
+
+    if cfg.method != "qat" and qat_given(qat_values):
+        raise UsageError(f"{', '.join(qat_given(qat_values))}: only with --method qat (add it, or drop them)")
 
     from edgeconvnext.artifacts import check_output
     from edgeconvnext.models.checkpoint import load_model
 
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
+    if cfg.method == "qat":
+        run_qat(
+            output=output,
+            model=model,
+            checkpoint=checkpoint,
+            calib_data=calib_data,
+            calib_manifest=calib_manifest,
+            quant_cfg=cfg,
+            qat_values=qat_values,
+            load_kwargs={
+                "num_classes": num_classes,
+                "img_size": img_size,
+                "allow_unsafe": allow_unsafe_pickle,
+                "ema": ema,
+            },
+            json_out=json_out,
+        )
+        return
     from edgeconvnext.quantize import quantize
 
     with _Progress(enabled=not STATE.quiet and not json_out) as prog:

@@ -217,6 +217,8 @@ def quantize(
     """
     t0 = time.perf_counter()
     cfg = (config or QuantizeConfig()).validated()
+    if cfg.method != "ptq":  # QAT trains: edgeconvnext.quantize.qat.qat (it runs this PTQ as its start)
+        raise UsageError("quantize() is post-training quantization; --method qat runs through quantize.qat.qat()")
     require_backend(cfg.backend)
     step = on_step or (lambda s: None)
     output = Path(output)

@@ -1,0 +1,278 @@
+"""``edgeconvnext quantize --method qat``: its options (declared once here, taken by ``quantize``), the
+progress bar, and the call into :func:`edgeconvnext.quantize.qat.qat`. Under ``torchrun`` only rank 0 shows
+progress and the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeconvnext.cli._common import STATE, console, done, human_size
+
+TrainDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--train-data",
+        help="qat: training images: an ImageFolder (label loss + distillation) or any folder of images "
+        "(distillation only; the calibration folder works).",
+    ),
+]
+ValDataOpt = Annotated[
+    Path | None,
+    typer.Option("--val-data", help="qat: labelled images validated after each epoch (top-1, agreement with FP32)."),
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="qat: epochs (default 1; ~10% of the original).")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="qat: peak learning rate (default 1e-5, ~1% of finetune's).")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="qat: images per step and process (default 32).")
+]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="qat: at most this many optimizer steps per epoch.")]
+DistillOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--distill-weight", help="qat: weight of the distillation loss (default 1.0 without labels, 0.5 with)."
+    ),
+]
+TemperatureOpt = Annotated[
+    float | None, typer.Option("--temperature", help="qat: distillation temperature (default 2.0).")
+]
+OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="qat: adamw (default) or sgd.")]
+WarmupOpt = Annotated[int | None, typer.Option("--warmup-steps", help="qat: linear warm-up steps (default 5%).")]
+ClipOpt = Annotated[float | None, typer.Option("--clip-grad", help="qat: gradient-norm clip (default 1.0; 0 off).")]
+EmaDecayOpt = Annotated[
+    float | None, typer.Option("--ema-decay", help="qat: keep an EMA of the weights with this decay (default off).")
+]
+ScalesOpt = Annotated[
+    str | None, typer.Option("--scales", help="qat: frozen (calibrated PTQ scales, default) or learned (LSQ).")
+]
+LabelsOpt = Annotated[
+    bool | None,
+    typer.Option("--labels/--no-labels", help="qat: --no-labels distils only, even from a folder with classes."),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="qat: data-loading processes (default min(2, cpus)).")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="qat: cpu (default) or cuda.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="qat: continue the interrupted run saved beside --output (OUT.qat.last.pt).")
+]
+
+
+class _QatProgress:
+    """QAT's ProgressHook on a rich progress bar (calibration steps, then one bar per epoch)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console(),
+            transient=True,
+            disable=not enabled,
+        )
+        self.enabled = enabled
+        self.task: Any = None
+        self.epochs = 0
+
+    def __enter__(self) -> _QatProgress:
+        self.progress.start()
+        self._new("starting", None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _new(self, description: str, total: int | None) -> None:
+        from rich.markup import escape
+
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(escape(description), total=total, stats="")
+
+    def on_step(self, desc: str) -> None:
+        self._new(desc, None)
+
+    def on_progress(self, done_: int, total: int) -> None:
+        self.progress.update(self.task, total=total, completed=done_)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+        self._new(f"QAT epoch {epoch}/{epochs}", steps)
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
+
+    def validating(self, steps: int) -> None:
+        self._new("  validate", steps)
+
+    def val_step(self) -> None:
+        self.progress.update(self.task, advance=1)
+
+    def end_epoch(self, r: Any) -> None:
+        if not self.enabled:
+            return
+        val = (
+            f", val top-1 {r.val_top1:.2f}%, agreement with FP32 {r.val_agreement:.2f}%"
+            if r.val_top1 is not None
+            else ""
+        )
+        self.progress.console.print(
+            f"epoch {r.epoch}/{self.epochs}: loss {r.loss:.4f}{val}, {r.steps} steps, "
+            f"{r.images_per_s:.0f} img/s, {r.seconds:.0f} s",
+            markup=False,
+        )
+
+
+def qat_given(values: dict[str, Any]) -> list[str]:
+    """The QAT-only options given (for refusing them with --method ptq)."""
+    flags = {
+        "train_data": "--train-data",
+        "val_data": "--val-data",
+        "epochs": "--epochs",
+        "lr": "--lr",
+        "batch_size": "--batch-size",
+        "steps": "--steps",
+        "distill_weight": "--distill-weight",
+        "temperature": "--temperature",
+        "optimizer": "--optimizer",
+        "warmup_steps": "--warmup-steps",
+        "clip_grad": "--clip-grad",
+        "ema_decay": "--ema-decay",
+        "scales": "--scales",
+        "labels": "--labels/--no-labels",
+        "workers": "--workers",
+        "device": "--device",
+        "resume": "--resume",
+    }
+    return [flag for k, flag in flags.items() if values.get(k) not in (None, False)]
+
+
+def run_qat(
+    *,
+    output: Path,
+    model: str | None,
+    checkpoint: Path | None,
+    calib_data: Path | None,
+    calib_manifest: Path | None,
+    quant_cfg: Any,
+    qat_values: dict[str, Any],
+    load_kwargs: dict[str, Any],
+    json_out: bool,
+) -> None:
+    from edgeconvnext.models.checkpoint import load_model
+    from edgeconvnext.quantize.qat import QatConfig, qat
+    from edgeconvnext.train.distributed import env_world
+
+    given = {k: v for k, v in qat_values.items() if v is not None}
+    cfg = QatConfig(**given).validated()  # refused before the (slow) checkpoint load
+    rank, _, _ = env_world()
+    show = rank == 0 and not STATE.quiet and not json_out
+    with _QatProgress(enabled=show) as prog:
+        prog.on_step("loading the model")
+        loaded = load_model(model, checkpoint, **load_kwargs)
+        result = qat(
+            loaded,
+            output,
+            config=cfg,
+            quant=quant_cfg,
+            calib_data=calib_data,
+            calib_manifest=calib_manifest,
+            progress=prog,
+            on_step=prog.on_step,
+            on_progress=prog.on_progress,
+        )
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    _print(result, loaded, json_out)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def _print(result: Any, loaded: Any, json_out: bool) -> None:
+    import json
+
+    from rich.markup import escape
+
+    t = result.history
+    summary = {
+        "output": str(result.path),
+        "sidecar": str(result.sidecar),
+        "manifest": str(result.manifest),
+        "checkpoint": str(result.checkpoint),
+        "fp32_baseline": str(result.fp32_path) if result.fp32_path else None,
+        "bytes": result.size_bytes,
+        "mode": result.mode,
+        "scales": result.config.scales,
+        "world_size": result.world_size,
+        "int8_macs_share": result.int8_macs_share,
+        "placement": result.table(),
+        "history": [h.__dict__ for h in t],
+        "best_epoch": result.best_epoch,
+        "fp32_val_top1": result.fp32_val_top1,
+        "ptq_val_top1": result.ptq_val_top1,
+        "start_vs_ptq": result.start_vs_ptq,
+        "parity_onnx_vs_torch": result.parity,
+        "agreement_vs_fp32": result.agreement,
+        "trt_check": result.report.to_dict(),
+        "seconds": round(result.seconds, 3),
+    }
+    if json_out:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    c = console()
+    if not STATE.quiet:
+        from rich.table import Table
+
+        cfg = result.quant
+        tab = Table(
+            title=f"INT8 placement ({cfg.policy} policy"
+            + (f", --exclude {' '.join(cfg.exclude)}" if cfg.exclude else "")
+            + ")",
+            title_justify="left",
+        )
+        for col, just in (("layer", "left"), ("op", "left"), ("precision", "left"), ("MACs", "right"), ("why", "left")):
+            tab.add_column(col, justify=just, no_wrap=col != "why")
+        for r in result.table():
+            name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
+            share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
+            tab.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
+        c.print(tab)
+        for note in result.notes:
+            c.print(f"note: {note}", soft_wrap=True, markup=False)
+        best = next((h for h in t if h.epoch == result.best_epoch), None)
+        c.print(
+            f"QAT ({result.mode}, {result.config.scales} scales, {result.world_size} process"
+            f"{'es' if result.world_size > 1 else ''}): {len(t)} epoch(s) this run, best epoch {result.best_epoch}"
+            + (
+                f"; val top-1 FP32 {_pct(result.fp32_val_top1)}, PTQ {_pct(result.ptq_val_top1)}, "
+                f"QAT {_pct(best.val_top1)} (agreement with FP32 {_pct(best.val_agreement)})"
+                if best is not None and best.val_top1 is not None
+                else ""
+            ),
+            soft_wrap=True,
+            markup=False,
+        )
+        p = result.parity
+        c.print(
+            f"onnxruntime vs torch fake-quant on {p['images']} {p['inputs']}: top-1 agreement "
+            f"{p['top1_agreement']:.1%}, max logit diff {p['max_abs_diff']:.3g}",
+            soft_wrap=True,
+            markup=False,
+        )
+        c.print(f"TensorRT rules: {result.report.summary()}", soft_wrap=True, markup=False)
+        extra = [result.manifest.name, result.checkpoint.name] + ([result.fp32_path.name] if result.fp32_path else [])
+        c.print(f"beside it: {result.sidecar.name}, {', '.join(extra)}", soft_wrap=True, markup=False)
+    done(
+        escape(
+            f"{result.path}  {human_size(result.size_bytes)}  {loaded.arch.name} int8 (qat, {result.mode})  "
+            f"{result.seconds:.1f} s"
+        )
+    )

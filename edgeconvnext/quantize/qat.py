@@ -1,0 +1,1208 @@
+"""Quantization-aware training: the calibrated PTQ model, fine-tuned with fake quantization and distillation
+from the frozen FP32 checkpoint, exported to the same TensorRT-valid Q/DQ ONNX as PTQ.
+
+Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel` (the FP32 teacher and the starting weights),
+calibration images (as PTQ), training images (an ImageFolder: label loss + distillation; a plain folder of
+images: distillation only), optional labelled validation images, a :class:`QatConfig` and the PTQ options
+(:class:`~edgeconvnext.quantize.ptq.QuantizeConfig`: policy, ``--exclude``, calibration). Output (all or
+nothing, beside ``OUT.onnx``): ``OUT.onnx`` (explicit Q/DQ, opset 17, the PTQ layer names), ``OUT.onnx.json``
+(placement, training history, parity, TensorRT check), ``OUT.calib.json`` (the calibration manifest),
+``OUT.fp32.onnx`` (the baseline) and ``OUT.qat.pt`` (the trained weights, loadable as a plain edgeconvnext
+checkpoint, with the quantizer state under ``qat``). While training, ``OUT.qat.last.pt`` holds the state after
+the last finished epoch (``resume=True`` continues from it); it is removed when the outputs are written.
+
+Steps: PTQ exactly as ``quantize --method ptq`` (rank 0; same policy, exclude list, calibration) -> its
+Q/DQ scales installed as fake quantizers on the torch model (checked: same logits as the PTQ ONNX) -> train
+(AdamW/SGD, warm-up + cosine, gradient clipping, optional EMA; KL(teacher || student) on logits softened by
+``temperature``, times T^2, plus cross-entropy with labels) -> validate each epoch (fake-quant top-1 and
+agreement with FP32), keep the best epoch -> export (TorchScript, opset 17) -> TensorRT rules -> parity of
+onnxruntime against the torch fake-quant model -> atomic write.
+
+Under ``torchrun`` (see :mod:`edgeconvnext.train.distributed`) rank 0 calibrates and broadcasts the scales,
+every rank trains its DistributedSampler shard under DDP, only rank 0 validates and writes.
+
+Usage::
+
+    result = qat(load_model("convnextv2_nano", ckpt), Path("nano.qat.int8.onnx"), calib_data=Path("calib/"),
+                 config=QatConfig(train_data=Path("train/"), val_data=Path("val/"), epochs=2))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeconvnext.artifacts import atomic_output, check_output, environment
+from edgeconvnext.errors import CheckpointError, DataError, ExportError, UsageError, nearest
+from edgeconvnext.quantize import policy as policy_mod
+from edgeconvnext.quantize.ptq import QuantizeConfig, output_paths
+from edgeconvnext.train.loop import NO_LABEL, ProgressHook, cpu_count, lr_at
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeconvnext.models.checkpoint import LoadedModel
+    from edgeconvnext.onnx.trt_rules import TrtReport
+    from edgeconvnext.train.distributed import Dist
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "sgd")
+STATE_FORMAT = "edgeconvnext-qat-state"
+#: images the start (epoch 0) is compared with the PTQ ONNX on, and the export with the torch model on
+CHECK_IMAGES = 64
+#: the torch fake-quant model and the PTQ / exported ONNX must agree within this (max |diff| / max |logit|):
+#: the same integers on both sides; what is left is float accumulation order
+PARITY_REL_TOL = 2e-2
+#: options that may change on --resume (they do not change what is computed)
+RESUMABLE_CHANGES = frozenset({"resume", "workers", "threads", "val_data"})
+
+
+@dataclass
+class QatConfig:
+    """Options of quantization-aware training (CLI: ``edgeconvnext quantize --method qat --help``)."""
+
+    train_data: Path | None = None
+    val_data: Path | None = None
+    epochs: int = 1
+    lr: float = 1e-5  # ~1% of finetune's 1e-3 (the anchors: start near 1% of the original LR)
+    min_lr: float = 0.0
+    batch_size: int = 32
+    steps: int | None = None  # cap on optimizer steps per epoch
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None  # None: 5% of the run
+    clip_grad: float | None = 1.0
+    ema_decay: float | None = None
+    distill_weight: float | None = None  # None: 1.0 without labels, 0.5 with labels
+    temperature: float = 2.0
+    scales: str = "frozen"
+    labels: bool = True  # False: distillation only even when --train-data has class folders
+    hflip: float = 0.5
+    seed: int = 0
+    workers: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    resume: bool = False
+
+    def validated(self) -> QatConfig:
+        from edgeconvnext.quantize.fake_quant import SCALE_MODES
+
+        if self.train_data is None:
+            raise UsageError(
+                "--method qat needs --train-data DIR (an ImageFolder for label loss + distillation, or a "
+                "folder of images for distillation only; the calibration folder works)"
+            )
+        opt = self.optimizer.strip().lower()
+        if opt not in OPTIMIZERS:
+            hint = nearest(opt, OPTIMIZERS)
+            raise UsageError(
+                f"unknown --optimizer '{self.optimizer}'"
+                + (f"; did you mean '{hint}'?" if hint else "")
+                + " (adamw, sgd)"
+            )
+        scales = self.scales.strip().lower()
+        if scales not in SCALE_MODES:
+            raise UsageError(f"unknown --scales '{self.scales}' (choose from {', '.join(SCALE_MODES)})")
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, --lr], got {self.min_lr}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.warmup_steps is None or self.warmup_steps >= 0,
+                f"--warmup-steps must be >= 0, got {self.warmup_steps}",
+            ),
+            (self.clip_grad is None or self.clip_grad >= 0, f"--clip-grad must be >= 0, got {self.clip_grad}"),
+            (
+                self.ema_decay is None or 0 <= self.ema_decay < 1,
+                f"--ema-decay must be in [0, 1), got {self.ema_decay}",
+            ),
+            (
+                self.distill_weight is None or 0 <= self.distill_weight <= 1,
+                f"--distill-weight must be in [0, 1], got {self.distill_weight}",
+            ),
+            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (0 <= self.hflip <= 1, f"--hflip must be in [0, 1], got {self.hflip}"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        return replace(self, optimizer=opt, scales=scales)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of QAT (validation numbers are None without --val-data)."""
+
+    epoch: int  # 1-based
+    loss: float
+    train_top1: float | None
+    lr: float
+    steps: int
+    images: int
+    images_per_s: float
+    seconds: float
+    val_top1: float | None = None
+    val_agreement: float | None = None  # top-1 agreement of the fake-quant model with FP32 (%)
+    skipped: int = 0
+
+
+@dataclass
+class QatResult:
+    """What :func:`qat` wrote and measured."""
+
+    path: Path
+    sidecar: Path
+    manifest: Path
+    checkpoint: Path
+    fp32_path: Path | None
+    config: QatConfig
+    quant: QuantizeConfig
+    mode: str  # "labels+distillation" or "distillation only"
+    placement: list[policy_mod.Placement]
+    report: TrtReport
+    history: list[EpochRecord]
+    best_epoch: int
+    start_vs_ptq: dict[str, Any]
+    parity: dict[str, Any]
+    agreement: dict[str, float]
+    fp32_val_top1: float | None
+    ptq_val_top1: float | None
+    world_size: int
+    seconds: float
+    size_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, compress: bool = True) -> list[dict[str, Any]]:
+        return policy_mod.table(self.placement, compress=compress)
+
+    @property
+    def int8_macs_share(self) -> float | None:
+        return policy_mod.int8_macs_share(self.placement)
+
+
+def qat_paths(output: Path) -> dict[str, Path]:
+    """PTQ's files for ``output`` plus the QAT checkpoint ``x.qat.pt`` and the resumable ``x.qat.last.pt``."""
+    paths = output_paths(output)
+    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
+    paths["checkpoint"] = output.with_name(f"{stem}.qat.pt")
+    paths["state"] = output.with_name(f"{stem}.qat.last.pt")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class TrainData:
+    paths: list[Path]
+    labels: list[int]  # NO_LABEL for every image in distillation-only mode
+    labelled: bool
+    class_names: list[str] | None
+
+    @property
+    def mode(self) -> str:
+        return "labels+distillation" if self.labelled else "distillation only"
+
+
+def _has_labels(root: Path) -> bool:
+    from edgeconvnext.data.folders import class_folders, find_labels_file
+
+    return find_labels_file(root) is not None or bool(class_folders(root))
+
+
+def _check_classes(names: list[str], loaded: LoadedModel, where: Path) -> None:
+    """Labels must name the checkpoint's classes (by name when it has names, else by count)."""
+    if loaded.class_names is not None:
+        unknown = [c for c in names if c not in loaded.class_names]
+        if unknown:
+            raise DataError(
+                f"classes {unknown[:5]} of {where} are not among the checkpoint's {len(loaded.class_names)} "
+                f"classes (e.g. {loaded.class_names[:3]}): the labels would not match its outputs; use a folder "
+                "with the checkpoint's classes, or --no-labels for distillation only"
+            )
+    elif len(names) != loaded.num_classes:
+        raise DataError(
+            f"{where} has {len(names)} classes but the checkpoint's classifier has {loaded.num_classes} outputs: "
+            "the labels would not match; use a folder with its classes, or --no-labels for distillation only"
+        )
+
+
+def load_train_data(root: Path, loaded: LoadedModel, labels: bool) -> TrainData:
+    """Labelled (ImageFolder / labels file) or unlabelled (any images, recursively) training images."""
+    from edgeconvnext.data.folders import LabelledImages, list_images
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--train-data folder not found: {root}")
+    if labels and _has_labels(root):
+        folder = LabelledImages.discover(root)
+        _check_classes(folder.class_names, loaded, root)
+        names = loaded.class_names or folder.class_names
+        ds = LabelledImages.discover(root, class_names=names)
+        return TrainData(ds.paths, ds.labels, True, names)
+    paths = list_images(root)
+    if not paths:
+        raise DataError(f"no images found in --train-data {root} (searched recursively)")
+    return TrainData(paths, [NO_LABEL] * len(paths), False, None)
+
+
+def _check_batches(n_images: int, batch: int, world: int, root: Path) -> None:
+    if n_images < batch:
+        raise DataError(
+            f"--train-data {root} holds {n_images} images, fewer than one batch (--batch-size {batch}): "
+            f"add images or pass --batch-size {n_images}"
+        )
+    batches = n_images // batch
+    if world > batches:
+        raise UsageError(
+            f"{world} processes but --train-data {root} gives only {batches} full batch(es) of {batch}: "
+            f"every process needs at least one; use --nproc-per-node {max(1, batches)} or a smaller --batch-size"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# start: PTQ, then its scales on the torch model
+
+
+def scales_from_onnx(q: Any, placement: list[policy_mod.Placement]) -> dict[str, tuple[Any, Any]]:
+    """layer -> (activation scale, per-channel weight scales) of the INT8 layers of a PTQ Q/DQ ONNX."""
+    import torch
+
+    from edgeconvnext.onnx.graph import GraphIndex
+
+    g = GraphIndex(q)
+    by_name = {n.name: n for n in g.nodes}
+    out: dict[str, tuple[Any, Any]] = {}
+    for p in placement:
+        if not p.int8:
+            continue
+        node = by_name.get(p.node)
+        if node is None:
+            raise ExportError(f"the PTQ graph has no node {p.node} ({p.layer})")
+        found = []
+        for inp in node.input[:2]:
+            src, dq = g.trace_back(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                raise ExportError(f"{p.layer}: input {inp} of the PTQ graph does not come from a DequantizeLinear")
+            scale = g.const(dq.input[1])
+            zp = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+            if scale is None or (zp is not None and np.any(zp != 0)):
+                raise ExportError(f"{p.layer}: the PTQ scale is not a constant or its zero point is not 0")
+            found.append(np.asarray(scale, dtype=np.float32))
+        a, w = found
+        if a.size != 1:
+            raise ExportError(f"{p.layer}: the PTQ activation scale is not per tensor ({a.size} values)")
+        out[p.layer] = (torch.tensor(float(a.reshape(-1)[0])), torch.from_numpy(w.reshape(-1).copy()))
+    return out
+
+
+def compare_logits(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """max |a - b|, its ratio to max |a|, top-1 agreement and min cosine of two sets of logits."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    d = float(np.abs(a64 - b64).max()) if a.size else 0.0
+    m = float(np.abs(a64).max()) if a.size else 0.0
+    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1) + 1e-12)
+    return {
+        "images": int(len(a)),
+        "max_abs_diff": d,
+        "rel_diff": d / max(m, 1e-12),
+        "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0,
+        "cosine_min": float(cos.min()) if len(a) else 1.0,
+        "finite": bool(np.isfinite(b64).all()),
+    }
+
+
+def torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(model(torch.from_numpy(images[i : i + batch])).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    out = [sess.run(["logits"], {"input": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def prepare_float(loaded: LoadedModel) -> LoadedModel:
+    """The float model PTQ quantizes. The seam for PTQ's pre-quantization transforms (an exact LayerNorm ->
+    next-layer equalisation, when ``quantize --method ptq`` applies one): QAT must start from the same float
+    weights as the PTQ ONNX; :func:`start_from_ptq` checks the logits, so a difference cannot pass unseen."""
+    return loaded
+
+
+@dataclass
+class Start:
+    """The calibrated start on rank 0: placement, scales, and what the outputs reuse from PTQ."""
+
+    placement: list[policy_mod.Placement]
+    scales: dict[str, tuple[Any, Any]]
+    manifest_bytes: bytes
+    fp32_bytes: bytes
+    fp32_sidecar_bytes: bytes
+    ptq_summary: dict[str, Any]
+    start_vs_ptq: dict[str, Any]
+    ptq_bytes: bytes
+    calib_images: np.ndarray  # the first CHECK_IMAGES calibration images (preprocessed)
+
+
+def start_from_ptq(
+    loaded: LoadedModel,
+    quant: QuantizeConfig,
+    scales_mode: str,
+    *,
+    calib_data: Path | None,
+    calib_manifest: Path | None,
+    workdir: Path,
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Start:
+    """Run PTQ exactly as ``quantize --method ptq`` into ``workdir``, read its Q/DQ scales, install them on the
+    torch model and check that the fake-quant torch model computes what the PTQ ONNX computes."""
+    import onnx
+
+    from edgeconvnext.quantize.fake_quant import wrap
+    from edgeconvnext.quantize.ptq import quantize
+
+    out = workdir / "ptq.onnx"
+    res = quantize(
+        loaded,
+        out,
+        calib_data=calib_data,
+        config=replace(quant, method="ptq", keep_fp32=True),
+        calib_manifest=calib_manifest,
+        on_step=on_step,
+        on_progress=on_progress,
+    )
+    ptq_bytes = out.read_bytes()
+    scales = scales_from_onnx(onnx.load_from_string(ptq_bytes), res.placement)
+    paths = output_paths(out)
+    manifest = json.loads(paths["manifest"].read_text())
+    from edgeconvnext.data.calibration import load_manifest
+
+    if on_step:
+        on_step("checking that the fake-quant torch model computes what the PTQ ONNX computes")
+    n = min(CHECK_IMAGES, manifest["count"])
+    cs = load_manifest(paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1)
+    images = cs.images[:n]
+    qmodel = wrap(loaded.model, scales, scales_mode)
+    check = compare_logits(ort_logits(ptq_bytes, images), torch_logits(qmodel, images))
+    check["tolerance_rel"] = PARITY_REL_TOL
+    if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
+        raise ExportError(
+            f"the QAT start (PTQ scales on the torch model) differs from the PTQ ONNX: max abs diff "
+            f"{check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > {PARITY_REL_TOL:g}); a pre-quantization "
+            "transform of PTQ is not applied to the torch model (quantize.qat.prepare_float)"
+        )
+    sidecar = json.loads(paths["sidecar"].read_text())
+    summary = {
+        "agreement_vs_fp32": res.agreement,
+        "calibration": sidecar.get("calibration"),
+        "backend": sidecar.get("backend"),
+        "int8_layers": sum(p.int8 for p in res.placement),
+        "layers": len(res.placement),
+    }
+    return Start(
+        placement=res.placement,
+        scales=scales,
+        manifest_bytes=paths["manifest"].read_bytes(),
+        fp32_bytes=paths["fp32"].read_bytes(),
+        fp32_sidecar_bytes=paths["fp32_sidecar"].read_bytes(),
+        ptq_summary=summary,
+        start_vs_ptq=check,
+        ptq_bytes=ptq_bytes,
+        calib_images=images,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# loss
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t / T) || softmax(s / T)) * T^2, averaged over the batch (Hinton et al.; ModelOpt's KD)."""
+    import torch.nn.functional as F
+
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean"
+    ) * (t * t)
+
+
+def make_loss(teacher: torch.nn.Module, weight: float, temperature: float, labelled: bool) -> Callable[..., Any]:
+    import torch
+    import torch.nn.functional as F
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            t = teacher(x)
+        s = model(x)
+        loss = distill_loss(s, t, temperature)
+        if labelled and weight < 1:
+            loss = weight * loss + (1 - weight) * F.cross_entropy(s, y)
+        return loss, s
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------------
+# export
+
+
+def _trace(module: Any, img_size: int) -> bytes:
+    import io
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(record=True), torch.no_grad():
+        warnings.simplefilter("always")
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, 3, img_size, img_size),),
+            buf,
+            dynamo=False,  # the dynamo exporter fails on fake-quantized models (KNOWLEDGE.md)
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def export_qat(
+    qmodel: torch.nn.Module,
+    loaded: LoadedModel,
+    placement: list[policy_mod.Placement],
+    quant_meta: dict[str, Any],
+) -> tuple[bytes, TrtReport]:
+    """The fake-quant model as a Q/DQ ONNX (opset 17, our metadata), checked against TensorRT's rules and the
+    planned placement; RuleViolation / ExportError when it is not what PTQ would have written."""
+    import onnx
+
+    from edgeconvnext.errors import RuleViolation
+    from edgeconvnext.export.onnx_export import _inline_identity_initializers, build_metadata
+    from edgeconvnext.onnx.metadata import set_metadata
+    from edgeconvnext.onnx.trt_rules import check_model
+    from edgeconvnext.quantize.fake_quant import quant_layers
+    from edgeconvnext.quantize.ptq import _verify_placement
+
+    m = copy.deepcopy(qmodel).cpu().float().eval()
+    for layer in quant_layers(m).values():
+        layer.freeze_for_export()
+    try:
+        raw = _trace(m, int(loaded.preprocess.img_size))
+    except Exception as e:  # the exporter raises many types
+        raise ExportError(f"torch.onnx.export of the QAT model failed: {type(e).__name__}: {e}") from e
+    proto = onnx.load_from_string(raw)
+    _inline_identity_initializers(proto)
+    proto.graph.name = loaded.arch.name
+    proto.doc_string = (
+        f"edgeconvnext: {loaded.arch.name} INT8 Q/DQ (QAT, policy {quant_meta['policy']}), input 'input' "
+        "float32, output 'logits' float32"
+    )
+    meta = build_metadata(loaded, precision="int8")
+    meta["edgeconvnext.quantization"] = json.dumps(quant_meta, sort_keys=True)
+    set_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the QAT graph: {e}") from e
+    report = check_model(proto)
+    try:
+        report.raise_for_violations()
+    except RuleViolation as e:
+        raise RuleViolation(f"the QAT export breaks a TensorRT rule, so nothing was written: {e}") from None
+    _verify_placement(placement, report, "qat")
+    return proto.SerializeToString(), report
+
+
+# ---------------------------------------------------------------------------------------------------
+# state (resume)
+
+
+def _bytes_tensor(b: bytes) -> Any:
+    import torch
+
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8).clone() if b else torch.zeros(0, dtype=torch.uint8)
+
+
+def _tensor_bytes(t: Any) -> bytes:
+    return bytes(t.numpy().tobytes())
+
+
+def _run_args(cfg: QatConfig, quant: QuantizeConfig, loaded: LoadedModel, world: int, calib: str | None) -> dict:
+    """What a resumed run must share with the interrupted one (option name -> value)."""
+    args = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    args.update({f"quant.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(quant).items()})
+    args["checkpoint_sha256"] = loaded.source_sha256
+    args["world_size"] = world
+    args["calib"] = calib
+    return args
+
+
+def _option_name(key: str) -> str:
+    names = {
+        "quant.calib_size": "--calib-size",
+        "quant.calib_method": "--calib-method",
+        "quant.policy": "--policy",
+        "quant.exclude": "--exclude",
+        "quant.seed": "--seed",
+        "checkpoint_sha256": "--checkpoint (its sha256)",
+        "world_size": "the number of processes",
+        "calib": "--calib-data/--calib-manifest",
+    }
+    return names.get(key, "--" + key.removeprefix("quant.").replace("_", "-"))
+
+
+def _check_resume_args(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        parts = [f"{_option_name(k)} {now.get(k)!r} (was {saved.get(k)!r})" for k in diff[:6]]
+        raise UsageError(
+            f"--resume: {path} was written with other options: {'; '.join(parts)}; give the interrupted run's "
+            f"options, or delete {path} to start over"
+        )
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt files raise many types
+        raise CheckpointError(f"--resume: cannot read {path} ({type(e).__name__}: {e}); delete it to start over") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"--resume: {path} is not a QAT state written by 'edgeconvnext quantize --method qat'")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage
+
+
+class LogProgress:
+    """Default hook: one log line per epoch."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._epochs = epochs
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        pass
+
+    def validating(self, steps: int) -> None:
+        pass
+
+    def val_step(self) -> None:
+        pass
+
+    def end_epoch(self, r: EpochRecord) -> None:
+        val = f", val top-1 {r.val_top1:.2f}%, agreement {r.val_agreement:.2f}%" if r.val_top1 is not None else ""
+        log.info("QAT epoch %d/%d: loss %.4f%s, %.0f img/s", r.epoch, self._epochs, r.loss, val, r.images_per_s)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a killed job) unwinds like Ctrl-C, so partial outputs are removed and the state stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _evaluate(model: torch.nn.Module, images: np.ndarray, device: str, hook: ProgressHook | None) -> np.ndarray:
+    """Predicted classes of ``model`` on preprocessed ``images``."""
+    import torch
+
+    model.eval()
+    preds = []
+    batch = 64
+    if hook is not None:
+        hook.validating(math.ceil(len(images) / batch))
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch]).to(device, memory_format=torch.channels_last)
+            preds.append(model(x).argmax(1).cpu().numpy())
+            if hook is not None:
+                hook.val_step()
+    return np.concatenate(preds) if preds else np.zeros(0, np.int64)
+
+
+@dataclass
+class _Data:
+    train: TrainData
+    weight: float  # of the distillation loss
+    val_images: np.ndarray | None
+    val_labels: np.ndarray | None
+    notes: list[str]
+
+
+def _load_data(cfg: QatConfig, loaded: LoadedModel, rank: int, world: int) -> _Data:
+    """Training images (every rank: the same checks, the same error everywhere) and, on rank 0, the
+    preprocessed validation images."""
+    from edgeconvnext.data.folders import LabelledImages, load_images
+
+    notes: list[str] = []
+    train = load_train_data(Path(cfg.train_data), loaded, cfg.labels)  # type: ignore[arg-type]
+    _check_batches(len(train.paths), cfg.batch_size, world, Path(cfg.train_data))  # type: ignore[arg-type]
+    weight = cfg.distill_weight if cfg.distill_weight is not None else (0.5 if train.labelled else 1.0)
+    if not train.labelled and weight < 1:
+        raise UsageError(
+            f"--distill-weight {weight} mixes in a label loss, but --train-data {cfg.train_data} is used without "
+            "labels (distillation only): drop --distill-weight, or give an ImageFolder with class folders"
+        )
+    val_images = val_labels = None
+    if cfg.val_data is not None and rank == 0:
+        names = loaded.class_names or (train.class_names if train.labelled else None)
+        if names is None:
+            folder = LabelledImages.discover(cfg.val_data)
+            _check_classes(folder.class_names, loaded, Path(cfg.val_data))
+            names = folder.class_names
+        val = LabelledImages.discover(cfg.val_data, class_names=names)
+        val_images, used, skipped = load_images(val.paths, loaded.preprocess)
+        if len(used) == 0:
+            raise DataError(f"no readable validation images in {cfg.val_data}")
+        lab = dict(zip(val.paths, val.labels, strict=False))
+        val_labels = np.asarray([lab[p] for p in used], dtype=np.int64)
+        if skipped:
+            notes.append(f"{len(skipped)} unreadable validation images skipped")
+    log.info("QAT data: %d training images (%s)", len(train.paths), train.mode)
+    return _Data(train, weight, val_images, val_labels, notes)
+
+
+def qat(
+    loaded: LoadedModel,
+    output: str | Path,
+    *,
+    config: QatConfig,
+    quant: QuantizeConfig | None = None,
+    calib_data: str | Path | None = None,
+    calib_manifest: str | Path | None = None,
+    progress: ProgressHook | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> QatResult | None:
+    """Quantization-aware training of ``loaded`` to ``output`` (see the module doc). Returns the result on the
+    writing process (rank 0) and None on the other ranks of a torchrun job."""
+    from edgeconvnext.runtime.runners import check_device
+    from edgeconvnext.train import distributed
+
+    cfg = config.validated()
+    qcfg = replace(quant or QuantizeConfig(), method="ptq").validated()
+    if qcfg.backend != "ort":
+        raise UsageError(
+            f"--method qat calibrates its start with --backend ort (its Q/DQ sit directly on the layers the fake "
+            f"quantizers wrap); --backend {qcfg.backend} is not supported with qat: drop --backend"
+        )
+    check_device(cfg.device)
+    if calib_data is None and calib_manifest is None:
+        raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
+    output = Path(output)
+    check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
+    paths = qat_paths(output)
+    check_output(paths["checkpoint"], "--output", {"--checkpoint": loaded.source})
+    policy_mod.check_excludes(qcfg.exclude, policy_mod.torch_layer_names(loaded.model))
+    rank, world, _ = distributed.env_world()
+    data = _load_data(cfg, loaded, rank, world)  # before joining the group: a data error stops every rank alike
+    d = distributed.init(cfg.device)
+    try:
+        with _sigterm_as_interrupt():
+            return _run(loaded, cfg, qcfg, paths, d, data, calib_data, calib_manifest, progress, on_step, on_progress)
+    finally:
+        d.close()
+
+
+def _run(
+    loaded: LoadedModel,
+    cfg: QatConfig,
+    qcfg: QuantizeConfig,
+    paths: dict[str, Path],
+    d: Dist,
+    data: _Data,
+    calib_data: str | Path | None,
+    calib_manifest: str | Path | None,
+    progress: ProgressHook | None,
+    on_step: Callable[[str], None] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> QatResult | None:
+    import torch
+
+    from edgeconvnext.data.augment import TrainTransform
+    from edgeconvnext.quantize.fake_quant import quant_layers, quantizer_state, wrap
+    from edgeconvnext.train.distributed import run_on_main
+    from edgeconvnext.train.loop import ImageDataset, ModelEma, make_loader, param_groups, train_epoch
+
+    t_start = time.perf_counter()
+    step_msg = on_step if d.is_main and on_step else (lambda s: None)
+    hook: ProgressHook | None = (progress or LogProgress()) if d.is_main else None
+    notes: list[str] = []
+    torch.set_num_threads(cfg.threads or max(1, cpu_count() // d.world_size))
+    workers = min(2, cpu_count()) if cfg.workers is None else cfg.workers
+    device = d.device(cfg.device)
+
+    train, weight, val_images, val_labels = data.train, data.weight, data.val_images, data.val_labels
+    notes.extend(data.notes)
+
+    # ---- start: resume, or PTQ on rank 0 and its scales everywhere ----
+    calib_key = str(calib_manifest) if calib_manifest is not None else str(calib_data)
+    args = _run_args(cfg, qcfg, loaded, d.world_size, calib_key)
+    state: dict[str, Any] | None = None
+    if cfg.resume:
+        if not paths["state"].is_file():
+            raise CheckpointError(
+                f"--resume: nothing to resume, {paths['state']} does not exist; run without --resume to start"
+            )
+        state = load_state(paths["state"])
+        _check_resume_args(state["args"], args, paths["state"])
+        notes.append(f"resumed from {paths['state'].name} after epoch {state['epoch']}")
+    elif paths["state"].is_file():
+        raise UsageError(
+            f"{paths['state']} holds an interrupted QAT run: pass --resume to continue it, or delete it to start over"
+        )
+
+    float_model = prepare_float(loaded)
+    teacher = copy.deepcopy(float_model.model).to(device, memory_format=torch.channels_last).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    start: Start | None = None
+    if state is None:
+
+        def calibrate() -> dict[str, Any]:
+            nonlocal start
+            parent = paths["onnx"].parent
+            workdir = Path(tempfile.mkdtemp(prefix=".edgeconvnext-qat-", dir=parent if parent.is_dir() else None))
+            try:
+                start = start_from_ptq(
+                    float_model,
+                    qcfg,
+                    cfg.scales,
+                    calib_data=Path(calib_data) if calib_data is not None else None,
+                    calib_manifest=Path(calib_manifest) if calib_manifest is not None else None,
+                    workdir=workdir,
+                    on_step=step_msg,
+                    on_progress=on_progress,
+                )
+            finally:
+                import shutil
+
+                shutil.rmtree(workdir, ignore_errors=True)
+            return {"placement": [p.to_dict() for p in start.placement], "scales": start.scales}
+
+        shared = run_on_main(d, calibrate)
+        placement = [
+            policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in shared["placement"]
+        ]
+        scales = shared["scales"]
+    else:
+        placement = [
+            policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in state["placement"]
+        ]
+        scales = {k: (v["act_scale"], v["w_scale"]) for k, v in state["quantizers"].items()}
+
+    qmodel = wrap(float_model.model, scales, cfg.scales).to(device, memory_format=torch.channels_last)
+    if state is not None:
+        qmodel.load_state_dict(state["model"])
+    # every rank starts from rank 0's weights and scales (DDP broadcasts parameters too; the scales are
+    # broadcast explicitly so a frozen scale can never differ between ranks)
+    d.broadcast_tensors([t for lay in quant_layers(qmodel).values() for t in (lay.act_scale, lay.w_scale)])
+
+    # ---- optimisation ----
+    trainable = param_groups(qmodel, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.999))
+    else:
+        opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, nesterov=True)
+    n_per_rank = math.ceil(len(train.paths) / d.world_size)
+    steps_per_epoch = math.ceil(n_per_rank / cfg.batch_size)
+    if cfg.steps is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(0.05 * total_steps))
+    ema = ModelEma(qmodel, cfg.ema_decay) if cfg.ema_decay else None
+
+    start_epoch, step = 0, 0
+    history: list[EpochRecord] = []
+    best: dict[str, Any] = {"epoch": 0, "key": None, "model": None}
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history = [EpochRecord(**h) for h in state["history"]]
+        best = {"epoch": int(state["best"]["epoch"]), "key": state["best"]["key"], "model": state["best"]["model"]}
+        random.setstate(_python_rng(state["rng"]["python"]))
+        torch.set_rng_state(state["rng"]["torch"])
+
+    model: torch.nn.Module = qmodel
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(qmodel, device_ids=[d.local_rank] if cfg.device == "cuda" else None)
+    loss_fn = make_loss(teacher, weight, cfg.temperature, train.labelled)
+    train_tf = TrainTransform(loaded.preprocess, hflip=cfg.hflip)
+    train_set = ImageDataset(train.paths, train.labels, train_tf)
+
+    fp32_val_pred = _evaluate(teacher, val_images, device, None) if val_images is not None else None
+    fp32_val_top1 = float((fp32_val_pred == val_labels).mean() * 100) if fp32_val_pred is not None else None
+    ptq_val_top1 = state.get("ptq_val_top1") if state is not None else None
+    if val_images is not None and state is None:  # epoch 0 (the PTQ model) on the validation set
+        ptq_val_top1 = float((_evaluate(qmodel, val_images, device, None) == val_labels).mean() * 100)
+
+    # what the outputs reuse from the start, kept in the state for a resumed run
+    if state is not None:
+        kept = state["kept"]
+        manifest_bytes, fp32_bytes = _tensor_bytes(kept["manifest"]), _tensor_bytes(kept["fp32"])
+        fp32_sidecar_bytes = _tensor_bytes(kept["fp32_sidecar"])
+        ptq_summary, start_vs_ptq = json.loads(kept["ptq_summary"]), json.loads(kept["start_vs_ptq"])
+        check_images = kept["check_images"].numpy()
+    elif start is not None:
+        manifest_bytes, fp32_bytes, fp32_sidecar_bytes = (
+            start.manifest_bytes,
+            start.fp32_bytes,
+            start.fp32_sidecar_bytes,
+        )
+        ptq_summary, start_vs_ptq, check_images = start.ptq_summary, start.start_vs_ptq, start.calib_images
+    else:  # ranks > 0 write nothing
+        manifest_bytes = fp32_bytes = fp32_sidecar_bytes = b""
+        ptq_summary, start_vs_ptq, check_images = {}, {}, np.zeros((0,), np.float32)
+
+    def save_state(epoch: int) -> None:
+        st = {
+            "format": STATE_FORMAT,
+            "args": args,
+            "epoch": epoch,
+            "step": step,
+            "model": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "quantizers": quantizer_state(qmodel),
+            "placement": [p.to_dict() for p in placement],
+            "history": [asdict(h) for h in history],
+            "best": best,
+            "ptq_val_top1": ptq_val_top1,
+            "rng": {"python": _plain_rng(random.getstate()), "torch": torch.get_rng_state()},
+            "kept": {
+                "manifest": _bytes_tensor(manifest_bytes),
+                "fp32": _bytes_tensor(fp32_bytes),
+                "fp32_sidecar": _bytes_tensor(fp32_sidecar_bytes),
+                "ptq_summary": json.dumps(ptq_summary, default=str),
+                "start_vs_ptq": json.dumps(start_vs_ptq, default=str),
+                "check_images": torch.from_numpy(np.ascontiguousarray(check_images)),
+            },
+        }
+        with atomic_output(paths["state"]) as tmp:
+            torch.save(st, tmp)
+
+    if start_epoch >= cfg.epochs:
+        notes.append(f"the saved state already finished {start_epoch} epochs: exporting it")
+    sampler = None
+    if d.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        # order and augmentation are a function of (seed, epoch): a resumed run sees what the uninterrupted saw
+        random.seed(cfg.seed + epoch)
+        torch.manual_seed(cfg.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = make_loader(train_set, cfg.batch_size, True, workers, cfg.seed + epoch, sampler=sampler)
+        if hook is not None:
+            hook.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
+        stats = train_epoch(
+            model,
+            loader,
+            opt,
+            loss_fn=loss_fn,
+            lr_fn=lambda s: lr_at(s, total_steps, warmup, cfg.lr, cfg.min_lr),
+            step=step,
+            device=device,
+            hook=hook,
+            max_steps=steps_per_epoch,
+            clip_grad=cfg.clip_grad or None,
+            ema=ema,
+        )
+        step = stats.step
+        if not d.all_ok(stats.seen > 0):
+            raise DataError(f"no readable training images in {cfg.train_data}")
+        rec = EpochRecord(
+            epoch=epoch + 1,
+            loss=stats.loss,
+            train_top1=stats.top1,
+            lr=stats.lr,
+            steps=stats.steps,
+            images=stats.seen * d.world_size,
+            images_per_s=stats.images_per_s * d.world_size,
+            seconds=stats.seconds,
+            skipped=stats.skipped,
+        )
+        eval_model = ema.module if ema is not None else qmodel
+        if d.is_main:
+            if val_images is not None and val_labels is not None and fp32_val_pred is not None:
+                pred = _evaluate(eval_model, val_images, device, hook)
+                rec.val_top1 = float((pred == val_labels).mean() * 100)
+                rec.val_agreement = float((pred == fp32_val_pred).mean() * 100)
+                key = [rec.val_top1, rec.val_agreement]
+            else:
+                key = [float(epoch)]  # without validation: the last epoch
+            if best["key"] is None or key > best["key"]:
+                best = {
+                    "epoch": epoch + 1,
+                    "key": key,
+                    "model": {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()},
+                }
+            history.append(rec)
+            save_state(epoch + 1)
+            if hook is not None:
+                hook.end_epoch(rec)
+        else:
+            history.append(rec)
+        d.barrier()
+
+    if not d.is_main:
+        d.barrier()
+        return None
+
+    # ---- export the best epoch, check, write everything together ----
+    final = copy.deepcopy(qmodel).cpu()
+    if best["model"] is not None:
+        final.load_state_dict(best["model"])
+    elif ema is not None:
+        final.load_state_dict(ema.module.state_dict())
+    final.eval()
+    quant_meta = {
+        "method": "qat",
+        "backend": qcfg.backend,
+        "calib_method": qcfg.calib_method,
+        "policy": qcfg.policy,
+        "exclude": list(qcfg.exclude),
+        "calib_images": (ptq_summary.get("calibration") or {}).get("images"),
+        "activations": "int8 per tensor, symmetric",
+        "weights": "int8 per output channel, symmetric",
+        "scales": cfg.scales,
+        "training": train.mode,
+    }
+    step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
+    data, report = export_qat(final, loaded, placement, quant_meta)
+    report.path = paths["onnx"]
+    step_msg("comparing onnxruntime with the torch fake-quant model")
+    parity_images = val_images[:CHECK_IMAGES] if val_images is not None else check_images
+    torch_out = torch_logits(final, parity_images)
+    parity = compare_logits(torch_out, ort_logits(data, parity_images))
+    parity["images"] = int(len(parity_images))
+    parity["inputs"] = "validation images" if val_images is not None else "calibration images"
+    parity["tolerance_rel"] = PARITY_REL_TOL
+    if not (parity["finite"] and parity["rel_diff"] <= PARITY_REL_TOL):
+        raise ExportError(
+            f"the QAT ONNX disagrees with the torch fake-quant model: max abs diff {parity['max_abs_diff']:.3g} "
+            f"(rel {parity['rel_diff']:.3g} > {PARITY_REL_TOL:g}), top-1 agreement {parity['top1_agreement']:.1%}; "
+            "nothing was written"
+        )
+    from edgeconvnext.quantize.ptq import _agreement
+
+    agreement = _agreement(fp32_bytes, data, parity_images[:32]) if fp32_bytes else {}
+    digest = _sha256(data)
+
+    from edgeconvnext.models.checkpoint import save_checkpoint
+    from edgeconvnext.quantize.fake_quant import strip
+
+    plain = strip(final, loaded.model)
+    qstate = quantizer_state(final)
+    best_rec = next((h for h in history if h.epoch == best["epoch"]), history[-1] if history else None)
+    seconds = time.perf_counter() - t_start
+    train_summary = {
+        "mode": train.mode,
+        "images": len(train.paths),
+        "distill_weight": weight,
+        "temperature": cfg.temperature,
+        "scales": cfg.scales,
+        "world_size": d.world_size,
+        "backend": d.backend,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup,
+        "best_epoch": best["epoch"],
+        "history": [asdict(h) for h in history],
+        "fp32_val_top1": fp32_val_top1,
+        "ptq_val_top1": ptq_val_top1,
+        "qat_val_top1": best_rec.val_top1 if best_rec else None,
+        "seconds_per_epoch": (sum(h.seconds for h in history) / len(history)) if history else None,
+    }
+    stem_ckpt = paths["checkpoint"]
+    with contextlib.ExitStack() as stack:
+        t_onnx = stack.enter_context(atomic_output(paths["onnx"]))
+        t_side = stack.enter_context(atomic_output(paths["sidecar"]))
+        t_man = stack.enter_context(atomic_output(paths["manifest"]))
+        t_ckpt = stack.enter_context(atomic_output(stem_ckpt))
+        t_fp = stack.enter_context(atomic_output(paths["fp32"])) if qcfg.keep_fp32 and fp32_bytes else None
+        t_fps = stack.enter_context(atomic_output(paths["fp32_sidecar"])) if t_fp is not None else None
+        t_onnx.write_bytes(data)
+        t_man.write_bytes(manifest_bytes)
+        if t_fp is not None and t_fps is not None:
+            t_fp.write_bytes(fp32_bytes)
+            t_fps.write_bytes(fp32_sidecar_bytes)
+        extra = {
+            "qat": {
+                "quantizers": qstate,
+                "scales": cfg.scales,
+                "placement": [p.to_dict() for p in placement],
+                "onnx": paths["onnx"].name,
+                "onnx_sha256": digest,
+                "config": cfg.to_dict(),
+                "quantize": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(qcfg).items()},
+                "best_epoch": best["epoch"],
+            }
+        }
+        save_checkpoint(
+            t_ckpt, plain, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess, extra=extra
+        )
+        ckpt_sha = _sha256(t_ckpt.read_bytes())
+        sidecar = {
+            "stage": "quantize",
+            "method": "qat",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "output": {"path": paths["onnx"].name, "bytes": len(data), "sha256": digest},
+            "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+            "source": {
+                "path": str(loaded.source) if loaded.source else None,
+                "sha256": loaded.source_sha256,
+                "format": loaded.source_format,
+            },
+            "config": {
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(qcfg).items()},
+                "method": "qat",
+                "qat": cfg.to_dict(),
+                "img_size": int(loaded.preprocess.img_size),
+                "preprocess": loaded.preprocess.to_dict(),
+                "opset": 17,
+                "exporter": "torch.onnx.export (TorchScript, dynamo=False) of torch.fake_quantize_per_*_affine",
+            },
+            "fake_quant": {
+                "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
+                "scales": cfg.scales,
+                "scales_note": "frozen: the calibrated PTQ scales, not trained"
+                if cfg.scales == "frozen"
+                else "learned: LSQ step sizes trained with the weights",
+                "activations": "per tensor, int8 [-128, 127], zero point 0",
+                "weights": "per output channel, int8 [-128, 127], zero point 0",
+                "gradients": "straight-through",
+            },
+            "training": train_summary,
+            "placement": {
+                "int8_layers": sum(p.int8 for p in placement),
+                "layers": len(placement),
+                "int8_macs_share": policy_mod.int8_macs_share(placement),
+                "table": policy_mod.table(placement),
+                "layers_detail": [p.to_dict() for p in placement],
+            },
+            "calibration": ptq_summary.get("calibration"),
+            "ptq": ptq_summary,
+            "start_vs_ptq": start_vs_ptq,
+            "parity_onnx_vs_torch": parity,
+            "agreement_vs_fp32": agreement,
+            "fp32_baseline": {"path": paths["fp32"].name} if t_fp is not None else None,
+            "qat_checkpoint": {"path": stem_ckpt.name, "sha256": ckpt_sha},
+            "trt_check": {
+                "ok": report.ok,
+                "opset": report.opset,
+                "n_quantize": report.n_quantize,
+                "n_dequantize": report.n_dequantize,
+                "warnings": report.warnings,
+            },
+            "timings": {"total_s": round(seconds, 3)},
+            "notes": list(getattr(loaded, "notes", []) or []) + notes,
+            "environment": environment(),
+        }
+        t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    if paths["state"].exists():
+        paths["state"].unlink()
+    d.barrier()
+    log.info("QAT %s: %d epochs, best %d", loaded.arch.name, len(history), best["epoch"])
+    return QatResult(
+        path=paths["onnx"],
+        sidecar=paths["sidecar"],
+        manifest=paths["manifest"],
+        checkpoint=stem_ckpt,
+        fp32_path=paths["fp32"] if t_fp is not None else None,
+        config=cfg,
+        quant=qcfg,
+        mode=train.mode,
+        placement=placement,
+        report=report,
+        history=history,
+        best_epoch=best["epoch"],
+        start_vs_ptq=start_vs_ptq,
+        parity=parity,
+        agreement=agreement,
+        fp32_val_top1=fp32_val_top1,
+        ptq_val_top1=ptq_val_top1,
+        world_size=d.world_size,
+        seconds=seconds,
+        size_bytes=len(data),
+        notes=list(getattr(loaded, "notes", []) or []) + notes,
+    )
+
+
+def _sha256(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+def _plain_rng(st: tuple) -> list:
+    """random.getstate() as lists (plain types for weights-only loading)."""
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+def _python_rng(st: list) -> tuple:
+    version, internal, gauss = st
+    return (version, tuple(internal), gauss)
+
+
+__all__ = ["QatConfig", "QatResult", "qat", "qat_paths", "distill_loss", "scales_from_onnx", "export_qat"]

@@ -1,0 +1,388 @@
+"""Quantization-aware training on a tiny ConvNeXt at 32 px, a few steps each.
+
+Quality bar of the QAT issue: epoch 0 is the PTQ model (same Q/DQ scales, same logits); one step lowers the
+distillation loss; the export passes the TensorRT rules with PTQ's layer names and matches the torch
+fake-quant model in onnxruntime; an interrupted run resumes to the weights of the uninterrupted one; a
+2-process gloo run (torchrun) completes and only rank 0 writes; bad input is one line and the right exit code
+with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from edgeconvnext.cli import main
+from edgeconvnext.errors import UsageError
+from edgeconvnext.models.checkpoint import load_model, save_checkpoint
+from edgeconvnext.models.registry import create_model
+from edgeconvnext.onnx.graph import GraphIndex, layer_name
+from edgeconvnext.onnx.trt_rules import check_file
+from edgeconvnext.quantize.ptq import QuantizeConfig
+from edgeconvnext.quantize.qat import (
+    LogProgress,
+    QatConfig,
+    distill_loss,
+    export_qat,
+    qat,
+    qat_paths,
+    scales_from_onnx,
+    start_from_ptq,
+    torch_logits,
+)
+
+pytest.importorskip("onnxruntime")
+
+COLOURS = {"blue": (30, 30, 200), "green": (30, 200, 30), "red": (200, 30, 30)}
+CALIB = ["--calib-size", "8", "--min-calib-size", "8"]
+
+
+def make_split(root: Path, per_class: int, seed: int, size: int = 28) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            a = np.clip(np.asarray(rgb)[None, None, :] + rng.normal(0, 60, (size, size, 3)), 0, 255)
+            Image.fromarray(a.astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _teacher() -> torch.nn.Module:
+    """A convnextv2_test whose layers give O(1) activations and logits (a random init gives ~0 logits, so
+    quantization error and distillation would be invisible)."""
+    torch.manual_seed(0)
+    m = create_model("convnextv2_test", num_classes=3)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+                fan_in = mod.weight[0].numel()
+                mod.weight.normal_(0, 1.5 / fan_in**0.5)
+                mod.bias.normal_(0, 0.1)
+            if hasattr(mod, "gamma") and isinstance(mod.gamma, torch.nn.Parameter):
+                mod.gamma.fill_(0.5)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("qat")
+    train = make_split(base / "train", 8, 0)
+    val = make_split(base / "val", 4, 1)
+    ckpt = base / "teacher.pt"
+    from edgeconvnext.models.registry import Preprocess
+
+    save_checkpoint(
+        ckpt, _teacher(), "convnextv2_test", class_names=sorted(COLOURS), preprocess=Preprocess(32, crop_pct=1.0)
+    )
+    return {"base": base, "train": train, "val": val, "ckpt": ckpt}
+
+
+def _cfg(world, **kw) -> QatConfig:
+    base = dict(
+        train_data=world["train"],
+        val_data=world["val"],
+        epochs=2,
+        steps=2,
+        batch_size=8,
+        lr=1e-3,
+        workers=0,
+    )
+    return QatConfig(**{**base, **kw})
+
+
+QUANT = QuantizeConfig(calib_size=8, min_calib_size=8)
+
+
+def _qdq_scales(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (activation scale, weight scales) read straight from the graph."""
+    g = GraphIndex(model)
+    out = {}
+    for n in g.nodes:
+        if n.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        s = []
+        for inp in n.input[:2]:
+            _, dq = g.trace_back(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                break
+            s.append(g.const(dq.input[1]))
+        if len(s) == 2:
+            out[layer_name(n)] = (s[0], s[1])
+    return out
+
+
+# ---- epoch 0 is PTQ -------------------------------------------------------------------------------
+
+
+def test_epoch0_equals_ptq(world, tmp_path):
+    loaded = load_model(None, world["ckpt"])
+    start = start_from_ptq(
+        loaded, QUANT.validated(), "frozen", calib_data=world["train"], calib_manifest=None, workdir=tmp_path
+    )
+    ptq = onnx.load_from_string(start.ptq_bytes)
+    from edgeconvnext.quantize.fake_quant import wrap
+
+    qmodel = wrap(loaded.model, start.scales, "frozen")
+    data, report = export_qat(qmodel, loaded, start.placement, {"policy": "convnext"})
+    exported = onnx.load_from_string(data)
+    a, b = _qdq_scales(ptq), _qdq_scales(exported)
+    assert set(a) == set(b) == {p.layer for p in start.placement if p.int8}
+    assert len(a) == 13  # convnextv2_test (depths 1,1,2,1): fc1 + fc2 of 5 blocks, 3 downsample convs
+    for layer in a:
+        np.testing.assert_allclose(b[layer][0], a[layer][0], rtol=1e-6, err_msg=layer)
+        np.testing.assert_allclose(b[layer][1].reshape(-1), a[layer][1].reshape(-1), rtol=1e-6, err_msg=layer)
+    # the same logits: the start's torch fake-quant model, the PTQ ONNX and the start's ONNX
+    assert start.start_vs_ptq["rel_diff"] < 1e-4 and start.start_vs_ptq["top1_agreement"] == 1.0
+    from edgeconvnext.quantize.qat import ort_logits
+
+    x = start.calib_images
+    np.testing.assert_allclose(ort_logits(data, x), ort_logits(start.ptq_bytes, x), atol=1e-4)
+    np.testing.assert_allclose(torch_logits(qmodel, x), ort_logits(start.ptq_bytes, x), atol=1e-4)
+    # quantization is visible (it is not the float model) and layer names / precisions are PTQ's
+    assert np.abs(torch_logits(loaded.model, x) - torch_logits(qmodel, x)).max() > 1e-3
+    from edgeconvnext.onnx.trt_rules import check_model
+
+    assert report.ok
+    ptq_rows = {(r.layer, r.op, r.precision) for r in check_model(ptq).layers}
+    assert {(r.layer, r.op, r.precision) for r in report.layers} == ptq_rows
+    assert scales_from_onnx(exported, start.placement).keys() == start.scales.keys()
+
+
+def test_one_step_lowers_distillation_loss():
+    """Through the fake quantizers (straight-through) one SGD step on the distillation loss brings a student
+    whose weights drifted from the teacher's back towards it (the loss of the unperturbed student is rounding
+    noise, ~5e-4 here: too small for one step to move reliably)."""
+    from edgeconvnext.quantize.fake_quant import quant_layers, wrap
+
+    teacher = _teacher()
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 32, 32)
+    acts: dict[str, float] = {}
+    mods = dict(teacher.named_modules())
+    hooks = [
+        mods[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, float(i[0].abs().max())))
+        for n in mods
+        if n.endswith(("mlp.fc1", "mlp.fc2"))
+    ]
+    with torch.no_grad():
+        t = teacher(x)
+    for h in hooks:
+        h.remove()
+    scales = {n: (torch.tensor(a / 127), mods[n].weight.abs().amax(1) / 127) for n, a in acts.items()}
+    drifted = copy.deepcopy(teacher)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in drifted.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1 * p.abs().mean())
+    student = wrap(drifted, scales, "frozen").train()
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.02)
+    before = distill_loss(student(x), t, 2.0)
+    opt.zero_grad()
+    before.backward()
+    layers = quant_layers(student)
+    assert len(layers) == 10 and all(m.act_scale.grad is None for m in layers.values())  # frozen scales
+    assert all(float(m.weight.grad.abs().sum()) > 0 for m in layers.values())  # straight-through to the weights
+    opt.step()
+    with torch.no_grad():
+        after = distill_loss(student(x), t, 2.0)
+    assert after < 0.7 * before
+
+
+def test_learned_scales_get_gradients():
+    from edgeconvnext.quantize.fake_quant import quant_layers, wrap
+
+    teacher = _teacher()
+    mods = dict(teacher.named_modules())
+    name = "stages.0.blocks.0.mlp.fc1"
+    s = wrap(teacher, {name: (torch.tensor(0.02), mods[name].weight.abs().amax(1) / 127)}, "learned").train()
+    distill_loss(s(torch.randn(4, 3, 32, 32)), teacher(torch.randn(4, 3, 32, 32)), 1.0).backward()
+    lay = quant_layers(s)[name]
+    assert lay.act_scale.grad is not None and lay.w_scale.grad is not None and lay.w_scale.grad.abs().sum() > 0
+
+
+# ---- a run, resumed ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_run(world):
+    out = world["base"] / "full" / "q.onnx"
+    return qat(load_model(None, world["ckpt"]), out, config=_cfg(world), quant=QUANT, calib_data=world["train"])
+
+
+def test_run_exports_what_trt_and_ptq_expect(world, full_run):
+    r = full_run
+    paths = qat_paths(r.path)
+    assert sorted(p.name for p in r.path.parent.iterdir()) == sorted(p.name for k, p in paths.items() if k != "state")
+    report = check_file(r.path)
+    assert report.ok and report.opset == 17
+    assert [x.layer for x in report.int8_layers] == [p.layer for p in r.placement if p.int8]
+    side = json.loads(paths["sidecar"].read_text())
+    assert side["method"] == "qat" and side["training"]["mode"] == "labels+distillation"
+    assert side["fake_quant"]["scales"] == "frozen" and side["training"]["world_size"] == 1
+    par = side["parity_onnx_vs_torch"]
+    assert par["top1_agreement"] == 1.0 and par["rel_diff"] < 1e-3 and par["images"] == 12
+    assert len(side["training"]["history"]) == 2 and all(h["steps"] == 2 for h in side["training"]["history"])
+    assert side["training"]["history"][-1]["val_top1"] is not None
+    meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
+    assert meta["edgeconvnext.precision"] == "int8" and json.loads(meta["edgeconvnext.quantization"])["method"] == "qat"
+    # the QAT checkpoint: a plain edgeconvnext checkpoint (validate / export / finetune read it) + quantizer state
+    ck = load_model(None, paths["checkpoint"])
+    q = ck.extra["qat"]
+    assert set(q["quantizers"]) == {p.layer for p in r.placement if p.int8} and q["scales"] == "frozen"
+    assert ck.class_names == sorted(COLOURS)
+
+
+def test_validate_and_inspect_take_the_qat_onnx(world, full_run, capsys):
+    assert main(["-q", "inspect", str(full_run.path), "--trt"]) == 0
+    assert (
+        main(["-q", "validate", str(full_run.path), "--data", str(world["val"]), "--baseline", str(full_run.fp32_path)])
+        == 0
+    )
+
+
+class _StopAfter(LogProgress):
+    def __init__(self, epochs: int) -> None:
+        self.stop = epochs
+
+    def end_epoch(self, r) -> None:
+        if r.epoch >= self.stop:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, tmp_path):
+    out = tmp_path / "q.onnx"
+    paths = qat_paths(out)
+    with pytest.raises(KeyboardInterrupt):
+        qat(
+            load_model(None, world["ckpt"]),
+            out,
+            config=_cfg(world),
+            quant=QUANT,
+            calib_data=world["train"],
+            progress=_StopAfter(1),
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [paths["state"].name]  # resumable, nothing looks complete
+    with pytest.raises(UsageError, match=r"--lr 0.002 \(was 0.001\).*--steps 3 \(was 2\)"):
+        qat(
+            load_model(None, world["ckpt"]),
+            out,
+            config=_cfg(world, resume=True, lr=2e-3, steps=3),
+            quant=QUANT,
+            calib_data=world["train"],
+        )
+    with pytest.raises(UsageError, match="pass --resume"):
+        qat(load_model(None, world["ckpt"]), out, config=_cfg(world), quant=QUANT, calib_data=world["train"])
+    r = qat(
+        load_model(None, world["ckpt"]), out, config=_cfg(world, resume=True), quant=QUANT, calib_data=world["train"]
+    )
+    assert not paths["state"].exists() and [h.epoch for h in r.history] == [1, 2]
+    a = torch.load(paths["checkpoint"], weights_only=True)
+    b = torch.load(qat_paths(full_run.path)["checkpoint"], weights_only=True)
+    for k, v in b["state_dict"].items():
+        torch.testing.assert_close(a["state_dict"][k], v, rtol=0, atol=0, msg=k)
+    assert r.history[-1].loss == pytest.approx(full_run.history[-1].loss, rel=1e-6)
+
+
+# ---- CLI: label-free, 2 processes, bad input --------------------------------------------------------
+
+
+def test_cli_label_free(world, tmp_path, capsys):
+    out = tmp_path / "lf.onnx"
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(world["train"])]
+    argv += ["--no-labels", "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]
+    argv += ["--epochs", "1", "--steps", "1", "--batch-size", "8", "--workers", "0", "--scales", "learned"]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert str(out) in last and "distillation only" in last
+    side = json.loads((tmp_path / "lf.onnx.json").read_text())
+    assert side["training"]["mode"] == "distillation only" and side["training"]["distill_weight"] == 1.0
+    assert side["fake_quant"]["scales"] == "learned" and check_file(out).ok
+
+
+def test_two_processes_gloo_only_rank0_writes(world, tmp_path):
+    out = tmp_path / "out" / "ddp.onnx"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "edgeconvnext", "-q", "quantize", "--method", "qat", "-c", str(world["ckpt"])]
+    cmd += ["--train-data", str(world["train"]), "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]
+    cmd += ["--epochs", "1", "--steps", "1", "--batch-size", "4", "--workers", "0", "--no-fp32-baseline"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count(str(out)) == 1  # one final line: rank 0's
+    names = sorted(x.name for x in out.parent.iterdir())
+    assert names == ["ddp.calib.json", "ddp.onnx", "ddp.onnx.json", "ddp.qat.pt"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+    side = json.loads((out.parent / "ddp.onnx.json").read_text())
+    assert side["training"]["world_size"] == 2 and side["training"]["backend"] == "gloo"
+    assert side["training"]["history"][0]["images"] == 8  # 1 step x batch 4 x 2 ranks
+    assert check_file(out).ok
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [line for line in err if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["--no-train"], 2, "--method qat needs --train-data"),
+        (["--batch-size", "100"], 4, "fewer than one batch (--batch-size 100)"),
+        (["--epochs", "0"], 2, "--epochs must be >= 1"),
+        (["--lr", "0"], 2, "--lr must be > 0"),
+        (["--lr", "-1e-3"], 2, "--lr must be > 0"),
+        (["--device", "cuda"], 8, "--device cuda"),
+        (["--no-labels", "--distill-weight", "0.5"], 2, "--distill-weight 0.5 mixes in a label loss"),
+        (["--backend", "nncf"], 2, "--backend nncf is not supported with qat"),
+        (["--scales", "lsq"], 2, "unknown --scales 'lsq'"),
+        (["--resume"], 3, "nothing to resume"),
+    ],
+)
+def test_bad_input(world, tmp_path, capsys, args, code, needle):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    out = tmp_path / "x.onnx"
+    train = [] if "--no-train" in args else ["--train-data", str(world["train"])]
+    args = [a for a in args if a != "--no-train"]
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), *train, "--calib-data", str(world["train"])]
+    assert main([*argv, *CALIB, "-o", str(out), "--workers", "0", "--batch-size", "8", *args]) == code
+    assert needle in _err(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_labels_must_match_the_checkpoint(world, tmp_path, capsys):
+    other = make_split(tmp_path / "other", 4, 2)
+    (other / "red").rename(other / "purple")
+    out = tmp_path / "o" / "x.onnx"
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(other)]
+    assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out), "--batch-size", "4"]) == 4
+    assert "['purple'] of" in _err(capsys) and not out.parent.exists()
+
+
+def test_world_larger_than_batches(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "x.onnx"
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(world["train"])]
+    assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out), "--batch-size", "8"]) == 2
+    assert "8 processes but --train-data" in _err(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qat_options_need_method_qat(world, tmp_path, capsys):
+    argv = ["quantize", "-c", str(world["ckpt"]), "--calib-data", str(world["train"]), *CALIB]
+    assert main([*argv, "-o", str(tmp_path / "x.onnx"), "--epochs", "2"]) == 2
+    assert "--epochs: only with --method qat" in _err(capsys)
