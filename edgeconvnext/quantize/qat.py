@@ -358,10 +358,15 @@ def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32) -> np.nda
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def prepare_float(loaded: LoadedModel) -> LoadedModel:
-    """The float model PTQ quantizes. The seam for PTQ's pre-quantization transforms (an exact LayerNorm ->
-    next-layer equalisation, when ``quantize --method ptq`` applies one): QAT must start from the same float
-    weights as the PTQ ONNX; :func:`start_from_ptq` checks the logits, so a difference cannot pass unseen."""
+def prepare_float(loaded: LoadedModel, ptq_result: Any, images: np.ndarray) -> LoadedModel:
+    """The float model PTQ quantized. PTQ may transform the float model before quantizing it (an exact
+    LayerNorm -> next-layer equalisation, ``smoothing`` in its result, computed on the calibration images):
+    QAT must start from those same float weights. :func:`start_from_ptq` compares the logits with the PTQ
+    ONNX, so a transform missed here cannot pass unseen."""
+    if getattr(ptq_result, "smoothing", None):
+        from edgeconvnext.quantize.smooth import smoothed_copy  # type: ignore[import-not-found]
+
+        loaded, _ = smoothed_copy(loaded, images)
     return loaded
 
 
@@ -371,6 +376,7 @@ class Start:
 
     placement: list[policy_mod.Placement]
     scales: dict[str, tuple[Any, Any]]
+    float_model: Any  # the float weights PTQ quantized (after its pre-quantization transforms)
     manifest_bytes: bytes
     fp32_bytes: bytes
     fp32_sidecar_bytes: bytes
@@ -419,7 +425,8 @@ def start_from_ptq(
     n = min(CHECK_IMAGES, manifest["count"])
     cs = load_manifest(paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1)
     images = cs.images[:n]
-    qmodel = wrap(loaded.model, scales, scales_mode)
+    float_loaded = prepare_float(loaded, res, cs.images)
+    qmodel = wrap(float_loaded.model, scales, scales_mode)
     check = compare_logits(ort_logits(ptq_bytes, images), torch_logits(qmodel, images))
     check["tolerance_rel"] = PARITY_REL_TOL
     if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
@@ -439,6 +446,7 @@ def start_from_ptq(
     return Start(
         placement=res.placement,
         scales=scales,
+        float_model=float_loaded.model,
         manifest_bytes=paths["manifest"].read_bytes(),
         fp32_bytes=paths["fp32"].read_bytes(),
         fp32_sidecar_bytes=paths["fp32_sidecar"].read_bytes(),
@@ -772,7 +780,7 @@ def _run(
     import torch
 
     from edgeconvnext.data.augment import TrainTransform
-    from edgeconvnext.quantize.fake_quant import quant_layers, quantizer_state, wrap
+    from edgeconvnext.quantize.fake_quant import quantizer_state, wrap
     from edgeconvnext.train.distributed import run_on_main
     from edgeconvnext.train.loop import ImageDataset, ModelEma, make_loader, param_groups, train_epoch
 
@@ -804,8 +812,7 @@ def _run(
             f"{paths['state']} holds an interrupted QAT run: pass --resume to continue it, or delete it to start over"
         )
 
-    float_model = prepare_float(loaded)
-    teacher = copy.deepcopy(float_model.model).to(device, memory_format=torch.channels_last).eval()
+    teacher = copy.deepcopy(loaded.model).to(device, memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
 
@@ -818,7 +825,7 @@ def _run(
             workdir = Path(tempfile.mkdtemp(prefix=".edgeconvnext-qat-", dir=parent if parent.is_dir() else None))
             try:
                 start = start_from_ptq(
-                    float_model,
+                    loaded,
                     qcfg,
                     cfg.scales,
                     calib_data=Path(calib_data) if calib_data is not None else None,
@@ -844,12 +851,12 @@ def _run(
         ]
         scales = {k: (v["act_scale"], v["w_scale"]) for k, v in state["quantizers"].items()}
 
-    qmodel = wrap(float_model.model, scales, cfg.scales).to(device, memory_format=torch.channels_last)
+    start_weights = start.float_model if start is not None else loaded.model
+    qmodel = wrap(start_weights, scales, cfg.scales).to(device, memory_format=torch.channels_last)
     if state is not None:
         qmodel.load_state_dict(state["model"])
-    # every rank starts from rank 0's weights and scales (DDP broadcasts parameters too; the scales are
-    # broadcast explicitly so a frozen scale can never differ between ranks)
-    d.broadcast_tensors([t for lay in quant_layers(qmodel).values() for t in (lay.act_scale, lay.w_scale)])
+    # every rank starts from rank 0's weights (PTQ's transforms ran there) and scales
+    d.broadcast_tensors(list(qmodel.parameters()))
 
     # ---- optimisation ----
     trainable = param_groups(qmodel, cfg.weight_decay)

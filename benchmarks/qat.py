@@ -1,0 +1,314 @@
+"""QAT benchmark: seconds per training step (FP32 vs fake-quant, torch ops vs NNCF) and FP32 / PTQ / QAT
+top-1 on the Fashion-MNIST test set, every number measured side by side in this run.
+
+Input: the Debian package dataset-fashion-mnist (converted to image folders, as benchmarks/fashion_mnist.py
+does) and V1/V2 atto checkpoints trained on it at 32 px (``--v2-checkpoint`` / ``--v1-checkpoint``; trained
+here with ``edgeconvnext finetune`` when not given). Output: Markdown tables on stdout.
+
+1. step time: atto and nano at 32 px, batch 32, one thread per process: a plain FP32 training step
+   (cross-entropy), the FP32 step with the distillation teacher, the QAT step with frozen and with learned
+   scales (teacher included) and, with ``--nncf``, NNCF's torch QAT (``nncf.quantize`` then train);
+   rounds interleaved, median of the rounds.
+2. accuracy: for each model x policy x label mode, ``quantize --method ptq`` and ``quantize --method qat``
+   (same calibration: 512 train images, minmax) on a class-balanced train subset with ``--steps`` per epoch;
+   FP32 / PTQ / QAT top-1 on the test images (onnxruntime CPU, the Q/DQ ONNX TensorRT would build), drop,
+   top-1 agreement and min cosine with FP32, QAT seconds per epoch and images/s; optionally the same QAT
+   under torchrun with 2 CPU processes (gloo).
+
+Usage::
+
+    python benchmarks/qat.py --data /work/fmnist/fashion_mnist \\
+        --v2-checkpoint /work/fmnist/convnextv2_atto_fmnist_32px_2ep.pt --v1-checkpoint ... --steps 50 --ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+# ---- 1. step time ---------------------------------------------------------------------------------
+
+
+def step_times(arch: str, img: int, batch: int, steps: int, rounds: int, nncf: bool) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    from edgeconvnext.models.checkpoint import load_model
+    from edgeconvnext.quantize.fake_quant import wrap
+    from edgeconvnext.quantize.qat import distill_loss
+
+    torch.manual_seed(0)
+    teacher = load_model(arch, None, num_classes=10, img_size=img).model.eval()
+    x = torch.randn(batch, 3, img, img).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    names = [n for n, _ in teacher.named_modules() if n.endswith(("mlp.fc1", "mlp.fc2", "downsample.1"))]
+    mods = dict(teacher.named_modules())
+    scales = {n: (torch.tensor(0.05), mods[n].weight.detach().abs().flatten(1).amax(1) / 127) for n in names}
+    teacher = teacher.to(memory_format=torch.channels_last)
+
+    def runner(student: torch.nn.Module, kd: bool):
+        student = student.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+
+        def one() -> None:
+            if kd:
+                with torch.no_grad():
+                    t = teacher(x)
+            s = student(x)
+            loss = distill_loss(s, t, 2.0) * 0.5 + 0.5 * F.cross_entropy(s, y) if kd else F.cross_entropy(s, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+
+        return one
+
+    runs = {
+        "fp32": runner(copy.deepcopy(teacher), kd=False),
+        "fp32+kd": runner(copy.deepcopy(teacher), kd=True),
+        "qat frozen": runner(wrap(teacher, scales, "frozen"), kd=True),
+        "qat learned": runner(wrap(teacher, scales, "learned"), kd=True),
+    }
+    if nncf:
+        runs["nncf qat"] = runner(_nncf_model(teacher, img), kd=True)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[k].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _nncf_model(model, img: int):
+    import nncf
+    import torch
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    xs = [torch.randn(1, 3, img, img) for _ in range(4)]
+    return nncf.quantize(
+        copy.deepcopy(model).eval(),
+        nncf.Dataset(xs),
+        subset_size=4,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        model_type=nncf.ModelType.TRANSFORMER,
+        advanced_parameters=AdvancedQuantizationParameters(
+            activations_quantization_params=QuantizationParameters(per_channel=False)
+        ),
+    )
+
+
+# ---- 2. accuracy ----------------------------------------------------------------------------------
+
+
+def subset_folder(train: Path, per_class: int, dest: Path) -> Path:
+    """A class-balanced subset of an ImageFolder as symlinks (first ``per_class`` files of each class, sorted)."""
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    for cls in sorted(p for p in train.iterdir() if p.is_dir()):
+        (tmp / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            (tmp / cls.name / f.name).symlink_to(f.resolve())
+    tmp.rename(dest)
+    return dest
+
+
+def load_test(test: Path, ckpt: Path, limit: int | None):
+    from edgeconvnext.data.folders import LabelledImages, load_images
+    from edgeconvnext.models.checkpoint import load_model
+
+    loaded = load_model(None, ckpt)
+    ds = LabelledImages.discover(test, class_names=loaded.class_names)
+    idx = np.arange(len(ds.paths))
+    if limit is not None and limit < len(idx):
+        idx = np.random.default_rng(0).permutation(len(idx))[:limit]
+    x, used, _ = load_images([ds.paths[i] for i in idx], loaded.preprocess)
+    lab = dict(zip(ds.paths, ds.labels, strict=False))
+    return x, np.asarray([lab[p] for p in used])
+
+
+def logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    from edgeconvnext.quantize.qat import ort_logits
+
+    return ort_logits(onnx_path.read_bytes(), x, batch=256)
+
+
+def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
+    return {
+        "top1": float((got.argmax(1) == y).mean() * 100),
+        "agreement": float((got.argmax(1) == ref.argmax(1)).mean() * 100),
+        "cos_min": float(cos.min()),
+    }
+
+
+def cli(*args: str, torchrun: int = 0) -> None:
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    cmd = [sys.executable, "-m", "edgeconvnext", "-q", *args]
+    if torchrun:
+        env["OMP_NUM_THREADS"] = "1"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
+        cmd += ["-m", "edgeconvnext", "-q", *args]
+    subprocess.run(cmd, check=True, env=env)
+
+
+def accuracy_row(model: str, ckpt: Path, policy: str, labels: bool, scales: str, ddp: int, a, data, work: Path):
+    x, y = data
+    tag = f"{model}_{policy}_{'lab' if labels else 'free'}_{scales}" + (f"_ddp{ddp}" if ddp else "")
+    out = work / tag
+    common = ["-c", str(ckpt), "--calib-data", str(a.train), "--calib-size", str(a.calib_size), "--policy", policy]
+    ptq = out / "ptq.onnx"
+    if not ptq.exists():
+        cli("quantize", *common, "-o", str(ptq))
+    q = out / "qat.onnx"
+    qat_args = ["--method", "qat", "--train-data", str(a.subset), "--epochs", str(a.epochs), "--steps", str(a.steps)]
+    qat_args += ["--batch-size", str(a.batch_size), "--lr", str(a.lr), "--scales", scales]
+    qat_args += [] if labels else ["--no-labels"]
+    t0 = time.perf_counter()
+    if not q.exists():
+        cli("quantize", *common, *qat_args, "-o", str(q), torchrun=ddp)
+    wall = time.perf_counter() - t0
+    side = json.loads((out / "qat.onnx.json").read_text())
+    fp32 = logits(out / "ptq.fp32.onnx", x)
+    r_ptq, r_qat = compare(fp32, logits(ptq, x), y), compare(fp32, logits(q, x), y)
+    hist = side["training"]["history"]
+    return {
+        "model": model,
+        "policy": policy,
+        "mode": side["training"]["mode"],
+        "scales": scales,
+        "procs": side["training"]["world_size"],
+        "fp32": float((fp32.argmax(1) == y).mean() * 100),
+        "ptq": r_ptq,
+        "qat": r_qat,
+        "s_per_epoch": sum(h["seconds"] for h in hist) / len(hist),
+        "img_s": sum(h["images_per_s"] for h in hist) / len(hist),
+        "images_per_epoch": hist[0]["images"],
+        "wall": wall,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/_work/qat"))
+    ap.add_argument("--data", type=Path, default=None, help="Fashion-MNIST ImageFolder root (train/, test/)")
+    ap.add_argument("--dataset", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--v2-checkpoint", type=Path, default=None)
+    ap.add_argument("--v1-checkpoint", type=Path, default=None)
+    ap.add_argument("--skip-steps", action="store_true", help="skip the step-time table")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip the accuracy table")
+    ap.add_argument("--step-archs", nargs="+", default=["convnextv2_atto", "convnextv2_nano"])
+    ap.add_argument("--nncf", action="store_true", help="also time NNCF's torch QAT (compiles its extension)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=["convnextv2_atto", "convnext_atto"])
+    ap.add_argument("--policies", nargs="+", default=["convnext", "all"])
+    ap.add_argument("--modes", nargs="+", default=["labels", "label-free"])
+    ap.add_argument("--learned", action="store_true", help="add a --scales learned row per model (convnext, labels)")
+    ap.add_argument("--ddp", action="store_true", help="add a 2-process torchrun row per model (convnext, labels)")
+    ap.add_argument("--per-class", type=int, default=200, help="train subset: images per class")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--calib-size", type=int, default=512)
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate a seeded subset of the 10k test images")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    a.work.mkdir(parents=True, exist_ok=True)
+    print(f"# QAT benchmark, {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {os.cpu_count()} cpus\n")
+
+    if not a.skip_steps:
+        print("Seconds per training step, 32 px, batch 32, AdamW, one thread, median of interleaved rounds\n")
+        print(
+            "| model | FP32 | FP32 + teacher | QAT frozen | QAT learned | NNCF QAT | QAT frozen / FP32 "
+            "| QAT frozen / FP32+teacher |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for arch in a.step_archs:
+            t = step_times(arch, 32, 32, 3, a.rounds, a.nncf)
+            nn = f"{t['nncf qat']:.3f}" if "nncf qat" in t else "-"
+            print(
+                f"| {arch} | {t['fp32']:.3f} | {t['fp32+kd']:.3f} | {t['qat frozen']:.3f} | {t['qat learned']:.3f} "
+                f"| {nn} | {t['qat frozen'] / t['fp32']:.2f}x | {t['qat frozen'] / t['fp32+kd']:.2f}x |",
+                flush=True,
+            )
+        print()
+    if a.skip_accuracy:
+        return 0
+
+    if a.data is None:
+        from fashion_mnist import convert
+
+        a.data = convert(a.dataset, a.work / "fashion_mnist")
+    a.train = a.data / "train"
+    a.subset = subset_folder(a.train, a.per_class, a.work / f"train_{a.per_class}_per_class")
+    ckpts = {"convnextv2_atto": a.v2_checkpoint, "convnext_atto": a.v1_checkpoint}
+    for m in a.models:
+        if ckpts.get(m) is None:
+            ckpts[m] = a.work / f"{m}_fmnist_32px.pt"
+            if not ckpts[m].exists():
+                cli(
+                    "finetune",
+                    "-m",
+                    m,
+                    "--train-data",
+                    str(a.train),
+                    "--val-data",
+                    str(a.data / "test"),
+                    "-o",
+                    str(ckpts[m]),
+                    "--img-size",
+                    "32",
+                    "--epochs",
+                    "2",
+                )
+    data = load_test(a.data / "test", ckpts[a.models[0]], a.test_limit)
+    print(
+        f"FP32 / PTQ / QAT top-1 on {len(data[1])} Fashion-MNIST test images (onnxruntime CPU); PTQ and QAT "
+        f"start: {a.calib_size} calibration images from train, minmax; QAT: {a.epochs} epoch(s) of at most "
+        f"{a.steps} steps x batch {a.batch_size} on a {a.per_class}-per-class train subset, AdamW lr {a.lr:g}, "
+        "cosine, distillation T=2 (+ labels 0.5/0.5)\n"
+    )
+    print(
+        "| model | policy | training | scales | procs | FP32 | PTQ | QAT | PTQ drop | QAT drop | PTQ agree | QAT agree "
+        "| PTQ min cos | QAT min cos | QAT s/epoch | images/epoch | img/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [(m, p, mode == "labels", "frozen", 0) for m in a.models for p in a.policies for mode in a.modes]
+    if a.learned:
+        rows += [(m, "convnext", True, "learned", 0) for m in a.models]
+    if a.ddp:
+        rows += [(m, "convnext", True, "frozen", 2) for m in a.models]
+    for m, p, lab, sc, ddp in rows:
+        r = accuracy_row(m, ckpts[m], p, lab, sc, ddp, a, data, a.work)
+        print(
+            f"| {m} | {p} | {r['mode']} | {sc} | {r['procs']} | {r['fp32']:.2f} | {r['ptq']['top1']:.2f} | "
+            f"{r['qat']['top1']:.2f} | {r['fp32'] - r['ptq']['top1']:+.2f} | {r['fp32'] - r['qat']['top1']:+.2f} | "
+            f"{r['ptq']['agreement']:.2f}% | {r['qat']['agreement']:.2f}% | {r['ptq']['cos_min']:.4f} | "
+            f"{r['qat']['cos_min']:.4f} | {r['s_per_epoch']:.1f} | {r['images_per_epoch']} | {r['img_s']:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
