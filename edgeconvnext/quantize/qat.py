@@ -578,7 +578,7 @@ def _tensor_bytes(t: Any) -> bytes:
 def _run_args(cfg: QatConfig, quant: QuantizeConfig, loaded: LoadedModel, world: int, calib: str | None) -> dict:
     """What a resumed run must share with the interrupted one (option name -> value)."""
     args = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
-    args.update({f"quant.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(quant).items()})
+    args.update({f"quant.{k}": v for k, v in quant.to_dict().items()})
     args["checkpoint_sha256"] = loaded.source_sha256
     args["world_size"] = world
     args["calib"] = calib
@@ -1101,7 +1101,7 @@ def _run(
                 "onnx": paths["onnx"].name,
                 "onnx_sha256": digest,
                 "config": cfg.to_dict(),
-                "quantize": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(qcfg).items()},
+                "quantize": qcfg.to_dict(),
                 "best_epoch": best["epoch"],
             }
         }
@@ -1121,7 +1121,7 @@ def _run(
                 "format": loaded.source_format,
             },
             "config": {
-                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(qcfg).items()},
+                **qcfg.to_dict(),
                 "method": "qat",
                 "qat": cfg.to_dict(),
                 "img_size": int(loaded.preprocess.img_size),
