@@ -6,6 +6,8 @@ how to fix it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgeError(Exception):
     """Base class: a failure the user can act on. ``exit_code`` is what the CLI exits with."""
@@ -57,6 +59,23 @@ class BackendMissing(EdgeError):
     """A library or hardware feature (TensorRT, CUDA, nncf) is absent: the message says what to install."""
 
     exit_code = 8
+
+
+#: the pip extra that installs each optional library (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "nncf": "quant", "matplotlib": "plot"}
+
+
+def require(module: str, purpose: str, extra: str | None = None) -> Any:
+    """Import ``module`` for ``purpose``; if it is not installed, BackendMissing naming the extra to install
+    (``extra``, else the one :data:`EXTRAS` gives it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackendMissing(
+            f"{purpose} needs {module}, which is not installed: pip install 'edgeconvnext[{extra or EXTRAS[module]}]'"
+        ) from None
 
 
 def nearest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:

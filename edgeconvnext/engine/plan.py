@@ -57,7 +57,8 @@ class OnnxSummary:
 def summarize_onnx(path: str | Path) -> OnnxSummary:
     """Read input name/shape, Q/DQ presence, float type and edgeconvnext metadata from an ONNX file."""
     from edgeconvnext.onnx.fp16 import default_opset, float_weight_dtype
-    from edgeconvnext.onnx.info import QDQ_OPS, load_proto
+    from edgeconvnext.onnx.graph import QDQ_OPS
+    from edgeconvnext.onnx.info import load_proto
     from edgeconvnext.onnx.metadata import decode_metadata
 
     p = Path(path)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeconvnext import __version__
 from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
-from edgeconvnext.errors import BackendMissing, ExportError, UsageError, nearest
+from edgeconvnext.errors import ExportError, UsageError, nearest, require
 from edgeconvnext.models.registry import check_img_size
 from edgeconvnext.onnx.metadata import META_PREFIX, decode_metadata, read_metadata, set_metadata
 
@@ -166,12 +166,7 @@ def check_options(precision: str, opset: int, batch: str | int | None) -> tuple[
 
 def require_backends() -> None:
     for mod in ("onnx", "onnxruntime"):
-        try:
-            __import__(mod)
-        except ImportError:
-            raise BackendMissing(
-                f"ONNX export needs {mod}, which is not installed: pip install 'edgeconvnext[onnx]'"
-            ) from None
+        require(mod, "ONNX export")
 
 
 # ---------------------------------------------------------------------------------------------------

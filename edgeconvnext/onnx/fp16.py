@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.errors import BackendMissing, ExportError, UsageError
+from edgeconvnext.errors import ExportError, UsageError, require
 from edgeconvnext.onnx.graph import QDQ_OPS, GraphIndex
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,12 +101,8 @@ class Fp16Report:
         return asdict(self)
 
 
-def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise BackendMissing("FP16 conversion needs the onnx package: pip install 'edgeconvnext[onnx]'") from None
-    return onnx
+def _onnx() -> Any:
+    return require("onnx", "FP16 conversion")
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
@@ -574,10 +570,7 @@ def compare_outputs(
     """Run both models in onnxruntime (CPU) on the same seeded normal input; max abs/rel logit difference."""
     import numpy as np
 
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise BackendMissing("comparing FP16 with FP32 needs onnxruntime: pip install 'edgeconvnext[onnx]'") from None
+    ort = require("onnxruntime", "comparing FP16 with FP32")
 
     def session(m: Any) -> Any:
         opts = ort.SessionOptions()

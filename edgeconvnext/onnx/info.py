@@ -16,22 +16,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.errors import BackendMissing, UsageError
+from edgeconvnext.errors import UsageError, require
+from edgeconvnext.onnx.graph import QDQ_OPS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: ops whose input dtype says whether normalisation statistics run in fp32
 NORM_OPS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")
 
 
-def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise BackendMissing("reading ONNX files needs the onnx package: pip install 'edgeconvnext[onnx]'") from None
-    return onnx
+def _onnx() -> Any:
+    return require("onnx", "reading ONNX files")
 
 
 def load_proto(path: str | Path, *, external_data: bool = False) -> onnx.ModelProto:

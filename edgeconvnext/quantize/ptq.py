@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
 from edgeconvnext.data.calibration import CalibrationSet, load_manifest, select_images
-from edgeconvnext.errors import BackendMissing, ExportError, RuleViolation, UsageError
+from edgeconvnext.errors import ExportError, RuleViolation, UsageError, require
 from edgeconvnext.quantize import policy as policy_mod
 from edgeconvnext.quantize.config import (  # noqa: F401 - re-exported: the stage's public names
     BACKENDS,
@@ -98,12 +98,7 @@ def require_backend(backend: str) -> None:
     """BackendMissing naming the extra to install when the backend's library is absent."""
     mods = ["onnx", "onnxruntime", BACKENDS[backend][0]]
     for mod in dict.fromkeys(mods):
-        try:
-            __import__(mod)
-        except ImportError:
-            raise BackendMissing(
-                f"--backend {backend} needs {mod}, which is not installed: pip install 'edgeconvnext[quant]'"
-            ) from None
+        require(mod, f"--backend {backend}", extra="quant")
 
 
 def output_paths(output: Path) -> dict[str, Path]:

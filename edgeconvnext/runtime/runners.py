@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
+from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError, require
 from edgeconvnext.runtime.cuda import check_tensorrt_device
 
 if TYPE_CHECKING:
@@ -145,10 +145,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendMissing("onnxruntime is not installed: pip install 'edgeconvnext[onnx]'") from None
+        ort = require("onnxruntime", "the onnxruntime backend")
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"ONNX model not found: {self.path}")
