@@ -83,6 +83,24 @@ def test_trt_version_from_trtexec_output(text, version):
     assert doctor.parse_trt_version(text) == version
 
 
+@pytest.mark.parametrize(
+    "value,version",
+    [
+        ("10.3.0.30", (10, 3, 0, 30)),
+        ("10.3", (10, 3, 0)),
+        ((10, 3, 0, 26), (10, 3, 0, 26)),
+        ("11.1.0.post1", (11, 1, 0)),
+        ("unknown", None),
+        (None, None),
+    ],
+)
+def test_one_version_parser(value, version):
+    # engine builder (bindings' __version__), plan header tuples and sidecars all go through it
+    from edgeconvnext.env.probes import parse_version
+
+    assert parse_version(value) == version
+
+
 def _jetson_tree(root):
     (root / "etc").mkdir()
     (root / "etc/nv_tegra_release").write_text(NV_TEGRA_RELEASE)

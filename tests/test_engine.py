@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edgeconvnext.engine import build as engine
+from edgeconvnext.env.probes import parse_version
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.onnx import fp16
 from edgeconvnext.runtime import tensorrt as trt_runtime
@@ -453,7 +454,7 @@ def test_compatibility_plan_header_wins_and_build_numbers():
         _sidecar(), trt_version="10.3.0", compute_capability="8.7", header_version=(10, 3, 0, 26)
     )
     assert c.ok and not c.warnings
-    assert engine._version_tuple("10.3.0.30") == (10, 3, 0, 30) and engine._version_tuple("11.1.0") == (11, 1, 0)
+    assert parse_version("10.3.0.30") == (10, 3, 0, 30) and parse_version("11.1.0") == (11, 1, 0)
 
 
 def test_batch_chunks_and_dtypes():

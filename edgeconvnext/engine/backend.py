@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +44,6 @@ class Backend:
         return ".".join(map(str, self.version)) if self.version else None
 
 
-def _version_tuple(text: str) -> tuple[int, ...] | None:
-    """'10.3.0.30' -> (10, 3, 0, 30); '10.3.0' -> (10, 3, 0): the build number is kept when given."""
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?", text or "")
-    if not m:
-        return None
-    return tuple(int(g) for g in m.groups() if g is not None)
-
-
 def import_tensorrt() -> tuple[Any, str | None]:
     """(the tensorrt module, None) or (None, why it cannot be imported)."""
     try:
@@ -75,7 +66,7 @@ def trtexec_version(path: Path) -> tuple[int, ...] | None:
 
 def select_backend(trtexec: Path | None = None) -> Backend:
     """``--trtexec`` if given, else the Python bindings, else a trtexec found on PATH or in JetPack."""
-    from edgeconvnext.env.probes import find_trtexec, install_hint, probe_jetson
+    from edgeconvnext.env.probes import find_trtexec, install_hint, parse_version, probe_jetson
 
     if trtexec is not None:
         path = find_trtexec(trtexec)
@@ -84,7 +75,7 @@ def select_backend(trtexec: Path | None = None) -> Backend:
         return Backend("trtexec", trtexec_version(path), path)
     trt, why = import_tensorrt()
     if trt is not None:
-        return Backend("python", _version_tuple(str(trt.__version__)), module=trt)
+        return Backend("python", parse_version(str(trt.__version__)), module=trt)
     path = find_trtexec()
     if path is not None:
         return Backend("trtexec", trtexec_version(path), path)

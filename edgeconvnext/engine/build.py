@@ -49,7 +49,7 @@ from typing import Any
 
 from edgeconvnext import __version__
 from edgeconvnext.artifacts import atomic_output, environment, sha256_file
-from edgeconvnext.engine.backend import MIN_TRT_MAJOR, Backend, _version_tuple, import_tensorrt, select_backend, too_old
+from edgeconvnext.engine.backend import MIN_TRT_MAJOR, Backend, import_tensorrt, select_backend, too_old
 from edgeconvnext.engine.compat import PLAN_TAG, check_plan_file, read_plan_header
 from edgeconvnext.engine.config import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MIB, OPT_LEVELS, BuildRequest
 from edgeconvnext.engine.plan import (
@@ -348,5 +348,4 @@ __all__ = [
     "settings_json",
     "summarize_onnx",
     "trtexec_command",
-    "_version_tuple",
 ]

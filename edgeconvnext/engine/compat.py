@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeconvnext.env.probes import parse_version
 from edgeconvnext.errors import BuildError
 
 #: first 4 bytes of a serialized TensorRT plan (little-endian 0x74727466), checked after every build
@@ -47,20 +48,6 @@ def check_plan_file(path: Path) -> tuple[int, int, int, int] | None:
             "rebuild it with edgeconvnext build-engine or trtexec --saveEngine"
         )
     return read_plan_header(head)
-
-
-def _version(version: Any) -> tuple[int, ...] | None:
-    """'10.3.0.30' / (10, 3, 0, 30) -> (10, 3, 0, 30); '10.3' -> (10, 3, 0): release (3) plus build when known."""
-    if version is None:
-        return None
-    parts = str(version).split(".") if not isinstance(version, (tuple, list)) else [str(v) for v in version]
-    try:
-        nums = tuple(int(p) for p in parts[:4])
-    except ValueError:
-        return None
-    if not nums:
-        return None
-    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
 
 
 def _fmt(v: tuple[int, ...] | None) -> str:
@@ -97,16 +84,16 @@ def check_compatibility(
     and TensorRT's own deserialization check then decides with its message.
     """
     res = Compatibility()
-    here = _version(trt_version)
+    here = parse_version(trt_version)
     rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"
     if sidecar is not None:
         src = (sidecar.get("source_onnx") or {}).get("path")
         if src:
             rebuild = f"rebuild it here: edgeconvnext build-engine {src}"
     # the header is read from the engine file itself; the sidecar could belong to an older build
-    built_trt = _version(header_version)
+    built_trt = parse_version(header_version)
     if built_trt is None and sidecar is not None:
-        built_trt = _version((sidecar.get("tensorrt") or {}).get("version"))
+        built_trt = parse_version((sidecar.get("tensorrt") or {}).get("version"))
     if built_trt is not None and here is not None:
         if built_trt[:3] != here[:3]:
             res.problems.append(

@@ -185,14 +185,30 @@ def parse_cuda_version_json(text: str) -> str | None:
     return str(v) if v else None
 
 
+def parse_version(value: str | tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:
+    """The one version parser: ``'10.3.0.30'`` / ``(10, 3, 0, 30)`` -> (10, 3, 0, 30); ``'10.3'`` -> (10, 3, 0);
+    ``'11.1.0.post1'`` -> (11, 1, 0). Major, minor and patch (0 when not given), plus the build number when
+    known; None when ``value`` does not start with a number.
+    """
+    if value is None:
+        return None
+    text = ".".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?", text)
+    if not m:
+        return None
+    nums = tuple(int(g) for g in m.groups() if g is not None)
+    return nums + (0,) * (3 - len(nums)) if len(nums) < 3 else nums
+
+
 def parse_trt_version(text: str) -> tuple[int, int, int] | None:
     """TensorRT version from trtexec output: ``[TensorRT v100300]`` banner or ``TensorRT version: 10.3.0``.
 
     The banner number is major*10000 + minor*100 + patch since TensorRT 10 (8.x used major*1000 + ...).
     """
-    m = re.search(r"TensorRT version:\s*(\d+)\.(\d+)\.(\d+)", text or "")
-    if m:
-        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    m = re.search(r"TensorRT version:\s*(\d+\.\d+\.\d+)", text or "")
+    v3 = parse_version(m.group(1)) if m else None
+    if v3 is not None:
+        return v3[0], v3[1], v3[2]
     m = re.search(r"\[TensorRT v(\d+)\]", text or "")
     if m:
         v = int(m.group(1))

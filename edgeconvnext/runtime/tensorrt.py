@@ -76,7 +76,7 @@ def batch_chunks(n: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
 
 
 def _require_tensorrt() -> Any:
-    from edgeconvnext.engine.build import import_tensorrt
+    from edgeconvnext.engine.backend import import_tensorrt
     from edgeconvnext.env.probes import install_hint, probe_jetson
 
     trt, why = import_tensorrt()
