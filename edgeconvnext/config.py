@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -279,3 +280,42 @@ def as_dict(cfg: Any) -> dict[str, Any]:
             v = str(v)
         out[f.name] = v
     return out
+
+
+_DYNAMIC_WORDS = ("dynamic", "dyn", "-1", "")
+
+
+def parse_batch_spec(spec: str | int | None, *, dynamic: bool, profile: bool) -> tuple[int, int, int] | None:
+    """The one ``--batch`` grammar (export: a fixed N or dynamic; build-engine: N or an engine profile).
+
+    None -> None; ``dynamic`` (also ``dyn``, ``-1``, empty) -> None where ``dynamic`` is allowed;
+    ``N`` -> (N, N, N); ``MIN,OPT,MAX`` -> (MIN, OPT, MAX) where ``profile`` is allowed. Whole numbers >= 1,
+    MIN <= OPT <= MAX; anything else is a UsageError naming --batch and the accepted forms.
+    """
+    if spec is None:
+        return None
+    text = str(spec).strip().lower()
+    if dynamic and text in _DYNAMIC_WORDS:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    numbers = all(re.fullmatch(r"-?\d+", p) for p in parts)
+    if len(parts) == 3 and numbers and not profile:
+        raise UsageError(
+            f"--batch '{spec}' is a MIN,OPT,MAX engine profile (build-engine --batch); the ONNX has one batch "
+            "dimension: use --batch dynamic (then build-engine --batch MIN,OPT,MAX) or --batch N"
+        )
+    if len(parts) not in ((1, 3) if profile else (1,)) or not numbers:
+        if profile:
+            raise UsageError(
+                f"--batch '{spec}' is not N or MIN,OPT,MAX (positive integers, e.g. --batch 1 or --batch 1,8,32)"
+            )
+        raise UsageError(f"--batch '{spec}' is neither 'dynamic' nor a whole number; use --batch dynamic or --batch 8")
+    vals = [int(p) for p in parts]
+    if any(v < 1 for v in vals):
+        raise UsageError(f"--batch '{spec}': batch sizes must be >= 1" + (" (or 'dynamic')" if dynamic else ""))
+    if len(vals) == 1:
+        return vals[0], vals[0], vals[0]
+    lo, opt, hi = vals
+    if not lo <= opt <= hi:
+        raise UsageError(f"--batch '{spec}': need MIN <= OPT <= MAX (got {lo}, {opt}, {hi})")
+    return lo, opt, hi

@@ -224,6 +224,8 @@ def test_option_refusals():
     for bad in ("eight", "0", -2):
         with pytest.raises(UsageError, match="--batch"):
             ex.parse_batch(bad)
+    with pytest.raises(UsageError, match="MIN,OPT,MAX engine profile"):  # one grammar, build-engine's form named
+        ex.parse_batch("1,8,32")
     with pytest.raises(UsageError, match="--img-size"):
         ex.check_img_size(16)
 

@@ -11,9 +11,9 @@ Usage::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from edgeconvnext.config import parse_batch_spec
 from edgeconvnext.errors import UsageError
 
 
@@ -37,24 +37,10 @@ class BatchProfile:
 
 
 def parse_batch(spec: str | int | None) -> BatchProfile | None:
-    """``None`` -> None; ``N`` -> (N, N, N); ``"MIN,OPT,MAX"`` -> validated MIN <= OPT <= MAX, all >= 1."""
-    if spec is None:
-        return None
-    text = str(spec).strip()
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) not in (1, 3) or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise UsageError(
-            f"--batch '{spec}' is not N or MIN,OPT,MAX (positive integers, e.g. --batch 1 or --batch 1,8,32)"
-        )
-    vals = [int(p) for p in parts]
-    if any(v < 1 for v in vals):
-        raise UsageError(f"--batch '{spec}': batch sizes must be >= 1")
-    if len(vals) == 1:
-        return BatchProfile(vals[0], vals[0], vals[0])
-    lo, opt, hi = vals
-    if not lo <= opt <= hi:
-        raise UsageError(f"--batch '{spec}': need MIN <= OPT <= MAX (got {lo}, {opt}, {hi})")
-    return BatchProfile(lo, opt, hi)
+    """``None`` -> None; ``N`` -> (N, N, N); ``"MIN,OPT,MAX"`` -> validated MIN <= OPT <= MAX, all >= 1
+    (the ``--batch`` grammar of :func:`edgeconvnext.config.parse_batch_spec`, without ``dynamic``)."""
+    t = parse_batch_spec(spec, dynamic=False, profile=True)
+    return BatchProfile(*t) if t is not None else None
 
 
 def resolve_profile(spec: str | int | None, onnx_batch: int | None, onnx_name: str = "the ONNX") -> BatchProfile:

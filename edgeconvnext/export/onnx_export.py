@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeconvnext import __version__
 from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
+from edgeconvnext.config import parse_batch_spec
 from edgeconvnext.errors import ExportError, UsageError, nearest, require
 from edgeconvnext.models.registry import check_img_size
 from edgeconvnext.onnx.metadata import META_PREFIX, decode_metadata, read_metadata, set_metadata
@@ -141,22 +142,10 @@ def check_opset(opset: int) -> int:
 
 
 def parse_batch(batch: str | int | None) -> int | None:
-    """``"dynamic"``/None -> None (dynamic batch), ``"8"``/8 -> 8."""
-    if batch is None:
-        return None
-    if isinstance(batch, str):
-        s = batch.strip().lower()
-        if s in ("dynamic", "dyn", "-1", ""):
-            return None
-        try:
-            batch = int(s)
-        except ValueError:
-            raise UsageError(
-                f"--batch '{batch}' is neither 'dynamic' nor a whole number; use --batch dynamic or --batch 8"
-            ) from None
-    if batch < 1:
-        raise UsageError(f"--batch {batch} must be at least 1 (or 'dynamic')")
-    return int(batch)
+    """``"dynamic"``/None -> None (dynamic batch), ``"8"``/8 -> 8 (the ``--batch`` grammar of
+    :func:`edgeconvnext.config.parse_batch_spec`; a MIN,OPT,MAX profile belongs to build-engine)."""
+    t = parse_batch_spec(batch, dynamic=True, profile=False)
+    return t[0] if t is not None else None
 
 
 def check_options(precision: str, opset: int, batch: str | int | None) -> tuple[str, int, int | None]:
