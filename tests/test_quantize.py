@@ -70,7 +70,9 @@ def assert_trt_graph(model: onnx.ModelProto) -> None:
         assert scale is not None and np.all(scale > 0) and np.all(np.isfinite(scale))
         is_weight = g.is_const(n.input[0])
         if n.op_type == "QuantizeLinear":
-            assert not is_weight or True
+            # both backends store weights as INT8 initializers read by a DequantizeLinear: a Q on a weight
+            # would mean FP32 weights in the file, quantized only when TensorRT builds it
+            assert not is_weight, f"{n.name} quantizes a weight in the graph instead of storing it as INT8"
             if not is_weight:
                 assert scale.size == 1, f"activation Q {n.name} is per channel"
             assert all(c.op_type == "DequantizeLinear" for c in g.consumers[n.output[0]])
