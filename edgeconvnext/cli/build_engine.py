@@ -1,4 +1,4 @@
-"""``edgeconvnext build-engine``: ONNX -> strongly typed TensorRT engine + sidecar (see edgeconvnext.engine)."""
+"""``edgeconvnext build-engine``: ONNX -> strongly typed TensorRT engine + sidecar (see edgeconvnext.engine.build)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``edgeconvnext doctor``: what this machine offers for TensorRT builds and runs (see edgeconvnext.doctor)."""
+"""``edgeconvnext doctor``: what this machine offers for TensorRT builds and runs (see edgeconvnext.env.doctor)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``edgeconvnext export``: checkpoint -> verified FP32/FP16 ONNX with metadata and a sidecar.
 
-The library side is edgeconvnext.export.
+The library side is :mod:`edgeconvnext.export.onnx_export`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``edgeconvnext finetune``: train a ConvNeXt on an image-folder dataset (see edgeconvnext.finetune)."""
+"""``edgeconvnext finetune``: train a ConvNeXt on an image-folder dataset (see :mod:`edgeconvnext.train.finetune`)."""
 
 from __future__ import annotations
 

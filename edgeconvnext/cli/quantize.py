@@ -1,5 +1,5 @@
 """``edgeconvnext quantize``: checkpoint + calibration images -> INT8 Q/DQ ONNX for TensorRT
-(see edgeconvnext.quantization.pipeline)."""
+(see :mod:`edgeconvnext.quantize.ptq`)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the checkpoint expects, and the manifest that pins it.
 
 Input: a folder of images (searched recursively; JPEG, PNG, WebP, BMP), a size, a seed and the model's
-:class:`~edgeconvnext.zoo.Preprocess`. Output: a :class:`CalibrationSet` (float32 (N, 3, S, S) array, the
+:class:`~edgeconvnext.models.registry.Preprocess`. Output: a :class:`CalibrationSet` (float32 (N, 3, S, S) array, the
 files used with their sha256, the unreadable files skipped) and its manifest, a JSON file written beside
 the quantized model (``OUT.calib.json``) that ``--calib-manifest`` reads back to rebuild the exact set.
 

@@ -305,7 +305,7 @@ def dry_run(req: BuildRequest) -> dict[str, Any]:
             trtexec_path = found
     steps = []
     if plan.convert_fp16:
-        steps.append(f"FP16 conversion (edgeconvnext.fp16, ONNX level): {plan.onnx.path} -> {plan.build_onnx}")
+        steps.append(f"FP16 conversion (edgeconvnext.onnx.fp16, ONNX level): {plan.onnx.path} -> {plan.build_onnx}")
     cmd: list[str] | None
     try:
         cmd = trtexec_command(plan, version, trtexec=trtexec_path)

@@ -15,7 +15,7 @@ Choices, and why:
 * FP16 keeps float32 graph input and output: the weights and activations inside are FP16 and a
   ``Cast`` at the entry and the exit converts, so every runner and the validation code feed the same
   float32 images whatever the precision; the cost is two element-wise casts (3xSxS values in, the
-  logits out). LayerNorm statistics and GRN's L2 norm run in FP32 inside the FP16 graph (model.py casts
+  logits out). LayerNorm statistics and GRN's L2 norm run in FP32 inside the FP16 graph (models/convnext.py casts
   around them; the export checks their input dtypes), because their sums of squares overflow FP16.
   The sidecar records this as ``config.io_dtype = "float32"`` and ``config.compute_dtype = "float16"``.
 * INT8 is not produced here: ``edgeconvnext quantize`` writes the Q/DQ ONNX.

@@ -1,7 +1,7 @@
 """ConvNeXt V1 and V2 in one class, told apart by flags (``use_grn``, ``ls_init_value``).
 
 State-dict keys follow timm (stem.0, stages.i.blocks.j.conv_dw, .mlp.fc1, .mlp.grn.weight, head.fc ...)
-so timm checkpoints load as they are; official and HuggingFace files are remapped in checkpoint.py.
+so timm checkpoints load as they are; official and HuggingFace files are remapped in :mod:`edgeconvnext.models.remap`.
 The MLP is always ``nn.Linear`` on channels-last tensors (it exports as MatMul); timm's 1x1-conv MLP
 weights of atto..nano are reshaped on load.
 

@@ -38,7 +38,7 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     """``{"edgeconvnext.preprocess": '{"img_size": 224, ...}', ...}`` -> ``{"preprocess": {...}, ...}``.
 
     Known keys always appear (None when absent); other ``edgeconvnext.*`` keys are JSON-decoded when
-    they parse, else kept as strings. Keys without the prefix are left out (see onnx_info.describe).
+    they parse, else kept as strings. Keys without the prefix are left out (see onnx.info.describe).
     """
     out: dict[str, Any] = {k: None for k in _STRING_KEYS + _JSON_KEYS}
     for key, value in props.items():

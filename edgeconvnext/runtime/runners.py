@@ -1,4 +1,4 @@
-"""Runners: one interface over onnxruntime, torch (and TensorRT, in trt_runtime.py) for evaluation.
+"""Runners: one interface over onnxruntime, torch (and TensorRT, in runtime/tensorrt.py) for evaluation.
 
 Input: an artifact (``.onnx``, ``.engine``) or a LoadedModel. Output: logits as a float32 numpy array.
 A runner is a context manager with ``.infer(x: (N, 3, S, S) float32) -> (N, classes) float32``,
