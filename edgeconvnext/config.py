@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import functools
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ from typing import Any, TypeVar
 from edgeconvnext.errors import UsageError, nearest
 
 T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # requires-python >= 3.10: enum.StrEnum is 3.11+
+
+    class StrEnum(str, enum.Enum):
+        """enum.StrEnum for Python 3.10: members are str, and str()/format() give the value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
 
 _MISSING: Any = dataclasses.MISSING
 

@@ -53,7 +53,7 @@ def _recipes_dir() -> Path:
         return repo
     for f in dist.files or []:
         if f.suffix == ".yaml" and f.parent.name == "recipes" and f.parent.parent.name == "edgeconvnext":
-            return Path(dist.locate_file(f)).resolve().parent
+            return Path(str(dist.locate_file(f))).resolve().parent
     return repo
 
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from typer._click import exceptions as cx  # typer >= 0.2x vendors click
     except ImportError:  # older typer runs on click itself
-        from click import exceptions as cx
+        from click import exceptions as cx  # type: ignore[no-redef]
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
 

@@ -128,30 +128,30 @@ def build_engine_cmd(
             if not json_out:
                 info(escape(msg))
 
-        result = build_engine(req, step=step)
+        built = build_engine(req, step=step)
     if json_out:
         print(
             json.dumps(
                 {
-                    "engine": str(result.engine),
-                    "sidecar": str(result.sidecar),
-                    "precision": result.precision,
-                    "profile": str(result.profile),
-                    "backend": result.backend,
-                    "tensorrt": result.tensorrt_version,
-                    "seconds": round(result.seconds, 2),
-                    "engine_bytes": result.engine_bytes,
-                    "fp16_onnx": str(result.fp16_onnx) if result.fp16_onnx else None,
+                    "engine": str(built.engine),
+                    "sidecar": str(built.sidecar),
+                    "precision": built.precision,
+                    "profile": str(built.profile),
+                    "backend": built.backend,
+                    "tensorrt": built.tensorrt_version,
+                    "seconds": round(built.seconds, 2),
+                    "engine_bytes": built.engine_bytes,
+                    "fp16_onnx": str(built.fp16_onnx) if built.fp16_onnx else None,
                 },
                 indent=2,
             )
         )
         return
-    for note in result.notes:
+    for note in built.notes:
         info(escape(f"note: {note}"))
     done(
         escape(
-            f"{result.engine} ({human_size(result.engine_bytes)}, {result.precision}, batch {result.profile}, "
-            f"TensorRT {result.tensorrt_version or '?'} via {result.backend}) in {result.seconds:.1f} s"
+            f"{built.engine} ({human_size(built.engine_bytes)}, {built.precision}, batch {built.profile}, "
+            f"TensorRT {built.tensorrt_version or '?'} via {built.backend}) in {built.seconds:.1f} s"
         )
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from edgeconvnext.cli._common import (
     human_size,
 )
 from edgeconvnext.train.config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class _RichProgress:
@@ -45,7 +48,7 @@ class _RichProgress:
             transient=True,
             disable=STATE.quiet,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.epochs = 0
 
     def __enter__(self) -> _RichProgress:
@@ -65,12 +68,14 @@ class _RichProgress:
         self._new(f"epoch {epoch}/{epochs}", steps)
 
     def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        assert self.task is not None  # start_epoch made it
         self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
 
     def validating(self, steps: int) -> None:
         self._new("  validate", steps)
 
     def val_step(self) -> None:
+        assert self.task is not None  # validating made it
         self.progress.update(self.task, advance=1)
 
     def end_epoch(self, r) -> None:

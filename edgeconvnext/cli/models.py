@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from edgeconvnext.cli._common import JsonOpt, console
 
@@ -11,7 +12,7 @@ def models_cmd(json_out: JsonOpt = False) -> None:
     """List architectures: params (M) and GMACs at 224 px computed from the model, default preprocessing."""
     from edgeconvnext.models.registry import ALIASES, ARCHS, count_stats, public_names
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in public_names():
         arch = ARCHS[name]
         stats = count_stats(arch)

@@ -289,8 +289,8 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
             + ")",
             title_justify="left",
         )
-        for col, just in (("layer", "left"), ("op", "left"), ("precision", "left"), ("MACs", "right"), ("why", "left")):
-            t.add_column(col, justify=just, no_wrap=col != "why")
+        for col in ("layer", "op", "precision", "MACs", "why"):
+            t.add_column(col, justify="right" if col == "MACs" else "left", no_wrap=col != "why")
         for r in result.table():
             name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
             share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"

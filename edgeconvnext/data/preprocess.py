@@ -64,7 +64,7 @@ def center_crop(img, size: int):
 
 
 def to_normalized_array(img, pp: Preprocess) -> np.ndarray:
-    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, C)
+    arr: np.ndarray = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, C)
     arr = (arr - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
 

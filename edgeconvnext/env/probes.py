@@ -310,8 +310,8 @@ def probe_clocks(root: Path = Path("/")) -> dict[str, float]:
                     name = f"gpu ({d.name})"
                 clocks[name] = round(hz / 1e6, 1)
     cpu_dir = root / str(CPU_DIR).lstrip("/")
-    cpu = [parse_number(_read(p) or "") for p in sorted(cpu_dir.glob(CPUFREQ_GLOB))] if cpu_dir.is_dir() else []
-    cpu = [c for c in cpu if c is not None]
+    read = [parse_number(_read(p) or "") for p in sorted(cpu_dir.glob(CPUFREQ_GLOB))] if cpu_dir.is_dir() else []
+    cpu = [c for c in read if c is not None]
     if cpu:
         clocks["cpu max"] = round(max(cpu) / 1e3, 1)
     return clocks

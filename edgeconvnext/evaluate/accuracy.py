@@ -258,6 +258,7 @@ def accuracy_pass(
         base = open_runner(loaded, "torch", "cpu", "fp32")
         base_sha = loaded.source_sha256
     if base is not None:
+        assert base_path is not None  # base is opened from one of them
         runners.append(base)
         check_baseline(base, model_info(base), num_classes, class_names, pp, Path(base_path).name, notes)
 

@@ -400,7 +400,12 @@ def _check_accuracy_request(
     for p, opt in ((baseline, "--baseline"), (checkpoint, "--checkpoint")):
         if p is not None and not Path(p).is_file():
             raise CheckpointError(f"{opt} file not found: {p}")
-    inputs = {"MODEL": model, "--baseline": baseline, "--checkpoint": checkpoint, "--labels": labels}
+    inputs: dict[str, str | Path | None] = {
+        "MODEL": model,
+        "--baseline": baseline,
+        "--checkpoint": checkpoint,
+        "--labels": labels,
+    }
     if report is not None:
         check_output(report, "--report", inputs)
     if markdown is not None:

@@ -10,10 +10,9 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.config import as_dict, resolve_config, setting
+from edgeconvnext.config import StrEnum, as_dict, resolve_config, setting
 
 if TYPE_CHECKING:
     from edgeconvnext.recipes import Recipe

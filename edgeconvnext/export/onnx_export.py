@@ -258,7 +258,7 @@ def _trace(module: Any, sample: Any, opset: int, dynamic: bool) -> bytes:
         torch.onnx.export(
             module,
             (sample,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
             dynamo=False,
             opset_version=opset,
             input_names=["input"],

@@ -239,7 +239,9 @@ def _build_and_load(
         )
     import torch
 
-    net = create_model(arch, num_classes=ckpt_classes or num_classes, device="meta")
+    classes = ckpt_classes or num_classes
+    assert classes is not None  # refused above when both are missing
+    net = create_model(arch, num_classes=classes, device="meta")
     allow_missing = ("head.fc.weight", "head.fc.bias") if ckpt_classes is None else ()
     _check_keys(sd, net.state_dict(), source, arch, allow_missing)
     net = net.to_empty(device="cpu")

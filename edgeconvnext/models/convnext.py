@@ -129,6 +129,7 @@ class Stage(nn.Module):
         downsample: bool,
     ) -> None:
         super().__init__()
+        self.downsample: nn.Module
         if downsample:
             self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
         else:

@@ -34,7 +34,7 @@ FORMAT_MARKER = "edgeconvnext"
 # Files a HuggingFace (transformers or timm hub) model folder holds, in order of preference.
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 # PIL resample codes used by HuggingFace image processors.
-_HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_HF_RESAMPLE: dict[Any, str] = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @dataclass
@@ -263,7 +263,9 @@ def unwrap(raw: RawCheckpoint, ema: bool) -> Unwrapped:
         obj = obj.state_dict()
     if raw.safetensors_metadata and FORMAT_MARKER in raw.safetensors_metadata:
         meta = raw.safetensors_metadata
-        ours = {k: json.loads(meta[k]) for k in ("arch", "num_classes", "class_names", "preprocess") if k in meta}
+        ours: dict[str, Any] = {
+            k: json.loads(meta[k]) for k in ("arch", "num_classes", "class_names", "preprocess") if k in meta
+        }
         if ema:
             raise CheckpointError(f"--ema was given but {path} holds no EMA weights; drop --ema")
         return Unwrapped(dict(obj), FORMAT_MARKER, ours)
@@ -279,7 +281,7 @@ def unwrap(raw: RawCheckpoint, ema: bool) -> Unwrapped:
                 if ema
                 else f"{path} is an edgeconvnext checkpoint without a state_dict; it is damaged"
             )
-        ours = {k: v for k, v in obj.items() if k != key}
+        ours = {str(k): v for k, v in obj.items() if k != key}
         return Unwrapped(dict(obj[key]), FORMAT_MARKER, ours)
     for main_key, ema_key in (("model", "model_ema"), ("state_dict", "state_dict_ema")):
         if isinstance(obj.get(main_key), Mapping) or isinstance(obj.get(ema_key), Mapping):
@@ -340,7 +342,7 @@ def preprocess_from_configs(raw: RawCheckpoint, default: Preprocess) -> tuple[Pr
     cfg = (raw.config or {}).get("pretrained_cfg")
     if isinstance(cfg, dict) and "input_size" in cfg:
         try:
-            d = {"img_size": int(cfg["input_size"][-1])}
+            d: dict[str, Any] = {"img_size": int(cfg["input_size"][-1])}
             for k in ("crop_pct", "interpolation", "mean", "std"):
                 if cfg.get(k) is not None:
                     d[k] = cfg[k]

@@ -411,8 +411,10 @@ class _Conversion:
             if src not in self.inits and self.is_float(src):
                 f32_const_nodes.append(gi.producer[src])
             f32_const_nodes.extend(reversed(chain))
-        seen_ids: set[int] = set()
-        f32_const_nodes = [n for n in f32_const_nodes if not (id(n) in seen_ids or seen_ids.add(id(n)))]
+        first: dict[int, Any] = {}  # each node once, in first-seen order
+        for n in f32_const_nodes:
+            first.setdefault(id(n), n)
+        f32_const_nodes = list(first.values())
         referenced |= {x for n in f32_const_nodes for x in n.input}
         keep_inits = [t for t in self.g.initializer if t.data_type != self.FLOAT or t.name in referenced]
         return f32_const_nodes, keep_inits

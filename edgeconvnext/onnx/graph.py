@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -249,7 +249,7 @@ def block_pattern(layer: str) -> str:
     return ".".join(parts)
 
 
-def compress_rows(rows: list[dict], keys: tuple[str, ...] = ("op", "precision")) -> list[dict]:
+def compress_rows(rows: list[dict[str, Any]], keys: tuple[str, ...] = ("op", "precision")) -> list[dict[str, Any]]:
     """Merge rows of repeated blocks (same block pattern and same ``keys``) into one row with a count.
 
     Each row needs ``layer`` and may carry ``macs``; merged rows get ``layer`` = the pattern, ``count`` and

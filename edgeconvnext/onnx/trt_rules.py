@@ -216,7 +216,9 @@ class TrtReport:
 
     def rows(self, compress: bool = True) -> list[dict[str, Any]]:
         """Table rows (layer, op, precision, count, macs, macs_share); repeated blocks merged."""
-        rows = [{"layer": r.layer, "op": r.op, "precision": r.precision, "macs": r.macs} for r in self.layers]
+        rows: list[dict[str, Any]] = [
+            {"layer": r.layer, "op": r.op, "precision": r.precision, "macs": r.macs} for r in self.layers
+        ]
         if compress:
             rows = compress_rows(rows)
         else:
@@ -493,7 +495,9 @@ def _same_const(g: GraphIndex, a: str | None, b: str | None) -> bool:
         return True
     if not a or not b:
         # a missing zero point equals an explicit 0 only for the DQ side; treat as different otherwise
-        other = g.const(a or b)
+        given = a or b
+        assert given is not None  # a == b returned for two missing ones
+        other = g.const(given)
         return other is not None and not np.any(other != 0)
     va, vb = g.const(a), g.const(b)
     return va is not None and vb is not None and va.shape == vb.shape and np.array_equal(va, vb)
@@ -569,7 +573,11 @@ def _check_dequantize(g: GraphIndex, n: onnx.NodeProto, v) -> None:
             )
         return
     # A dequantized weight: only a conv/matmul/gemm weight input can take it, on the output-channel axis.
-    w_name = src if g.is_const(src) else src_node.input[0]
+    if g.is_const(src):
+        w_name = src
+    else:
+        assert src_node is not None  # _dequantizes_weight: a constant, or a Q of one
+        w_name = src_node.input[0]
     w_shape = g.const_shape(w_name) or ()
     scale_shape = g.const_shape(n.input[1]) if len(n.input) > 1 else None
     for c in _consumers_through(g, n.output[0]):
@@ -653,7 +661,7 @@ def _layer_precisions(g: GraphIndex, warnings: list[str]) -> list[LayerPrecision
         act_int8 = act_dq is not None and not g.is_const(act_dq.input[0])
         w_int8 = w_dq is not None and _dequantizes_weight(g, w_dq)
         axis = None
-        if w_int8:
+        if w_int8 and w_dq is not None:
             sshape = g.const_shape(w_dq.input[1])
             if sshape is not None and not _is_per_tensor(sshape):
                 axis = attr(w_dq, "axis", 1)

@@ -11,10 +11,9 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.config import as_dict, check_value, resolve_config, setting, specs
+from edgeconvnext.config import StrEnum, as_dict, check_value, resolve_config, setting, specs
 from edgeconvnext.data import DEFAULT_SIZE, MIN_IMAGES
 from edgeconvnext.errors import UsageError
 

@@ -73,7 +73,9 @@ class _QuantMixin(nn.Module):
     act_scale: nn.Parameter
     w_scale: nn.Parameter
     learned: bool
-    weight: nn.Parameter
+    weight: torch.Tensor
+    _zp_w: torch.Tensor  # buffers (register_buffer in _init_quant)
+    _zp_a: torch.Tensor
 
     def _init_quant(self, act_scale: torch.Tensor, w_scale: torch.Tensor, learned: bool) -> None:
         out = self.weight.shape[0]

@@ -28,6 +28,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,9 +107,9 @@ def _calibrator(fp32_path: Path, augmented: Path, calib_method: str, tensors: se
     """onnxruntime's calibrator for ``calib_method`` (create_calibrator's defaults), restricted to ``tensors``."""
     from onnxruntime.quantization import calibrate as c
 
-    def restricted(cls):
+    def restricted(cls: Any) -> Any:
         class Restricted(cls):
-            def select_tensors_to_calibrate(self, model):  # type: ignore[no-untyped-def]
+            def select_tensors_to_calibrate(self, model):
                 found, value_infos = super().select_tensors_to_calibrate(model)
                 return found & tensors, value_infos
 

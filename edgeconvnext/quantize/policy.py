@@ -159,7 +159,7 @@ def int8_macs_share(placement: Sequence[Placement]) -> float | None:
 
 def table(placement: Sequence[Placement], compress: bool = True) -> list[dict[str, Any]]:
     """Rows (layer, op, precision, count, macs, macs_share, reason) with repeated blocks merged."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"layer": p.layer, "op": p.op, "precision": p.precision, "macs": p.macs, "reason": p.reason} for p in placement
     ]
     rows = compress_rows(rows, keys=("op", "precision", "reason")) if compress else [{**r, "count": 1} for r in rows]

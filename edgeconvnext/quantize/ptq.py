@@ -231,6 +231,7 @@ def quantize(
             calib_manifest, preprocess=pp, root=calib_data, min_images=cfg.min_calib_size, on_progress=on_progress
         )
     else:
+        assert calib_data is not None  # refused above when neither source is given
         step(f"loading {cfg.calib_size} calibration images from {calib_data}")
         cs = select_images(
             calib_data,

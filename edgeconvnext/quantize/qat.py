@@ -50,6 +50,7 @@ import numpy as np
 from edgeconvnext.artifacts import atomic_output, check_output, environment
 from edgeconvnext.errors import CheckpointError, DataError, ExportError, UsageError, nearest
 from edgeconvnext.quantize import policy as policy_mod
+from edgeconvnext.quantize.config import Method
 from edgeconvnext.quantize.ptq import QuantizeConfig, output_paths
 from edgeconvnext.train.loop import NO_LABEL, ProgressHook, cpu_count, lr_at
 
@@ -364,7 +365,7 @@ def prepare_float(loaded: LoadedModel, ptq_result: Any, images: np.ndarray) -> L
     QAT must start from those same float weights. :func:`start_from_ptq` compares the logits with the PTQ
     ONNX, so a transform missed here cannot pass unseen."""
     if getattr(ptq_result, "smoothing", None):
-        from edgeconvnext.quantize.smooth import smoothed_copy  # type: ignore[import-not-found]
+        from edgeconvnext.quantize.smooth import smoothed_copy  # type: ignore[import-not-found,import-untyped]
 
         loaded, _ = smoothed_copy(loaded, images)
     return loaded
@@ -409,7 +410,7 @@ def start_from_ptq(
         loaded,
         out,
         calib_data=calib_data,
-        config=replace(quant, method="ptq", keep_fp32=True),
+        config=replace(quant, method=Method.PTQ, keep_fp32=True),
         calib_manifest=calib_manifest,
         on_step=on_step,
         on_progress=on_progress,
@@ -503,7 +504,7 @@ def _trace(module: Any, img_size: int) -> bytes:
         torch.onnx.export(
             module,
             (torch.zeros(2, 3, img_size, img_size),),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
             dynamo=False,  # the dynamo exporter fails on fake-quantized models (KNOWLEDGE.md)
             opset_version=17,
             input_names=["input"],
@@ -740,7 +741,7 @@ def qat(
     from edgeconvnext.train import distributed
 
     cfg = config.validated()
-    qcfg = replace(quant or QuantizeConfig(), method="ptq").validated()
+    qcfg = replace(quant or QuantizeConfig(), method=Method.PTQ).validated()
     if qcfg.backend != "ort":
         raise UsageError(
             f"--method qat calibrates its start with --backend ort (its Q/DQ sit directly on the layers the fake "
@@ -812,7 +813,8 @@ def _run(
             f"{paths['state']} holds an interrupted QAT run: pass --resume to continue it, or delete it to start over"
         )
 
-    teacher = copy.deepcopy(loaded.model).to(device, memory_format=torch.channels_last).eval()
+    # torch's type stubs for Module.to omit memory_format, which it takes
+    teacher = copy.deepcopy(loaded.model).to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     for p in teacher.parameters():
         p.requires_grad_(False)
 
@@ -852,7 +854,7 @@ def _run(
         scales = {k: (v["act_scale"], v["w_scale"]) for k, v in state["quantizers"].items()}
 
     start_weights = start.float_model if start is not None else loaded.model
-    qmodel = wrap(start_weights, scales, cfg.scales).to(device, memory_format=torch.channels_last)
+    qmodel = wrap(start_weights, scales, cfg.scales).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     if state is not None:
         qmodel.load_state_dict(state["model"])
     # every rank starts from rank 0's weights (PTQ's transforms ran there) and scales
@@ -947,11 +949,17 @@ def _run(
 
     if start_epoch >= cfg.epochs:
         notes.append(f"the saved state already finished {start_epoch} epochs: exporting it")
-    sampler = None
+    sampler: Any = None
     if d.enabled:
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
+        sampler = DistributedSampler(
+            train_set,  # type: ignore[arg-type]  # map-style, not a torch Dataset subclass
+            num_replicas=d.world_size,
+            rank=d.rank,
+            shuffle=True,
+            seed=cfg.seed,
+        )
     for epoch in range(start_epoch, cfg.epochs):
         # order and augmentation are a function of (seed, epoch): a resumed run sees what the uninterrupted saw
         random.seed(cfg.seed + epoch)
@@ -1035,12 +1043,12 @@ def _run(
         "training": train.mode,
     }
     step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
-    data, report = export_qat(final, loaded, placement, quant_meta)
+    onnx_bytes, report = export_qat(final, loaded, placement, quant_meta)
     report.path = paths["onnx"]
     step_msg("comparing onnxruntime with the torch fake-quant model")
     parity_images = val_images[:CHECK_IMAGES] if val_images is not None else check_images
     torch_out = torch_logits(final, parity_images)
-    parity = compare_logits(torch_out, ort_logits(data, parity_images))
+    parity = compare_logits(torch_out, ort_logits(onnx_bytes, parity_images))
     parity["images"] = int(len(parity_images))
     parity["inputs"] = "validation images" if val_images is not None else "calibration images"
     parity["tolerance_rel"] = PARITY_REL_TOL
@@ -1052,8 +1060,8 @@ def _run(
         )
     from edgeconvnext.quantize.ptq import _agreement
 
-    agreement = _agreement(fp32_bytes, data, parity_images[:32]) if fp32_bytes else {}
-    digest = _sha256(data)
+    agreement = _agreement(fp32_bytes, onnx_bytes, parity_images[:32]) if fp32_bytes else {}
+    digest = _sha256(onnx_bytes)
 
     from edgeconvnext.models.checkpoint import save_checkpoint
     from edgeconvnext.quantize.fake_quant import strip
@@ -1088,7 +1096,7 @@ def _run(
         t_ckpt = stack.enter_context(atomic_output(stem_ckpt))
         t_fp = stack.enter_context(atomic_output(paths["fp32"])) if qcfg.keep_fp32 and fp32_bytes else None
         t_fps = stack.enter_context(atomic_output(paths["fp32_sidecar"])) if t_fp is not None else None
-        t_onnx.write_bytes(data)
+        t_onnx.write_bytes(onnx_bytes)
         t_man.write_bytes(manifest_bytes)
         if t_fp is not None and t_fps is not None:
             t_fp.write_bytes(fp32_bytes)
@@ -1113,7 +1121,7 @@ def _run(
             "stage": "quantize",
             "method": "qat",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "output": {"path": paths["onnx"].name, "bytes": len(data), "sha256": digest},
+            "output": {"path": paths["onnx"].name, "bytes": len(onnx_bytes), "sha256": digest},
             "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
             "source": {
                 "path": str(loaded.source) if loaded.source else None,
@@ -1190,7 +1198,7 @@ def _run(
         ptq_val_top1=ptq_val_top1,
         world_size=d.world_size,
         seconds=seconds,
-        size_bytes=len(data),
+        size_bytes=len(onnx_bytes),
         notes=list(getattr(loaded, "notes", []) or []) + notes,
     )
 

@@ -189,7 +189,7 @@ class OnnxRuntimeRunner(Runner):
         return self.session.run([self.output_name], feed)[0].astype(np.float32, copy=False)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
     def latency(
         self, batch: int, *, warmup: int, iters: int, cuda_graph: bool = False, img_size: int | None = None
@@ -369,6 +369,7 @@ def open_runner(
             f"--backend {backend} cannot run {artifact}: expected a "
             f"{'.onnx file' if backend == 'onnxruntime' else '.engine file'}"
         )
+    assert isinstance(artifact, (str, Path))  # backend_for: a LoadedModel is "torch", handled above
     if backend == "onnxruntime":
         runner: Runner = OnnxRuntimeRunner(artifact, device=device, threads=threads)
     else:

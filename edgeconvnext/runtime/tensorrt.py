@@ -134,7 +134,8 @@ class TensorRTRunner(Runner):
                 f"TensorRT could not create an execution context for {self.path} (see the "
                 "TensorRT messages above; usually too little free GPU memory)"
             )
-        inputs, outputs = [], []
+        inputs: list[str] = []
+        outputs: list[str] = []
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             mode = self.engine.get_tensor_mode(name)

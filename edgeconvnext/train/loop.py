@@ -109,7 +109,7 @@ def make_loader(ds: ImageDataset, batch: int, shuffle: bool, workers: int, seed:
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(
-        ds,
+        ds,  # type: ignore[arg-type]  # map-style (__len__, __getitem__) without subclassing torch's Dataset
         batch_size=batch,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
@@ -123,7 +123,8 @@ def make_loader(ds: ImageDataset, batch: int, shuffle: bool, workers: int, seed:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms, GRN and LayerScale (1-D parameters), as timm does."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
