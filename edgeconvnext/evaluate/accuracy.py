@@ -306,18 +306,23 @@ def accuracy_pass(
             cosine_mean=agree.cos_mean,
             cosine_min=agree.cos_min,
         )
+    out["per_class"] = _per_class(ms, scores[1] if base is not None else None, ds.class_names)
+    return out
+
+
+def _per_class(ms: Scores, bs: Scores | None, class_names: list[str]) -> list[dict[str, Any]]:
+    """One row per class that has images: its count, top-1 and (with a baseline) the baseline's top-1."""
     per_model = ms.per_class_top1()
-    per_base = scores[1].per_class_top1() if base is not None else None
+    per_base = bs.per_class_top1() if bs is not None else None
     rows = []
     for i in np.flatnonzero(ms.count):
         row: dict[str, Any] = {
             "index": int(i),
-            "class": ds.class_names[i],
+            "class": class_names[i],
             "count": int(ms.count[i]),
             "top1": float(per_model[i]),
         }
         if per_base is not None:
             row["baseline_top1"] = float(per_base[i])
         rows.append(row)
-    out["per_class"] = rows
-    return out
+    return rows

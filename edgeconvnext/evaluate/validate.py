@@ -351,6 +351,28 @@ def validate(
         for r in runners:
             r.close()
 
+    rep = _report(runner, model_name, model_sha, acc, lat, backend, device, compile, max_drop, limit, notes)
+    rep.seconds = time.perf_counter() - t0
+    rep.markdown = markdown_table([rep])
+    _write_and_judge(rep, report, markdown)
+    return rep
+
+
+def _report(
+    runner: Runner,
+    model_name: str,
+    model_sha: str | None,
+    acc: dict[str, Any],
+    lat: list[dict[str, Any]],
+    backend: str,
+    device: str,
+    compile: bool,
+    max_drop: float | None,
+    limit: int | None,
+    notes: list[str],
+) -> ValidationReport:
+    """The report of the passes that ran (``acc``: accuracy fields, ``lat``: latency entries), judged
+    against ``max_drop`` when a baseline gave a drop."""
     meta = model_info(runner)
     fields: dict[str, Any] = dict(
         model=model_name,
@@ -374,9 +396,6 @@ def validate(
     rep = ValidationReport(**fields)
     if rep.drop is not None and max_drop is not None:
         rep.passed = rep.drop <= max_drop
-    rep.seconds = time.perf_counter() - t0
-    rep.markdown = markdown_table([rep])
-    _write_and_judge(rep, report, markdown)
     return rep
 
 
