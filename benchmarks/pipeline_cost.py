@@ -1,0 +1,423 @@
+"""What each CPU stage of the pipeline costs against its floor, measured side by side in one run (issue 11).
+
+Inputs, built here once into ``--work`` (default ``benchmarks/_work/pipeline_cost``): 512 synthetic 320x256
+JPEGs (smooth random RGB, 4 class folders so ``validate`` can read them as an ImageFolder) and a
+random-weight convnextv2_nano FP32 ONNX at 224 px (``edgeconvnext export``). Random weights: the cost of
+these steps does not depend on the weights.
+
+Rows (every step and its floor run in separate processes, back to back, so each peak RSS is its own):
+
+- floor: preprocessing (Pillow decode + timm eval transform, written out here, one image after another)
+  plus one FP32 onnxruntime forward over the 512 images, batch 32, default session (all graph
+  optimizations, intra-op threads = cores). Measured before and after the quantize run; the mean is used.
+- ``edgeconvnext quantize`` (PTQ, default options, ``--backend ort``): the calibration step (images
+  decoded and preprocessed, statistics collected, Q/DQ inserted: from files to the quantized graph, what
+  the floor does from files to logits) and the whole command (process wall time); FP32 export + parity
+  check shown as its part. Where a build's sidecar has no ``timings.load_s`` (older builds loaded the
+  images before the step they timed), the load time is measured here with the same library call.
+- quantize's peak RSS against the FP32 session's peak (one session, batch 32, nothing else held).
+- ``validate`` accuracy pass (FP32 ONNX, batch 32, library call from opening the model to the last
+  batch) in images/s against a bare onnxruntime session over the same batches preprocessed beforehand
+  (session created and run, decoding not timed).
+- ``sensitivity`` / ``--max-drop`` budget search and QAT step time: called when the build has them,
+  else "not landed".
+- ``edgeconvnext --help`` and ``edgeconvnext models`` wall time against their targets (0.3 s, 1 s).
+
+The machine may be shared: the 1-minute load average is printed with each measurement; read ratios, not
+seconds. Output: one table (step, seconds, floor seconds, ratio, peak RSS) and a JSON summary.
+
+Usage::
+
+    nice -n 10 env OMP_WAIT_POLICY=PASSIVE python benchmarks/pipeline_cost.py
+    python benchmarks/pipeline_cost.py --work /tmp/pc --n 512 --skip validate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL = "convnextv2_nano"
+IMG_SIZE = 224
+CROP_PCT = 0.875
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+BATCH = 32
+CLASSES = 4
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` smooth random 320x256 JPEGs in ``CLASSES`` class folders (written once; reused when complete)."""
+    import numpy as np
+    from PIL import Image
+
+    done = folder / f".complete-{n}"
+    paths = [folder / f"class_{i % CLASSES}" / f"synthetic_{i:04d}.jpg" for i in range(n)]
+    if done.is_file():
+        return paths
+    rng = np.random.default_rng(seed)
+    for i, p in enumerate(paths):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 255, (8, 10, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((320, 256), Image.Resampling.BICUBIC).save(p, quality=90)
+    done.write_text("ok\n")
+    return paths
+
+
+def _cli(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeconvnext", *args], capture_output=capture, text=True, check=check
+    )
+
+
+def make_fp32(work: Path) -> Path:
+    out = work / f"{MODEL}.fp32.onnx"
+    if not out.is_file():
+        _cli("-q", "export", "-m", MODEL, "--img-size", str(IMG_SIZE), "-o", str(out))
+    return out
+
+
+# ---- floors (run as worker processes) --------------------------------------------------------------
+
+
+def _preprocess(path: Path):
+    """timm's eval transform, written out with Pillow and numpy (fixed here, so the floor does not move
+    when the library's preprocessing changes)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    scale = math.floor(IMG_SIZE / CROP_PCT)
+    w, h = im.size
+    if min(w, h) != scale:
+        if w <= h:
+            im = im.resize((scale, int(scale * h / w)), Image.Resampling.BICUBIC)
+        else:
+            im = im.resize((int(scale * w / h), scale), Image.Resampling.BICUBIC)
+    w, h = im.size
+    top, left = int(round((h - IMG_SIZE) / 2.0)), int(round((w - IMG_SIZE) / 2.0))
+    im = im.crop((left, top, left + IMG_SIZE, top + IMG_SIZE))
+    arr = (np.asarray(im, np.float32) / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+
+
+def _session(onnx_path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def worker_floor(images: list[Path], onnx_path: Path) -> dict:
+    """Preprocessing + one FP32 forward over all images, batch 32 (session creation included)."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    x = np.stack([_preprocess(p) for p in images])
+    t_pre = time.perf_counter() - t0
+    sess = _session(onnx_path)
+    for i in range(0, len(x), BATCH):
+        sess.run(None, {"input": x[i : i + BATCH]})
+    total = time.perf_counter() - t0
+    return {"preprocess_s": t_pre, "forward_s": total - t_pre, "seconds": total, "peak_rss_mb": _rss_mb()}
+
+
+def worker_memfloor(images: list[Path], onnx_path: Path) -> dict:
+    """The FP32 session's peak RSS: one session, batch 32, run twice, nothing else held."""
+    import numpy as np
+
+    x = np.stack([_preprocess(p) for p in images[:BATCH]])
+    sess = _session(onnx_path)
+    for _ in range(2):
+        sess.run(None, {"input": x})
+    return {"peak_rss_mb": _rss_mb()}
+
+
+def worker_bare(images: list[Path], onnx_path: Path) -> dict:
+    """A bare session over the same batches validate reads, preprocessed beforehand (not timed)."""
+    import numpy as np
+
+    batches = [np.stack([_preprocess(p) for p in images[i : i + BATCH]]) for i in range(0, len(images), BATCH)]
+    t0 = time.perf_counter()
+    sess = _session(onnx_path)
+    for x in batches:
+        sess.run(None, {"input": x})
+    s = time.perf_counter() - t0
+    return {"seconds": s, "images_per_s": len(images) / s, "peak_rss_mb": _rss_mb()}
+
+
+def worker_validate(data: Path, onnx_path: Path) -> dict:
+    """validate's accuracy pass through the library: open the model, read, preprocess and infer every batch.
+    The labels file gives class indices (the random-weight model has 1000 unnamed classes)."""
+    from edgeconvnext.evaluate.validate import validate
+
+    labels = data.parent / "labels.txt"
+    if not labels.is_file():
+        rows = [f"{p.relative_to(data).as_posix()} {p.parent.name.split('_')[1]}" for p in sorted(data.rglob("*.jpg"))]
+        labels.write_text("\n".join(rows) + "\n")
+    t0 = time.perf_counter()
+    rep = validate(onnx_path, data=data, labels=labels, batch=BATCH)
+    s = time.perf_counter() - t0
+    return {"seconds": s, "images": rep.images, "images_per_s": rep.images / s, "peak_rss_mb": _rss_mb()}
+
+
+def worker_load(images_dir: Path, n: int) -> dict:
+    """The library's calibration-image loading alone (for builds whose sidecar does not time it)."""
+    from edgeconvnext.data.calibration import select_images
+    from edgeconvnext.models.registry import Preprocess
+
+    t0 = time.perf_counter()
+    select_images(images_dir, n, seed=0, preprocess=Preprocess(img_size=IMG_SIZE))
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _worker(kind: str, work: Path, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--work", str(work), "--n", str(n), "--worker", kind]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r["load_avg_1m"] = _load()
+    return r
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+
+def step_quantize(work: Path, images_dir: Path, n: int) -> dict:
+    out = work / "out" / f"{MODEL}.int8.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["-q", "quantize", "-m", MODEL, "--img-size", str(IMG_SIZE), "--calib-data", str(images_dir)]
+    args += ["--calib-size", str(n), "--backend", "ort", "-o", str(out), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = _cli(*args, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"quantize failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    side = json.loads(Path(f"{out}.json").read_text())
+    fp32_side = json.loads(Path(str(out).removesuffix(".onnx") + ".fp32.onnx.json").read_text())
+    t = side["timings"]
+    return {
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "timings": t,
+        "export_timings": fp32_side.get("timings", {}),
+        "peak_rss_mb": side["peak_rss_mb"],
+        "images": side["calibration"]["images"],
+        "trt_ok": side["trt_check"]["ok"],
+        "agreement_vs_fp32": side["agreement_vs_fp32"],
+        "load_avg_1m": _load(),
+    }
+
+
+def _has_command(name: str) -> bool:
+    return name in _cli("--help", check=False).stdout
+
+
+def _has_option(command: str, option: str) -> bool:
+    r = _cli(command, "--help", check=False)
+    return r.returncode == 0 and option in r.stdout
+
+
+def step_startup(args_list: list[str], repeats: int = 2) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _cli(*args_list)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def _row(step: str, seconds: float | None, floor: float | None, ratio: float | None, rss: float | None, note=""):
+    return {"step": step, "seconds": seconds, "floor_s": floor, "ratio": ratio, "peak_rss_mb": rss, "note": note}
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| step | seconds | floor seconds | ratio | peak RSS MiB | note |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['step']} | {_fmt(r['seconds'], '.2f')} | {_fmt(r['floor_s'], '.2f')} | "
+            f"{_fmt(r['ratio'], '.2f') + 'x' if r['ratio'] is not None else ''} | {_fmt(r['peak_rss_mb'], '.0f')} | "
+            f"{r['note']} |"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/_work/pipeline_cost"))
+    ap.add_argument("--n", type=int, default=512, help="images (calibration set and validation set)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["quantize", "validate", "startup", "others"])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = args.work.resolve()
+    images_dir = work / "images"
+    paths = make_images(images_dir, args.n)
+    fp32 = make_fp32(work)
+    if args.worker:
+        fn = {
+            "floor": lambda: worker_floor(paths, fp32),
+            "memfloor": lambda: worker_memfloor(paths, fp32),
+            "bare": lambda: worker_bare(paths, fp32),
+            "validate": lambda: worker_validate(images_dir, fp32),
+            "load": lambda: worker_load(images_dir, args.n),
+        }[args.worker]
+        print(json.dumps(fn()))
+        return 0
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "edgeconvnext"], capture_output=True, text=True)
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit + ("+changes" if dirty.stdout.strip() else ""),
+        "machine": f"{os.uname().machine}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+        "model": f"{MODEL} {IMG_SIZE} px, random weights",
+        "images": f"{args.n} synthetic 320x256 JPEG",
+    }
+    print(f"pipeline cost: {info}", file=sys.stderr, flush=True)
+    rows: list[dict] = []
+    raw: dict = {}
+
+    if "quantize" not in args.skip:
+        f1 = _worker("floor", work, args.n)
+        print(f"floor {f1['seconds']:.1f} s (load {f1['load_avg_1m']})", file=sys.stderr, flush=True)
+        q = step_quantize(work, images_dir, args.n)
+        print(f"quantize {q['wall_s']:.1f} s (load {q['load_avg_1m']})", file=sys.stderr, flush=True)
+        f2 = _worker("floor", work, args.n)
+        print(f"floor {f2['seconds']:.1f} s (load {f2['load_avg_1m']})", file=sys.stderr, flush=True)
+        mem = _worker("memfloor", work, args.n)
+        floor = (f1["seconds"] + f2["seconds"]) / 2
+        t = q["timings"]
+        if "load_s" in t:
+            load_s, load_note = t["load_s"], ""
+        else:
+            load_s = _worker("load", work, args.n)["seconds"]
+            load_note = f"image loading {load_s:.1f} s measured separately (not in this build's sidecar) + "
+        calib = load_s + t["calibration_s"]
+        et = q["export_timings"]
+        raw.update(floor_runs=[f1, f2], quantize=q, memfloor=mem, load_s=load_s)
+        rows.append(
+            _row(
+                "floor: preprocessing + FP32 onnxruntime forward, batch 32",
+                floor,
+                floor,
+                1.0,
+                max(f1["peak_rss_mb"], f2["peak_rss_mb"]),
+                f"{f1['seconds']:.1f} / {f2['seconds']:.1f} s before / after quantize; "
+                f"preprocessing {f1['preprocess_s']:.1f} s",
+            )
+        )
+        rows.append(
+            _row(
+                "quantize: calibration step (files -> quantized graph)",
+                calib,
+                floor,
+                calib / floor,
+                None,
+                f"{load_note}statistics + Q/DQ {t['calibration_s']:.1f} s",
+            )
+        )
+        rows.append(
+            _row(
+                "quantize: whole command",
+                q["wall_s"],
+                floor,
+                q["wall_s"] / floor,
+                q["peak_rss_mb"],
+                f"CPU {q['cpu_s']:.0f} s, load {q['load_avg_1m']}, TensorRT rules {'pass' if q['trt_ok'] else 'FAIL'}",
+            )
+        )
+        rows.append(
+            _row(
+                "  of which FP32 export + parity check",
+                t["export_s"],
+                None,
+                None,
+                None,
+                f"trace {et.get('export_s', 0):.1f} s, check {et.get('check_s', 0):.1f} s, "
+                f"parity {et.get('parity_s', 0):.1f} s",
+            )
+        )
+        rows.append(
+            _row(
+                "quantize peak RSS / FP32 session peak RSS (batch 32)",
+                None,
+                None,
+                q["peak_rss_mb"] / mem["peak_rss_mb"],
+                q["peak_rss_mb"],
+                f"FP32 session {mem['peak_rss_mb']:.0f} MiB",
+            )
+        )
+
+    if "validate" not in args.skip:
+        bare = _worker("bare", work, args.n)
+        val = _worker("validate", work, args.n)
+        bare2 = _worker("bare", work, args.n)
+        bare_ips = (bare["images_per_s"] + bare2["images_per_s"]) / 2
+        raw.update(bare=[bare, bare2], validate=val)
+        rows.append(
+            _row(
+                "validate accuracy pass (images/s vs a bare session's)",
+                val["seconds"],
+                args.n / bare_ips,
+                val["images_per_s"] / bare_ips,
+                val["peak_rss_mb"],
+                f"{val['images_per_s']:.1f} vs {bare_ips:.1f} images/s (ratio: higher is better, goal >= 0.9)",
+            )
+        )
+
+    if "others" not in args.skip:
+        # sensitivity/--max-drop (robust-PTQ issue) and QAT step time (QAT issue): rows once their commands land
+        if _has_command("sensitivity"):
+            rows.append(_row("sensitivity", None, None, None, None, "landed: add its call here"))
+        else:
+            rows.append(_row("sensitivity / --max-drop budget search", None, None, None, None, "not landed"))
+        if _has_option("quantize", "qat") and _has_command("qat"):
+            rows.append(_row("QAT step / FP32 step", None, None, None, None, "landed: add its call here"))
+        else:
+            rows.append(_row("QAT step / FP32 training step", None, None, None, None, "not landed"))
+
+    if "startup" not in args.skip:
+        h = step_startup(["--help"])
+        m = step_startup(["models"])
+        raw.update(help_s=h, models_s=m)
+        rows.append(_row("edgeconvnext --help (best of 2)", h, 0.3, h / 0.3, None, "floor = the 0.3 s target"))
+        rows.append(_row("edgeconvnext models (best of 2)", m, 1.0, m, None, "floor = the 1 s target"))
+
+    print(f"\n{info['date']}, commit {info['commit']}, {info['machine']}, {info['model']}, {info['images']}\n")
+    print_table(rows)
+    print(json.dumps({"info": info, "rows": rows, "raw": raw}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
