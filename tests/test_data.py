@@ -115,3 +115,35 @@ def test_unreadable_images_are_all_counted_but_only_the_first_ones_logged(tmp_pa
     assert n == 1 and len(ds.skipped) == SKIP_WARNINGS + 5
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == SKIP_WARNINGS + 1 and "counted, not listed" in warnings[-1]
+
+
+def test_batches_decode_in_parallel_in_order_with_labels_kept_beside_their_images(tmp_path):
+    """The threaded decoder gives exactly the serial eval transform's arrays, in file order; an unreadable
+    file in the middle of a batch is skipped without shifting the labels of the images after it."""
+    from edgeconvnext.data.folders import decode_images, load_images
+    from edgeconvnext.data.preprocess import eval_transform, open_rgb
+    from edgeconvnext.models.registry import Preprocess
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (20, 26, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.jpg")
+    (tmp_path / "a" / "3.jpg").write_bytes(b"not a jpeg")
+    pp = Preprocess(img_size=16)
+    ds = LabelledImages.discover(tmp_path)
+    serial = {p: eval_transform(open_rgb(p), pp) for p in ds.paths if p.name != "3.jpg" or p.parent.name != "a"}
+    xs, ys = zip(*ds.batches(pp, batch=4), strict=True)
+    assert [len(y) for y in ys] == [3, 4, 4, 2]  # the first batch lost a/3.jpg
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert y.tolist() == [0] * 6 + [1] * 7
+    np.testing.assert_array_equal(x, np.stack(list(serial.values())))
+    assert [p.name for p, _ in ds.skipped] == ["3.jpg"]
+    # the same through load_images, and a generator closed early (nothing left running)
+    arr, used, bad = load_images(ds.paths, pp)
+    np.testing.assert_array_equal(arr, x)
+    assert used == list(serial) and [p for p, _ in bad] == [tmp_path / "a" / "3.jpg"]
+    gen = decode_images(ds.paths, pp, workers=2, ahead=3)
+    first = next(gen)
+    gen.close()
+    assert first[0] == ds.paths[0] and first[2] is None

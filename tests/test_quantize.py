@@ -465,6 +465,52 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
         assert a[k] == pytest.approx(b[k], rel=1e-6), k
 
 
+def test_minmax_pass_gives_the_tensors_min_max_and_the_fp32_logits(tmp_path):
+    """The minmax session (FP32 graph + one ReduceMin/ReduceMax per tensor, graph optimizations on) gives the
+    min and max of each tensor over all batches, and logits equal to a plain FP32 session's."""
+    import onnxruntime as ort
+    import torch
+    from onnx import helper
+
+    from edgeconvnext.models.registry import create_model
+    from edgeconvnext.quantize import ort_backend
+    from edgeconvnext.quantize.policy import plan
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(
+        create_model("convnextv2_test", num_classes=10).eval(),
+        (torch.zeros(1, 3, IMG, IMG),),
+        str(fp32),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
+    model = onnx.load(str(fp32))
+    tensors = ort_backend._activation_inputs(model, [p.node for p in plan(model, "convnext") if p.int8])
+    x = np.random.default_rng(1).standard_normal((11, 3, IMG, IMG)).astype(np.float32)
+    batches = [x[:4], x[4:8], x[8:]]
+    logits: list[np.ndarray] = []
+    seen: list[int] = []
+    ranges = ort_backend.collect_minmax(model, tensors, iter(batches), logits=logits, on_batch=seen.append)
+    assert seen == [4, 4, 3] and list(ranges) == tensors and len(tensors) == 13
+
+    exposed = onnx.load(str(fp32))  # the reference: the tensors themselves as outputs, no optimizations
+    exposed.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(exposed.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = [ref.run(None, {"input": b}) for b in batches]
+    np.testing.assert_allclose(np.concatenate(logits), np.concatenate([o[0] for o in outs]), rtol=1e-4, atol=1e-5)
+    for i, t in enumerate(tensors):
+        lo, hi = ranges[t]
+        assert lo.shape == hi.shape == (1,) and lo.dtype == np.float32
+        want = np.concatenate([o[1 + i].ravel() for o in outs])
+        assert lo[0] == pytest.approx(want.min(), rel=1e-5) and hi[0] == pytest.approx(want.max(), rel=1e-5), t
+
+
 def test_recipe_sets_defaults_and_the_command_line_overrides_them(tmp_path, images):
     recipe = tmp_path / "tiny-dgpu.yaml"
     recipe.write_text(

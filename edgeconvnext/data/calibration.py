@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,7 +38,7 @@ import numpy as np
 
 from edgeconvnext.artifacts import sha256_file, write_json_atomic
 from edgeconvnext.data import DEFAULT_SIZE, MIN_IMAGES
-from edgeconvnext.data.folders import IMAGE_EXTS, list_images, load_images, warn_skipped
+from edgeconvnext.data.folders import IMAGE_EXTS, decode_images, list_images, warn_skipped
 from edgeconvnext.errors import DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
 
@@ -69,6 +70,7 @@ class CalibrationSet:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     candidates: int = 0  # image files found in the folder
     source: str = "folder"  # "folder" or "manifest"
+    load_seconds: float = 0.0  # wall time of reading and preprocessing the images
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -141,21 +143,25 @@ def selection_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
 def _load_into(
     paths: list[Path], pp: Preprocess, needed: int, on_progress: ProgressFn | None, skipped: list[tuple[Path, str]]
 ) -> tuple[np.ndarray, list[Path]]:
-    """Preprocess ``paths`` in order until ``needed`` images are readable; unreadable ones go to ``skipped``."""
+    """Preprocess ``paths`` in order until ``needed`` images are readable; unreadable ones go to ``skipped``.
+    Decoding runs in a thread pool (:func:`~edgeconvnext.data.folders.decode_images`), in order."""
     out = np.empty((needed, 3, pp.img_size, pp.img_size), np.float32)
     used: list[Path] = []
-    i = 0
-    while len(used) < needed and i < len(paths):
-        chunk = paths[i : i + min(_CHUNK, needed - len(used))]
-        i += len(chunk)
-        arr, ok, bad = load_images(chunk, pp)
-        out[len(used) : len(used) + len(ok)] = arr
-        used += ok
-        for p, reason in bad:
-            skipped.append((p, reason))
-            warn_skipped(len(skipped), reason, "skipping calibration image:")
-        if on_progress is not None:
-            on_progress(len(used), needed)
+    decoded = decode_images(paths, pp, ahead=_CHUNK * 4)
+    try:
+        for p, x, why in decoded:
+            if x is None:
+                skipped.append((p, str(why)))
+                warn_skipped(len(skipped), str(why), "skipping calibration image:")
+                continue
+            out[len(used)] = x
+            used.append(p)
+            if on_progress is not None and (len(used) % _CHUNK == 0 or len(used) == needed):
+                on_progress(len(used), needed)
+            if len(used) == needed:
+                break
+    finally:
+        decoded.close()
     return out[: len(used)], used
 
 
@@ -186,7 +192,9 @@ def select_images(
         )
     order = selection_order(found, root, seed)
     skipped: list[tuple[Path, str]] = []
+    t0 = time.perf_counter()
     images, used = _load_into(order, preprocess, size, on_progress, skipped)
+    load_s = time.perf_counter() - t0
     if len(used) < size:
         if not used:
             raise DataError(f"none of the {len(found)} image files in {root} could be read (first: {skipped[0][1]})")
@@ -207,6 +215,7 @@ def select_images(
         skipped=skipped,
         candidates=len(found),
         source="folder",
+        load_seconds=load_s,
     )
 
 
@@ -302,7 +311,9 @@ def load_manifest(
         paths.append(p)
         digests.append(h)
     skipped: list[tuple[Path, str]] = []
+    t0 = time.perf_counter()
     images, used = _load_into(paths, preprocess, len(paths), on_progress, skipped)
+    load_s = time.perf_counter() - t0
     if skipped:
         raise DataError(f"calibration image {skipped[0][0]} listed in {path} can no longer be read: {skipped[0][1]}")
     seed = data.get("seed")
@@ -321,4 +332,5 @@ def load_manifest(
         ],
         candidates=int(data.get("candidates", len(used)) or len(used)),
         source="manifest",
+        load_seconds=load_s,
     )

@@ -16,9 +16,12 @@ Usage::
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,28 +265,82 @@ class LabelledImages:
         return cls(paths, labels, names, root)
 
     def batches(self, pp: Preprocess, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (images (B,3,S,S) float32, labels (B,) int64); unreadable files are skipped and recorded."""
-        for start in range(0, len(self.paths), batch):
-            xs, ys = [], []
-            for p, y in zip(self.paths[start : start + batch], self.labels[start : start + batch], strict=False):
-                try:
-                    xs.append(eval_transform(open_rgb(p), pp))
-                    ys.append(y)
-                except DataError as e:
-                    self.skipped.append((p, str(e)))
-                    warn_skipped(len(self.skipped), str(e))
-            if xs:
-                yield np.stack(xs), np.asarray(ys, dtype=np.int64)
+        """Yield (images (B,3,S,S) float32, labels (B,) int64); unreadable files are skipped and recorded.
+        The next batch is decoded in threads while the caller works on this one (:func:`decode_images`)."""
+        decoded = decode_images(self.paths, pp, ahead=batch + 2 * decode_workers())
+        labels = iter(self.labels)
+        try:
+            for start in range(0, len(self.paths), batch):
+                xs, ys = [], []
+                for (p, x, why), y in zip(
+                    itertools.islice(decoded, min(batch, len(self.paths) - start)), labels, strict=False
+                ):
+                    if x is None:
+                        self.skipped.append((p, str(why)))
+                        warn_skipped(len(self.skipped), str(why))
+                    else:
+                        xs.append(x)
+                        ys.append(y)
+                if xs:
+                    yield np.stack(xs), np.asarray(ys, dtype=np.int64)
+        finally:
+            decoded.close()
+
+
+def decode_workers() -> int:
+    """Threads that decode images: the cores this process may run on (Pillow's decoders and resizers and
+    numpy's arithmetic release the GIL)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_one(p: Path, pp: Preprocess) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return eval_transform(open_rgb(p), pp), None
+    except DataError as e:
+        return None, str(e)
+
+
+def decode_images(
+    paths: Iterable[Path], pp: Preprocess, *, workers: int | None = None, ahead: int = 64
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """Yield (path, preprocessed (3,S,S) array or None, reason it could not be read or None) for each of
+    ``paths`` in order, decoded by a thread pool up to ``ahead`` images in front of the consumer (so the
+    decoding of the next images overlaps whatever the consumer does with the last ones). Same arrays as
+    ``eval_transform(open_rgb(p), pp)``; closing the generator early cancels what is queued."""
+    n_workers = workers or decode_workers()
+    it = iter(paths)
+    if n_workers <= 1:
+        for p in it:
+            yield (p, *_decode_one(p, pp))
+        return
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="edgeconvnext-decode") as pool:
+        try:
+            for p in itertools.islice(it, max(1, ahead)):
+                pending.append((p, pool.submit(_decode_one, p, pp)))
+            while pending:
+                p, fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_decode_one, nxt, pp)))
+                yield (p, *fut.result())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
 def load_images(paths: Sequence[Path], pp: Preprocess) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
-    """Preprocess ``paths``; returns (array (N,3,S,S), paths used, skipped (path, reason))."""
+    """Preprocess ``paths`` (in parallel, :func:`decode_images`); returns (array (N,3,S,S), paths used,
+    skipped (path, reason))."""
     xs, used, skipped = [], [], []
-    for p in paths:
-        try:
-            xs.append(eval_transform(open_rgb(p), pp))
+    for p, x, why in decode_images(paths, pp):
+        if x is None:
+            skipped.append((p, str(why)))
+        else:
+            xs.append(x)
             used.append(p)
-        except DataError as e:
-            skipped.append((p, str(e)))
     arr = np.stack(xs) if xs else np.zeros((0, 3, pp.img_size, pp.img_size), np.float32)
     return arr, used, skipped

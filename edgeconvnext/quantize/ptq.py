@@ -148,21 +148,24 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def _agreement(fp32: bytes, int8: bytes, images: Any) -> dict[str, float]:
-    """Top-1 agreement and mean cosine similarity of INT8 vs FP32 logits (onnxruntime CPU)."""
+def _agreement(fp32: bytes, int8: bytes, images: Any, fp32_logits: Any = None) -> dict[str, float]:
+    """Top-1 agreement and mean cosine similarity of INT8 vs FP32 logits (onnxruntime CPU). ``fp32_logits``
+    (of ``images``, e.g. from the calibration pass) saves running the FP32 model again."""
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    a = ort.InferenceSession(fp32, opts, providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
+    a = None if fp32_logits is not None else ort.InferenceSession(fp32, opts, providers=["CPUExecutionProvider"])
     ya, yb = [], []
     for i in range(0, len(images), 8):
         x = images[i : i + 8]
-        ya.append(a.run(None, {"input": x})[0])
+        if a is not None:
+            ya.append(a.run(None, {"input": x})[0])
         yb.append(b.run(None, {"input": x})[0])
-    la, lb = np.concatenate(ya).astype(np.float64), np.concatenate(yb).astype(np.float64)
+    la = np.asarray(fp32_logits if a is None else np.concatenate(ya), np.float64)
+    lb = np.concatenate(yb).astype(np.float64)
     if not np.isfinite(lb).all():
         raise ExportError("the quantized model produces non-finite logits in onnxruntime; nothing was written")
     cos = (la * lb).sum(1) / (np.linalg.norm(la, axis=1) * np.linalg.norm(lb, axis=1) + 1e-12)
@@ -173,6 +176,15 @@ def _agreement(fp32: bytes, int8: bytes, images: Any) -> dict[str, float]:
         "cosine_min": float(cos.min()),
         "max_abs_diff": float(np.abs(la - lb).max()),
     }
+
+
+def _first_rows(batches: list[Any], n: int) -> Any:
+    """The first ``n`` rows of a list of batches, or None when they hold fewer."""
+    import numpy as np
+
+    if not batches or sum(len(b) for b in batches) < n:
+        return None
+    return np.concatenate(batches)[:n]
 
 
 def _verify_placement(placement: Sequence[policy_mod.Placement], report: TrtReport, backend: str) -> None:
@@ -260,7 +272,10 @@ def _quantize_with(
         tmp = Path(tmpdir)
         exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
         q_path = tmp / "quantized.onnx"
-        settings, calib_s = _calibrate(loaded, exp.path, q_path, cs, cfg, placement, step, on_progress)
+        fp32_logits: list[Any] = []  # FP32 logits of the calibration batches, when the backend gives them
+        settings, calib_s = _calibrate(
+            loaded, exp.path, q_path, cs, cfg, placement, step, on_progress, fp32_model, fp32_logits
+        )
 
         step("checking the result against TensorRT's explicit-quantization rules")
         q, report = _finish_graph(q_path, fp32_model, loaded, cs, cfg, placement, output)
@@ -268,7 +283,8 @@ def _quantize_with(
 
         step(f"comparing INT8 with FP32 on {min(AGREEMENT_IMAGES, len(cs))} calibration images")
         fp32_bytes = exp.path.read_bytes()
-        agreement = _agreement(fp32_bytes, data, cs.images[:AGREEMENT_IMAGES])
+        n_agree = min(AGREEMENT_IMAGES, len(cs))
+        agreement = _agreement(fp32_bytes, data, cs.images[:n_agree], _first_rows(fp32_logits, n_agree))
 
         manifest = cs.manifest()
         manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -355,8 +371,12 @@ def _calibrate(
     placement: Sequence[policy_mod.Placement],
     step: Callable[[str], None],
     on_progress: Callable[[int, int], None] | None,
+    model: onnx.ModelProto | None = None,
+    fp32_logits: list[Any] | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """The backend's calibration and Q/DQ insertion into ``q_path``: its settings and wall seconds."""
+    """The backend's calibration and Q/DQ insertion into ``q_path``: its settings and wall seconds.
+    ``model`` is ``fp32_path`` already loaded; the ort backend appends the FP32 logits of the calibration
+    batches to ``fp32_logits`` (minmax)."""
     int8_nodes = [p.node for p in placement if p.int8]
     fp_nodes = [p.node for p in placement if not p.int8]
     step(
@@ -369,7 +389,16 @@ def _calibrate(
             if cfg.backend == "ort":
                 from edgeconvnext.quantize.ort_backend import quantize_ort
 
-                settings = quantize_ort(fp32_path, q_path, cs, int8_nodes, cfg.calib_method, on_progress=on_progress)
+                settings = quantize_ort(
+                    fp32_path,
+                    q_path,
+                    cs,
+                    int8_nodes,
+                    cfg.calib_method,
+                    on_progress=on_progress,
+                    model=model,
+                    logits=fp32_logits,
+                )
             else:
                 from edgeconvnext.quantize.nncf_backend import quantize_nncf
 
@@ -505,6 +534,7 @@ def _quantize_sidecar(
         },
         "peak_rss_mb": round(rss, 1),
         "timings": {
+            "load_s": round(cs.load_seconds, 3),
             "calibration_s": round(calib_s, 3),
             "export_s": round(exp.seconds, 3),
             "total_s": round(seconds, 3),
