@@ -189,6 +189,14 @@ def worker_load(images_dir: Path, n: int) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def worker_qat() -> dict:
+    """The QAT engineer's step-time measurement (benchmarks/qat.py step_times): nano at 32 px, batch 32."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from qat import step_times
+
+    return step_times("convnextv2_nano", 32, 32, 3, 1, False)
+
+
 def _worker(kind: str, work: Path, n: int) -> dict:
     cmd = [sys.executable, __file__, "--work", str(work), "--n", str(n), "--worker", kind]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -295,6 +303,7 @@ def main() -> int:
             "bare": lambda: worker_bare(paths, fp32),
             "validate": lambda: worker_validate(images_dir, fp32),
             "load": lambda: worker_load(images_dir, args.n),
+            "qat": worker_qat,
         }[args.worker]
         print(json.dumps(fn()))
         return 0
@@ -406,12 +415,26 @@ def main() -> int:
 
     if "others" not in args.skip:
         # sensitivity/--max-drop (robust-PTQ issue) and QAT step time (QAT issue): rows once their commands land
-        if _has_command("sensitivity"):
-            rows.append(_row("sensitivity", None, None, None, None, "landed: add its call here"))
+        if _has_command("sensitivity") or _has_option("quantize", "--max-drop"):
+            rows.append(
+                _row("sensitivity / --max-drop budget search", None, None, None, None, "landed: not called yet")
+            )
         else:
             rows.append(_row("sensitivity / --max-drop budget search", None, None, None, None, "not landed"))
-        if _has_option("quantize", "qat") and _has_command("qat"):
-            rows.append(_row("QAT step / FP32 step", None, None, None, None, "landed: add its call here"))
+        if (Path(__file__).resolve().parent / "qat.py").is_file():
+            t = _worker("qat", work, args.n)
+            raw["qat_step"] = t
+            rows.append(
+                _row(
+                    "QAT step (frozen scales, + teacher) / FP32 training step",
+                    t["qat frozen"],
+                    t["fp32"],
+                    t["qat frozen"] / t["fp32"],
+                    None,
+                    f"benchmarks/qat.py step_times, nano 32 px batch 32, 1 round; FP32 + teacher "
+                    f"{t['fp32+kd']:.3f} s ({t['qat frozen'] / t['fp32+kd']:.2f}x)",
+                )
+            )
         else:
             rows.append(_row("QAT step / FP32 training step", None, None, None, None, "not landed"))
 
