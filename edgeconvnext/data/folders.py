@@ -20,7 +20,7 @@ import collections
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +305,7 @@ def _decode_one(p: Path, pp: Preprocess) -> tuple[np.ndarray | None, str | None]
 
 def decode_images(
     paths: Iterable[Path], pp: Preprocess, *, workers: int | None = None, ahead: int = 64
-) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+) -> Generator[tuple[Path, np.ndarray | None, str | None], None, None]:
     """Yield (path, preprocessed (3,S,S) array or None, reason it could not be read or None) for each of
     ``paths`` in order, decoded by a thread pool up to ``ahead`` images in front of the consumer (so the
     decoding of the next images overlaps whatever the consumer does with the last ones). Same arrays as

@@ -328,7 +328,7 @@ def _collect_histograms(
     calib_method: str,
     input_name: str,
     on_progress: Callable[[int, int], None] | None,
-):  # type: ignore[no-untyped-def]
+) -> tuple[Any, int]:
     """onnxruntime's histogram calibrator over ``calib`` in chunks; returns (TensorsData, batches per chunk)."""
     import tempfile
 
