@@ -80,6 +80,19 @@ def _expand_user(args: list[str]) -> list[str]:
     return out
 
 
+def _bare_force(args: list[str]) -> list[str]:
+    """``run ... --force`` (no stage after it) -> ``--force=all``: --force takes an optional STAGE, which click
+    options cannot express; run has no positional arguments, so a following word is the stage (checked
+    by the command), a following option or the end means every stage."""
+    if "run" not in args or "--force" not in args:
+        return args
+    out = []
+    for i, a in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        out.append("--force=all" if a == "--force" and (nxt is None or nxt.startswith("-")) else a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     try:
@@ -89,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
 
-    args = _expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv)))
+    args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's

@@ -20,6 +20,7 @@ STATE = _State()
 
 # (command name, module in edgeconvnext.cli, function), in pipeline order (as --help lists them).
 COMMANDS: list[tuple[str, str, str]] = [
+    ("run", "run", "run_cmd"),
     ("finetune", "finetune", "finetune_cmd"),
     ("export", "export", "export_cmd"),
     ("quantize", "quantize", "quantize_cmd"),

@@ -1,0 +1,220 @@
+"""``edgeconvnext run``: checkpoint -> FP32/FP16/INT8 ONNX -> TensorRT rules -> engines (or trtexec commands)
+-> validation of every artifact -> report.json/md/html -> device bundle (see edgeconvnext.pipeline.run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeconvnext.cli._common import (
+    STATE,
+    CheckpointOpt,
+    EmaOpt,
+    ImgSizeOpt,
+    ModelOpt,
+    NumClassesOpt,
+    UnsafeOpt,
+    console,
+    done,
+)
+from edgeconvnext.cli.quantize import (
+    BackendOpt,
+    CalibDataOpt,
+    CalibMethodOpt,
+    CalibSizeOpt,
+    ExcludeOpt,
+    ManifestOpt,
+    MinCalibOpt,
+    PolicyOpt,
+    RecipeOpt,
+    SeedOpt,
+)
+
+
+def run_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", show_default=False, help="Run folder (runs/NAME).")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    recipe: RecipeOpt = None,
+    calib_data: CalibDataOpt = None,
+    val_data: Annotated[
+        Path | None,
+        typer.Option("--val-data", help="Labelled validation images (class folders or a labels file)."),
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Labels file for a flat --val-data folder.")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="ptq (default); qat once quantization-aware training lands.")
+    ] = None,
+    train_data: Annotated[Path | None, typer.Option("--train-data", help="Training images for --method qat.")] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="Accuracy budget search (points), once it lands.")
+    ] = None,
+    calib_size: CalibSizeOpt = None,
+    min_calib_size: MinCalibOpt = None,
+    seed: SeedOpt = None,
+    backend: BackendOpt = None,
+    calib_method: CalibMethodOpt = None,
+    policy: PolicyOpt = None,
+    exclude: ExcludeOpt = None,
+    calib_manifest: ManifestOpt = None,
+    img_size: ImgSizeOpt = None,
+    num_classes: NumClassesOpt = None,
+    allow_unsafe_pickle: UnsafeOpt = False,
+    ema: EmaOpt = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the ONNX and torch rows run.")] = "cpu",
+    latency_batch: Annotated[
+        str | None,
+        typer.Option("--latency-batch", help="Batch sizes to time, e.g. 1,8 (default: the recipe's, else 1,8 on CPU)."),
+    ] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed iterations per batch size.")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", help="Timed iterations per batch size.")] = None,
+    no_latency: Annotated[bool, typer.Option("--no-latency", help="Accuracy only, no latency runs.")] = False,
+    val_batch: Annotated[int | None, typer.Option("--val-batch", help="Images per inference batch (accuracy).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Validate a seeded subset of N images.")] = None,
+    bundle_images: Annotated[
+        int, typer.Option("--bundle-images", help="Copy N validation images into the bundle (for device-check).")
+    ] = 0,
+    trtexec: Annotated[
+        Path | None, typer.Option("--trtexec", help="Build engines with this trtexec when TensorRT is here.")
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--force",
+            help="Re-run STAGE even when its record matches (repeatable); --force alone re-runs everything. "
+            "Stages: export, quantize, fp16, rules, engines, validate, report, bundle.",
+        ),
+    ] = None,
+) -> None:
+    """Checkpoint to device bundle in one command: FP32, FP16 and INT8 ONNX, TensorRT rules, engines where
+    TensorRT is, every artifact validated (accuracy and latency), report.json/md/html with plots, bundle/."""
+    from edgeconvnext.evaluate.validate import parse_batches
+    from edgeconvnext.pipeline.run import RunOptions, run_pipeline
+
+    opts = RunOptions(
+        output=output,
+        checkpoint=checkpoint,
+        model=model,
+        recipe=recipe,
+        img_size=img_size,
+        num_classes=num_classes,
+        allow_unsafe=allow_unsafe_pickle,
+        ema=ema,
+        calib_data=calib_data,
+        calib_manifest=calib_manifest,
+        val_data=val_data,
+        labels=labels,
+        method=method,
+        train_data=train_data,
+        max_drop=max_drop,
+        quantize={
+            "backend": backend,
+            "calib_method": calib_method,
+            "policy": policy,
+            "exclude": list(exclude) if exclude else None,
+            "calib_size": calib_size,
+            "seed": seed,
+            "min_calib_size": min_calib_size,
+        },
+        validate={"batch": val_batch, "limit": limit, "warmup": warmup, "iters": iters},
+        latency_batches=parse_batches(latency_batch) if latency_batch else None,
+        latency=not no_latency,
+        device=device,
+        bundle_images=bundle_images,
+        trtexec=trtexec,
+        force=tuple(force or ()),
+    )
+    with _Display(enabled=not STATE.quiet) as disp:
+        result = run_pipeline(opts, disp.events())
+    _summary(result)
+
+
+def _summary(result: Any) -> None:
+    from rich.markup import escape
+
+    c = console()
+    if not STATE.quiet:
+        c.print(escape((result.output / "report.md").read_text().split("\n\n", 3)[2]), soft_wrap=True)
+        for n in result.report.get("notes") or []:
+            c.print(f"note: {n}", markup=False, soft_wrap=True)
+    skipped = f", {len(result.skipped)} up to date" if result.skipped else ""
+    done(
+        escape(
+            f"{result.report_html}  ({len(result.report['rows'])} rows; bundle {result.bundle}){skipped}  "
+            f"{result.seconds:.1f} s"
+        )
+    )
+
+
+class _Display:
+    """A rich live display: the stage (i/n), its current step, a bar while images load, the elapsed time;
+    each finished or skipped stage leaves one line above it."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+        self._task: Any = None
+        self._stage = ""
+
+    def __enter__(self) -> _Display:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._p = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[stage]}[/bold]"),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console(),
+                transient=True,
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task("starting", total=None, stage="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def _print(self, text: str) -> None:
+        if self._p is not None:
+            from rich.markup import escape
+
+            self._p.console.print(escape(text), soft_wrap=True)
+
+    def events(self):
+        from rich.markup import escape
+
+        from edgeconvnext.pipeline.run import Events
+
+        def stage(name: str, i: int, n: int) -> None:
+            self._stage = f"{i}/{n} {name}"
+            if self._p is not None:
+                self._p.update(self._task, stage=self._stage, description="", total=None, completed=0)
+
+        def skipped(name: str, why: str) -> None:
+            self._print(f"  {name}: skipped, up to date ({why})")
+
+        def finished(name: str, summary: str, seconds: float) -> None:
+            self._print(f"  {name}: {summary} ({seconds:.1f} s)")
+
+        def step(text: str) -> None:
+            if self._p is not None:
+                self._p.update(self._task, description=escape(text), total=None, completed=0)
+
+        def progress(done_: int, total: int) -> None:
+            if self._p is not None:
+                self._p.update(self._task, total=total, completed=done_)
+
+        return Events(stage=stage, skipped=skipped, finished=finished, step=step, progress=progress)

@@ -1,0 +1,283 @@
+"""``edgeconvnext run`` end to end on the bundled demo (PTQ, CPU): the report's numbers equal separate
+``validate`` calls, a second run skips every stage, ``--force`` re-runs, the report's HTML is
+self-contained (and renders in headless Chromium where the machine has it), bad input is one line.
+
+One run is shared by the tests (session fixture, ~30 s on 2 cores): 64 calibration images, 100 validation
+images, latency at batch 1 with 2 timed iterations.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from edgeconvnext.cli import main
+from edgeconvnext.demo import assets
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+FAST = ["--calib-size", "64", "--limit", "100", "--latency-batch", "1", "--warmup", "0", "--iters", "2"]
+
+
+def _args(out: Path, *extra: str, val: Path | None = None) -> list[str]:
+    a = assets()
+    return [
+        "run",
+        "-c",
+        str(a.checkpoint),
+        "--calib-data",
+        str(a.calib),
+        "--val-data",
+        str(val or a.val),
+        "-o",
+        str(out),
+        *FAST,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "demo"
+    assert main(_args(out, "--bundle-images", "20")) == 0
+    return out
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def _row(rep: dict, artifact_suffix: str, backend: str = "onnxruntime") -> dict:
+    name = "convnextv2_atto_fmnist" + artifact_suffix
+    rows = [r for r in rep["rows"] if r["artifact"] == name and r["backend"] == backend]
+    assert len(rows) == 1, [r["artifact"] for r in rep["rows"]]
+    return rows[0]
+
+
+def test_run_writes_every_artifact_and_a_row_each(demo_run):
+    stem = "convnextv2_atto_fmnist"
+    for name in ("fp32", "fp16", "int8", "int8.fp16"):
+        assert (demo_run / "onnx" / f"{stem}.{name}.onnx").is_file()
+    assert (demo_run / "onnx" / f"{stem}.int8.calib.json").is_file()
+    rep = _report(demo_run)
+    assert rep["model"] == "convnextv2_atto" and rep["img_size"] == 32
+    # torch checkpoint + 4 ONNX on onnxruntime, one latency batch each; no TensorRT here
+    assert sorted((r["backend"], r["precision"]) for r in rep["rows"]) == [
+        ("onnxruntime", "fp16"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("onnxruntime", "int8+fp16"),
+        ("torch", "fp32"),
+    ]
+    for r in rep["rows"]:
+        assert r["batch"] == 1 and r["p50_ms"] > 0 and r["images_per_s"] > 0 and r["size_mb"] > 0
+        assert r["images"] == 100 and 75.0 < r["top1"] <= 100.0
+    int8 = _row(rep, ".int8.onnx")
+    assert int8["size_mb"] < _row(rep, ".fp32.onnx")["size_mb"] / 2  # INT8 weights
+    assert rep["engines"]["built"] is False and "TensorRT" in rep["engines"]["why"]
+    assert any("GPU latency was not measured" in n for n in rep["notes"])
+    pm = rep["precision_map"]
+    assert pm["layers"] and {r["precision"] for r in pm["layers"]} == {"INT8", "FP32"}
+    assert 0.9 < pm["int8_macs_share"] < 1.0  # MLPs + downsample convs: ~93% of atto's MACs
+    pc = rep["per_class"]["classes"]
+    assert len(pc) == 10 and all(c["change"] == pytest.approx(c["top1"] - c["baseline_top1"]) for c in pc)
+    assert sorted(rep["figures"]) == ["accuracy_latency", "per_class", "precision_map"]
+    cfg = json.loads((demo_run / "config.json").read_text())
+    assert cfg["quantize"]["calib_size"] == 64 and cfg["sources"]["quantize"]["calib_size"] == "cli"
+
+
+def test_report_numbers_equal_separate_validate_calls(demo_run):
+    from edgeconvnext.evaluate.validate import validate
+
+    a = assets()
+    rep = _report(demo_run)
+    fp32 = demo_run / "onnx" / "convnextv2_atto_fmnist.fp32.onnx"
+    for suffix in (".int8.onnx", ".fp16.onnx"):
+        v = validate(demo_run / "onnx" / f"convnextv2_atto_fmnist{suffix}", a.val, baseline=fp32, limit=100)
+        r = _row(rep, suffix)
+        assert (r["top1"], r["drop"], r["agreement"]) == (v.top1, v.drop, v.top1_agreement)
+    v = validate(fp32, a.val, limit=100)
+    assert _row(rep, ".fp32.onnx")["top1"] == v.top1 and _row(rep, ".fp32.onnx")["drop"] is None
+    torch_row = _row(rep, ".safetensors", "torch")
+    assert torch_row["drop"] == pytest.approx(0.0, abs=1.01)  # torch vs its own export: at most 1 image of 100
+
+
+def test_markdown_and_html_report(demo_run):
+    md = (demo_run / "report.md").read_text()
+    assert "| artifact | backend | device | precision | batch | top-1 % |" in md
+    assert md.count("| convnextv2_atto_fmnist") == 5 and "![Accuracy vs latency](plots/accuracy_latency.png)" in md
+
+    class P(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    html = (demo_run / "report.html").read_text()
+    p = P()
+    p.feed(html)
+    tags = [t for t, _ in p.tags]
+    assert tags.count("table") == 1 and tags.count("tr") == 1 + 5 and tags.count("figure") == 3
+    imgs = [a for t, a in p.tags if t == "img"]
+    assert len(imgs) == 3 and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    # self-contained: no script, no external stylesheet, image or link
+    assert "script" not in tags and not [a for t, a in p.tags if t in ("link", "a")]
+    import base64
+
+    png = base64.b64decode(imgs[0]["src"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (demo_run / "plots" / "accuracy_latency.png").read_bytes()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium/chromium-browser on PATH (apt-get install chromium)")
+def test_html_report_renders_in_headless_chromium(demo_run, tmp_path):
+    shot = tmp_path / "report.png"
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (demo_run / "report.html").resolve().as_uri()
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<tr>") == 6 and dom.stdout.count("data:image/png;base64,") == 3
+    done = subprocess.run(
+        [*base, "--window-size=1200,2400", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and shot.stat().st_size > 20_000  # a page with a table and three figures
+
+
+def test_bundle(demo_run):
+    from edgeconvnext.pipeline.bundle import verify_bundle
+
+    b = demo_run / "bundle"
+    m = verify_bundle(b)
+    paths = {f["path"] for f in m["files"]}
+    assert {f"onnx/convnextv2_atto_fmnist.{k}.onnx" for k in ("fp32", "fp16", "int8", "int8.fp16")} <= paths
+    assert {"recipe.yaml", "README.md", "trtexec.sh"} <= paths
+    assert m["images"]["count"] == 20 and len([p for p in paths if p.startswith("images/")]) == 20
+    assert "edgeconvnext device-check ." in (b / "README.md").read_text()
+    sh = (b / "trtexec.sh").read_text()
+    assert sh.count("trtexec --onnx=onnx/") == 4 and "--stronglyTyped" in sh and "--int8" not in sh
+    assert "--saveEngine=engines/convnextv2_atto_fmnist.int8.fp16.engine" in sh
+    import yaml
+
+    recipe = yaml.safe_load((b / "recipe.yaml").read_text())
+    assert recipe["model"] == "convnextv2_atto" and recipe["img_size"] == 32 and recipe["build"]["batch"] == "1"
+    assert recipe["quantize"]["calib_size"] == 64
+
+
+def test_second_run_skips_every_stage_and_force_reruns(demo_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(demo_run, out)  # records hold paths relative to the run folder: a copied run is up to date
+    capsys.readouterr()
+    assert main(_args(out, "--bundle-images", "20")) == 0
+    text = capsys.readouterr().out
+    for stage in ("export", "quantize", "fp16", "rules", "engines", "report", "bundle"):
+        assert f"{stage}: skipped, up to date" in text
+    assert "validate.int8.onnxruntime: skipped" in text and "12 up to date" in text
+    before = (out / "onnx" / "convnextv2_atto_fmnist.int8.onnx").stat().st_mtime_ns
+
+    assert main(_args(out, "--bundle-images", "20", "--force", "validate")) == 0
+    text = capsys.readouterr().out
+    assert "export: skipped" in text and "validate.int8.onnxruntime: top-1" in text
+    assert (out / "onnx" / "convnextv2_atto_fmnist.int8.onnx").stat().st_mtime_ns == before
+
+    # a changed output is noticed by its hash: the stage runs again
+    (out / "onnx" / "convnextv2_atto_fmnist.fp16.onnx").write_bytes(b"changed")
+    assert main(_args(out, "--bundle-images", "20")) == 0
+    text = capsys.readouterr().out
+    assert "fp16: convnextv2_atto_fmnist.fp16.onnx" in text and "quantize: skipped" in text
+
+
+def test_bare_force_reruns_everything(demo_run, tmp_path, capsys):
+    from edgeconvnext.cli import _bare_force
+
+    assert _bare_force(["run", "--force", "-o", "x"]) == ["run", "--force=all", "-o", "x"]
+    assert _bare_force(["run", "--force", "fp16"]) == ["run", "--force", "fp16"]
+    assert _bare_force(["export", "--force"]) == ["export", "--force"]
+    assert _bare_force(["run", "-o", "x", "--force"]) == ["run", "-o", "x", "--force=all"]
+    assert main(["run", "-c", "x", "-o", str(tmp_path), "--calib-data", str(tmp_path), "--force", "fp61"]) == 2
+    assert "--force fp61: no such stage; did you mean 'fp16'?" in capsys.readouterr().err
+
+
+def test_unlabelled_val_folder_gives_latency_rows_and_says_why(demo_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(demo_run, out)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(assets().val.rglob("*.png"))[:8]:
+        shutil.copy(p, flat / p.name)
+    assert main(_args(out, val=flat)) == 0
+    rep = _report(out)
+    assert all(r["top1"] is None and r["p50_ms"] > 0 for r in rep["rows"])
+    assert any("accuracy rows are empty" in n and "no class folders and no labels file" in n for n in rep["notes"])
+    assert "quantize: skipped" in capsys.readouterr().out
+
+
+def test_full_disk_during_report_leaves_no_report_and_resumes(demo_run, tmp_path, monkeypatch, capsys):
+    from edgeconvnext.pipeline import report
+
+    out = tmp_path / "copy"
+    shutil.copytree(demo_run, out)
+    for name in ("report.json", "report.md", "report.html"):
+        (out / name).unlink()
+    real = report.render_html
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "render_html", full)
+    assert main(_args(out, "--bundle-images", "20")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "report.html: No space left on device" in err
+    assert not (out / "report.json").exists() and not list(out.glob(".report*.partial"))
+    monkeypatch.setattr(report, "render_html", real)
+    assert main(_args(out, "--bundle-images", "20")) == 0  # resumes: only the report (and what reads it) runs
+    text = capsys.readouterr().out
+    assert "quantize: skipped" in text and "report: report.json" in text and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--method", "qat", "--train-data", "."], 2, "--method qat: quantization-aware training is not available yet"),
+        (["--max-drop", "0.3"], 2, "--max-drop: the accuracy-budget search"),
+        (["--method", "pqt"], 2, "unknown --method 'pqt'; did you mean 'ptq'?"),
+        (["--recipe", "convnextv2_nano-orin_nano"], 2, "is for convnextv2_nano but"),
+        (["--model", "convnextv2_nano", "--recipe", "convnextv2_atto-orin_nano"], 2, "--model convnextv2_nano but"),
+        (["--device", "tpu"], 2, "unknown --device 'tpu'"),
+        (["--force", "nope"], 2, "--force nope: no such stage"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, extra, code, message):
+    assert main(_args(tmp_path / "r", *extra)) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "r").glob("onnx/*.onnx")) if (tmp_path / "r").exists() else True
+
+
+def test_recipe_for_another_model_names_both(tmp_path, capsys):
+    assert main(_args(tmp_path / "r", "--recipe", "convnextv2_nano-orin_nano")) == 2
+    err = capsys.readouterr().err
+    assert "convnextv2_nano-orin_nano is for convnextv2_nano" in err and "holds a convnextv2_atto" in err
+
+
+def test_missing_inputs(tmp_path, capsys):
+    a = assets()
+    assert main(["run", "-c", str(tmp_path / "none.pt"), "--calib-data", str(a.calib), "-o", str(tmp_path)]) == 3
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["run", "-c", str(a.checkpoint), "--calib-data", str(tmp_path / "x"), "-o", str(tmp_path)]) == 4
+    assert "--calib-data" in capsys.readouterr().err
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["run", "-c", str(a.checkpoint), "--calib-data", str(a.calib), "-o", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
