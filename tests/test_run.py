@@ -281,3 +281,247 @@ def test_missing_inputs(tmp_path, capsys):
     f.write_text("x")
     assert main(["run", "-c", str(a.checkpoint), "--calib-data", str(a.calib), "-o", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# device-check: TensorRT cannot run here, so trtexec is a stand-in script (as in test_engine.py) that
+# builds a file with a plan header for --saveEngine and prints trtexec's timing summary for --loadEngine
+
+_FAKE_TRTEXEC = r"""#!{python}
+import sys
+from pathlib import Path
+args = sys.argv[1:]
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec " + " ".join(args))
+with open({record!r}, "a") as f:
+    f.write(" ".join(args) + "\n")
+if args == ["--help"]:
+    sys.exit(0)
+print("[I] TensorRT version: 10.3.0")
+save = [a.split("=", 1)[1] for a in args if a.startswith("--saveEngine=")]
+if save:
+    head = bytearray(128); head[0:4] = b"ftrt"; head[24:28] = bytes([10, 3, 0, 7])
+    Path(save[0]).write_bytes(bytes(head))
+else:
+    b = int(next(a for a in args if a.startswith("--shapes=")).split(":")[1].split("x")[0])
+    print("[I] Throughput: %.1f qps" % (1000.0 / (0.5 * b)))
+    print("[I] GPU Compute Time: min = 0.4 ms, max = 0.9 ms, mean = 0.52 ms, median = %.2f ms, "
+          "percentile(90%%) = 0.6 ms, percentile(99%%) = 0.8 ms" % (0.5 * b))
+print("&&&& PASSED TensorRT.trtexec")
+"""
+
+
+def _fake_trtexec(tmp_path: Path) -> tuple[Path, Path]:
+    import stat
+    import sys
+
+    record = tmp_path / "trtexec_calls.txt"
+    script = tmp_path / "trtexec"
+    script.write_text(_FAKE_TRTEXEC.format(python=sys.executable, record=str(record)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, record
+
+
+def _bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
+    b = tmp_path / "bundle"
+    shutil.copytree(demo_run / "bundle", b)
+    return b
+
+
+def test_device_check_with_trtexec_builds_times_and_appends_to_report(demo_run, tmp_path, capsys):
+    b = _bundle_copy(demo_run, tmp_path)
+    exe, record = _fake_trtexec(tmp_path)
+    args = ["device-check", str(b), "--trtexec", str(exe), "--latency-batch", "1,2", "--iters", "20"]
+    assert main(args) == 0
+    calls = record.read_text().splitlines()
+    builds = [c for c in calls if "--saveEngine=" in c]
+    assert len(builds) == 4 and all("--stronglyTyped" in c and "--memPoolSize=workspace:1024M" in c for c in builds)
+    assert all("--minShapes=input:1x3x32x32" in c and "--maxShapes=input:1x3x32x32" in c for c in builds)
+    times = [c for c in calls if "--loadEngine=" in c]
+    assert len(times) == 8 and all("--useCudaGraph --useSpinWait --noDataTransfers" in c for c in times)
+    assert sorted(p.name for p in (b / "engines").glob("*.engine")) == [
+        "convnextv2_atto_fmnist.fp16.engine",
+        "convnextv2_atto_fmnist.fp32.engine",
+        "convnextv2_atto_fmnist.int8.engine",
+        "convnextv2_atto_fmnist.int8.fp16.engine",
+    ]
+    rep = json.loads((b / "report.json").read_text())
+    sec = rep["device_sections"][-1]
+    assert sec["device"]["tensorrt"] == "10.3.0" and len(sec["rows"]) == 8
+    r = next(r for r in sec["rows"] if r["artifact"] == "convnextv2_atto_fmnist.int8.fp16.engine" and r["batch"] == 2)
+    assert (r["p50_ms"], r["p99_ms"], r["images_per_s"]) == (1.0, 0.8, 2000.0) and r["precision"] == "int8+fp16"
+    assert r["top1"] is None and any("accuracy not measured" in n and "Python bindings" in n for n in sec["notes"])
+    assert "## On the device:" in (b / "report.md").read_text()
+    assert "device section for" in capsys.readouterr().out
+    # again: the engines are up to date (same ONNX, settings and TensorRT), only timed; a second section
+    assert main(args) == 0
+    assert len([c for c in record.read_text().splitlines() if "--saveEngine=" in c]) == 4
+    assert len(json.loads((b / "report.json").read_text())["device_sections"]) == 2
+
+
+def test_device_check_needs_no_torch(demo_run, tmp_path):
+    # a fresh interpreter in which 'import torch' fails (a JetPack-only Jetson) runs device-check to the
+    # end; the runtime modules import no torch on their own either
+    b = _bundle_copy(demo_run, tmp_path)
+    exe, _ = _fake_trtexec(tmp_path)
+    code = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is not installed on this device')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from edgeconvnext.cli import main\n"
+        f"rc = main(['device-check', {str(b)!r}, '--trtexec', {str(exe)!r}, '--latency-batch', '1'])\n"
+        "print('RC', rc, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys_executable(), "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "RC 0 False", done.stderr[-3000:]
+    code = (
+        "import sys, edgeconvnext.runtime.tensorrt, edgeconvnext.runtime.cuda, edgeconvnext.pipeline.device_check, "
+        "edgeconvnext.cli.device_check; print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys_executable(), "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def sys_executable() -> str:
+    import sys
+
+    return sys.executable
+
+
+def test_device_check_without_tensorrt_is_one_line_exit_8(demo_run, tmp_path, capsys, monkeypatch):
+    from edgeconvnext.engine.build import import_tensorrt
+
+    if import_tensorrt()[0] is not None or shutil.which("trtexec"):
+        pytest.skip("TensorRT is installed here: the missing-TensorRT path cannot be exercised")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    b = _bundle_copy(demo_run, tmp_path)
+    assert main(["device-check", str(b)]) == 8
+    err = capsys.readouterr().err
+    assert err.startswith("error: device-check needs TensorRT") and len(err.strip().splitlines()) == 1
+    assert "install TensorRT" in err and not (b / "engines").exists()
+
+
+def test_device_check_refuses_a_changed_or_incomplete_bundle(demo_run, tmp_path, capsys):
+    from edgeconvnext.artifacts import sha256_file
+
+    exe, record = _fake_trtexec(tmp_path)
+    b = _bundle_copy(demo_run, tmp_path)
+    onnx = b / "onnx" / "convnextv2_atto_fmnist.int8.onnx"
+    want = sha256_file(onnx)
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    assert main(["device-check", str(b), "--trtexec", str(exe)]) == 3
+    err = capsys.readouterr().err
+    assert f"{onnx} was changed after the bundle was written: sha256 {sha256_file(onnx)[:16]}" in err
+    assert f"manifest says {want[:16]}" in err and not record.exists()  # nothing was built
+    onnx.unlink()
+    assert main(["device-check", str(b), "--trtexec", str(exe)]) == 3
+    assert f"{onnx} is missing from the bundle (manifest sha256 {want[:16]}" in capsys.readouterr().err
+    img = next((b / "images").rglob("*.png"))
+    shutil.copy(onnx.with_name("convnextv2_atto_fmnist.fp32.onnx"), onnx)  # wrong content
+    img.unlink()
+    assert main(["device-check", str(b), "--trtexec", str(exe)]) in (3, 4)
+    (b / "manifest.json").unlink()
+    assert main(["device-check", str(b), "--trtexec", str(exe)]) == 3
+    assert "has no manifest.json" in capsys.readouterr().err
+    assert main(["device-check", str(tmp_path / "nowhere")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# the TensorRT runtime's CUDA pieces without torch (cuda-python)
+
+
+def test_cuda_device_choice_and_messages():
+    import numpy as np
+
+    from edgeconvnext.errors import BackendMissing
+    from edgeconvnext.runtime import cuda
+    from edgeconvnext.runtime.tensorrt import numpy_dtype
+
+    assert [numpy_dtype(d) for d in ("FLOAT", "DataType.HALF", "INT8", "INT64")] == [
+        np.float32,
+        np.float16,
+        np.int8,
+        np.int64,
+    ]
+    cudart, why = cuda.import_cudart()
+    missing = cuda.cuda_buffers_missing()
+    if cudart is None:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("torch has CUDA here: the runtime uses it")
+        # neither: one message naming both ways and the extra to install
+        assert "cuda-python" in missing and "torch" in missing and "edgeconvnext[cuda]" in missing
+        with pytest.raises(BackendMissing, match="cuda-python"):
+            cuda.open_cuda_device()
+    else:
+        assert missing is None
+        try:
+            dev = cuda.open_cuda_device()
+        except BackendMissing as e:  # cuda-python installed, no GPU/driver: the call and error are named
+            assert "CUDA cudaGetDeviceCount failed" in str(e) or "CUDA device 0 not found" in str(e)
+        else:  # a real GPU: memory round trip, events, graph capture
+            x = np.arange(12, dtype=np.float32)
+            p = dev.alloc(x.nbytes)
+            dev.upload(p, x)
+            y = np.zeros_like(x)
+            dev.download(y, p)
+            assert (x == y).all() and len(dev.time_ms(dev.synchronize, 3)) == 3
+            dev.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Torch-TensorRT as a validate backend (not installable here: the refusals are tested, the real run skips)
+
+
+def _has_torch_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_tensorrt") is not None
+
+
+@pytest.mark.skipif(_has_torch_tensorrt(), reason="torch-tensorrt is installed: the missing-backend path is moot")
+def test_validate_torch_tensorrt_missing_is_exit_8(capsys):
+    a = assets()
+    assert main(["validate", str(a.checkpoint), "--data", str(a.val), "--backend", "torch-tensorrt"]) == 8
+    err = capsys.readouterr().err
+    assert "--backend torch-tensorrt needs Torch-TensorRT" in err and "edgeconvnext[torch-tensorrt]" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_validate_torch_tensorrt_refusals(capsys):
+    a = assets()
+    args = ["validate", str(a.checkpoint), "--data", str(a.val), "--backend", "torch-tensorrt"]
+    assert main([*args, "--device", "cpu"]) == 2
+    assert "TensorRT engines run on the GPU only" in capsys.readouterr().err
+    assert main([*args, "--compile"]) == 2
+    assert "Torch-TensorRT compiles the model itself" in capsys.readouterr().err
+    onnx_path = "model.onnx"
+    assert main(["validate", onnx_path, "--backend", "torch-tensorrt", "--latency"]) in (2, 3, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not _has_torch_tensorrt(), reason="needs torch-tensorrt and a CUDA GPU (pip install 'edgeconvnext[torch-tensorrt]')"
+)
+def test_torch_tensorrt_fp16_row_close_to_fp32():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from edgeconvnext.evaluate.validate import LatencyOptions, validate
+
+    a = assets()
+    rep = validate(
+        a.checkpoint,
+        a.val,
+        backend="torch-tensorrt",
+        device="cuda",
+        precision="fp16",
+        limit=100,
+        latency=LatencyOptions(batches=[1, 32]),
+    )
+    ref = validate(a.checkpoint, a.val, backend="torch", device="cuda", limit=100)
+    assert abs(rep.top1 - ref.top1) <= 1.0 and [e["batch"] for e in rep.latency] == [1, 32]

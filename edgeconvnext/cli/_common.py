@@ -28,6 +28,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("build-engine", "build_engine", "build_engine_cmd"),
     ("validate", "validate", "validate_cmd"),
     ("doctor", "doctor", "doctor_cmd"),
+    ("device-check", "device_check", "device_check_cmd"),
 ]
 
 

@@ -94,8 +94,9 @@ def validate_cmd(
         typer.Option(
             "--backend",
             help=(
-                "onnxruntime, tensorrt or torch (default: from MODEL: .onnx -> onnxruntime, "
-                ".engine/.plan -> tensorrt, checkpoint -> torch)."
+                "onnxruntime, tensorrt, torch or torch-tensorrt (a checkpoint compiled by Torch-TensorRT; "
+                "extra torch-tensorrt) (default: from MODEL: .onnx -> onnxruntime, .engine/.plan -> tensorrt, "
+                "checkpoint -> torch)."
             ),
         ),
     ] = None,

@@ -108,9 +108,19 @@ def cpu_name() -> str:
 
 
 def device_name(device: str) -> str:
-    """'cpu' -> the CPU model; 'cuda'/'cuda:N' -> the GPU's name as torch reports it."""
+    """'cpu' -> the CPU model; 'cuda'/'cuda:N' -> the GPU's name as cuda-python (no torch needed) or torch
+    reports it."""
     if not str(device).startswith("cuda"):
         return cpu_name()
+    from edgeconvnext.runtime.cuda import import_cudart
+
+    cudart, _ = import_cudart()
+    if cudart is not None:
+        index = int(str(device).split(":", 1)[1]) if ":" in str(device) else 0
+        err, prop = cudart.cudaGetDeviceProperties(index)
+        if int(err) == 0:
+            raw = prop.name
+            return (raw.split(b"\0", 1)[0].decode(errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
     try:
         import torch
 

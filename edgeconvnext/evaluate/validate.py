@@ -38,6 +38,7 @@ from edgeconvnext.runtime.cuda import check_tensorrt_device
 from edgeconvnext.runtime.runners import (
     BACKENDS,
     DEVICES,
+    TORCH_BACKENDS,
     Runner,
     backend_for,
     check_device,
@@ -117,7 +118,7 @@ def _check_options(
                 "give MODEL (.onnx, .engine, or a checkpoint), or --model NAME for a random-weights "
                 "torch model (latency only)"
             )
-        if backend not in (None, "torch"):
+        if backend not in (None, *TORCH_BACKENDS):
             raise UsageError(
                 f"--model {arch} without MODEL builds a torch model: use --backend torch, or give "
                 f"the artifact for --backend {backend} as MODEL"
@@ -130,7 +131,7 @@ def _check_options(
     backend = backend or (backend_for(model) if model is not None else "torch")
     if backend not in BACKENDS:
         raise UsageError(f"unknown --backend '{backend}'; use one of {', '.join(BACKENDS)}")
-    if backend != "torch":
+    if backend not in TORCH_BACKENDS:
         fixed = (
             "the engine fixes its precision at build time"
             if backend == "tensorrt"
@@ -158,11 +159,17 @@ def _check_options(
             f"--precision {precision}: the torch backend runs fp32 or fp16 (INT8 runs from a Q/DQ "
             "ONNX on onnxruntime or TensorRT)"
         )
-    device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
     if device not in DEVICES:
         raise UsageError(f"unknown --device '{device}'; use one of {', '.join(DEVICES)}")
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "torch-tensorrt"):
         check_tensorrt_device(device)
+    if backend == "torch-tensorrt":
+        if compile:
+            raise UsageError("--compile: Torch-TensorRT compiles the model itself; drop --compile")
+        from edgeconvnext.runtime.torch_tensorrt import import_torch_tensorrt
+
+        import_torch_tensorrt()  # BackendMissing (exit 8) naming the extra, before a checkpoint is read
     if latency is not None:
         if latency.cuda_graph and device != "cuda":
             raise UsageError("--cuda-graph needs --device cuda (the CPU has no CUDA graphs): drop --cuda-graph")
@@ -177,11 +184,11 @@ def _check_options(
             raise UsageError(f"--iters must be >= 1, got {latency.iters}")
         if latency.batches is not None and (not latency.batches or min(latency.batches) < 1):
             raise UsageError(f"--latency-batch must list batch sizes >= 1, got {latency.batches}")
-    if backend == "torch" and device == "cuda":
+    if backend in TORCH_BACKENDS and device == "cuda":
         check_device(device)  # BackendMissing (exit 8) with the fix before a checkpoint is read
     if model is not None and not Path(model).exists():
         raise CheckpointError(f"model not found: {model}")
-    if model is not None and backend != "torch" and not Path(model).is_file():
+    if model is not None and backend not in TORCH_BACKENDS and not Path(model).is_file():
         raise CheckpointError(f"model not found: {model} is not a file")
     return backend, device
 
@@ -200,16 +207,16 @@ def _open_model(
     notes: list[str],
 ) -> tuple[Runner, str, str | None]:
     """The model's runner, its display name and its sha256 (None for random weights)."""
-    if backend == "torch":
+    if backend in TORCH_BACKENDS:
         if model is not None and backend_for(model) != "torch":
             raise UsageError(
-                f"--backend torch cannot run {model}: give a checkpoint, or use --backend {backend_for(model)}"
+                f"--backend {backend} cannot run {model}: give a checkpoint, or use --backend {backend_for(model)}"
             )
         from edgeconvnext.models.checkpoint import load_model
 
         loaded = load_model(arch, model, img_size=img_size, allow_unsafe=allow_unsafe)
         notes.extend(loaded.notes)
-        runner = open_runner(loaded, "torch", device, precision or "fp32", compile=compile)
+        runner = open_runner(loaded, backend, device, precision or "fp32", compile=compile)
         name = str(model) if model is not None else f"{loaded.arch.name} (random weights)"
         return runner, name, loaded.source_sha256
     assert model is not None  # _check_options refused a missing MODEL for other backends

@@ -43,7 +43,7 @@ from edgeconvnext.pipeline.state import Ledger, stage_key
 
 if TYPE_CHECKING:
     from edgeconvnext.models.checkpoint import LoadedModel
-    from edgeconvnext.quantize.ptq import QuantizeConfig
+    from edgeconvnext.quantize.config import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ class Resolved:
     sources: dict[str, dict[str, str]]
 
     def to_dict(self) -> dict[str, Any]:
-        q = asdict(self.quantize)
-        q["exclude"] = list(q["exclude"])
+        q = self.quantize.to_dict()
         return {
             "recipe": str(self.recipe.path) if self.recipe is not None else None,
             "target": getattr(self.recipe, "target", None),
@@ -208,21 +207,27 @@ class Resolved:
 
 
 def resolve_options(opts: RunOptions) -> Resolved:
-    """Merge defaults < recipe < options and refuse what cannot be honoured (nothing heavy loaded)."""
-    from edgeconvnext.quantize import QuantizeConfig
-    from edgeconvnext.recipes import load_recipe, resolve
+    """Merge defaults < recipe < options through each stage's own config (quantize.config, engine.config,
+    evaluate.config) and refuse what cannot be honoured (nothing heavy loaded)."""
+    from edgeconvnext.engine.config import resolve_sources as resolve_build
+    from edgeconvnext.evaluate.config import resolve_sources as resolve_validate
+    from edgeconvnext.quantize.config import resolve_sources as resolve_quantize
+    from edgeconvnext.recipes import load_recipe
 
     method = _check_method(opts)
     rec = load_recipe(opts.recipe) if opts.recipe else None
     q_cli = {k: v for k, v in opts.quantize.items() if v is not None}
     q_cli["method"] = method
     if "exclude" in q_cli:
-        q_cli["exclude"] = list(q_cli["exclude"])
-    q_values, q_src = resolve("quantize", rec, q_cli)
-    b_values, b_src = resolve("build", rec, {k: v for k, v in opts.build.items() if v is not None})
-    v_values, v_src = resolve("validate", rec, {k: v for k, v in opts.validate.items() if v is not None})
-    q_values["keep_fp32"] = False  # the export stage writes the FP32 ONNX (same exporter, same graph)
-    qcfg = QuantizeConfig(**{**q_values, "exclude": tuple(q_values["exclude"])}).validated()
+        q_cli["exclude"] = tuple(q_cli["exclude"])
+    q_cli["keep_fp32"] = False  # the export stage writes the FP32 ONNX (same exporter, same graph)
+    qcfg, q_src = resolve_quantize(rec, q_cli)
+    q_src["keep_fp32"] = "run"
+    breq, b_src = resolve_build(rec, {"onnx": Path("."), **{k: v for k, v in opts.build.items() if v is not None}})
+    v_cli = {k: v for k, v in opts.validate.items() if v is not None}
+    if opts.latency_batches is not None:
+        v_cli["latency_batch"] = ",".join(map(str, opts.latency_batches))
+    vcfg, v_src = resolve_validate(rec, v_cli)
     model = opts.model
     if rec is not None and rec.model is not None:
         if model is not None:
@@ -235,29 +240,28 @@ def resolve_options(opts: RunOptions) -> Resolved:
                 )
         model = model or rec.model
     img_size = opts.img_size if opts.img_size is not None else (rec.img_size if rec is not None else None)
-    if b_values.get("dla_core") is not None:
+    if breq.dla_core is not None:
         from edgeconvnext.engine.build import check_dla
 
-        check_dla(b_values["dla_core"])
-    batches = opts.latency_batches
-    if batches is None and v_src.get("latency_batch") != "default":
-        batches = [int(v_values["latency_batch"])]
-    if b_values.get("batch") is None:
+        check_dla(breq.dla_core)
+    batches = vcfg.latency_options().batches
+    build = {k: v for k, v in breq.to_dict().items() if k not in ("onnx", "output", "trtexec")}
+    if build.get("batch") is None:
         # the engines' profile covers the batches they are timed at (CUDA defaults 1 and 32 otherwise);
         # optimised for the smallest, the latency case
         from edgeconvnext.evaluate.validate import CUDA_BATCHES
 
         bs = batches or list(CUDA_BATCHES)
         lo, hi = min(bs), max(bs)
-        b_values["batch"] = str(lo) if lo == hi else f"{lo},{lo},{hi}"
+        build["batch"] = str(lo) if lo == hi else f"{lo},{lo},{hi}"
         b_src["batch"] = "latency batches"
     return Resolved(
         recipe=rec,
         model=model,
         img_size=img_size,
         quantize=qcfg,
-        build=b_values,
-        validate=v_values,
+        build=build,
+        validate=vcfg.to_dict(),
         latency_batches=batches,
         sources={"quantize": q_src, "build": b_src, "validate": v_src},
     )
@@ -427,8 +431,7 @@ class Pipeline:
     def stage_quantize(self) -> dict[str, Any]:
         from edgeconvnext.quantize.ptq import output_paths
 
-        cfg = asdict(self.cfg.quantize)
-        cfg["exclude"] = list(cfg["exclude"])
+        cfg = self.cfg.quantize.to_dict()
         config = {
             **self._model_config(),
             **cfg,
@@ -518,7 +521,7 @@ class Pipeline:
         return [(k, self.paths[k]) for k in ("fp32", "fp16", "int8", "int8_fp16")]
 
     def build_request(self, onnx: Path, output: Path):
-        from edgeconvnext.engine.build import BuildRequest
+        from edgeconvnext.engine.config import BuildRequest
 
         b = self.cfg.build
         return BuildRequest(
@@ -598,6 +601,12 @@ class Pipeline:
                 rows.append(
                     Row("checkpoint.torch-fp16", Path(self.opts.checkpoint), "torch", dev, "fp16", "checkpoint", fp32)  # type: ignore[arg-type]
                 )
+        if dev == "cuda" and self.opts.num_classes is None and _has_torch_tensorrt():
+            for prec in ("fp32", "fp16"):
+                ckpt = Path(self.opts.checkpoint)  # type: ignore[arg-type]
+                rows.append(
+                    Row(f"checkpoint.torch-tensorrt-{prec}", ckpt, "torch-tensorrt", dev, prec, "checkpoint", fp32)
+                )
         for key, path in self.onnx_artifacts():
             prec = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8_fp16": "int8+fp16"}[key]
             rows.append(
@@ -636,9 +645,10 @@ class Pipeline:
         if self.opts.latency:
             lat = LatencyOptions(
                 batches=self.cfg.latency_batches,
-                warmup=v["warmup"] if self.cfg.sources["validate"].get("warmup") != "default" else None,
-                iters=v["iters"] if self.cfg.sources["validate"].get("iters") != "default" else None,
-                cuda_graph=None,
+                warmup=v["warmup"],
+                iters=v["iters"],
+                # a recipe's cuda_graph is for the GPU; on the CPU there is none to replay
+                cuda_graph=v["cuda_graph"] if self.opts.device == "cuda" else None,
             )
         if data is None and lat is None:
             raise DataError(f"nothing to validate: {why}; give a labelled --val-data or keep latency on")
@@ -776,6 +786,12 @@ class Pipeline:
         if budget.get("passed") is False:
             raise AccuracyError(f"{budget['message']}; report: {self.out / 'report.md'}")
         return result
+
+
+def _has_torch_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_tensorrt") is not None
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "torch-tensorrt")
+#: backends that run a loaded checkpoint (the others run a file)
+TORCH_BACKENDS = ("torch", "torch-tensorrt")
 DEVICES = ("cpu", "cuda")
 
 
@@ -351,18 +353,24 @@ def open_runner(
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     kind = backend_for(artifact)
-    device = device or ("cuda" if backend == "tensorrt" else "cpu")
-    if backend == "tensorrt":
+    device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
+    if backend in ("tensorrt", "torch-tensorrt"):
         check_tensorrt_device(device)
-    if backend == "torch":
+    if backend in TORCH_BACKENDS:
         if kind != "torch":
-            raise UsageError(f"--backend torch cannot run {artifact}: give a checkpoint, or use --backend {kind}")
+            raise UsageError(f"--backend {backend} cannot run {artifact}: give a checkpoint, or use --backend {kind}")
         if isinstance(artifact, (str, Path)):
             # the runtime layer does not read checkpoints (it never imports models/): the caller loads one
             raise UsageError(
-                f"--backend torch runs a loaded model, not the path {artifact}: load it first "
+                f"--backend {backend} runs a loaded model, not the path {artifact}: load it first "
                 "(edgeconvnext.models.checkpoint.load_model)"
             )
+        if backend == "torch-tensorrt":
+            if compile:
+                raise UsageError("--compile: Torch-TensorRT compiles the model itself; drop --compile")
+            from edgeconvnext.runtime.torch_tensorrt import TorchTensorRTRunner
+
+            return TorchTensorRTRunner(artifact, device=device, precision=precision or "fp32")
         return TorchRunner(artifact, device=device, precision=precision or "fp32", compile=compile)
     if kind != backend:
         raise UsageError(

@@ -7,9 +7,10 @@ Input: an engine file and its sidecar ``.engine.json`` (written by build-engine)
 The compatibility check (:mod:`edgeconvnext.engine.compat`, plain Python over the sidecar and the plan
 header) refuses an engine built by another TensorRT version or for another compute capability.
 
-Device buffers are torch CUDA tensors (no pycuda; :mod:`edgeconvnext.runtime.cuda`); TensorRT 10/11
-name-based I/O: ``num_io_tensors``, ``get_tensor_name/mode/dtype``, ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``.
+Device memory, the stream, CUDA-event timing and graph capture come from :mod:`edgeconvnext.runtime.cuda`:
+cuda-python (``pip install 'edgeconvnext[cuda]'``; no torch needed, as on a JetPack-only Jetson), else torch
+CUDA tensors. TensorRT 10/11 name-based I/O: ``num_io_tensors``, ``get_tensor_name/mode/dtype``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``.
 
 Usage::
 
@@ -29,8 +30,8 @@ import numpy as np
 from edgeconvnext.artifacts import read_sidecar
 from edgeconvnext.engine.compat import check_compatibility, check_plan_file
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
-from edgeconvnext.evaluate.latency import LatencyStats, measure_latency
-from edgeconvnext.runtime.cuda import DeviceBuffers, check_tensorrt_device, require_cuda_torch
+from edgeconvnext.evaluate.latency import LatencyStats, summarize
+from edgeconvnext.runtime.cuda import check_tensorrt_device, open_cuda_device
 from edgeconvnext.runtime.runners import Runner
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ def torch_dtype_name(trt_dtype: Any) -> str:
     return TRT_TO_TORCH_DTYPE[name]
 
 
+def numpy_dtype(trt_dtype: Any) -> np.dtype:
+    """trt.DataType.HALF -> numpy float16 (the host arrays copied to and from the engine's buffers)."""
+    name = torch_dtype_name(trt_dtype)
+    if name == "bfloat16":
+        raise UsageError("engine tensor type BF16 has no numpy type: export the model with float32 I/O")
+    return np.dtype(name)
+
+
 def batch_chunks(n: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
     """Split ``n`` images into (start, count, run_batch) chunks within the profile [lo, hi]; a chunk
     smaller than ``lo`` runs padded to ``lo`` (the padded rows are dropped)."""
@@ -89,7 +98,11 @@ def _require_tensorrt() -> Any:
 
 
 class TensorRTRunner(Runner):
-    """A deserialized TensorRT engine with one execution context on its own CUDA stream."""
+    """A deserialized TensorRT engine with one execution context on its own CUDA stream.
+
+    Device memory, the stream, event timing and graph capture come from :func:`open_cuda_device`:
+    cuda-python where it is installed (no torch needed, as on a JetPack-only Jetson), else torch CUDA tensors.
+    """
 
     def __init__(self, path: str | Path, device: str = "cuda", *, check: bool = True) -> None:
         super().__init__()
@@ -102,22 +115,22 @@ class TensorRTRunner(Runner):
         except Exception as e:  # BuildError: not a plan
             raise CheckpointError(str(e)) from None
         trt = _require_tensorrt()
-        torch = require_cuda_torch("the TensorRT runner (torch CUDA tensors are its device buffers)")
-        self.torch, self.trt = torch, trt
-        self.device = torch.device(device)
+        self.trt = trt
+        self.cuda = open_cuda_device(device)
+        self.device = device
         self.sidecar = read_sidecar(self.path)
-        cc = "{}.{}".format(*torch.cuda.get_device_capability(self.device))
         compat = check_compatibility(
             self.sidecar,
             trt_version=str(trt.__version__),
-            compute_capability=cc,
-            gpu_name=torch.cuda.get_device_name(self.device),
+            compute_capability=self.cuda.compute_capability,
+            gpu_name=self.cuda.name,
             header_version=header,
             engine=str(self.path),
         )
         for w in compat.warnings:
             log.warning("%s", w)
         if check and not compat.ok:
+            self.cuda.close()
             raise CheckpointError("; ".join(compat.problems))
 
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -145,7 +158,7 @@ class TensorRTRunner(Runner):
         self.input_name = inputs[0]
         self.output_names = outputs
         self.output_name = "logits" if "logits" in outputs else outputs[0]
-        self.dtypes = {n: getattr(torch, torch_dtype_name(self.engine.get_tensor_dtype(n))) for n in inputs + outputs}
+        self.dtypes = {n: numpy_dtype(self.engine.get_tensor_dtype(n)) for n in inputs + outputs}
         shape = list(self.engine.get_tensor_shape(self.input_name))
         if len(shape) != 4:
             raise CheckpointError(f"{self.path}: input {self.input_name} has shape {shape}, expected (N, C, H, W)")
@@ -160,27 +173,30 @@ class TensorRTRunner(Runner):
         self.precision = str((self.sidecar or {}).get("precision", "unknown"))
         self.metadata = (self.sidecar or {}).get("metadata") or {}
         self.num_classes = None
-        self.stream = torch.cuda.Stream(device=self.device)
-        self._buffers = DeviceBuffers(torch, self.device)
+        self._buffers: dict[int, dict[str, tuple[int, tuple[int, ...]]]] = {}  # batch -> name -> (ptr, shape)
         self.name = f"tensorrt:{self.path.name}"
 
     # -- buffers ------------------------------------------------------------------------------------
 
-    def _prepare(self, batch: int) -> dict[str, Any]:
+    def _prepare(self, batch: int) -> dict[str, tuple[int, tuple[int, ...]]]:
         """Device buffers for ``batch`` and the context's shapes/addresses set for them (cached per batch)."""
         self._set_shape(batch)
         bufs = self._buffers.get(batch)
         if bufs is None:
-            specs = {self.input_name: ((batch, *self.chw), self.dtypes[self.input_name])}
+            shapes = {self.input_name: (batch, *self.chw)}
             for name in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise CheckpointError(f"{self.path}: output {name} has unresolved shape {shape}")
-                specs[name] = (shape, self.dtypes[name])
-            bufs = self._buffers.allocate(batch, specs)
-        for name, t in bufs.items():
+                shapes[name] = shape
+            bufs = {
+                n: (self.cuda.alloc(int(np.prod(s)) * self.dtypes[n].itemsize), tuple(int(d) for d in s))
+                for n, s in shapes.items()
+            }
+            self._buffers[batch] = bufs
+        for name, (ptr, _) in bufs.items():
             # set_tensor_address returns False (and TensorRT logs why) for a bad name or alignment
-            if not self.context.set_tensor_address(name, t.data_ptr()):
+            if not self.context.set_tensor_address(name, ptr):
                 raise CheckpointError(
                     f"TensorRT refused the device address of tensor {name} of {self.path} "
                     "(see the TensorRT messages above)"
@@ -197,7 +213,7 @@ class TensorRTRunner(Runner):
             )
 
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(self.cuda.stream_handle):
             raise CheckpointError(f"TensorRT execution of {self.path} failed (see the TensorRT messages above)")
 
     # -- inference ----------------------------------------------------------------------------------
@@ -213,17 +229,16 @@ class TensorRTRunner(Runner):
         return np.concatenate(outs)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
         if tuple(x.shape[1:]) != self.chw:
             raise UsageError(f"{self.name}: the engine takes (N, {', '.join(map(str, self.chw))}) input, got {x.shape}")
         bufs = self._prepare(x.shape[0])
-        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        with torch.cuda.stream(self.stream):
-            bufs[self.input_name].copy_(host.to(self.dtypes[self.input_name]), non_blocking=False)
-            self._enqueue()
-            out = bufs[self.output_name].float().cpu()
-        self.stream.synchronize()
-        return out.numpy()
+        ptr_in, _ = bufs[self.input_name]
+        self.cuda.upload(ptr_in, np.ascontiguousarray(x, dtype=self.dtypes[self.input_name]))
+        self._enqueue()
+        ptr_out, shape = bufs[self.output_name]
+        out = np.empty(shape, dtype=self.dtypes[self.output_name])
+        self.cuda.download(out, ptr_out)  # waits for the stream
+        return out.astype(np.float32)
 
     # -- timing -------------------------------------------------------------------------------------
 
@@ -235,44 +250,43 @@ class TensorRTRunner(Runner):
 
         Returns the statistics and the path taken ("cuda_graph" or "enqueue").
         """
-        torch = self.torch
         lo, hi = self.batch_range
         if not lo <= batch <= hi:
             raise UsageError(
                 f"batch {batch} is outside the engine's profile {lo}..{hi}; "
                 "rebuild with --batch MIN,OPT,MAX covering it"
             )
+        if warmup < 0 or iters < 1:
+            raise UsageError(f"warmup must be >= 0 and iters >= 1, got {warmup} and {iters}")
         bufs = self._prepare(batch)
-        # Filled on the runner's stream: torch's side streams do not synchronise with the default stream.
-        with torch.cuda.stream(self.stream):
-            bufs[self.input_name].copy_(
-                torch.randn(bufs[self.input_name].shape, device=self.device).to(self.dtypes[self.input_name])
-            )
-            # One enqueue before capture, so that initialisation work is not captured (trtexec does the
-            # same, samples/common/sampleInference.cpp), then wait.
-            self._enqueue()
-        self.stream.synchronize()
+        ptr_in, shape = bufs[self.input_name]
+        x = np.random.default_rng(0).standard_normal(shape).astype(self.dtypes[self.input_name])
+        self.cuda.upload(ptr_in, x)  # once: no host transfer is timed
+        # One enqueue before capture, so that initialisation work is not captured (trtexec does the same,
+        # samples/common/sampleInference.cpp), then wait.
+        self._enqueue()
+        self.cuda.synchronize()
         run_fn = self._enqueue
         how = "enqueue"
         if cuda_graph:
             try:
-                graph = torch.cuda.CUDAGraph()
-                # thread-local capture mode, as trtexec's --useCudaGraph uses
-                with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                    self._enqueue()
-                run_fn = graph.replay
+                run_fn = self.cuda.capture(self._enqueue)  # thread-local capture mode, as trtexec's --useCudaGraph
                 how = "cuda_graph"
             except Exception as e:  # noqa: BLE001 - some engines cannot be captured; time plain enqueues
                 log.warning("CUDA graph capture of %s failed (%s): timing plain enqueues", self.path, e)
-                # the buffers were allocated before the capture and keep their random input; set the
-                # context's shape and addresses again in case the failed capture left it half-configured
+                # set the context's shape and addresses again in case the failed capture left it half-configured
                 self._prepare(batch)
-        with torch.cuda.stream(self.stream):
-            stats = measure_latency(run_fn, warmup=warmup, iters=iters, use_cuda_events=True, batch=batch)
-        return stats, how
+        for _ in range(warmup):
+            run_fn()
+        self.cuda.synchronize()
+        samples = self.cuda.time_ms(run_fn, iters)
+        return summarize(samples, batch=batch, warmup=warmup, timer="cuda_events"), how
 
     def close(self) -> None:
-        self._buffers.clear()
+        self._buffers = {}
         self.context = None
         self.engine = None
         self.runtime = None
+        cuda = getattr(self, "cuda", None)
+        if cuda is not None:
+            cuda.close()
