@@ -249,7 +249,8 @@ def test_full_disk_during_report_leaves_no_report_and_resumes(demo_run, tmp_path
 @pytest.mark.parametrize(
     "extra, code, message",
     [
-        (["--method", "qat", "--train-data", "."], 2, "--method qat: quantization-aware training is not available yet"),
+        (["--method", "qat"], 2, "--method qat needs --train-data DIR"),
+        (["--train-data", ".", "--epochs", "2"], 2, "--train-data, --epochs: only with --method qat"),
         (["--max-drop", "0.3"], 2, "--max-drop: the accuracy-budget search"),
         (["--method", "pqt"], 2, "unknown --method 'pqt'; did you mean 'ptq'?"),
         (["--recipe", "convnextv2_nano-orin_nano"], 2, "is for convnextv2_nano but"),
@@ -263,6 +264,20 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, code, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not list((tmp_path / "r").glob("onnx/*.onnx")) if (tmp_path / "r").exists() else True
+
+
+@pytest.mark.slow
+def test_run_with_qat_replaces_the_int8_stage(demo_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(demo_run, out)
+    a = assets()
+    args = _args(out, "--method", "qat", "--train-data", str(a.calib), "--epochs", "1", "--steps", "2")
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "export: skipped" in text and "quantize: convnextv2_atto_fmnist.int8.onnx: QAT" in text
+    assert (out / "onnx" / "convnextv2_atto_fmnist.int8.qat.pt").is_file()
+    rep = _report(out)
+    assert rep["config"]["quantize"]["method"] == "qat" and _row(rep, ".int8.onnx")["top1"] > 70.0
 
 
 def test_recipe_for_another_model_names_both(tmp_path, capsys):

@@ -45,9 +45,13 @@ def run_cmd(
     ] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Labels file for a flat --val-data folder.")] = None,
     method: Annotated[
-        str | None, typer.Option("--method", help="ptq (default); qat once quantization-aware training lands.")
+        str | None, typer.Option("--method", help="ptq (post-training, default) or qat (quantization-aware training).")
     ] = None,
     train_data: Annotated[Path | None, typer.Option("--train-data", help="Training images for --method qat.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="--method qat: epochs of QAT (default 1).")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="--method qat: cap on optimizer steps per epoch.")
+    ] = None,
     max_drop: Annotated[
         float | None, typer.Option("--max-drop", help="Accuracy budget search (points), once it lands.")
     ] = None,
@@ -108,6 +112,7 @@ def run_cmd(
         labels=labels,
         method=method,
         train_data=train_data,
+        qat={"epochs": epochs, "steps": steps},
         max_drop=max_drop,
         quantize={
             "backend": backend,

@@ -198,7 +198,7 @@ def device_check(opts: DeviceCheckOptions) -> DeviceCheckResult:
             fp16=False,
             batch=b.get("batch"),
             workspace_mib=int(b.get("workspace_mib") or 1024),
-            opt_level=int(b.get("opt_level") if b.get("opt_level") is not None else 3),
+            opt_level=int(b["opt_level"]) if b.get("opt_level") is not None else 3,
             trtexec=opts.trtexec,
         )
         key = stage_key(

@@ -80,6 +80,7 @@ class RunOptions:
     labels: Path | None = None
     method: str | None = None
     train_data: Path | None = None
+    qat: dict[str, Any] = field(default_factory=dict)  # QatConfig keys (epochs, steps, ...) for --method qat
     max_drop: float | None = None
     quantize: dict[str, Any] = field(default_factory=dict)  # QuantizeConfig keys given on the command line
     build: dict[str, Any] = field(default_factory=dict)  # recipe 'build' keys given on the command line
@@ -145,13 +146,19 @@ def _check_method(opts: RunOptions) -> str:
         hint = nearest(method, ["ptq"])
         raise UsageError(f"unknown --method '{method}'" + (f"; did you mean '{hint}'?" if hint else "; use ptq"))
     if method == "qat":
-        # quantization-aware training is another issue's work; until it lands it is refused, never faked
-        raise UsageError(
-            "--method qat: quantization-aware training is not available yet in this version of edgeconvnext; "
-            "use --method ptq (the default)"
-        )
-    if opts.train_data is not None:
-        raise UsageError("--train-data is for --method qat, which is not available yet; drop --train-data")
+        import importlib.util
+
+        if importlib.util.find_spec("edgeconvnext.quantize.qat") is None:  # pragma: no cover - landed
+            raise UsageError("--method qat: quantization-aware training is not available in this version; use ptq")
+        if opts.train_data is None:
+            raise UsageError(
+                "--method qat needs --train-data DIR (an ImageFolder for label loss + distillation, or a folder "
+                "of images for distillation only; the calibration folder works)"
+            )
+    else:
+        given = [o for o, v in (("--train-data", opts.train_data), *((f"--{k}", v) for k, v in opts.qat.items())) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --method qat (add it, or drop them)")
     if opts.max_drop is not None:
         raise UsageError(
             "--max-drop: the accuracy-budget search (reverting the most sensitive layers to FP16 until the "
@@ -432,24 +439,29 @@ class Pipeline:
         from edgeconvnext.quantize.ptq import output_paths
 
         cfg = self.cfg.quantize.to_dict()
+        qat = self.cfg.quantize.method == "qat"
         config = {
             **self._model_config(),
             **cfg,
             "calib_data": folder_fingerprint(self.opts.calib_data),
+            "qat": {**self.opts.qat, "train_data": folder_fingerprint(self.opts.train_data)} if qat else None,
         }
 
         def fn():
-            from edgeconvnext.quantize import quantize
+            if qat:
+                r = self._qat()
+            else:
+                from edgeconvnext.quantize import quantize
 
-            r = quantize(
-                self.loaded(),
-                self.paths["int8"],
-                calib_data=self.opts.calib_data,
-                config=self.cfg.quantize,
-                calib_manifest=self.opts.calib_manifest,
-                on_step=self.ev.step,
-                on_progress=self.ev.progress,
-            )
+                r = quantize(
+                    self.loaded(),
+                    self.paths["int8"],
+                    calib_data=self.opts.calib_data,
+                    config=self.cfg.quantize,
+                    calib_manifest=self.opts.calib_manifest,
+                    on_step=self.ev.step,
+                    on_progress=self.ev.progress,
+                )
             share = r.int8_macs_share
             result = {
                 "path": str(r.path.relative_to(self.out)),
@@ -457,22 +469,50 @@ class Pipeline:
                 "int8_layers": sum(p.int8 for p in r.placement),
                 "layers": len(r.placement),
                 "int8_macs_share": share,
-                "calib_images": r.calib_images,
-                "calib_skipped": r.calib_skipped,
-                "calib_seconds": round(r.calib_seconds, 3),
+                # QAT's result has no calibration counts of its own (its calibration is in the sidecar)
+                "calib_images": getattr(r, "calib_images", None),
+                "calib_skipped": getattr(r, "calib_skipped", None),
+                "calib_seconds": round(r.calib_seconds, 3) if hasattr(r, "calib_seconds") else None,
                 "agreement_vs_fp32": r.agreement,
                 "config": cfg,
             }
             p = output_paths(r.path)
+            outputs = [p["onnx"], p["sidecar"], p["manifest"]]
+            if qat:
+                from edgeconvnext.quantize.qat import qat_paths
+
+                outputs.append(qat_paths(r.path)["checkpoint"])
+                result["qat"] = {"mode": r.mode, "best_epoch": r.best_epoch, "epochs": len(r.history)}
             summary = (
-                f"{r.path.name}: INT8 on {result['int8_layers']}/{result['layers']} layers"
+                f"{r.path.name}: {'QAT' if qat else 'PTQ'}, INT8 on {result['int8_layers']}/{result['layers']} layers"
                 + (f" ({share:.1%} of MACs)" if share is not None else "")
-                + f", {r.calib_images} calibration images"
+                + (f", {r.calib_images} calibration images" if hasattr(r, "calib_images") else f", {r.mode}")
             )
-            return [p["onnx"], p["sidecar"], p["manifest"]], result, summary
+            return outputs, result, summary
 
         return self._stage(
             "quantize", config, {"checkpoint": self.opts.checkpoint, "calib_manifest": self.opts.calib_manifest}, fn
+        )
+
+    def _qat(self) -> Any:
+        """Quantization-aware training (edgeconvnext.quantize.qat) to the same INT8 ONNX path as PTQ."""
+        from edgeconvnext.quantize.qat import QatConfig, qat
+
+        qcfg = QatConfig(
+            train_data=self.opts.train_data,
+            device=self.opts.device,
+            **{k: v for k, v in self.opts.qat.items() if v is not None},
+        )
+        cs = getattr(self.ev, "progress", None)
+        return qat(
+            self.loaded(),
+            self.paths["int8"],
+            config=qcfg,
+            quant=self.cfg.quantize,
+            calib_data=self.opts.calib_data,
+            calib_manifest=self.opts.calib_manifest,
+            on_step=self.ev.step,
+            on_progress=cs,
         )
 
     def stage_fp16(self) -> dict[str, Any]:
