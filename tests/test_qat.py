@@ -226,6 +226,9 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     assert sorted(p.name for p in r.path.parent.iterdir()) == sorted(p.name for k, p in paths.items() if k != "state")
     report = check_file(r.path)
     assert report.ok and report.opset == 17
+    from test_quantize import assert_trt_graph  # the rules, checked independently of trt_rules
+
+    assert_trt_graph(onnx.load(str(r.path)))  # weights stored as int8 + DequantizeLinear, as PTQ stores them
     assert [x.layer for x in report.int8_layers] == [p.layer for p in r.placement if p.int8]
     side = json.loads(paths["sidecar"].read_text())
     assert side["method"] == "qat" and side["training"]["mode"] == "labels+distillation"
