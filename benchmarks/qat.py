@@ -89,10 +89,12 @@ def step_times(arch: str, img: int, batch: int, steps: int, rounds: int, nncf: b
         fn()  # warm-up
     for _ in range(rounds):
         for k, fn in runs.items():
-            t0 = time.perf_counter()
+            # CPU seconds of this process (one thread): the shared machine's other load barely moves them,
+            # where wall time swung 2x between rounds
+            t0 = time.process_time()
             for _ in range(steps):
                 fn()
-            times[k].append((time.perf_counter() - t0) / steps)
+            times[k].append((time.process_time() - t0) / steps)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -237,7 +239,7 @@ def main() -> int:
     print(f"# QAT benchmark, {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {os.cpu_count()} cpus\n")
 
     if not a.skip_steps:
-        print("Seconds per training step, 32 px, batch 32, AdamW, one thread, median of interleaved rounds\n")
+        print("CPU seconds per training step, 32 px, batch 32, AdamW, one thread, median of interleaved rounds\n")
         print(
             "| model | FP32 | FP32 + teacher | QAT frozen | QAT learned | NNCF QAT | QAT frozen / FP32 "
             "| QAT frozen / FP32+teacher |"

@@ -246,8 +246,9 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     assert ck.class_names == sorted(COLOURS)
 
 
-def test_validate_and_inspect_take_the_qat_onnx(world, full_run, capsys):
+def test_validate_inspect_build_engine_take_the_qat_onnx(world, full_run, capsys):
     assert main(["-q", "inspect", str(full_run.path), "--trt"]) == 0
+    assert main(["-q", "build-engine", str(full_run.path), "--fp16", "--dry-run"]) == 0  # needs no TensorRT
     assert (
         main(["-q", "validate", str(full_run.path), "--data", str(world["val"]), "--baseline", str(full_run.fp32_path)])
         == 0
