@@ -68,8 +68,10 @@ STATE_FORMAT = "edgeconvnext-qat-state"
 #: images the start (epoch 0) is compared with the PTQ ONNX on, and the export with the torch model on
 CHECK_IMAGES = 64
 #: the torch fake-quant model and the PTQ / exported ONNX must agree within this (max |diff| / max |logit|):
-#: the same integers on both sides; what is left is float accumulation order
-PARITY_REL_TOL = 2e-2
+#: the same integers on both sides, but onnxruntime's CPU int8 kernels do not compute exactly the dequantized
+#: float arithmetic (u8s8 on AVX2); measured 2e-7 under --policy convnext and 0.021 under --policy all (INT8
+#: stem and depthwise convs) on the Fashion-MNIST V2 atto. A wrong scale or a missed transform is far larger.
+PARITY_REL_TOL = 5e-2
 #: options that may change on --resume (they do not change what is computed)
 RESUMABLE_CHANGES = frozenset({"resume", "workers", "threads", "val_data"})
 
