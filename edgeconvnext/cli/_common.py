@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("finetune", "finetune", "finetune_cmd"),
     ("export", "export", "export_cmd"),
     ("quantize", "quantize", "quantize_cmd"),
+    ("sensitivity", "sensitivity", "sensitivity_cmd"),
     ("inspect", "inspect", "inspect_cmd"),
     ("build-engine", "build_engine", "build_engine_cmd"),
     ("validate", "validate", "validate_cmd"),

@@ -21,7 +21,11 @@ TrainDataOpt = Annotated[
 ]
 ValDataOpt = Annotated[
     Path | None,
-    typer.Option("--val-data", help="qat: labelled images validated after each epoch (top-1, agreement with FP32)."),
+    typer.Option(
+        "--val-data",
+        help="qat: labelled images validated after each epoch (top-1, agreement with FP32); ptq with --max-drop: "
+        "the accuracy budget's images (a plain folder: budget on agreement, --max-disagree).",
+    ),
 ]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="qat: epochs (default 1; ~10% of the original).")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="qat: peak learning rate (default 1e-5, ~1% of finetune's).")]

@@ -8,6 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeconvnext.cli._budget import (
+    MaxDisagreeOpt,
+    MaxDropOpt,
+    MinShareOpt,
+    MinValOpt,
+    SubsetOpt,
+    budget_from_options,
+    print_budget,
+)
 from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
@@ -106,6 +115,14 @@ Fp32Opt = Annotated[
         help="Keep the FP32 ONNX the INT8 model was made from as OUT.fp32.onnx (for validate --baseline; default on).",
     ),
 ]
+SmoothOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--smooth/--no-smooth",
+        help="Equalise LayerNorm outlier channels into the next layer's weights before calibrating "
+        "(exact, no extra nodes; default on). --no-smooth to compare.",
+    ),
+]
 RecipeOpt = Annotated[
     str | None,
     typer.Option(
@@ -134,6 +151,12 @@ def quantize_cmd(
     calib_manifest: ManifestOpt = None,
     min_calib_size: MinCalibOpt = None,
     fp32_baseline: Fp32Opt = None,
+    smooth: SmoothOpt = None,
+    max_drop: MaxDropOpt = None,
+    max_disagree: MaxDisagreeOpt = None,
+    min_val_size: MinValOpt = None,
+    subset_size: SubsetOpt = None,
+    min_int8_share: MinShareOpt = None,
     num_classes: NumClassesOpt = None,
     allow_unsafe_pickle: UnsafeOpt = False,
     ema: EmaOpt = False,
@@ -176,6 +199,7 @@ def quantize_cmd(
             "seed": seed,
             "min_calib_size": min_calib_size,
             "keep_fp32": fp32_baseline,
+            "smooth": smooth,
         },
         calib_data=calib_data,
         calib_manifest=calib_manifest,
@@ -205,8 +229,22 @@ def quantize_cmd(
     from edgeconvnext.cli.qat import qat_given, run_qat
     from edgeconvnext.errors import UsageError
 
-    if cfg.method != "qat" and qat_given(qat_values):
-        raise UsageError(f"{', '.join(qat_given(qat_values))}: only with --method qat (add it, or drop them)")
+    budget_given = [
+        o
+        for o, v in (("--max-drop", max_drop), ("--max-disagree", max_disagree), ("--subset-size", subset_size),
+                     ("--min-int8-share", min_int8_share), ("--min-val-size", min_val_size))
+        if v is not None
+    ]  # fmt: skip
+    if cfg.method == "qat":
+        if budget_given:
+            raise UsageError(f"{', '.join(budget_given)}: the accuracy budget is for --method ptq (drop them)")
+        budget = None
+    else:
+        # --val-data is shared: qat validates each epoch, ptq measures the accuracy budget on it
+        only_qat = [o for o in qat_given(qat_values) if o != "--val-data"]
+        if only_qat:
+            raise UsageError(f"{', '.join(only_qat)}: only with --method qat (add it, or drop them)")
+        budget = budget_from_options(val_data, max_drop, max_disagree, subset_size, min_int8_share, min_val_size)
 
     from edgeconvnext.artifacts import check_output
     from edgeconvnext.models.checkpoint import load_model
@@ -237,6 +275,19 @@ def quantize_cmd(
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
+        val = None
+        if budget is not None and val_data is not None:
+            from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset
+
+            prog.step(f"loading validation images from {val_data}")
+            val = load_valset(
+                val_data,
+                loaded.preprocess,
+                loaded.class_names,
+                loaded.num_classes,
+                min_size=min_val_size if min_val_size is not None else MIN_VAL_IMAGES,
+                on_progress=prog.advance,
+            )
         result = quantize(
             loaded,
             output,
@@ -245,6 +296,8 @@ def quantize_cmd(
             calib_manifest=calib_manifest,
             on_step=prog.step,
             on_progress=prog.advance,
+            val=val,
+            budget=budget,
         )
     _print(result, loaded, json_out)
 
@@ -270,6 +323,8 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
                         "seconds": round(result.calib_seconds, 3),
                     },
                     "agreement_vs_fp32": result.agreement,
+                    "smoothing": result.smoothing,
+                    "budget": result.budget.to_dict() if result.budget else None,
                     "peak_rss_mb": round(result.peak_rss_mb, 1),
                     "trt_check": result.report.to_dict(),
                     "seconds": round(result.seconds, 3),
@@ -296,6 +351,19 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
             share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
             t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
         c.print(t)
+        if result.smoothing is not None:
+            sm = result.smoothing
+            c.print(
+                f"smoothing: {sm['pairs']} LayerNorm -> layer pairs equalised (alpha {sm['alpha']}, "
+                f"{sm['statistics']}); worst channel range max/median {sm['outlier_ratio_before_max']:.1f} "
+                f"-> {sm['outlier_ratio_after_max']:.1f}",
+                soft_wrap=True,
+                markup=False,
+            )
+        else:
+            c.print("smoothing: off (--no-smooth)", soft_wrap=True, markup=False)
+        if result.budget is not None:
+            print_budget(c, result.budget)
         for note in result.notes:
             c.print(f"note: {note}", soft_wrap=True, markup=False)
         share = result.int8_macs_share

@@ -76,6 +76,11 @@ class QuantizeConfig:
         help="keep the FP32 ONNX the INT8 one was made from (validate --baseline)",
         option="--fp32-baseline",
     )
+    smooth: bool = setting(
+        True,
+        help="fold per-channel equalisation into LayerNorm affine + the next layer's weights (outlier channels)",
+        option="--smooth",
+    )
 
     def validated(self) -> QuantizeConfig:
         """A normalised copy; every option that cannot be honoured is a UsageError naming it."""

@@ -167,3 +167,15 @@ def table(placement: Sequence[Placement], compress: bool = True) -> list[dict[st
     for r in rows:
         r["macs_share"] = round(r["macs"] / total, 5) if (total and r["macs"] is not None) else None
     return rows
+
+
+#: appended to the reason of an INT8 layer whose input channels were equalised (quantize/smooth.py)
+SMOOTHED = "input equalised"
+
+
+def mark_smoothed(placement: Sequence[Placement], layers: Iterable[str]) -> None:
+    """Say in the placement table which INT8 layers read an equalised LayerNorm output."""
+    wanted = set(layers)
+    for p in placement:
+        if p.int8 and p.layer in wanted:
+            p.reason = f"{p.reason}, {SMOOTHED}"

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
     from edgeconvnext.export.onnx_export import ExportResult
     from edgeconvnext.models.checkpoint import LoadedModel
     from edgeconvnext.onnx.trt_rules import TrtReport
+    from edgeconvnext.quantize.budget import Budget, BudgetResult
+    from edgeconvnext.quantize.smooth import SmoothReport
+    from edgeconvnext.quantize.valset import ValSet
     from edgeconvnext.recipes import Recipe
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,8 @@ class QuantizeResult:
     size_bytes: int
     agreement: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    smoothing: dict[str, Any] | None = None  # quantize/smooth.py's report (None with --no-smooth)
+    budget: BudgetResult | None = None  # the --max-drop search (quantize/budget.py)
 
     def table(self, compress: bool = True) -> list[dict[str, Any]]:
         return policy_mod.table(self.placement, compress=compress)
@@ -215,9 +220,12 @@ def quantize(
     calib_manifest: str | Path | None = None,
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    val: ValSet | None = None,
+    budget: Budget | None = None,
 ) -> QuantizeResult:
     """Quantize ``loaded`` to ``output`` (see the module doc). ``on_step`` gets a description of each step,
-    ``on_progress`` (done, total) during image loading and calibration.
+    ``on_progress`` (done, total) during image loading and calibration. With ``val`` and ``budget`` the INT8
+    placement is chosen by the accuracy-budget search (quantize/budget.py; AccuracyError when it cannot be met).
 
     Raises UsageError / DataError / BackendMissing before any heavy work when options or data are wrong,
     ExportError when export or the backend fails, RuleViolation when the result breaks a TensorRT rule.
@@ -253,7 +261,16 @@ def quantize(
             min_images=cfg.min_calib_size,
             on_progress=on_progress,
         )
-    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0)
+    if (val is None) != (budget is None):
+        raise UsageError("an accuracy budget needs both --val-data DIR and --max-drop/--max-disagree")
+    notes: list[str] = []
+    if val is not None:
+        from edgeconvnext.quantize.valset import warn_if_calibration
+
+        note = warn_if_calibration(val, cs.paths, cs.root)
+        if note:
+            notes.append(note)
+    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0, val=val, budget=budget, notes=notes)
 
 
 def _quantize_with(
@@ -264,18 +281,28 @@ def _quantize_with(
     step: Callable[[str], None],
     on_progress: Callable[[int, int], None] | None,
     t0: float,
+    *,
+    val: ValSet | None = None,
+    budget: Budget | None = None,
+    notes: Sequence[str] = (),
 ) -> QuantizeResult:
     output = paths["onnx"]
     with tempfile.TemporaryDirectory(
         prefix=".edgeconvnext-quantize-", dir=output.parent if output.parent.exists() else None
     ) as tmpdir:
         tmp = Path(tmpdir)
+        loaded, smoothing = _smooth(loaded, cs, cfg, step)
         exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
+        if smoothing is not None:
+            policy_mod.mark_smoothed(placement, smoothing.layers)
         q_path = tmp / "quantized.onnx"
         fp32_logits: list[Any] = []  # FP32 logits of the calibration batches, when the backend gives them
         settings, calib_s = _calibrate(
             loaded, exp.path, q_path, cs, cfg, placement, step, on_progress, fp32_model, fp32_logits
         )
+        budget_result = None
+        if val is not None and budget is not None:
+            placement, budget_result = _budget_search(q_path, fp32_model, placement, val, budget, step)
 
         step("checking the result against TensorRT's explicit-quantization rules")
         q, report = _finish_graph(q_path, fp32_model, loaded, cs, cfg, placement, output)
@@ -318,6 +345,9 @@ def _quantize_with(
                 seconds=time.perf_counter() - t0,
                 rss=rss,
             )
+            sidecar["smoothing"] = smoothing.to_dict() if smoothing is not None else None
+            sidecar["budget"] = budget_result.to_dict() if budget_result is not None else None
+            sidecar["notes"] = [*sidecar["notes"], *notes]
             t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     if not cfg.keep_fp32 and paths["fp32"].exists():
         log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
@@ -343,8 +373,41 @@ def _quantize_with(
         peak_rss_mb=rss,
         size_bytes=len(data),
         agreement=agreement,
-        notes=list(getattr(loaded, "notes", []) or []),
+        notes=[*(getattr(loaded, "notes", []) or []), *notes],
+        smoothing=smoothing.to_dict() if smoothing is not None else None,
+        budget=budget_result,
     )
+
+
+def _smooth(
+    loaded: LoadedModel, cs: CalibrationSet, cfg: QuantizeConfig, step: Callable[[str], None]
+) -> tuple[LoadedModel, SmoothReport | None]:
+    """A copy of ``loaded`` with LayerNorm outlier channels equalised into the next layers (``cfg.smooth``)."""
+    if not cfg.smooth:
+        return loaded, None
+    from edgeconvnext.quantize.smooth import STATS_IMAGES, smoothed_copy
+
+    step(f"equalising LayerNorm outlier channels into the next layers ({min(len(cs), STATS_IMAGES)} images)")
+    return smoothed_copy(loaded, cs.images)
+
+
+def _budget_search(
+    q_path: Path,
+    fp32_model: onnx.ModelProto,
+    placement: list[policy_mod.Placement],
+    val: ValSet,
+    budget: Budget,
+    step: Callable[[str], None],
+) -> tuple[list[policy_mod.Placement], BudgetResult]:
+    """The --max-drop search on the calibrated all-INT8 graph at ``q_path`` (rewritten with the result)."""
+    import onnx
+
+    from edgeconvnext.quantize.budget import search
+
+    step(f"accuracy budget: all-INT8 vs FP32 on {len(val)} validation images")
+    q, placement, result = search(onnx.load(str(q_path)), fp32_model, placement, val, budget, on_message=step)
+    onnx.save(q, str(q_path))
+    return placement, result
 
 
 def _export_and_place(
@@ -436,6 +499,7 @@ def _finish_graph(
         "calib_method": cfg.calib_method,
         "policy": cfg.policy,
         "exclude": list(cfg.exclude),
+        "smooth": cfg.smooth,
         "calib_images": len(cs),
         "activations": "int8 per tensor, symmetric",
         "weights": "int8 per output channel, symmetric",

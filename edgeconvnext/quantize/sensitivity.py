@@ -1,0 +1,655 @@
+"""Per-layer sensitivity of an INT8 Q/DQ model: which layer groups cost the accuracy, measured on labelled (or
+unlabelled) validation images. Three small pieces, as ModelOpt's sensitivity/{score,picker,metrics} and NNCF's
+accuracy_control/{evaluator,ranker}:
+
+- :class:`Evaluator`: runs ONNX models on the validation images against FP32 logits computed **once**, and
+  counts its own cost in FP32-forward-passes over the set (issue 11: sensitivity + budget search must cost at
+  most groups x subset fraction + 3);
+- :func:`revert`: an all-INT8 model with some layers' Q/DQ dropped (weights back to FP32, activations
+  un-quantized): the calibration scales of every other layer are the all-INT8 model's, never recomputed;
+- :func:`rank`: each group scored on a ranking subset (the images where FP32 and all-INT8 disagree most, by
+  KL), sorted by harm. Two modes, both built from the one all-INT8 model by dropping Q/DQ:
+
+  - ``isolate`` (default): the group alone in INT8 (every other group reverted); harm = the top-1 points
+    (agreement points without labels) it loses on its own, then its KL;
+  - ``revert``: the group alone reverted from all-INT8; harm = the points reverting it buys back, then the
+    KL reduction.
+
+Why ``isolate`` by default: errors of outlier layers compound. On the tiny 200x outlier model of the tests,
+each downsample conv alone in INT8 drops top-1 from 100% to 20-28% and each fc2 alone costs nothing, but
+with all of them INT8 reverting any single downsample conv buys back almost nothing (the other two still
+break the model), so ``revert`` scores every group near 0 and the greedy budget search then keeps the
+harmless fc2s in higher precision first. ``revert`` answers "what does this layer cost in the model we ship"
+when errors are small and additive; choose it with ``--mode revert``.
+
+Top-1 and agreement are estimated on the whole set: images outside the ranking subset keep the prediction of
+the reference (FP32 for ``isolate``, all-INT8 for ``revert``: those images agree with FP32 and have the
+smallest KL); KL and cosine are on the subset.
+
+Usage::
+
+    ev = Evaluator(fp32_bytes, images, labels)
+    groups = groups_of(placement)
+    scores = rank(ev, q_model, fp32_model, groups, ev.subset(base_logits), base_logits)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgeconvnext.quantize.policy import Placement
+
+log = logging.getLogger(__name__)
+
+#: images the ranking subset holds by default (NNCF's accuracy control ranks on 300)
+DEFAULT_SUBSET = 300
+BATCH = 100
+
+
+@dataclass
+class Metrics:
+    """One model vs FP32 on the whole set (``n`` images); ``top1`` None without labels."""
+
+    n: int
+    top1: float | None  # %
+    agreement: float  # % top-1 agreement with FP32
+    kl: float  # mean KL(FP32 || model) over the images it was measured on
+    cos_min: float
+    cos_mean: float
+    measured_on: int  # images actually run (the subset for estimates)
+
+    def drop(self, fp32: Metrics) -> float | None:
+        return None if self.top1 is None or fp32.top1 is None else fp32.top1 - self.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _softmax_log(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def kl_rows(fp: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(softmax(fp) || softmax(q)) per row."""
+    lp, lq = _softmax_log(fp.astype(np.float64)), _softmax_log(q.astype(np.float64))
+    return (np.exp(lp) * (lp - lq)).sum(1)
+
+
+def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+class Evaluator:
+    """Validation images, their FP32 logits (computed once), and a cost meter.
+
+    ``cost_passes``: seconds spent running models here (FP32 pass and session creation included) divided by
+    the seconds of the one FP32 pass over the whole set; ``image_passes``: images run / set size.
+    """
+
+    def __init__(self, fp32: bytes, images: np.ndarray, labels: np.ndarray | None, batch: int = BATCH) -> None:
+        self.images = images
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.batch = batch
+        self.seconds = 0.0
+        self.images_run = 0
+        t0 = time.perf_counter()
+        self.fp32_logits = self.run(fp32)
+        self.fp32_pass_s = time.perf_counter() - t0
+        pred = self.fp32_logits.argmax(1)
+        self.fp32_correct = None if self.labels is None else pred == self.labels
+        self.fp32 = Metrics(
+            len(images),
+            None if self.fp32_correct is None else 100.0 * float(self.fp32_correct.mean()),
+            100.0,
+            0.0,
+            1.0,
+            1.0,
+            len(images),
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def run(self, model: bytes | onnx.ModelProto, idx: np.ndarray | None = None) -> np.ndarray:
+        """Logits of ``model`` on all images, or on ``idx``."""
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        x = self.images if idx is None else self.images[idx]
+        out = [
+            sess.run(None, {"input": np.ascontiguousarray(x[i : i + self.batch])})[0]
+            for i in range(0, len(x), self.batch)
+        ]
+        logits = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        self.seconds += time.perf_counter() - t0
+        self.images_run += len(x)
+        if not np.isfinite(logits).all():
+            log.warning("non-finite logits from a quantized model")
+            logits = np.nan_to_num(logits, nan=0.0, posinf=1e30, neginf=-1e30)
+        return logits
+
+    def metrics(self, logits: np.ndarray, idx: np.ndarray | None = None, base: np.ndarray | None = None) -> Metrics:
+        """Metrics of ``logits`` measured on ``idx`` (all images when None). With ``idx``, ``base`` (the
+        all-INT8 model's logits on every image) stands in for the images outside ``idx``."""
+        fp = self.fp32_logits if idx is None else self.fp32_logits[idx]
+        pred = logits.argmax(1)
+        if idx is None:
+            full_pred = pred
+        else:
+            if base is None:
+                raise ValueError("an estimate on a subset needs the base model's logits on every image")
+            full_pred = base.argmax(1).copy()
+            full_pred[idx] = pred
+        agree = 100.0 * float((full_pred == self.fp32_logits.argmax(1)).mean())
+        top1 = None if self.labels is None else 100.0 * float((full_pred == self.labels).mean())
+        cos = cos_rows(fp, logits)
+        return Metrics(
+            len(self), top1, agree, float(kl_rows(fp, logits).mean()), float(cos.min()), float(cos.mean()), len(fp)
+        )
+
+    def lost(self, pred: np.ndarray, idx: np.ndarray | None = None, agreement: bool = False) -> int:
+        """Images (of ``idx``) a model with predictions ``pred`` gets wrong where FP32 gets them right, minus the
+        reverse (top-1 with labels: the drop in images); without labels, the images disagreeing with FP32."""
+        ref = self.fp32_logits.argmax(1) if idx is None else self.fp32_logits[idx].argmax(1)
+        if self.labels is None or agreement:
+            return int((pred != ref).sum())
+        y = self.labels if idx is None else self.labels[idx]
+        return int((ref == y).sum()) - int((pred == y).sum())
+
+    def estimate(self, logits: np.ndarray, idx: np.ndarray, base_logits: np.ndarray, agreement: bool = False) -> float:
+        """Points lost vs FP32 on the whole set by a model measured only on ``idx``, from the base model (all-INT8)
+        measured everywhere: the images outside ``idx`` are assumed to lose in proportion to what the model
+        recovers on ``idx`` (outside_lost(base) x lost_on_idx(model) / lost_on_idx(base)). When the base agrees
+        with FP32 outside ``idx`` this is the subset measurement itself."""
+        out = np.setdiff1d(np.arange(len(self)), idx)
+        base_pred = base_logits.argmax(1)
+        sub_model = self.lost(logits.argmax(1), idx, agreement)
+        sub_base = self.lost(base_pred[idx], idx, agreement)
+        out_base = self.lost(base_pred[out], out, agreement) if len(out) else 0
+        ratio = max(0, sub_model) / sub_base if sub_base > 0 else 1.0
+        return 100.0 * (sub_model + out_base * ratio) / len(self)
+
+    def subset(self, base_logits: np.ndarray, size: int = DEFAULT_SUBSET) -> np.ndarray:
+        """The ``size`` images where ``base_logits`` differ most from FP32 (KL), sorted by index."""
+        size = max(1, min(size, len(self)))
+        kl = kl_rows(self.fp32_logits, base_logits)
+        return np.sort(np.argsort(-kl, kind="stable")[:size])
+
+    @property
+    def cost_passes(self) -> float:
+        return self.seconds / self.fp32_pass_s if self.fp32_pass_s > 0 else float("nan")
+
+    @property
+    def image_passes(self) -> float:
+        return self.images_run / max(1, len(self))
+
+    def cost(self) -> dict[str, float]:
+        return {
+            "fp32_pass_s": round(self.fp32_pass_s, 3),
+            "seconds": round(self.seconds, 3),
+            "fp32_passes": round(self.cost_passes, 2),
+            "image_passes": round(self.image_passes, 2),
+        }
+
+
+# --- reverting layers in a Q/DQ graph ------------------------------------------------------------------
+
+
+def _dq_source(g: Any, tensor: str) -> tuple[Any, Any]:
+    """(DequantizeLinear, QuantizeLinear or None) feeding ``tensor``, or (None, None)."""
+    dq = g.producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None, None
+    q = g.producer.get(dq.input[0])
+    return dq, (q if q is not None and q.op_type == "QuantizeLinear" else None)
+
+
+def revert(q_model: onnx.ModelProto, fp32_model: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``q_model`` with the Q/DQ feeding ``nodes`` (Conv/MatMul/Gemm names) removed.
+
+    Activations: the node reads the QuantizeLinear's float input again. Weights: the FP32 model's initializer
+    when the INT8 weight is a quantization of it, else the dequantized value (a backend that rescaled the
+    weight, e.g. NNCF's SmoothQuant, keeps its rescaling and the matching Mul); a float weight behind a
+    QuantizeLinear is used as it is. Dangling Q/DQ nodes and initializers are pruned.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeconvnext.onnx.graph import GraphIndex
+
+    m = onnx.ModelProto()
+    m.CopyFrom(q_model)
+    g = GraphIndex(m)
+    fg = GraphIndex(fp32_model)
+    fp_nodes = {n.name: n for n in fp32_model.graph.node}
+    inits = {t.name: t for t in m.graph.initializer}
+    wanted = set(nodes)
+    missing = wanted - {n.name for n in m.graph.node}
+    if missing:
+        raise ValueError(f"no node {sorted(missing)[0]!r} in the quantized model")
+    for node in m.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(list(node.input)):
+            dq, q = _dq_source(g, name)
+            if dq is None and i == 0:
+                # NNCF puts the downsample conv's activation Q/DQ before the NHWC -> NCHW Transpose
+                traced, producer = g.trace_back(name)
+                if producer is not None and producer.op_type == "DequantizeLinear":
+                    dq, q = _dq_source(g, traced)
+                    if q is not None and not g.is_const(q.input[0]):
+                        for c in g.consumers.get(dq.output[0], []):
+                            c.input[:] = [q.input[0] if x == dq.output[0] else x for x in c.input]
+                    continue
+            if dq is None:
+                continue
+            src = q.input[0] if q is not None else dq.input[0]
+            if q is not None and not g.is_const(src):
+                node.input[i] = src  # activation: un-quantized
+                continue
+            if q is not None:  # float weight -> Q -> DQ
+                node.input[i] = src
+                continue
+            # int8 initializer -> DQ: the FP32 weight if this is a quantization of it, else its dequantized value
+            deq = _dequantize(g, dq)
+            fp_node = fp_nodes.get(node.name)
+            fp_w = None
+            if fp_node is not None and i < len(fp_node.input):
+                fp_w = fg.const(fp_node.input[i])
+            # element by element within half a quantization step of its own channel: NNCF's SmoothQuant
+            # rescales weights by up to a few x, which a whole-tensor tolerance would not see
+            use = fp_w if fp_w is not None and _is_quantization_of(g, dq, fp_w, deq) else deq
+            new_name = f"{node.name}_reverted_w{i}"
+            t = numpy_helper.from_array(use.astype(np.float32), new_name)
+            m.graph.initializer.append(t)
+            inits[new_name] = t
+            node.input[i] = new_name
+    _prune(m)
+    return m
+
+
+def _is_quantization_of(g: Any, dq: Any, w: np.ndarray, deq: np.ndarray) -> bool:
+    if w.shape != deq.shape:
+        return False
+    step = np.abs(_dequantize(g, dq, ones=True))  # the scale broadcast onto the weight's shape
+    return bool(np.all(np.abs(w - deq) <= 0.5 * step + 1e-7))
+
+
+def _dequantize(g: Any, dq: Any, ones: bool = False) -> np.ndarray:
+    from edgeconvnext.onnx.graph import attr
+
+    w = g.const(dq.input[0]).astype(np.float32)
+    scale = g.const(dq.input[1]).astype(np.float32)
+    zp = g.const(dq.input[2]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+    if ones:  # the scale itself, on the weight's shape
+        w, zp = np.ones_like(w), np.zeros_like(zp)
+    if scale.size == 1:
+        return (w - zp.reshape(())) * scale.reshape(())
+    axis = attr(dq, "axis", 1)
+    axis = axis + w.ndim if axis < 0 else axis
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (w - zp.reshape(shape)) * scale.reshape(shape)
+
+
+def _prune(m: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads (repeatedly), then unread initializers."""
+    outputs = {o.name for o in m.graph.output}
+    while True:
+        used = {i for n in m.graph.node for i in n.input} | outputs
+        dead = [n for n in m.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            m.graph.node.remove(n)
+    used = {i for n in m.graph.node for i in n.input} | outputs
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+
+
+# --- groups and ranking ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """A layer group: the Q/DQ of one INT8 Conv/MatMul/Gemm (its activation and weight quantizers)."""
+
+    layer: str
+    nodes: tuple[str, ...]
+    macs_share: float | None
+
+
+def groups_of(placement: Sequence[Placement]) -> list[Group]:
+    """One group per INT8 layer of ``placement`` (in graph order)."""
+    total = sum(p.macs or 0 for p in placement)
+    return [
+        Group(p.layer, (p.node,), (p.macs / total) if (total and p.macs is not None) else None)
+        for p in placement
+        if p.int8
+    ]
+
+
+MODES = ("isolate", "revert")
+
+
+@dataclass
+class GroupScore:
+    """One group's score (``mode``): estimates on the whole set, KL/cosine on the subset."""
+
+    layer: str
+    macs_share: float | None
+    metrics: Metrics  # of the model evaluated (the group alone INT8, or the group alone reverted)
+    drop: float | None  # top-1 points vs FP32 of that model (None without labels)
+    harm: float  # isolate: points it loses alone; revert: points reverting it buys back
+    kl_harm: float  # isolate: its KL; revert: the KL reduction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "macs_share": None if self.macs_share is None else round(self.macs_share, 5),
+            "drop": None if self.drop is None else round(self.drop, 4),
+            "harm": round(self.harm, 4),
+            "kl_harm": round(self.kl_harm, 6),
+            **{f"model_{k}": v for k, v in self.metrics.to_dict().items()},
+        }
+
+
+def check_mode(mode: str) -> str:
+    from edgeconvnext.errors import UsageError, nearest
+
+    m = mode.strip().lower()
+    if m not in MODES:
+        hint = nearest(m, MODES)
+        raise UsageError(
+            f"unknown --mode '{mode}'"
+            + (f"; did you mean '{hint}'?" if hint else "")
+            + f" (choose from {', '.join(MODES)})"
+        )
+    return m
+
+
+def rank(
+    ev: Evaluator,
+    q_model: onnx.ModelProto,
+    fp32_model: onnx.ModelProto,
+    groups: Sequence[Group],
+    subset: np.ndarray,
+    base_logits: np.ndarray,
+    on_group: Callable[[int, int, GroupScore], None] | None = None,
+    mode: str = "isolate",
+) -> list[GroupScore]:
+    """Score each group on ``subset`` (see the module doc for ``mode``); sorted most harmful first.
+    ``base_logits``: the all-INT8 model's logits on every image."""
+    mode = check_mode(mode)
+    base = ev.metrics(base_logits)
+    base_kl = float(kl_rows(ev.fp32_logits[subset], base_logits[subset]).mean())
+    every = [n for g in groups for n in g.nodes]
+
+    def lost(m: Metrics) -> float:  # points lost vs FP32: top-1 with labels, else agreement
+        d = m.drop(ev.fp32)
+        return d if d is not None else 100.0 - m.agreement
+
+    scores: list[GroupScore] = []
+    for k, grp in enumerate(groups):
+        if mode == "isolate":
+            model = revert(q_model, fp32_model, [n for n in every if n not in grp.nodes])
+            met = ev.metrics(ev.run(model, subset), subset, ev.fp32_logits)
+            harm, kl_harm = lost(met), met.kl
+        else:
+            met = ev.metrics(ev.run(revert(q_model, fp32_model, grp.nodes), subset), subset, base_logits)
+            harm, kl_harm = lost(base) - lost(met), base_kl - met.kl
+        s = GroupScore(grp.layer, grp.macs_share, met, met.drop(ev.fp32), harm, kl_harm)
+        scores.append(s)
+        if on_group is not None:
+            on_group(k + 1, len(groups), s)
+    scores.sort(key=lambda s: (-round(s.harm, 6), -s.kl_harm))
+    return scores
+
+
+MODE_TEXT = {
+    "isolate": "Each group alone in INT8 (every other group's Q/DQ dropped); harm = {what} it loses on its own.",
+    "revert": "Each group reverted alone from all-INT8 (its Q/DQ dropped); harm = {what} reverting it buys back.",
+}
+
+
+# --- the whole analysis (``edgeconvnext sensitivity``) ----------------------------------------------------
+
+
+@dataclass
+class SensitivityResult:
+    """All-INT8 vs FP32, and every layer group's score, sorted most harmful first."""
+
+    arch: str
+    config: dict[str, Any]
+    fp32: Metrics
+    int8: Metrics
+    scores: list[GroupScore]
+    subset: int
+    cost: dict[str, float]
+    int8_macs_share: float | None
+    seconds: float
+    calib_seconds: float
+    labelled: bool
+    notes: list[str]
+    mode: str = "isolate"
+
+    @property
+    def bound_passes(self) -> float:
+        return len(self.scores) * self.subset / max(1, self.fp32.n) + 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "mode": self.mode,
+            "mode_text": MODE_TEXT[self.mode].format(what="points"),
+            "config": self.config,
+            "val_images": self.fp32.n,
+            "labelled": self.labelled,
+            "ranking_subset": self.subset,
+            "fp32": self.fp32.to_dict(),
+            "int8": self.int8.to_dict(),
+            "int8_macs_share": self.int8_macs_share,
+            "groups": [s.to_dict() for s in self.scores],
+            "cost": {**self.cost, "bound_fp32_passes": round(self.bound_passes, 2)},
+            "seconds": round(self.seconds, 2),
+            "calibration_s": round(self.calib_seconds, 2),
+            "notes": list(self.notes),
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for i, s in enumerate(self.scores):
+            out.append(
+                {
+                    "rank": i + 1,
+                    "layer": s.layer,
+                    "macs": "-" if s.macs_share is None else f"{100 * s.macs_share:.1f}%",
+                    "drop": "-" if s.drop is None else f"{s.drop:+.2f}",
+                    "harm": f"{s.harm:+.2f}",
+                    "agreement": f"{s.metrics.agreement:.1f}%",
+                    "kl": f"{s.metrics.kl:.1e}",
+                    "cos_min": f"{s.metrics.cos_min:.3f}",
+                }
+            )
+        return out
+
+    def headline(self) -> str:
+        d = self.int8.drop(self.fp32)
+        drop = (
+            "" if d is None else f"top-1 FP32 {self.fp32.top1:.2f}% / all-INT8 {self.int8.top1:.2f}% (drop {d:+.2f}), "
+        )
+        return (
+            f"{self.arch} on {self.fp32.n} validation images: {drop}agreement {self.int8.agreement:.2f}%, "
+            f"{len(self.scores)} layer groups ranked ({self.mode}) on the {self.subset} hardest images"
+        )
+
+    def cost_line(self) -> str:
+        c = self.cost
+        return (
+            f"cost {c.get('fp32_passes', 0):.1f} FP32-forward-passes over the validation set "
+            f"({c.get('image_passes', 0):.2f} image-passes; target {self.bound_passes:.2f} = {len(self.scores)} groups "
+            f"x {self.subset}/{self.fp32.n} + 3); FP32 pass {c.get('fp32_pass_s', 0):.1f} s"
+        )
+
+    def markdown(self) -> str:
+        model = "alone in INT8" if self.mode == "isolate" else "reverted alone"
+        cols = ["rank", "layer", "MACs", f"top-1 drop, {model}", "harm (pts)", "agreement", "KL", "min cosine"]
+        what = "top-1 points" if self.labelled else "agreement points (no labels)"
+        lines = [
+            f"# INT8 sensitivity: {self.arch}",
+            "",
+            self.headline() + ".",
+            "",
+            MODE_TEXT[self.mode].format(what=what) + " Calibration is the all-INT8 model's (never recomputed); "
+            "estimates on the whole set, KL and cosine on the ranking subset. Sorted most harmful first.",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
+        for r in self.rows():
+            lines.append(
+                f"| {r['rank']} | {r['layer']} | {r['macs']} | {r['drop']} | {r['harm']} | {r['agreement']} "
+                f"| {r['kl']} | {r['cos_min']} |"
+            )
+        lines += ["", self.cost_line() + ".", ""]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def analyse(
+    loaded: Any,
+    val: Any,
+    config: Any,
+    *,
+    calib_data: Any = None,
+    calib_manifest: Any = None,
+    subset_size: int = DEFAULT_SUBSET,
+    mode: str = "isolate",
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SensitivityResult:
+    """Quantize ``loaded`` all-INT8 once (in a temporary folder), then score every layer group on ``val``."""
+    import tempfile
+    from dataclasses import replace
+
+    import onnx
+
+    from edgeconvnext.quantize.ptq import quantize
+    from edgeconvnext.quantize.valset import warn_if_calibration
+
+    t0 = time.perf_counter()
+    step = on_step or (lambda s: None)
+    mode = check_mode(mode)
+    if subset_size < 1:
+        from edgeconvnext.errors import UsageError
+
+        raise UsageError(f"--subset-size must be at least 1, got {subset_size}")
+    with tempfile.TemporaryDirectory(prefix=".edgeconvnext-sensitivity-") as tmp:
+        res = quantize(
+            loaded,
+            Path(tmp) / "all.int8.onnx",
+            calib_data=calib_data,
+            calib_manifest=calib_manifest,
+            config=replace(config, keep_fp32=True),
+            on_step=on_step,
+            on_progress=on_progress,
+        )
+        q = onnx.load(str(res.path))
+        fp32 = onnx.load(str(res.fp32_path))
+        manifest = json.loads(Path(res.manifest).read_text())
+        calib_root = Path(manifest["root"])
+        calib_paths = [calib_root / e["path"] for e in manifest["images"]]
+    notes = list(res.notes)
+    note = warn_if_calibration(val, calib_paths, calib_root)
+    if note:
+        notes.append(note)
+    step(f"FP32 and all-INT8 on {len(val)} validation images")
+    ev = Evaluator(fp32.SerializeToString(), val.images, val.labels)
+    base_logits = ev.run(q)
+    base = ev.metrics(base_logits)
+    subset = ev.subset(base_logits, subset_size)
+    groups = groups_of(res.placement)
+
+    def progress(k: int, n: int, s: GroupScore) -> None:
+        step(f"scoring {s.layer} ({k}/{n}, {mode}) on the {len(subset)} hardest images")
+        if on_progress is not None:
+            on_progress(k, n)
+
+    scores = rank(ev, q, fp32, groups, subset, base_logits, on_group=progress, mode=mode)
+    cfg = res.config
+    return SensitivityResult(
+        arch=loaded.arch.name,
+        config={"backend": cfg.backend, "policy": cfg.policy, "calib_method": cfg.calib_method, "smooth": cfg.smooth,
+                "calib_images": res.calib_images, "exclude": list(cfg.exclude)},
+        fp32=ev.fp32,
+        int8=base,
+        scores=scores,
+        subset=len(subset),
+        cost=ev.cost(),
+        int8_macs_share=res.int8_macs_share,
+        seconds=time.perf_counter() - t0,
+        calib_seconds=res.calib_seconds,
+        labelled=ev.labelled,
+        notes=notes,
+        mode=mode,
+    )  # fmt: skip
+
+
+def plot_png(result: SensitivityResult, path: Any) -> None:
+    """A horizontal bar chart (PNG) of each group's harm, KL and MACs share, most harmful on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = result.scores
+    names = [s.layer for s in scores][::-1]
+    gains = [s.harm for s in scores][::-1]
+    kls = [s.kl_harm for s in scores][::-1]
+    macs = [100 * (s.macs_share or 0) for s in scores][::-1]
+    h = max(3.0, 0.28 * len(scores) + 1.2)
+    fig, axes = plt.subplots(1, 3, figsize=(13, h), sharey=True, gridspec_kw={"width_ratios": [3, 3, 2]})
+    unit = "top-1" if result.labelled else "agreement"
+    what = f"{unit} points lost alone in INT8" if result.mode == "isolate" else f"{unit} points bought back"
+    axes[0].barh(names, gains, color="#c0392b")
+    axes[0].set_xlabel(what)
+    axes[1].barh(names, kls, color="#2c3e50")
+    axes[1].set_xlabel("KL(FP32 || model) (subset)" if result.mode == "isolate" else "KL reduction (subset)")
+    axes[2].barh(names, macs, color="#7f8c8d")
+    axes[2].set_xlabel("share of MACs (%)")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].tick_params(axis="y", labelsize=7)
+    d = result.int8.drop(result.fp32)
+    fig.suptitle(
+        f"{result.arch}: "
+        + ("one layer group alone in INT8" if result.mode == "isolate" else "one layer group reverted from all-INT8")
+        + ("" if d is None else f" (all-INT8 drop {d:+.2f} pts)")
+        + f", {result.fp32.n} images",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(str(path), format="png", dpi=110)
+    plt.close(fig)
