@@ -133,7 +133,7 @@ def test_epoch0_equals_ptq(world, tmp_path):
     ptq = onnx.load_from_string(start.ptq_bytes)
     from edgeconvnext.quantize.fake_quant import wrap
 
-    qmodel = wrap(loaded.model, start.scales, "frozen")
+    qmodel = wrap(start.float_model, start.scales, "frozen")  # the float weights PTQ quantized (smoothed)
     data, report = export_qat(qmodel, loaded, start.placement, {"policy": "convnext"})
     exported = onnx.load_from_string(data)
     a, b = _qdq_scales(ptq), _qdq_scales(exported)
