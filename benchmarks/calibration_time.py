@@ -83,11 +83,11 @@ def run(backend: str, images: Path, out_dir: Path, args: argparse.Namespace) -> 
         "calibration_s": side["timings"]["calibration_s"],
         "export_s": side["timings"]["export_s"],
         "quantize_total_s": side["timings"]["total_s"],
-        "peak_rss_mb": side["peak_rss_mb"],
-        "images": side["calibration"]["images"],
-        "int8_macs_share": side["placement"]["int8_macs_share"],
-        "agreement_vs_fp32": side["agreement_vs_fp32"],
-        "trt_ok": side["trt_check"]["ok"],
+        "peak_rss_mb": side["details"]["peak_rss_mb"],
+        "images": side["details"]["calibration"]["images"],
+        "int8_macs_share": side["details"]["placement"]["int8_macs_share"],
+        "agreement_vs_fp32": side["details"]["agreement_vs_fp32"],
+        "trt_ok": side["details"]["trt_check"]["ok"],
     }
 
 

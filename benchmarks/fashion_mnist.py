@@ -175,7 +175,7 @@ def main() -> None:
                 report = stem.with_suffix(".report.json")
                 # Baseline: the FP32 ONNX quantize kept beside its output (same weights; parity <= 1e-4 relative
                 # to the checkpoint, checked at export), run on the same onnxruntime CPU backend.
-                fp32 = onnx_path.parent / side["fp32_baseline"]["path"]
+                fp32 = onnx_path.parent / side["details"]["fp32_baseline"]["path"]
                 cli(
                     "validate",
                     str(onnx_path),

@@ -1,7 +1,11 @@
-"""Small shared pieces for artifacts: hashing, atomic writes and JSON sidecars.
+"""Small shared pieces for artifacts: hashing, atomic writes, the sidecar schema and the skip rule.
 
 Every stage writes its output through :func:`atomic_output` so a failure never leaves a file that
-looks complete, and writes a sidecar ``<output>.json`` with provenance (inputs, config, versions).
+looks complete, and writes a sidecar ``<output>.json`` (:class:`Sidecar`: stage, inputs, outputs,
+resolved config, environment, timings, stage details). Before its work a stage asks
+:func:`reuse_if_current` whether the sidecar already matches this run (same input hashes, config and
+library versions, outputs intact); then it returns :class:`Skipped` instead of redoing it (``--force``
+redoes it anyway).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +157,239 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def environment() -> dict[str, str]:
-    """Library versions and host, for provenance. Only reports what is already importable."""
+def environment(device: str | None = None) -> dict[str, str]:
+    """Library versions and host (and the device the stage ran on, when given), for provenance. Only
+    reports what is installed."""
     import importlib.metadata as md
 
     env = {"python": platform.python_version(), "platform": platform.platform()}
+    if device is not None:
+        env["device"] = device
     for pkg in ("edgeconvnext", "torch", "onnx", "onnxruntime", "nncf", "tensorrt"):
         try:
             env[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
     return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# one sidecar schema for every artifact, and the skip-on-matching-sidecar rule
+
+SIDECAR_FORMAT = "edgeconvnext-sidecar"
+SIDECAR_VERSION = 1
+#: the libraries whose versions decide whether an artifact is still current (python/platform are recorded
+#: but do not force a rerun)
+MATCHED_LIBRARIES = ("edgeconvnext", "torch", "onnx", "onnxruntime", "nncf", "tensorrt")
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _plain(data: Any) -> Any:
+    """JSON-normalised (tuples -> lists, paths/Enums -> str), so a recorded config compares equal to a new one."""
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+@dataclass
+class Sidecar:
+    """The provenance of one artifact, written beside it as ``<artifact>.json`` by every stage.
+
+    ``inputs``: ``[{"role", "path", "sha256"}]`` (a folder of images is hashed by :func:`folder_sha256`);
+    ``outputs``: ``[{"path", "bytes", "sha256"}]`` with paths relative to the sidecar's folder, the artifact
+    first; ``config``: the stage's resolved config; ``environment``: library versions, host and the device;
+    ``timings``: seconds per step; ``details``: what the stage measured (parity, placement, calibration,
+    TensorRT build settings...).
+    """
+
+    stage: str
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=_now)
+    format: str = SIDECAR_FORMAT
+    version: int = SIDECAR_VERSION
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """The artifact itself (the first output)."""
+        return self.outputs[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "version": self.version,
+            "stage": self.stage,
+            "created": self.created,
+            "inputs": _plain(self.inputs),
+            "outputs": _plain(self.outputs),
+            "config": _plain(self.config),
+            "environment": _plain(self.environment),
+            "timings": _plain(self.timings),
+            "details": json.loads(json.dumps(self.details, default=str)),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Sidecar:
+        """ValueError when ``data`` is not an edgeconvnext sidecar of this schema."""
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+            raise ValueError("not an edgeconvnext sidecar")
+        if data.get("version") != SIDECAR_VERSION:
+            raise ValueError(
+                f"sidecar schema version {data.get('version')} (this edgeconvnext writes {SIDECAR_VERSION})"
+            )
+        return cls(
+            stage=str(data.get("stage")),
+            inputs=list(data.get("inputs") or []),
+            outputs=list(data.get("outputs") or []),
+            config=dict(data.get("config") or {}),
+            environment=dict(data.get("environment") or {}),
+            timings=dict(data.get("timings") or {}),
+            details=dict(data.get("details") or {}),
+            created=str(data.get("created", "")),
+        )
+
+    @classmethod
+    def read(cls, artifact: str | Path) -> Sidecar | None:
+        """The sidecar beside ``artifact``; None when missing, unreadable or of another schema."""
+        raw = read_sidecar(artifact)
+        try:
+            return cls.from_dict(raw)
+        except ValueError:
+            return None
+
+
+def input_ref(role: str, path: str | Path | None, sha256: str | None = None) -> dict[str, Any]:
+    """An ``inputs`` entry; ``sha256`` is computed when not given (a folder: :func:`folder_sha256`)."""
+    if path is None:
+        return {"role": role, "path": None, "sha256": sha256}
+    p = Path(path)
+    if sha256 is None and p.exists():  # a missing input is the stage's own error to report
+        sha256 = folder_sha256(p) if p.is_dir() else sha256_file(p)
+    return {"role": role, "path": str(p), "sha256": sha256}
+
+
+def output_ref(path: str | Path, data: bytes | None = None, *, relative_to: Path | None = None) -> dict[str, Any]:
+    """An ``outputs`` entry; ``data`` (the bytes just written) spares reading the file back."""
+    p = Path(path)
+    if data is not None:
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
+    else:
+        size, digest = p.stat().st_size, sha256_file(p)
+    name = os.path.relpath(p, relative_to) if relative_to is not None else p.name
+    return {"path": name, "bytes": size, "sha256": digest}
+
+
+def folder_sha256(root: str | Path) -> str:
+    """A hash of a folder's contents as listed: every non-hidden file's relative path, size and
+    modification time (reading every image of a dataset on each run would cost what skipping saves)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            p = Path(dirpath) / name
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def library_versions(env: dict[str, Any] | None = None) -> dict[str, str]:
+    """The versions :func:`up_to_date` compares (:data:`MATCHED_LIBRARIES`), from ``env`` or this process."""
+    env = environment() if env is None else env
+    return {k: str(env[k]) for k in MATCHED_LIBRARIES if k in env}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether an artifact's sidecar matches this run (``fresh``), and why not (``reason``)."""
+
+    fresh: bool
+    reason: str
+    sidecar: Sidecar | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """What a stage returns instead of its result when its output was already current."""
+
+    stage: str
+    path: Path
+    sidecar: Sidecar
+
+    def line(self) -> str:
+        return (
+            f"skipped {self.stage}: {self.path} is up to date (its sidecar matches: same inputs, config and "
+            "library versions, outputs unchanged); --force redoes it"
+        )
+
+
+def up_to_date(
+    artifact: str | Path,
+    *,
+    stage: str,
+    inputs: list[dict[str, Any]],
+    config: dict[str, Any],
+    versions: dict[str, str] | None = None,
+) -> Freshness:
+    """The one skip rule every stage applies: ``artifact``'s sidecar is of ``stage``, records the same input
+    hashes (in order), the same resolved config and the same library versions, and every output it lists
+    exists with the recorded size and sha256. ``versions`` adds versions a stage knows beyond the
+    importable libraries (e.g. the trtexec that builds)."""
+    sc = Sidecar.read(artifact)
+    if sc is None:
+        return Freshness(False, f"{sidecar_path(artifact)} is missing or not an edgeconvnext sidecar")
+    if sc.stage != stage:
+        return Freshness(False, f"the sidecar is of stage '{sc.stage}', not '{stage}'", sc)
+    recorded = [(i.get("role"), i.get("sha256")) for i in sc.inputs]
+    if recorded != [(i.get("role"), i.get("sha256")) for i in _plain(inputs)]:
+        return Freshness(False, "an input changed", sc)
+    if sc.config != _plain(config):
+        changed = sorted(k for k in set(sc.config) | set(_plain(config)) if sc.config.get(k) != _plain(config).get(k))
+        return Freshness(False, f"the config changed ({', '.join(changed)})", sc)
+    want = {**library_versions(), **(versions or {})}
+    have = {**library_versions(sc.environment), **{k: sc.environment.get(k) for k in versions or {}}}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        return Freshness(False, f"library versions changed ({', '.join(diff)})", sc)
+    if not sc.outputs:
+        return Freshness(False, "the sidecar lists no outputs", sc)
+    folder = sidecar_path(artifact).parent
+    for o in sc.outputs:
+        p = folder / str(o.get("path"))
+        if not p.is_file():
+            return Freshness(False, f"{p} is missing", sc)
+        if p.stat().st_size != o.get("bytes") or sha256_file(p) != o.get("sha256"):
+            return Freshness(False, f"{p} differs from what its sidecar recorded", sc)
+    return Freshness(True, "up to date", sc)
+
+
+def reuse_if_current(
+    artifact: str | Path,
+    *,
+    stage: str,
+    inputs: list[dict[str, Any]],
+    config: dict[str, Any],
+    versions: dict[str, str] | None = None,
+) -> Skipped | None:
+    """:func:`up_to_date` as a stage uses it: a :class:`Skipped` to return when current, else None (the
+    reason is logged at debug level)."""
+    import logging
+
+    f = up_to_date(artifact, stage=stage, inputs=inputs, config=config, versions=versions)
+    if f.fresh and f.sidecar is not None:
+        return Skipped(stage, Path(artifact), f.sidecar)
+    logging.getLogger(__name__).debug("%s: running %s (%s)", artifact, stage, f.reason)
+    return None

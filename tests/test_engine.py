@@ -543,11 +543,14 @@ def test_build_through_trtexec_writes_plain_plan_and_sidecar(models, tmp_path):
     assert "--stronglyTyped" in argv and "--minShapes=input:1x3x32x32" in argv and "--maxShapes=input:4x3x32x32" in argv
     assert argv[1].startswith("--saveEngine=") and argv[1] != f"--saveEngine={res.engine}"  # atomic: temp file
     side = json.loads(res.sidecar.read_text())
-    assert side["precision"] == "fp32" and side["strongly_typed"] is True
-    assert side["profile"]["batch"] == [1, 2, 4] and side["profile"]["max"] == [4, 3, 32, 32]
-    assert side["source_onnx"]["sha256"] == engine.sha256_file(src)
-    assert side["engine"]["sha256"] == engine.sha256_file(res.engine) and side["engine"]["bytes"] == 128
-    assert side["tensorrt"]["plan_header_version"] == "10.3.0.7" and side["metadata"]["arch"] == "convnextv2_test"
+    assert side["details"]["precision"] == "fp32" and side["details"]["strongly_typed"] is True
+    assert side["details"]["profile"]["batch"] == [1, 2, 4] and side["details"]["profile"]["max"] == [4, 3, 32, 32]
+    assert side["details"]["source_onnx"]["sha256"] == engine.sha256_file(src)
+    assert side["outputs"][0]["sha256"] == engine.sha256_file(res.engine) and side["outputs"][0]["bytes"] == 128
+    assert (
+        side["details"]["tensorrt"]["plan_header_version"] == "10.3.0.7"
+        and side["details"]["metadata"]["arch"] == "convnextv2_test"
+    )
     assert (tmp_path / "v2.engine.trtexec.log").read_text().startswith("$ ")
     # the runtime check accepts it on the same TensorRT and refuses it on 11.1
     assert trt_runtime.check_compatibility(side, trt_version="10.3.0", compute_capability=None).ok
@@ -561,10 +564,10 @@ def test_build_through_trtexec11_with_fp16_conversion(models, tmp_path):
     argv = record.read_text().splitlines()
     assert "--stronglyTyped" not in argv and f"--onnx={tmp_path / 'v2_int8.fp16.onnx'}" in argv
     side = json.loads(res.sidecar.read_text())
-    assert side["precision"] == "int8+fp16" and side["tensorrt"]["version"] == "11.1.0"
-    conv = side["fp16_conversion"]
+    assert side["details"]["precision"] == "int8+fp16" and side["details"]["tensorrt"]["version"] == "11.1.0"
+    conv = side["details"]["fp16_conversion"]
     assert conv["report"]["opset_after"] == 19 and conv["parity_vs_fp32"]["finite"]
-    assert side["qdq_rules_check"]["violations"] == 0
+    assert side["details"]["qdq_rules_check"]["violations"] == 0
     assert engine.summarize_onnx(res.fp16_onnx).precision == "int8+fp16"
 
 
@@ -583,7 +586,7 @@ def test_engine_build_never_imports_torch(models, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
-    assert json.loads((tmp_path / "v2.engine.json").read_text())["engine"]["bytes"] == 128
+    assert json.loads((tmp_path / "v2.engine.json").read_text())["outputs"][0]["bytes"] == 128
 
 
 def test_failed_trtexec_build_leaves_nothing(models, tmp_path):

@@ -171,22 +171,23 @@ def test_sidecar_content(exported):
     assert res.sidecar == sidecar_path(res.path)
     sc = json.loads(res.sidecar.read_text())
     assert sc["stage"] == "export"
-    assert sc["output"]["sha256"] == sha256_file(res.path) == res.sha256
-    assert sc["output"]["bytes"] == res.path.stat().st_size == res.size_bytes
-    assert sc["metadata"] == ex.read_metadata(res.path)
+    assert sc["outputs"][0]["sha256"] == sha256_file(res.path) == res.sha256
+    assert sc["outputs"][0]["bytes"] == res.path.stat().st_size == res.size_bytes
+    assert sc["details"]["metadata"] == ex.read_metadata(res.path)
     cfg = sc["config"]
     assert cfg["opset"] == 17 and cfg["batch"] == "dynamic" and cfg["img_size"] == SIZE
-    assert cfg["io_dtype"] == "float32" and cfg["compute_dtype"] == "float32"
-    assert cfg["input"]["shape"] == ["batch", 3, SIZE, SIZE]
-    par = sc["parity"]
+    graph = sc["details"]["graph"]
+    assert graph["io_dtype"] == "float32" and graph["compute_dtype"] == "float32"
+    assert graph["input"]["shape"] == ["batch", 3, SIZE, SIZE]
+    par = sc["details"]["parity"]
     assert par["max_abs_diff"] == res.max_abs_diff and par["rel_diff"] == res.rel_diff
     assert par["tolerance_rel"] == 1e-4 and par["finite"] is True
     assert [b["batch"] for b in par["per_batch"]] == [2, 2, 2, 2, 3]
     assert {"torch", "onnx", "onnxruntime", "edgeconvnext", "python"} <= set(sc["environment"])
     assert set(sc["timings"]) == {"export_s", "check_s", "parity_s", "total_s"}
-    assert sc["arch"]["depths"] == [1, 1, 2, 1] and sc["source"]["format"] == "random"
+    assert sc["details"]["arch"]["depths"] == [1, 1, 2, 1] and sc["details"]["source"]["format"] == "random"
     fp16 = json.loads(exported["convnext_test", "fp16"][1].sidecar.read_text())
-    assert fp16["config"]["compute_dtype"] == "float16" and fp16["config"]["io_dtype"] == "float32"
+    assert fp16["details"]["graph"]["compute_dtype"] == "float16" and fp16["details"]["graph"]["io_dtype"] == "float32"
 
 
 def test_fixed_batch(tmp_path):
@@ -196,7 +197,7 @@ def test_fixed_batch(tmp_path):
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [3, 3, 32, 32]
     sc = json.loads(res.sidecar.read_text())
-    assert sc["config"]["batch"] == 3 and [b["batch"] for b in sc["parity"]["per_batch"]] == [3] * 4
+    assert sc["config"]["batch"] == 3 and [b["batch"] for b in sc["details"]["parity"]["per_batch"]] == [3] * 4
     sess = _session(res.path)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     assert sess.run(None, {"input": x})[0].shape == (3, 10)
@@ -325,7 +326,7 @@ def test_cli_export_checkpoint(tmp_path, capsys):
     assert meta["class_names"] == ["a", "b", "c"] and meta["source_format"] == "edgeconvnext"
     assert meta["source_sha256"] == sha256_file(ckpt)
     sc = json.loads(sidecar_path(out).read_text())
-    assert sc["source"]["path"] == str(ckpt) and sc["config"]["batch"] == 2
+    assert sc["details"]["source"]["path"] == str(ckpt) and sc["config"]["batch"] == 2
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,7 @@ def test_resumed_run_keeps_the_init_checkpoint_in_its_sidecar(data, tmp_path):
     finetune(cfg(data, out, model=None, checkpoint=init, epochs=1))
     finetune(cfg(data, out, model=None, epochs=2, resume=True))
     side = json.loads((tmp_path / "p.pt.json").read_text())
-    assert side["init_checkpoint"] == str(init) and side["init_sha256"] == sha256_file(init)
+    assert side["details"]["init_checkpoint"] == str(init) and side["details"]["init_sha256"] == sha256_file(init)
 
 
 def test_workers_load_data_in_subprocesses(data, tmp_path):

@@ -146,18 +146,18 @@ def test_quantize_policy_convnext(tmp_path, images, backend, model):
         "m.int8.onnx.json",
     ]
     side = json.loads((tmp_path / "m.int8.onnx.json").read_text())
-    assert side["config"]["backend"] == backend and side["trt_check"]["ok"] is True
-    assert side["calibration"]["images"] == N_IMAGES and side["calibration"]["skipped"] == 2
-    assert side["calibration"]["wall_s"] > 0 and side["peak_rss_mb"] > 50
+    assert side["config"]["backend"] == backend and side["details"]["trt_check"]["ok"] is True
+    assert side["details"]["calibration"]["images"] == N_IMAGES and side["details"]["calibration"]["skipped"] == 2
+    assert side["details"]["calibration"]["wall_s"] > 0 and side["details"]["peak_rss_mb"] > 50
     from edgeconvnext.artifacts import sha256_file
 
-    assert side["calibration"]["manifest_sha256"] == sha256_file(tmp_path / "m.int8.calib.json")
-    assert side["output"]["sha256"] == sha256_file(out)
-    table = side["placement"]["table"]
+    assert side["details"]["calibration"]["manifest_sha256"] == sha256_file(tmp_path / "m.int8.calib.json")
+    assert side["outputs"][0]["sha256"] == sha256_file(out)
+    table = side["details"]["placement"]["table"]
     assert {"layer": "stages.2.blocks.*.mlp.fc1", "count": 2, "precision": "INT8"}.items() <= next(
         r for r in table if r["layer"] == "stages.2.blocks.*.mlp.fc1"
     ).items()
-    assert 0.3 < side["placement"]["int8_macs_share"] < 0.9
+    assert 0.3 < side["details"]["placement"]["int8_macs_share"] < 0.9
 
     # INT8 close to FP32 on the calibration inputs (random weights: logits are small, so compare cosine)
     manifest = json.loads((tmp_path / "m.int8.calib.json").read_text())
@@ -170,7 +170,7 @@ def test_quantize_policy_convnext(tmp_path, images, backend, model):
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.98, cos
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.75
-    assert side["agreement_vs_fp32"]["cosine_mean"] > 0.98
+    assert side["details"]["agreement_vs_fp32"]["cosine_mean"] > 0.98
 
 
 def test_policy_all_and_exclude(tmp_path, images):
@@ -200,8 +200,8 @@ def test_policy_all_and_exclude(tmp_path, images):
     assert layers["stages.2.blocks.0.mlp.fc1"] and not layers["head.fc"]
     assert not (tmp_path / "all.fp32.onnx").exists()
     side = json.loads((tmp_path / "all.onnx.json").read_text())
-    assert side["fp32_baseline"] is None and side["config"]["calib_method"] == "entropy"
-    excluded = [r for r in side["placement"]["layers_detail"] if r["reason"].startswith("--exclude")]
+    assert side["details"]["fp32_baseline"] is None and side["config"]["calib_method"] == "entropy"
+    excluded = [r for r in side["details"]["placement"]["layers_detail"] if r["reason"].startswith("--exclude")]
     assert {r["layer"] for r in excluded} == {"stages.2.blocks.0.mlp.fc2", "stages.2.blocks.1.mlp.fc2", "head.fc"}
 
 
@@ -259,7 +259,7 @@ def test_manifest_reuse_gives_the_same_model(tmp_path, images):
     ma = json.loads((tmp_path / "a.calib.json").read_text())
     mb = json.loads((tmp_path / "b.calib.json").read_text())
     assert ma["images"] == mb["images"] and mb["seed"] == 4 and ma["preprocess"]["crop_pct"] == 1.0
-    assert json.loads((tmp_path / "b.onnx.json").read_text())["calibration"]["source"] == "manifest"
+    assert json.loads((tmp_path / "b.onnx.json").read_text())["details"]["calibration"]["source"] == "manifest"
 
     def scales(path):
         g = GraphIndex(onnx.load(str(path)))
@@ -521,9 +521,9 @@ def test_recipe_sets_defaults_and_the_command_line_overrides_them(tmp_path, imag
     out = tmp_path / "r.onnx"
     assert main(["-q", "quantize", "--recipe", str(recipe), "--calib-data", str(images), "-o", str(out)]) == 0
     side = json.loads((tmp_path / "r.onnx.json").read_text())
-    assert side["arch"] == "convnextv2_test" or side["arch"].get("name") == "convnextv2_test"
+    assert side["details"]["arch"] == "convnextv2_test" or side["details"]["arch"].get("name") == "convnextv2_test"
     assert side["config"]["policy"] == "all" and side["config"]["calib_method"] == "entropy"
-    assert side["calibration"]["images"] == 12 and not (tmp_path / "r.fp32.onnx").exists()
+    assert side["details"]["calibration"]["images"] == 12 and not (tmp_path / "r.fp32.onnx").exists()
     assert int8_layers(onnx.load(str(out)))["stem.0"]  # policy all from the recipe
 
     out2 = tmp_path / "r2.onnx"  # explicit options win over the recipe

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from edgeconvnext.artifacts import Skipped
 
 
 @dataclass
@@ -77,6 +80,20 @@ UnsafeOpt = Annotated[
 ]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of an official training checkpoint.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Redo the stage even when its output's sidecar matches (same inputs, config and library versions).",
+    ),
+]
+
+
+def print_skipped(result: Skipped) -> None:
+    """The one line of a stage that was skipped because its output's sidecar matched."""
+    from rich.markup import escape
+
+    done(escape(result.line()))
 
 
 def human_size(n: float) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, JsonOpt, console, done, human_size, info
+from edgeconvnext.cli._common import STATE, ForceOpt, JsonOpt, console, done, human_size, info, print_skipped
 
 
 def build_engine_cmd(
@@ -61,8 +61,10 @@ def build_engine_cmd(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x, strongly typed) from an ONNX model."""
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.engine.build import build_engine, settings_json
     from edgeconvnext.engine.build import dry_run as plan_dry_run
     from edgeconvnext.engine.config import resolve_sources
@@ -128,7 +130,12 @@ def build_engine_cmd(
             if not json_out:
                 info(escape(msg))
 
-        built = build_engine(req, step=step)
+        built = build_engine(req, step=step, reuse=not force)
+    if json_out and isinstance(built, Skipped):
+        print(json.dumps({"engine": str(built.path), "skipped": True, "message": built.line()}, indent=2))
+        return
+    if isinstance(built, Skipped):
+        return print_skipped(built)
     if json_out:
         print(
             json.dumps(

@@ -15,6 +15,7 @@ from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
     EmaOpt,
+    ForceOpt,
     ImgSizeOpt,
     ModelOpt,
     NumClassesOpt,
@@ -22,6 +23,7 @@ from edgeconvnext.cli._common import (
     console,
     done,
     human_size,
+    print_skipped,
 )
 from edgeconvnext.export.config import ExportConfig
 
@@ -54,8 +56,10 @@ def export_cmd(
     batch: BatchOpt = str(ExportConfig.batch),
     allow_unsafe_pickle: UnsafeOpt = False,
     ema: EmaOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint (or random weights) to ONNX, checked by onnx.checker and verified in onnxruntime."""
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.export.config import resolve
     from edgeconvnext.export.onnx_export import check_img_size, export_onnx, require_backends
 
@@ -76,8 +80,16 @@ def export_cmd(
         )
         on_step = status.update if status is not None else None
         result = export_onnx(
-            loaded, output, precision=cfg.precision, opset=cfg.opset, batch=cfg.batch_size, on_step=on_step
+            loaded,
+            output,
+            precision=cfg.precision,
+            opset=cfg.opset,
+            batch=cfg.batch_size,
+            on_step=on_step,
+            reuse=not force,
         )
+    if isinstance(result, Skipped):
+        return print_skipped(result)
     # soft_wrap: each of these stays one line when piped (rich wraps at 80 columns otherwise)
     if not STATE.quiet:
         for note in result.notes:

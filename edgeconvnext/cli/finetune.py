@@ -11,12 +11,14 @@ from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
     EmaOpt,
+    ForceOpt,
     ImgSizeOpt,
     ModelOpt,
     UnsafeOpt,
     console,
     done,
     human_size,
+    print_skipped,
 )
 from edgeconvnext.train.config import FinetuneConfig
 
@@ -148,8 +150,10 @@ def finetune_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = FinetuneConfig.device,
     allow_unsafe: UnsafeOpt = False,
     ema: EmaOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Fine-tune (or train) a ConvNeXt: AdamW, warm-up + cosine, label smoothing, mild augmentation."""
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.train.config import resolve
     from edgeconvnext.train.finetune import finetune
 
@@ -183,7 +187,9 @@ def finetune_cmd(
         ),
     )
     with _RichProgress() as hook:
-        result = finetune(cfg, progress=hook)
+        result = finetune(cfg, progress=hook, reuse=not force)
+    if isinstance(result, Skipped):
+        return print_skipped(result)
     from rich.markup import escape  # a path like run[2].pt is data, not markup
 
     pp = result.preprocess

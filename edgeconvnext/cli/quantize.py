@@ -21,6 +21,7 @@ from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
     EmaOpt,
+    ForceOpt,
     ImgSizeOpt,
     ModelOpt,
     NumClassesOpt,
@@ -28,6 +29,7 @@ from edgeconvnext.cli._common import (
     console,
     done,
     human_size,
+    print_skipped,
 )
 from edgeconvnext.cli.qat import (
     BatchSizeOpt,
@@ -179,6 +181,7 @@ def quantize_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images."""
     from edgeconvnext.quantize.ptq import prepare
@@ -268,6 +271,7 @@ def quantize_cmd(
             json_out=json_out,
         )
         return
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.quantize import quantize
 
     with _Progress(enabled=not STATE.quiet and not json_out) as prog:
@@ -298,7 +302,15 @@ def quantize_cmd(
             on_progress=prog.advance,
             val=val,
             budget=budget,
+            reuse=not force,
         )
+    if json_out and isinstance(result, Skipped):
+        import json
+
+        print(json.dumps({"output": str(result.path), "skipped": True, "message": result.line()}))
+        return
+    if isinstance(result, Skipped):
+        return print_skipped(result)
     _print(result, loaded, json_out)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done
+from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done, print_skipped
 
 
 def _table(rep) -> None:
@@ -154,6 +154,13 @@ def validate_cmd(
             ),
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Validate again even when the --report's sidecar matches (same model, data, options and versions).",
+        ),
+    ] = False,
 ) -> None:
     """Top-1/top-5 of MODEL on labelled images; with a baseline (--baseline ONNX or --checkpoint) the drop,
     top-1 agreement and logit cosine similarity; with --latency, p50/p90/p99 latency, images/s and memory."""
@@ -166,6 +173,7 @@ def validate_cmd(
         TimeRemainingColumn,
     )
 
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.errors import AccuracyError, UsageError
     from edgeconvnext.evaluate.config import resolve
     from edgeconvnext.evaluate.validate import summary_line, validate
@@ -232,11 +240,14 @@ def validate_cmd(
                 markdown=markdown,
                 progress=progress,
                 on_latency_batch=on_latency_batch,
+                reuse=not force,
             )
         except AccuracyError as e:
             bar.stop()
             _show(e.report, markdown)  # type: ignore[attr-defined]
             raise
+    if isinstance(rep, Skipped):
+        return print_skipped(rep)
     _show(rep, markdown)
     from rich.markup import escape  # paths like run[2].onnx are data, not markup
 

@@ -43,12 +43,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext import __version__
-from edgeconvnext.artifacts import atomic_output, environment, sha256_file
+from edgeconvnext.artifacts import (
+    Sidecar,
+    Skipped,
+    atomic_output,
+    environment,
+    input_ref,
+    output_ref,
+    reuse_if_current,
+    sha256_file,
+)
 from edgeconvnext.engine.backend import MIN_TRT_MAJOR, Backend, import_tensorrt, select_backend, too_old
 from edgeconvnext.engine.compat import PLAN_TAG, check_plan_file, read_plan_header
 from edgeconvnext.engine.config import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MIB, OPT_LEVELS, BuildRequest
@@ -173,13 +180,23 @@ def _build_python(trt: Any, plan: BuildPlan, dest: Path) -> dict[str, Any]:
     return {}
 
 
-def build_engine(req: BuildRequest, *, step: Callable[[str], None] | None = None) -> BuildResult:
-    """Build the engine described by ``req``; engine and sidecar appear together or not at all."""
+def build_engine(
+    req: BuildRequest, *, step: Callable[[str], None] | None = None, reuse: bool = False
+) -> BuildResult | Skipped:
+    """Build the engine described by ``req``; engine and sidecar appear together or not at all.
+
+    ``reuse``: return :class:`~edgeconvnext.artifacts.Skipped` without building when the engine's sidecar
+    matches (same ONNX hash, settings, library and TensorRT versions; the engine file unchanged)."""
     step = step or (lambda msg: log.info("%s", msg))
     plan = plan_build(req)
     backend = select_backend(plan.trtexec)
     if backend.version is not None and backend.version[0] < MIN_TRT_MAJOR:
         raise BackendMissing(too_old(backend.version_str or "?"))
+    inputs, config, versions = _engine_key(req, plan, backend)
+    if reuse and (
+        reused := reuse_if_current(plan.output, stage="build-engine", inputs=inputs, config=config, versions=versions)
+    ):
+        return reused
 
     t0 = time.perf_counter()
     fp16_info = _convert_fp16(plan, step) if plan.convert_fp16 else None
@@ -200,11 +217,13 @@ def build_engine(req: BuildRequest, *, step: Callable[[str], None] | None = None
                 extra = build_with_trtexec(backend, plan, tmp, log_file)
             header = check_plan_file(tmp)
         side = _engine_sidecar(plan, backend, header, fp16_info, trt_check, extra)
-        side["build_seconds"] = round(time.perf_counter() - t_build, 2)
-        side["total_seconds"] = round(time.perf_counter() - t0, 2)
-        side["notes"] = plan.notes
-        side["environment"] = environment()
-        sc_tmp.write_text(json.dumps(side, indent=2, default=str) + "\n")
+        side.inputs, side.config = inputs, config
+        side.environment = {**environment(device=side.details["gpu"].get("name")), **versions}
+        side.timings = {
+            "build_s": round(time.perf_counter() - t_build, 2),
+            "total_s": round(time.perf_counter() - t0, 2),
+        }
+        sc_tmp.write_text(side.to_json())
     return BuildResult(
         engine=plan.output,
         sidecar=plan.sidecar,
@@ -229,6 +248,23 @@ def _check_qdq_rules(plan: BuildPlan) -> dict[str, Any]:
     return {"violations": 0, "warnings": list(report.warnings)}
 
 
+def _engine_key(
+    req: BuildRequest, plan: BuildPlan, backend: Backend
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+    """The sidecar's inputs (the ONNX), resolved settings and the TensorRT that builds (the skip rule)."""
+    inputs = [input_ref("onnx", plan.onnx.path, plan.onnx.sha256)]
+    config = {
+        "precision": plan.precision,
+        "fp16": req.fp16,
+        "profile": [plan.profile.min, plan.profile.opt, plan.profile.max],
+        "workspace_mib": plan.workspace_mib,
+        "opt_level": plan.opt_level,
+        "timing_cache": str(plan.timing_cache) if plan.timing_cache else None,
+        "builder": backend.kind,
+    }
+    return inputs, config, {"tensorrt_builder": backend.version_str or "?"}
+
+
 def _engine_sidecar(
     plan: BuildPlan,
     backend: Backend,
@@ -236,21 +272,16 @@ def _engine_sidecar(
     fp16_info: dict[str, Any] | None,
     trt_check: dict[str, Any] | None,
     extra: dict[str, Any],
-) -> dict[str, Any]:
-    """What ``OUT.engine.json`` records of a finished build (timings, notes and environment are added by
-    the caller, in this order, after it)."""
+) -> Sidecar:
+    """What ``OUT.engine.json`` records of a finished build (inputs, config, environment and timings are
+    added by the caller)."""
     from edgeconvnext.env.probes import gpu_summary, probe_jetson
 
     jetson = probe_jetson()
-    return {
-        "kind": "tensorrt-engine",
-        "edgeconvnext": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engine": {
-            "path": plan.output.name,
-            "bytes": plan.output.stat().st_size,
-            "sha256": sha256_file(plan.output),
-        },
+    outputs = [output_ref(plan.output)]
+    if plan.convert_fp16:
+        outputs.append(output_ref(plan.build_onnx, relative_to=plan.sidecar.parent))
+    details = {
         "tensorrt": {
             "version": backend.version_str,
             "builder": backend.kind,
@@ -277,7 +308,9 @@ def _engine_sidecar(
             "timing_cache": str(plan.timing_cache) if plan.timing_cache else None,
             **extra,
         },
+        "notes": plan.notes,
     }
+    return Sidecar(stage="build-engine", outputs=outputs, details=details)
 
 
 def dry_run(req: BuildRequest) -> dict[str, Any]:

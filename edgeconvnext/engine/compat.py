@@ -76,6 +76,7 @@ def check_compatibility(
     engine: str = "the engine",
 ) -> Compatibility:
     """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
+    ``sidecar`` is the engine's sidecar (as a dict) or its ``details`` (tensorrt, gpu, source_onnx).
 
     By default an engine deserializes only in the TensorRT that built it, build number included (TensorRT
     "Version Compatibility" and DRIVE OS release notes; we never build version-compatible engines). A
@@ -83,6 +84,8 @@ def check_compatibility(
     warns, because the build is not always known on both sides (pip's ``tensorrt.__version__`` has none)
     and TensorRT's own deserialization check then decides with its message.
     """
+    if sidecar is not None and "details" in sidecar and "stage" in sidecar:  # a whole sidecar: its details
+        sidecar = sidecar["details"]
     res = Compatibility()
     here = parse_version(trt_version)
     rebuild = "rebuild it here from its ONNX with 'edgeconvnext build-engine'"

@@ -22,14 +22,27 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext.artifacts import atomic_output, check_output, environment, sha256_file, write_json_atomic
+from edgeconvnext.artifacts import (
+    Sidecar,
+    Skipped,
+    atomic_output,
+    check_output,
+    environment,
+    input_ref,
+    output_ref,
+    reuse_if_current,
+    sha256_file,
+    sidecar_path,
+    write_json_atomic,
+)
 from edgeconvnext.errors import AccuracyError, CheckpointError, UsageError
 from edgeconvnext.evaluate.accuracy import Agreement, Scores, accuracy_pass, model_info
 from edgeconvnext.evaluate.latency import device_name
@@ -283,7 +296,8 @@ def validate(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_latency_batch: Callable[[int], None] | None = None,
-) -> ValidationReport:
+    reuse: bool = False,
+) -> ValidationReport | Skipped:
     """Evaluate ``model`` (and the baseline) on ``data`` and/or time it; see the module docstring.
 
     ``model`` is an .onnx, an .engine or a checkpoint (file or HuggingFace folder); None with ``arch``
@@ -293,6 +307,9 @@ def validate(
     ``report`` (JSON) and ``markdown`` are written atomically before an AccuracyError for ``max_drop`` is
     raised; the error carries the report as ``.report``. ``progress(done, total)`` is called after every
     accuracy batch, ``on_latency_batch(batch)`` before each latency batch size. The baseline runs on CPU.
+    ``reuse``: with a ``report``, return :class:`~edgeconvnext.artifacts.Skipped` when the report's sidecar
+    matches this run (same model, baseline, data, options and library versions; the files unchanged); a
+    report over ``max_drop`` raises its AccuracyError again.
     """
     t0 = time.perf_counter()
     if baseline is not None and checkpoint is not None:
@@ -316,6 +333,36 @@ def validate(
         },
     )
     _check_accuracy_request(model, baseline, checkpoint, labels, max_drop, batch, report, markdown)
+    key_inputs = [
+        input_ref(role, path)
+        for role, path in (
+            ("model", model),
+            ("baseline", baseline),
+            ("checkpoint", checkpoint),
+            ("data", data),
+            ("labels", labels),
+        )
+        if path is not None
+    ]
+    key_config = {
+        "batch": batch,
+        "max_drop": max_drop,
+        "limit": limit,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "compile": compile,
+        "arch": arch,
+        "img_size": img_size,
+        "latency": asdict(latency) if latency is not None else None,
+        "markdown": Path(markdown).name if markdown is not None else None,
+    }
+    if reuse and report is not None:
+        reused = reuse_if_current(report, stage="validate", inputs=key_inputs, config=key_config)
+        if reused is not None:
+            # the report says what this run would: the same verdict on --max-drop (exit 7) as when written
+            _judge(ValidationReport(**json.loads(Path(report).read_text())), report)
+            return reused
     model = Path(model) if model is not None else None
     notes: list[str] = []
 
@@ -361,7 +408,7 @@ def validate(
     rep = _report(runner, model_name, model_sha, acc, lat, backend, device, compile, max_drop, limit, notes)
     rep.seconds = time.perf_counter() - t0
     rep.markdown = markdown_table([rep])
-    _write_and_judge(rep, report, markdown)
+    _write_and_judge(rep, report, markdown, (key_inputs, key_config))
     return rep
 
 
@@ -438,14 +485,38 @@ def _check_accuracy_request(
         check_output(markdown, "--markdown", {**inputs, "--report": report})
 
 
-def _write_and_judge(rep: ValidationReport, report: Path | None, markdown: Path | None) -> None:
-    """Write the JSON and Markdown reports, then raise AccuracyError (carrying the report) when the drop
-    is over --max-drop: the files exist either way."""
+def _write_and_judge(
+    rep: ValidationReport,
+    report: Path | None,
+    markdown: Path | None,
+    key: tuple[list[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Write the JSON and Markdown reports (and the report's sidecar), then raise AccuracyError (carrying
+    the report) when the drop is over --max-drop: the files exist either way."""
     if report is not None:
         write_json_atomic(report, rep.to_dict())
     if markdown is not None:
         with atomic_output(Path(markdown)) as tmp:
             Path(tmp).write_text(rep.markdown)
+    if report is not None:
+        outputs = [output_ref(report)]
+        if markdown is not None:
+            outputs.append(output_ref(markdown, relative_to=Path(report).parent))
+        sc = Sidecar(
+            stage="validate",
+            inputs=key[0],
+            outputs=outputs,
+            config=key[1],
+            environment=environment(device=rep.device_name or rep.device),
+            timings={"total_s": round(rep.seconds, 3)},
+            details={"top1": rep.top1, "drop": rep.drop, "passed": rep.passed, "latency_batches": len(rep.latency)},
+        )
+        write_json_atomic(sidecar_path(report), sc.to_dict())
+    _judge(rep, report)
+
+
+def _judge(rep: ValidationReport, report: Path | None) -> None:
+    """AccuracyError (carrying the report as ``.report``) when the drop is over --max-drop."""
     if rep.passed is False:
         where = f"; report: {report}" if report is not None else ""
         assert rep.drop is not None and rep.baseline is not None  # passed is set only with a baseline's drop

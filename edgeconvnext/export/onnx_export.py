@@ -2,8 +2,9 @@
 
 Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel` (eval, fp32). Output: ``OUT.onnx`` with input
 ``input`` (N, 3, S, S) float32 and output ``logits`` (N, classes) float32, edgeconvnext metadata in the
-ONNX ``metadata_props``, and a JSON sidecar ``OUT.onnx.json`` (metadata, resolved config, parity numbers,
-library versions, timings). Both files appear together or not at all.
+ONNX ``metadata_props``, and a sidecar ``OUT.onnx.json`` (:class:`~edgeconvnext.artifacts.Sidecar`: the
+checkpoint's hash, the resolved config, library versions, timings; details: metadata, graph, parity
+numbers). Both files appear together or not at all; ``reuse=True`` skips an export whose sidecar matches.
 
 Choices, and why:
 
@@ -17,7 +18,7 @@ Choices, and why:
   float32 images whatever the precision; the cost is two element-wise casts (3xSxS values in, the
   logits out). LayerNorm statistics and GRN's L2 norm run in FP32 inside the FP16 graph (models/convnext.py casts
   around them; the export checks their input dtypes), because their sums of squares overflow FP16.
-  The sidecar records this as ``config.io_dtype = "float32"`` and ``config.compute_dtype = "float16"``.
+  The sidecar records this as ``details.graph.io_dtype = "float32"`` and ``compute_dtype = "float16"``.
 * INT8 is not produced here: ``edgeconvnext quantize`` writes the Q/DQ ONNX.
 
 Before the file is kept, onnx.checker runs and onnxruntime (CPU) runs the graph on seeded random
@@ -42,12 +43,20 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeconvnext import __version__
-from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
+from edgeconvnext.artifacts import (
+    Sidecar,
+    Skipped,
+    atomic_output,
+    check_output,
+    environment,
+    input_ref,
+    reuse_if_current,
+    sidecar_path,
+)
 from edgeconvnext.config import parse_batch_spec
 from edgeconvnext.errors import ExportError, UsageError, nearest, require
 from edgeconvnext.models.registry import check_img_size
@@ -328,11 +337,14 @@ def export_onnx(
     batch: int | str | None = None,
     verify: bool = True,
     on_step: Callable[[str], None] | None = None,
-) -> ExportResult:
+    reuse: bool = False,
+) -> ExportResult | Skipped:
     """Export ``loaded.model`` to ``output`` (and its sidecar), checked and verified; see the module doc.
 
     ``img_size`` defaults to ``loaded.preprocess.img_size``; ``batch=None`` is a dynamic batch.
-    ``on_step`` receives a short description of each step (for a CLI spinner).
+    ``on_step`` receives a short description of each step (for a CLI spinner). ``reuse``: return
+    :class:`~edgeconvnext.artifacts.Skipped` without exporting when ``output``'s sidecar matches this
+    export (same checkpoint hash, config and library versions; the ONNX unchanged).
     Raises UsageError for options that cannot be honoured, ExportError when export, the checker or the
     parity check fails (then neither file is written), BackendMissing without onnx/onnxruntime.
     """
@@ -344,6 +356,9 @@ def export_onnx(
     check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
     size = check_img_size(img_size if img_size is not None else loaded.preprocess.img_size)
     preprocess = loaded.preprocess if loaded.preprocess.img_size == size else replace(loaded.preprocess, img_size=size)
+    inputs, config = _export_key(loaded, precision, opset, batch, size, preprocess, verify)
+    if reuse and (reused := reuse_if_current(output, stage="export", inputs=inputs, config=config)):
+        return reused
 
     reference = _fp32_reference(loaded, precision)
     t = time.perf_counter()
@@ -370,11 +385,9 @@ def export_onnx(
         timings = {"export_s": round(t_export, 3), "check_s": round(t_check, 3), "parity_s": round(t_parity, 3)}
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         all_notes = list(getattr(loaded, "notes", []) or [])
-        sidecar_data = _export_sidecar(
-            loaded, output, data, digest, meta_props, precision, opset, batch, size, preprocess, parity, all_notes
-        )
-        sidecar_data["timings"] = timings
-        tmp_sidecar.write_text(json.dumps(sidecar_data, indent=2, default=str) + "\n")
+        sc = _export_sidecar(loaded, output, data, digest, meta_props, precision, batch, size, parity, all_notes)
+        sc.inputs, sc.config, sc.timings = inputs, config, timings
+        tmp_sidecar.write_text(sc.to_json())
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%d bytes) in %.1f s", output, len(data), seconds)
     return ExportResult(
@@ -490,6 +503,30 @@ def _verify(
     return parity
 
 
+def _export_key(
+    loaded: LoadedModel,
+    precision: str,
+    opset: int,
+    batch: int | None,
+    size: int,
+    preprocess: Any,
+    verify: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sidecar's inputs (the checkpoint) and resolved config, known before any work (the skip rule)."""
+    inputs = [input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else []
+    config = {
+        "arch": loaded.arch.name,
+        "num_classes": int(loaded.model.num_classes),
+        "img_size": size,
+        "precision": precision,
+        "opset": opset,
+        "batch": "dynamic" if batch is None else batch,
+        "verify": verify,
+        "preprocess": preprocess.to_dict(),
+    }
+    return inputs, config
+
+
 def _export_sidecar(
     loaded: LoadedModel,
     output: Path,
@@ -497,57 +534,51 @@ def _export_sidecar(
     digest: str,
     meta_props: dict[str, str],
     precision: str,
-    opset: int,
     batch: int | None,
     size: int,
-    preprocess: Any,
     parity: dict[str, Any] | None,
     notes: list[str],
-) -> dict[str, Any]:
-    """What ``OUT.onnx.json`` records of an export (the caller adds ``timings``)."""
+) -> Sidecar:
+    """What ``OUT.onnx.json`` records of an export (the caller adds inputs, config and timings)."""
     meta = decode_metadata(meta_props)
-    return {
-        "stage": "export",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "output": {"path": output.name, "bytes": len(data), "sha256": digest},
-        "metadata": meta,
-        "arch": {
-            "name": loaded.arch.name,
-            "version": loaded.arch.version,
-            "depths": list(loaded.arch.depths),
-            "dims": list(loaded.arch.dims),
-        },
-        "source": {
-            "path": str(loaded.source) if loaded.source else None,
-            "sha256": loaded.source_sha256,
-            "format": loaded.source_format,
-        },
-        "config": {
-            "img_size": size,
-            "precision": precision,
-            "opset": opset,
-            "batch": "dynamic" if batch is None else batch,
-            "input": {
-                "name": "input",
-                "shape": ["batch" if batch is None else batch, 3, size, size],
-                "dtype": "float32",
+    return Sidecar(
+        stage="export",
+        outputs=[{"path": output.name, "bytes": len(data), "sha256": digest}],
+        environment=environment(device="cpu"),
+        details={
+            "metadata": meta,
+            "arch": {
+                "name": loaded.arch.name,
+                "version": loaded.arch.version,
+                "depths": list(loaded.arch.depths),
+                "dims": list(loaded.arch.dims),
             },
-            "output": {
-                "name": "logits",
-                "shape": ["batch" if batch is None else batch, meta["num_classes"]],
-                "dtype": "float32",
+            "source": {
+                "path": str(loaded.source) if loaded.source else None,
+                "sha256": loaded.source_sha256,
+                "format": loaded.source_format,
             },
-            "io_dtype": "float32",
-            "compute_dtype": "float16" if precision == "fp16" else "float32",
-            "fp32_islands": ["LayerNormalization", "GRN L2 norm"] if precision == "fp16" else [],
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "do_constant_folding": True,
-            "preprocess": preprocess.to_dict(),
+            "graph": {
+                "input": {
+                    "name": "input",
+                    "shape": ["batch" if batch is None else batch, 3, size, size],
+                    "dtype": "float32",
+                },
+                "output": {
+                    "name": "logits",
+                    "shape": ["batch" if batch is None else batch, meta["num_classes"]],
+                    "dtype": "float32",
+                },
+                "io_dtype": "float32",
+                "compute_dtype": "float16" if precision == "fp16" else "float32",
+                "fp32_islands": ["LayerNormalization", "GRN L2 norm"] if precision == "fp16" else [],
+                "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+                "do_constant_folding": True,
+            },
+            "parity": parity,
+            "notes": notes,
         },
-        "parity": parity,
-        "notes": notes,
-        "environment": environment(),
-    }
+    )
 
 
 __all__ = [

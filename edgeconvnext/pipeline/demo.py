@@ -64,10 +64,9 @@ def quantize_step(
     *,
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    **kw: Any,
 ) -> tuple[LoadedModel, QuantizeResult]:
-    """Step 1: the bundled checkpoint -> ``plan.int8`` (``kw`` goes to :func:`quantize`, e.g. ``force``)."""
-    from edgeconvnext.artifacts import check_output
+    """Step 1: the bundled checkpoint -> ``plan.int8`` (always redone: the demo shows the whole pipeline)."""
+    from edgeconvnext.artifacts import Skipped, check_output
     from edgeconvnext.models.checkpoint import load_model
     from edgeconvnext.quantize.ptq import quantize, require_backend
 
@@ -77,18 +76,20 @@ def quantize_step(
         on_step("loading the model")
     loaded = load_model(None, plan.checkpoint)
     result = quantize(
-        loaded, plan.int8, calib_data=plan.calib, config=plan.quantize, on_step=on_step, on_progress=on_progress, **kw
+        loaded, plan.int8, calib_data=plan.calib, config=plan.quantize, on_step=on_step, on_progress=on_progress
     )
+    assert not isinstance(result, Skipped)  # reuse=False: never skipped
     return loaded, result
 
 
 def validate_step(plan: DemoPlan, *, progress: Callable[[int, int], None] | None = None, **kw: Any) -> ValidationReport:
     """Step 2: ``plan.int8`` vs the FP32 checkpoint on the bundled test images, report in ``plan.report``;
     AccuracyError (with ``.report``) when the drop exceeds the plan's max_drop."""
+    from edgeconvnext.artifacts import Skipped
     from edgeconvnext.evaluate.validate import validate
 
     cfg = plan.validate
-    return validate(
+    rep = validate(
         plan.int8,
         plan.val,
         checkpoint=plan.checkpoint,
@@ -97,5 +98,6 @@ def validate_step(plan: DemoPlan, *, progress: Callable[[int, int], None] | None
         limit=cfg.limit,
         report=plan.report,
         progress=progress,
-        **kw,
     )
+    assert not isinstance(rep, Skipped)  # reuse=False: never skipped
+    return rep

@@ -7,9 +7,10 @@ Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel`, calibration image
 - ``OUT.onnx``: explicit QuantizeLinear/DequantizeLinear, signed INT8, zero point 0, weights per output
   channel, activations per tensor, opset 17, the FP32 export's metadata plus
   ``edgeconvnext.precision = "int8"`` and ``edgeconvnext.quantization`` (JSON);
-- ``OUT.onnx.json``: sidecar: placement table, backend and its settings, calibration method, manifest
-  sha256, calibration wall time (the backend step: statistics and Q/DQ insertion), peak RSS,
-  INT8-vs-FP32 agreement on calibration images, TensorRT check, source sha256, library versions;
+- ``OUT.onnx.json``: the sidecar (:class:`~edgeconvnext.artifacts.Sidecar`): inputs (checkpoint,
+  calibration folder or manifest), outputs, resolved config, library versions, timings; details:
+  placement table, backend and its settings, calibration (manifest sha256, wall time of the backend
+  step), peak RSS, INT8-vs-FP32 agreement on calibration images, TensorRT check;
 - ``OUT.calib.json``: the calibration manifest (calibration/README.md);
 - ``OUT.fp32.onnx`` (+ its export sidecar): the FP32 model the INT8 one was made from, kept by default as
   the baseline for ``validate --baseline`` (same export, same graph: the fair comparison);
@@ -37,11 +38,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.artifacts import atomic_output, check_output, environment, sidecar_path
+from edgeconvnext.artifacts import (
+    Sidecar,
+    Skipped,
+    atomic_output,
+    check_output,
+    environment,
+    input_ref,
+    reuse_if_current,
+    sidecar_path,
+)
 from edgeconvnext.data.calibration import CalibrationSet, load_manifest, select_images
 from edgeconvnext.errors import ExportError, RuleViolation, UsageError, require
 from edgeconvnext.quantize import policy as policy_mod
@@ -222,10 +231,14 @@ def quantize(
     on_progress: Callable[[int, int], None] | None = None,
     val: ValSet | None = None,
     budget: Budget | None = None,
-) -> QuantizeResult:
+    reuse: bool = False,
+) -> QuantizeResult | Skipped:
     """Quantize ``loaded`` to ``output`` (see the module doc). ``on_step`` gets a description of each step,
     ``on_progress`` (done, total) during image loading and calibration. With ``val`` and ``budget`` the INT8
     placement is chosen by the accuracy-budget search (quantize/budget.py; AccuracyError when it cannot be met).
+    ``reuse``: return :class:`~edgeconvnext.artifacts.Skipped` without quantizing when ``output``'s sidecar
+    matches (same checkpoint and calibration images, config and library versions; the files it lists
+    unchanged); never with a budget (its validation images are not part of the match).
 
     Raises UsageError / DataError / BackendMissing before any heavy work when options or data are wrong,
     ExportError when export or the backend fails, RuleViolation when the result breaks a TensorRT rule.
@@ -243,6 +256,13 @@ def quantize(
         raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
     # --exclude patterns are checked against the torch modules now, before minutes of work
     policy_mod.check_excludes(cfg.exclude, policy_mod.torch_layer_names(loaded.model))
+    key = _key(loaded, cfg, calib_data, calib_manifest)
+    if (
+        reuse
+        and budget is None
+        and (reused := reuse_if_current(output, stage="quantize", inputs=key[0], config=key[1]))
+    ):
+        return reused
 
     pp = loaded.preprocess
     if calib_manifest is not None:
@@ -270,7 +290,27 @@ def quantize(
         note = warn_if_calibration(val, cs.paths, cs.root)
         if note:
             notes.append(note)
-    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0, val=val, budget=budget, notes=notes)
+    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0, key, val=val, budget=budget, notes=notes)
+
+
+def _key(
+    loaded: LoadedModel, cfg: QuantizeConfig, calib_data: str | Path | None, calib_manifest: str | Path | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sidecar's inputs (checkpoint, calibration images) and resolved config, known before any work."""
+    inputs = [input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else []
+    if calib_manifest is not None:
+        inputs.append(input_ref("calib_manifest", calib_manifest))
+    else:
+        inputs.append(input_ref("calib_data", calib_data))
+    config = {
+        **cfg.to_dict(),
+        "arch": loaded.arch.name,
+        "num_classes": int(loaded.model.num_classes),
+        "img_size": pp_size(loaded),
+        "preprocess": loaded.preprocess.to_dict(),
+        "opset": 17,
+    }
+    return inputs, config
 
 
 def _quantize_with(
@@ -281,6 +321,7 @@ def _quantize_with(
     step: Callable[[str], None],
     on_progress: Callable[[int, int], None] | None,
     t0: float,
+    key: tuple[list[dict[str, Any]], dict[str, Any]],
     *,
     val: ValSet | None = None,
     budget: Budget | None = None,
@@ -345,10 +386,11 @@ def _quantize_with(
                 seconds=time.perf_counter() - t0,
                 rss=rss,
             )
-            sidecar["smoothing"] = smoothing.to_dict() if smoothing is not None else None
-            sidecar["budget"] = budget_result.to_dict() if budget_result is not None else None
-            sidecar["notes"] = [*sidecar["notes"], *notes]
-            t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+            sidecar.inputs, sidecar.config = key
+            sidecar.details["smoothing"] = smoothing.to_dict() if smoothing is not None else None
+            sidecar.details["budget"] = budget_result.to_dict() if budget_result is not None else None
+            sidecar.details["notes"] = [*sidecar.details["notes"], *notes]
+            t_side.write_text(sidecar.to_json())
     if not cfg.keep_fp32 and paths["fp32"].exists():
         log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
     log.info(
@@ -420,6 +462,7 @@ def _export_and_place(
 
     step(f"exporting {loaded.arch.name} FP32 ONNX ({pp_size(loaded)} px, verified against torch)")
     exp = export_onnx(loaded, fp32_path, precision="fp32", opset=17, batch=None, verify=True)
+    assert not isinstance(exp, Skipped)  # reuse=False: always exported
     fp32_model = onnx.load(str(exp.path))
     placement = policy_mod.plan(fp32_model, cfg.policy, cfg.exclude)
     return exp, fp32_model, placement
@@ -545,67 +588,69 @@ def _quantize_sidecar(
     calib_s: float,
     seconds: float,
     rss: float,
-) -> dict[str, Any]:
-    """What ``OUT.onnx.json`` records of a quantization."""
+) -> Sidecar:
+    """What ``OUT.onnx.json`` records of a quantization (the caller adds inputs and config)."""
     from edgeconvnext.onnx.metadata import decode_metadata
 
-    return {
-        "stage": "quantize",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # the bytes being written, without reading them back
-        "output": {"path": paths["onnx"].name, "bytes": len(data), "sha256": _sha256_bytes(data)},
-        "metadata": decode_metadata({p.key: p.value for p in q.metadata_props}),
-        "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
-        "source": {
-            "path": str(loaded.source) if loaded.source else None,
-            "sha256": loaded.source_sha256,
-            "format": loaded.source_format,
-        },
-        "config": {
-            **cfg.to_dict(),
-            "img_size": pp_size(loaded),
-            "preprocess": loaded.preprocess.to_dict(),
-            "opset": 17,
-        },
-        "backend": settings,
-        "placement": {
-            "int8_layers": sum(p.int8 for p in placement),
-            "layers": len(placement),
-            "int8_macs_share": policy_mod.int8_macs_share(placement),
-            "table": policy_mod.table(placement),
-            "layers_detail": [p.to_dict() for p in placement],
-        },
-        "calibration": {
-            "manifest": paths["manifest"].name,
-            "manifest_sha256": _sha256_bytes(manifest_bytes),
-            "source": cs.source,
-            "root": str(cs.root),
-            "images": len(cs),
-            "skipped": len(cs.skipped),
-            "seed": cs.seed,
-            "requested_size": cs.requested,
-            "method": cfg.calib_method,
-            "wall_s": round(calib_s, 3),
-        },
-        "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
-        "agreement_vs_fp32": agreement,
-        "trt_check": {
-            "ok": report.ok,
-            "opset": report.opset,
-            "n_quantize": report.n_quantize,
-            "n_dequantize": report.n_dequantize,
-            "warnings": report.warnings,
-        },
-        "peak_rss_mb": round(rss, 1),
-        "timings": {
+    manifest_sha = _sha256_bytes(manifest_bytes)
+    # the bytes being written, without reading them back
+    outputs = [
+        {"path": paths["onnx"].name, "bytes": len(data), "sha256": _sha256_bytes(data)},
+        {"path": paths["manifest"].name, "bytes": len(manifest_bytes), "sha256": manifest_sha},
+    ]
+    if cfg.keep_fp32:
+        outputs.append({"path": paths["fp32"].name, "bytes": exp.size_bytes, "sha256": exp.sha256})
+    return Sidecar(
+        stage="quantize",
+        outputs=outputs,
+        environment=environment(device="cpu"),
+        timings={
             "load_s": round(cs.load_seconds, 3),
             "calibration_s": round(calib_s, 3),
             "export_s": round(exp.seconds, 3),
             "total_s": round(seconds, 3),
         },
-        "notes": list(getattr(loaded, "notes", []) or []),
-        "environment": environment(),
-    }
+        details={
+            "metadata": decode_metadata({p.key: p.value for p in q.metadata_props}),
+            "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+            "source": {
+                "path": str(loaded.source) if loaded.source else None,
+                "sha256": loaded.source_sha256,
+                "format": loaded.source_format,
+            },
+            "backend": settings,
+            "placement": {
+                "int8_layers": sum(p.int8 for p in placement),
+                "layers": len(placement),
+                "int8_macs_share": policy_mod.int8_macs_share(placement),
+                "table": policy_mod.table(placement),
+                "layers_detail": [p.to_dict() for p in placement],
+            },
+            "calibration": {
+                "manifest": paths["manifest"].name,
+                "manifest_sha256": manifest_sha,
+                "source": cs.source,
+                "root": str(cs.root),
+                "images": len(cs),
+                "skipped": len(cs.skipped),
+                "seed": cs.seed,
+                "requested_size": cs.requested,
+                "method": cfg.calib_method,
+                "wall_s": round(calib_s, 3),
+            },
+            "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
+            "agreement_vs_fp32": agreement,
+            "trt_check": {
+                "ok": report.ok,
+                "opset": report.opset,
+                "n_quantize": report.n_quantize,
+                "n_dequantize": report.n_dequantize,
+                "warnings": report.warnings,
+            },
+            "peak_rss_mb": round(rss, 1),
+            "notes": list(getattr(loaded, "notes", []) or []),
+        },
+    )
 
 
 def pp_size(loaded: LoadedModel) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeconvnext.artifacts import read_sidecar
+from edgeconvnext.artifacts import Sidecar
 from edgeconvnext.engine.compat import check_compatibility, check_plan_file
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.evaluate.latency import LatencyStats, summarize
@@ -118,7 +118,8 @@ class TensorRTRunner(Runner):
         self.trt = trt
         self.cuda = open_cuda_device(device)
         self.device = device
-        self.sidecar = read_sidecar(self.path)
+        sc = Sidecar.read(self.path)
+        self.sidecar = sc.details if sc is not None else None  # what build-engine recorded about the build
         compat = check_compatibility(
             self.sidecar,
             trt_version=str(trt.__version__),

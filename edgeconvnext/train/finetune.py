@@ -29,7 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeconvnext.artifacts import check_output, environment, sha256_file, sidecar_path, write_json_atomic
+from edgeconvnext.artifacts import (
+    Sidecar,
+    Skipped,
+    check_output,
+    environment,
+    input_ref,
+    output_ref,
+    reuse_if_current,
+    sidecar_path,
+    write_json_atomic,
+)
 from edgeconvnext.data.augment import TrainTransform
 from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden
 from edgeconvnext.data.preprocess import eval_transform
@@ -240,8 +250,18 @@ def _evaluate(model: torch.nn.Module, loader, device: str, hook: ProgressHook) -
     return loss_sum / n, 100.0 * correct / n, skipped
 
 
-def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> FinetuneResult:
-    """Run (or resume) fine-tuning as ``cfg`` says; returns the summary, the checkpoint is at cfg.output."""
+#: settings that do not change what a run produces (where it goes, how fast it gets there)
+_NOT_IN_KEY = ("train_data", "val_data", "output", "resume", "workers", "threads", "allow_unsafe")
+
+
+def finetune(
+    cfg: FinetuneConfig, progress: ProgressHook | None = None, *, reuse: bool = False
+) -> FinetuneResult | Skipped:
+    """Run (or resume) fine-tuning as ``cfg`` says; returns the summary, the checkpoint is at cfg.output.
+
+    ``reuse``: return :class:`~edgeconvnext.artifacts.Skipped` without training when the output's sidecar
+    matches (same train/val folders and starting checkpoint, same settings and library versions; the
+    checkpoint unchanged)."""
     import torch
     import torch.nn.functional as F
 
@@ -252,6 +272,12 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
     # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
     check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
     check_device(cfg.device)
+    inputs = [input_ref("train_data", cfg.train_data), input_ref("val_data", cfg.val_data)]
+    if cfg.checkpoint is not None:
+        inputs.append(input_ref("checkpoint", cfg.checkpoint))
+    key_config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
+    if reuse and (reused := reuse_if_current(cfg.output, stage="finetune", inputs=inputs, config=key_config)):
+        return reused
     hook: ProgressHook = progress or LogProgress()
     t_start = time.perf_counter()
     notes: list[str] = []
@@ -422,20 +448,24 @@ def finetune(cfg: FinetuneConfig, progress: ProgressHook | None = None) -> Finet
     )
     write_json_atomic(
         sidecar_path(cfg.output),
-        {
-            "stage": "finetune",
-            "output": str(cfg.output),
-            "output_sha256": sha256_file(cfg.output),
-            "arch": loaded.arch.name,
-            "init_checkpoint": init["checkpoint"],
-            "init_sha256": init["sha256"],
-            "train_data": str(cfg.train_data),
-            "train_images": len(train_ds),
-            "val_data": str(cfg.val_data),
-            "val_images": len(val_ds),
-            "config": cfg.to_dict(),
-            "result": result_obj.to_dict(),
-            "environment": environment(),
-        },
+        Sidecar(
+            stage="finetune",
+            inputs=inputs,
+            outputs=[output_ref(cfg.output)],
+            config=key_config,
+            environment=environment(device=cfg.device),
+            timings={"total_s": round(seconds, 3)},
+            details={
+                "arch": loaded.arch.name,
+                "init_checkpoint": init["checkpoint"],
+                "init_sha256": init["sha256"],
+                "train_data": str(cfg.train_data),
+                "train_images": len(train_ds),
+                "val_data": str(cfg.val_data),
+                "val_images": len(val_ds),
+                "args": cfg.to_dict(),
+                "result": result_obj.to_dict(),
+            },
+        ).to_dict(),
     )
     return result_obj
