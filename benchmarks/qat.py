@@ -190,13 +190,13 @@ def accuracy_row(model: str, ckpt: Path, policy: str, labels: bool, scales: str,
     side = json.loads((out / "qat.onnx.json").read_text())
     fp32 = logits(out / "ptq.fp32.onnx", x)
     r_ptq, r_qat = compare(fp32, logits(ptq, x), y), compare(fp32, logits(q, x), y)
-    hist = side["training"]["history"]
+    hist = side["details"]["training"]["history"]
     return {
         "model": model,
         "policy": policy,
-        "mode": side["training"]["mode"],
+        "mode": side["details"]["training"]["mode"],
         "scales": scales,
-        "procs": side["training"]["world_size"],
+        "procs": side["details"]["training"]["world_size"],
         "fp32": float((fp32.argmax(1) == y).mean() * 100),
         "ptq": r_ptq,
         "qat": r_qat,

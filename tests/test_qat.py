@@ -231,12 +231,14 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     assert_trt_graph(onnx.load(str(r.path)))  # weights stored as int8 + DequantizeLinear, as PTQ stores them
     assert [x.layer for x in report.int8_layers] == [p.layer for p in r.placement if p.int8]
     side = json.loads(paths["sidecar"].read_text())
-    assert side["method"] == "qat" and side["training"]["mode"] == "labels+distillation"
-    assert side["fake_quant"]["scales"] == "frozen" and side["training"]["world_size"] == 1
-    par = side["parity_onnx_vs_torch"]
+    assert side["config"]["method"] == "qat" and side["details"]["training"]["mode"] == "labels+distillation"
+    assert side["details"]["fake_quant"]["scales"] == "frozen" and side["details"]["training"]["world_size"] == 1
+    par = side["details"]["parity_onnx_vs_torch"]
     assert par["top1_agreement"] == 1.0 and par["rel_diff"] < 1e-3 and par["images"] == 12
-    assert len(side["training"]["history"]) == 2 and all(h["steps"] == 2 for h in side["training"]["history"])
-    assert side["training"]["history"][-1]["val_top1"] is not None
+    assert len(side["details"]["training"]["history"]) == 2 and all(
+        h["steps"] == 2 for h in side["details"]["training"]["history"]
+    )
+    assert side["details"]["training"]["history"][-1]["val_top1"] is not None
     meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
     assert meta["edgeconvnext.precision"] == "int8" and json.loads(meta["edgeconvnext.quantization"])["method"] == "qat"
     # the QAT checkpoint: a plain edgeconvnext checkpoint (validate / export / finetune read it) + quantizer state
@@ -310,8 +312,11 @@ def test_cli_label_free(world, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert str(out) in last and "distillation only" in last
     side = json.loads((tmp_path / "lf.onnx.json").read_text())
-    assert side["training"]["mode"] == "distillation only" and side["training"]["distill_weight"] == 1.0
-    assert side["fake_quant"]["scales"] == "learned" and check_file(out).ok
+    assert (
+        side["details"]["training"]["mode"] == "distillation only"
+        and side["details"]["training"]["distill_weight"] == 1.0
+    )
+    assert side["details"]["fake_quant"]["scales"] == "learned" and check_file(out).ok
 
 
 def test_two_processes_gloo_only_rank0_writes(world, tmp_path):
@@ -328,8 +333,8 @@ def test_two_processes_gloo_only_rank0_writes(world, tmp_path):
     assert names == ["ddp.calib.json", "ddp.onnx", "ddp.onnx.json", "ddp.qat.pt"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
     side = json.loads((out.parent / "ddp.onnx.json").read_text())
-    assert side["training"]["world_size"] == 2 and side["training"]["backend"] == "gloo"
-    assert side["training"]["history"][0]["images"] == 8  # 1 step x batch 4 x 2 ranks
+    assert side["details"]["training"]["world_size"] == 2 and side["details"]["training"]["backend"] == "gloo"
+    assert side["details"]["training"]["history"][0]["images"] == 8  # 1 step x batch 4 x 2 ranks
     assert check_file(out).ok
 
 

@@ -41,13 +41,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeconvnext.artifacts import atomic_output, check_output, environment
+from edgeconvnext.artifacts import Sidecar, Skipped, atomic_output, check_output, environment, input_ref
 from edgeconvnext.errors import CheckpointError, DataError, ExportError, UsageError, nearest
 from edgeconvnext.quantize import policy as policy_mod
 from edgeconvnext.quantize.config import Method
@@ -417,6 +416,7 @@ def start_from_ptq(
         on_step=on_step,
         on_progress=on_progress,
     )
+    assert not isinstance(res, Skipped)  # reuse=False: always quantized
     ptq_bytes = out.read_bytes()
     scales = scales_from_onnx(onnx.load_from_string(ptq_bytes), res.placement)
     paths = output_paths(out)
@@ -438,11 +438,12 @@ def start_from_ptq(
             f"{check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > {PARITY_REL_TOL:g}); a pre-quantization "
             "transform of PTQ is not applied to the torch model (quantize.qat.prepare_float)"
         )
-    sidecar = json.loads(paths["sidecar"].read_text())
+    ptq_side = Sidecar.read(paths["onnx"])
+    ptq_details = ptq_side.details if ptq_side is not None else {}
     summary = {
         "agreement_vs_fp32": res.agreement,
-        "calibration": sidecar.get("calibration"),
-        "backend": sidecar.get("backend"),
+        "calibration": ptq_details.get("calibration"),
+        "backend": ptq_details.get("backend"),
         "int8_layers": sum(p.int8 for p in res.placement),
         "layers": len(res.placement),
     }
@@ -1163,63 +1164,68 @@ def _run(
             t_ckpt, plain, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess, extra=extra
         )
         ckpt_sha = _sha256(t_ckpt.read_bytes())
-        sidecar = {
-            "stage": "quantize",
-            "method": "qat",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "output": {"path": paths["onnx"].name, "bytes": len(onnx_bytes), "sha256": digest},
-            "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
-            "source": {
-                "path": str(loaded.source) if loaded.source else None,
-                "sha256": loaded.source_sha256,
-                "format": loaded.source_format,
-            },
-            "config": {
+        sidecar = Sidecar(
+            stage="quantize",
+            inputs=[input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else [],
+            outputs=[
+                {"path": paths["onnx"].name, "bytes": len(onnx_bytes), "sha256": digest},
+                {"path": stem_ckpt.name, "bytes": t_ckpt.stat().st_size, "sha256": ckpt_sha},
+            ],
+            config={
                 **qcfg.to_dict(),
                 "method": "qat",
                 "qat": cfg.to_dict(),
                 "img_size": int(loaded.preprocess.img_size),
                 "preprocess": loaded.preprocess.to_dict(),
                 "opset": 17,
+            },
+            environment=environment(device=cfg.device),
+            timings={"total_s": round(seconds, 3)},
+            details={
+                "method": "qat",
                 "exporter": "torch.onnx.export (TorchScript, dynamo=False) of torch.fake_quantize_per_*_affine",
+                "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+                "source": {
+                    "path": str(loaded.source) if loaded.source else None,
+                    "sha256": loaded.source_sha256,
+                    "format": loaded.source_format,
+                },
+                "fake_quant": {
+                    "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
+                    "scales": cfg.scales,
+                    "scales_note": "frozen: the calibrated PTQ scales, not trained"
+                    if cfg.scales == "frozen"
+                    else "learned: LSQ step sizes trained with the weights",
+                    "activations": "per tensor, int8 [-128, 127], zero point 0",
+                    "weights": "per output channel, int8 [-128, 127], zero point 0",
+                    "gradients": "straight-through",
+                },
+                "training": train_summary,
+                "placement": {
+                    "int8_layers": sum(p.int8 for p in placement),
+                    "layers": len(placement),
+                    "int8_macs_share": policy_mod.int8_macs_share(placement),
+                    "table": policy_mod.table(placement),
+                    "layers_detail": [p.to_dict() for p in placement],
+                },
+                "calibration": ptq_summary.get("calibration"),
+                "ptq": ptq_summary,
+                "start_vs_ptq": start_vs_ptq,
+                "parity_onnx_vs_torch": parity,
+                "agreement_vs_fp32": agreement,
+                "fp32_baseline": {"path": paths["fp32"].name} if t_fp is not None else None,
+                "qat_checkpoint": {"path": stem_ckpt.name, "sha256": ckpt_sha},
+                "trt_check": {
+                    "ok": report.ok,
+                    "opset": report.opset,
+                    "n_quantize": report.n_quantize,
+                    "n_dequantize": report.n_dequantize,
+                    "warnings": report.warnings,
+                },
+                "notes": list(getattr(loaded, "notes", []) or []) + notes,
             },
-            "fake_quant": {
-                "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
-                "scales": cfg.scales,
-                "scales_note": "frozen: the calibrated PTQ scales, not trained"
-                if cfg.scales == "frozen"
-                else "learned: LSQ step sizes trained with the weights",
-                "activations": "per tensor, int8 [-128, 127], zero point 0",
-                "weights": "per output channel, int8 [-128, 127], zero point 0",
-                "gradients": "straight-through",
-            },
-            "training": train_summary,
-            "placement": {
-                "int8_layers": sum(p.int8 for p in placement),
-                "layers": len(placement),
-                "int8_macs_share": policy_mod.int8_macs_share(placement),
-                "table": policy_mod.table(placement),
-                "layers_detail": [p.to_dict() for p in placement],
-            },
-            "calibration": ptq_summary.get("calibration"),
-            "ptq": ptq_summary,
-            "start_vs_ptq": start_vs_ptq,
-            "parity_onnx_vs_torch": parity,
-            "agreement_vs_fp32": agreement,
-            "fp32_baseline": {"path": paths["fp32"].name} if t_fp is not None else None,
-            "qat_checkpoint": {"path": stem_ckpt.name, "sha256": ckpt_sha},
-            "trt_check": {
-                "ok": report.ok,
-                "opset": report.opset,
-                "n_quantize": report.n_quantize,
-                "n_dequantize": report.n_dequantize,
-                "warnings": report.warnings,
-            },
-            "timings": {"total_s": round(seconds, 3)},
-            "notes": list(getattr(loaded, "notes", []) or []) + notes,
-            "environment": environment(),
-        }
-        t_side.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+        )
+        t_side.write_text(sidecar.to_json())
     if paths["state"].exists():
         paths["state"].unlink()
     d.barrier()
