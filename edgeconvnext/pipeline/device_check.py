@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext.artifacts import sha256_file
+from edgeconvnext.artifacts import Sidecar, Skipped, sha256_file
 from edgeconvnext.errors import BackendMissing, EdgeError, UsageError
 
 #: trtexec's timing flags, as KNOWLEDGE.md advises: CUDA graphs, spin-wait, no host transfers
@@ -219,8 +219,10 @@ def device_check(opts: DeviceCheckOptions) -> DeviceCheckResult:
         else:
             ledger.forget(name)
             r = build_engine(req, step=step)
+            assert not isinstance(r, Skipped)  # reuse=False: the ledger decides skipping
             ledger.record(name, key, [r.engine, r.sidecar], {"precision": r.precision})
-        side = json.loads((dest.with_name(dest.name + ".json")).read_text())
+        sc = Sidecar.read(dest)
+        side = sc.details if sc is not None else {}  # what build-engine recorded (precision, profile...)
         engines.append((o, dest, side))
 
     images, why = _images(bundle, manifest, opts.val_data)
@@ -298,6 +300,7 @@ def _validate_python(engines, bundle, manifest, images, batches, opts, notes, st
             backend="tensorrt",
             device="cuda",
         )
+        assert not isinstance(rep, Skipped)  # reuse=False
         rows += rows_from_validation(
             rep.to_dict(), artifact=dest.name, kind="engine", size_bytes=dest.stat().st_size, source="device"
         )

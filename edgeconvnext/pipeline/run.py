@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.artifacts import check_output, environment, sha256_file, write_json_atomic
+from edgeconvnext.artifacts import Skipped, check_output, environment, sha256_file, write_json_atomic
 from edgeconvnext.errors import AccuracyError, CheckpointError, DataError, EdgeError, UsageError, nearest
 from edgeconvnext.pipeline import STAGES
 from edgeconvnext.pipeline.state import Ledger, stage_key
@@ -424,6 +424,7 @@ class Pipeline:
             r = export_onnx(
                 self.loaded(), self.paths["fp32"], precision="fp32", opset=17, verify=True, on_step=self.ev.step
             )
+            assert not isinstance(r, Skipped)  # reuse=False: the pipeline's own ledger decides skipping
             result = {
                 "path": str(r.path.relative_to(self.out)),
                 "arch": self.loaded().arch.name,
@@ -600,6 +601,7 @@ class Pipeline:
             for key, onnx in self.onnx_artifacts():
                 dest = self.out / "engines" / (onnx.name[: -len(".onnx")] + ".engine")
                 r = build_engine(self.build_request(onnx, dest), step=self.ev.step)
+                assert not isinstance(r, Skipped)  # reuse=False
                 outs += [r.engine, r.sidecar]
                 engines.append({"key": key, "path": str(r.engine.relative_to(self.out)), "precision": r.precision})
             return (
@@ -733,6 +735,7 @@ class Pipeline:
                 latency=lat,
                 progress=self.ev.progress,
             )
+            assert not isinstance(rep, Skipped)  # reuse=False
             d = rep.to_dict()
             summary = (f"top-1 {rep.top1:.2f}%" if rep.top1 is not None else "accuracy not measured") + (
                 f", p50 {rep.latency[0]['p50_ms']:.2f} ms at batch {rep.latency[0]['batch']}" if rep.latency else ""
