@@ -144,13 +144,13 @@ def test_default_quantize_holds_on_outliers_where_minmax_collapses(tmp_path, out
     assert d["cosine_min"] > 0.99 > p["cosine_min"]
 
     side = json.loads((tmp_path / "default.onnx.json").read_text())
-    sm = side["smoothing"]
+    sm = side["details"]["smoothing"]
     assert sm["pairs"] == 9 and sm["outlier_ratio_before_max"] > 100 and sm["outlier_ratio_after_max"] < 20
-    reasons = {r["layer"]: r["reason"] for r in side["placement"]["layers_detail"]}
+    reasons = {r["layer"]: r["reason"] for r in side["details"]["placement"]["layers_detail"]}
     assert reasons["stages.0.blocks.0.mlp.fc1"].endswith("input equalised")
     assert reasons["stages.1.downsample.1"].endswith("input equalised")
     assert "equalised" not in reasons["stages.0.blocks.0.mlp.fc2"]  # fc2 reads GELU/GRN: nothing to fold
-    assert side["trt_check"]["ok"] and side["placement"]["int8_macs_share"] == pytest.approx(
-        json.loads((tmp_path / "plain.onnx.json").read_text())["placement"]["int8_macs_share"]
+    assert side["details"]["trt_check"]["ok"] and side["details"]["placement"]["int8_macs_share"] == pytest.approx(
+        json.loads((tmp_path / "plain.onnx.json").read_text())["details"]["placement"]["int8_macs_share"]
     )
-    assert json.loads((tmp_path / "plain.onnx.json").read_text())["smoothing"] is None
+    assert json.loads((tmp_path / "plain.onnx.json").read_text())["details"]["smoothing"] is None

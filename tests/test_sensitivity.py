@@ -67,7 +67,7 @@ def test_budget_search_stops_at_the_budget_and_passes_trt(tmp_path, data, capsys
     printed = capsys.readouterr().out
     assert "accuracy budget" in printed and "reuse: --exclude" in printed
     side = json.loads((tmp_path / "b.onnx.json").read_text())
-    b = side["budget"]
+    b = side["details"]["budget"]
     assert b["met"] and b["metric"] == "top1_drop" and b["value"] <= budget
     steps = b["steps"]
     assert steps[0]["layer"] is None and steps[0]["value"] > budget  # all-INT8 misses it
@@ -88,9 +88,9 @@ def test_budget_search_stops_at_the_budget_and_passes_trt(tmp_path, data, capsys
     layers = int8_layers(onnx.load(str(out)))
     assert not any(layers[name] for name in b["reverted"])
     assert sum(layers.values()) == INT8_LAYERS - len(b["reverted"])
-    assert side["placement"]["int8_macs_share"] == pytest.approx(steps[-1]["int8_macs_share"], abs=1e-4)
+    assert side["details"]["placement"]["int8_macs_share"] == pytest.approx(steps[-1]["int8_macs_share"], abs=1e-4)
     assert check_file(out).ok and main(["-q", "inspect", str(out), "--trt"]) == 0
-    detail = {r["layer"]: r for r in side["placement"]["layers_detail"]}
+    detail = {r["layer"]: r for r in side["details"]["placement"]["layers_detail"]}
     assert all(detail[name]["reason"].startswith("--max-drop: kept in higher precision") for name in b["reverted"])
     # the --exclude list reproduces the placement without a search
     again = tmp_path / "again.onnx"
@@ -116,11 +116,11 @@ def test_unlabelled_val_data_budgets_agreement_and_warns_on_calibration_images(t
     args = ["quantize", *common(data), "--val-data", str(data / "calib"), "--max-drop", "0.3", "--min-val-size", "10"]
     assert main([*args, "--max-disagree", "100", "-o", str(out)]) == 0
     side = json.loads((tmp_path / "u.onnx.json").read_text())
-    b = side["budget"]
+    b = side["details"]["budget"]
     assert b["metric"] == "disagreement" and b["limit"] == 100 and "--max-disagree" in b["note"]
     assert b["met"] and len(b["steps"]) == 1  # met by all-INT8: no ranking needed
     assert "no labels" in capsys.readouterr().out
-    assert any("calibration folder" in n and "optimistic" in n for n in side["notes"])
+    assert any("calibration folder" in n and "optimistic" in n for n in side["details"]["notes"])
 
 
 @pytest.mark.parametrize(

@@ -556,7 +556,7 @@ def analyse(
 
     import onnx
 
-    from edgeconvnext.quantize.ptq import quantize
+    from edgeconvnext.quantize.ptq import QuantizeResult, quantize
     from edgeconvnext.quantize.valset import warn_if_calibration
 
     t0 = time.perf_counter()
@@ -576,6 +576,7 @@ def analyse(
             on_step=on_step,
             on_progress=on_progress,
         )
+        assert isinstance(res, QuantizeResult)  # reuse=False: always quantized
         q = onnx.load(str(res.path))
         fp32 = onnx.load(str(res.fp32_path))
         manifest = json.loads(Path(res.manifest).read_text())
