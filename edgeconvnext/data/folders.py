@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconvnext.data.preprocess import eval_transform, open_rgb
+from edgeconvnext.data.preprocess import preprocess_image
 from edgeconvnext.errors import DataError
 from edgeconvnext.models.registry import Preprocess
 
@@ -298,7 +298,7 @@ def decode_workers() -> int:
 
 def _decode_one(p: Path, pp: Preprocess) -> tuple[np.ndarray | None, str | None]:
     try:
-        return eval_transform(open_rgb(p), pp), None
+        return preprocess_image(p, pp), None
     except DataError as e:
         return None, str(e)
 
@@ -309,7 +309,7 @@ def decode_images(
     """Yield (path, preprocessed (3,S,S) array or None, reason it could not be read or None) for each of
     ``paths`` in order, decoded by a thread pool up to ``ahead`` images in front of the consumer (so the
     decoding of the next images overlaps whatever the consumer does with the last ones). Same arrays as
-    ``eval_transform(open_rgb(p), pp)``; closing the generator early cancels what is queued."""
+    ``preprocess_image(p, pp)``; closing the generator early cancels what is queued."""
     n_workers = workers or decode_workers()
     it = iter(paths)
     if n_workers <= 1:

@@ -38,14 +38,30 @@ def _pil_interp(name: str):
         raise UsageError(f"unknown interpolation '{name}'; use one of {', '.join(_INTERP)}") from None
 
 
+#: resized images larger than this are refused when Pillow's own limit is off (MAX_IMAGE_PIXELS = None)
+_FALLBACK_MAX_PIXELS = 89_478_485
+
+
 def resize_shorter(img, size: int, interpolation: str = "bicubic"):
-    """Resize so the shorter side is ``size``, as torchvision.transforms.Resize(int) does."""
+    """Resize so the shorter side is ``size``, as torchvision.transforms.Resize(int) does.
+
+    Raises DataError when the result would exceed Pillow's decompression-bomb limit: a 121-byte 1x20000 PNG
+    resized to 256 on its short side is 1.3 G pixels (about 4 GB); Pillow's own guard counts only the source.
+    """
+    from PIL import Image
+
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     if short == size:
         return img
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    limit = Image.MAX_IMAGE_PIXELS or _FALLBACK_MAX_PIXELS
+    if new_w * new_h > limit:
+        raise DataError(
+            f"resizing its {w}x{h} pixels to {new_w}x{new_h} (shorter side {size}) would need "
+            f"{new_w * new_h / 1e6:.0f} M pixels, over the decompression-bomb limit of {limit / 1e6:.0f} M"
+        )
     return img.resize((new_w, new_h), _pil_interp(interpolation))
 
 
@@ -107,4 +123,9 @@ def eval_transform(img, pp: Preprocess) -> np.ndarray:
 
 
 def preprocess_image(path: str | Path, pp: Preprocess) -> np.ndarray:
-    return eval_transform(open_rgb(path), pp)
+    """Open and preprocess one file; DataError naming the file when it cannot be read or resized."""
+    img = open_rgb(path)
+    try:
+        return eval_transform(img, pp)
+    except DataError as e:
+        raise DataError(f"cannot read image {path}: {e}") from None

@@ -82,10 +82,12 @@ class ImageDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int] | None:
+        img = None
         try:
-            return self.transform(open_rgb(self.paths[i])), self.labels[i]
-        except DataError as e:
-            log.warning("skipping %s", e)
+            img = open_rgb(self.paths[i])
+            return self.transform(img), self.labels[i]
+        except DataError as e:  # open_rgb's message names the file; a transform's (a resize bomb) does not
+            log.warning("skipping %s", e if img is None else f"{self.paths[i]}: {e}")
             return None
 
 
