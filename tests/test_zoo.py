@@ -17,6 +17,43 @@ def test_params_and_macs_match_published(name):
     assert abs(stats["gmacs"] / arch.published_gmacs - 1) < 0.03
 
 
+def _traced_stats(arch, img_size: int, num_classes: int) -> dict[str, float]:
+    """Params and conv/linear MACs of the built model on the meta device (parameters + forward hooks)."""
+    from torch import nn
+
+    model = zoo.create_model(arch, num_classes=num_classes, device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3] if isinstance(m, nn.Conv2d) else m.in_features
+        macs += out.numel() * k
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.empty(1, 3, img_size, img_size, device="meta"))
+    return {"params_m": params / 1e6, "gmacs": macs / 1e9}
+
+
+@pytest.mark.parametrize(
+    "name,img_size,num_classes",
+    [
+        ("convnext_test", 32, 10),
+        ("convnextv2_test", 50, 3),  # not a multiple of 32: the floors of each stride
+        ("convnextv2_test", 224, 1000),
+        ("convnext_atto", 224, 1000),
+        ("convnextv2_atto", 97, 7),
+        ("convnextv2_nano", 64, 1000),
+    ],
+)
+def test_analytic_counts_equal_the_built_model(name, img_size, num_classes):
+    got = zoo.count_stats(zoo.ARCHS[name], img_size=img_size, num_classes=num_classes)
+    assert got == _traced_stats(zoo.ARCHS[name], img_size, num_classes)
+
+
 @pytest.mark.parametrize("name", list(zoo.ARCHS))
 def test_every_arch_builds_on_meta_and_has_flags(name):
     arch = zoo.ARCHS[name]

@@ -22,6 +22,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: rich's boxed table cut option names at 80 columns ("--allow-unsafe-…") and gave every
+    # flag a "<bool>" metavar
+    rich_markup_mode=None,
 )
 
 
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         return code
-    except NoArgsIsHelpError as e:  # the help was printed
+    except NoArgsIsHelpError as e:  # no command: the help (click's plain formatter leaves printing it to us)
+        print(e.format_message())
         return e.exit_code
     except ClickException as e:
         ctx = getattr(e, "ctx", None) if isinstance(e, ClickUsageError) else None

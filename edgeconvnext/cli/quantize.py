@@ -104,6 +104,7 @@ ExcludeOpt = Annotated[
     typer.Option(
         "--exclude",
         help="Keep layers matching this fnmatch pattern out of INT8 (repeatable), e.g. 'stages.2.blocks.*.mlp.fc2'.",
+        metavar="PATTERN",
     ),
 ]
 ManifestOpt = Annotated[
@@ -347,22 +348,12 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
         )
         return
     if not STATE.quiet:
-        from rich.markup import escape
-        from rich.table import Table
-
-        t = Table(
-            title=f"INT8 placement ({result.config.policy} policy"
+        title = (
+            f"INT8 placement ({result.config.policy} policy"
             + (f", --exclude {' '.join(result.config.exclude)}" if result.config.exclude else "")
-            + ")",
-            title_justify="left",
+            + ")"
         )
-        for col in ("layer", "op", "precision", "MACs", "why"):
-            t.add_column(col, justify="right" if col == "MACs" else "left", no_wrap=col != "why")
-        for r in result.table():
-            name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
-            share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
-            t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
-        c.print(t)
+        c.print(placement_table(result.table(), title))
         if result.smoothing is not None:
             sm = result.smoothing
             c.print(
@@ -406,6 +397,25 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
             f"{cfg.calib_method})  {result.seconds:.1f} s"
         )
     )
+
+
+def placement_table(rows: list[dict[str, Any]], title: str) -> Any:
+    """The placement rows as a rich table that stays one line per row at 80 columns (no vertical rules; the
+    boxed version wrapped the "why" cells of a nano into three-line rows)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
+    )
+    for col, just in (("layer", "left"), ("op", "left"), ("prec.", "left"), ("MACs", "right"), ("why", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "why")
+    for r in rows:
+        name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
+        share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
+        t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
+    return t
 
 
 class _Progress:
