@@ -213,14 +213,10 @@ def count_stats(arch: Arch | str, img_size: int = 224, num_classes: int = 1000) 
             side //= 2
             params += 2 * d[i - 1] + 4 * d[i - 1] * dim + dim
             macs += 4 * d[i - 1] * dim * side * side
-        block = (
-            49 * dim + dim  # 7x7 depthwise conv
-            + 2 * dim  # LayerNorm
-            + 4 * dim * dim + 4 * dim  # fc1
-            + 4 * dim * dim + dim  # fc2
-            + (2 * 4 * dim if a.use_grn else 0)  # GRN gamma, beta
-            + (dim if a.ls_init_value is not None else 0)  # LayerScale
-        )
+        dw = 49 * dim + dim  # 7x7 depthwise conv
+        mlp = (4 * dim * dim + 4 * dim) + (4 * dim * dim + dim)  # fc1, fc2
+        extra = 8 * dim if a.use_grn else dim if a.ls_init_value is not None else 0  # GRN gamma/beta | LayerScale
+        block = dw + 2 * dim + mlp + extra  # 2 * dim: the block's LayerNorm
         params += depth * block
         macs += depth * (49 * dim + 8 * dim * dim) * side * side
     params += 2 * d[-1] + d[-1] * num_classes + num_classes  # head: LayerNorm + fc
