@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeconvnext.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -73,14 +77,120 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _temp_beside(dest: Path) -> Path:
-    """Create the parent folders and an empty temporary file beside ``dest``; UsageError when impossible."""
+    """Create the parent folders and an empty temporary file beside ``dest``; UsageError when impossible.
+
+    The name carries this process's id (``.model.onnx.<pid>.<random>.partial``) so the next run writing the
+    same output can remove what a killed run (SIGKILL, power loss) left, without touching a live writer's.
+    """
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        remove_stale_temps(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".partial", dir=dest.parent)
     except OSError as e:
         raise _cannot_write(dest, e) from None
     os.close(fd)
     return Path(tmp)
+
+
+_TEMP_DIR_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def temp_dir_beside(dest: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest`` (same file system, so its files can be moved into place; the system's
+    temporary folder while dest's folder does not exist), removed on exit, including on Ctrl-C / SIGTERM; one
+    left by a killed run is removed by the next run for ``dest``."""
+    import shutil
+
+    dest = Path(dest)
+    where = dest.parent if dest.parent.is_dir() else None  # a missing folder is not created for a temporary
+    try:
+        if where is not None:
+            remove_stale_temps(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=_TEMP_DIR_SUFFIX, dir=where))
+    except OSError as e:
+        raise _cannot_write(dest, e) from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(dest: str | Path) -> list[Path]:
+    """Remove the temporary files and folders for ``dest`` that a process no longer running left behind."""
+    import shutil
+
+    dest = Path(dest)
+    removed: list[Path] = []
+    try:
+        candidates = list(dest.parent.glob(f".{glob.escape(dest.name)}.*"))
+    except OSError:
+        return removed
+    for p in candidates:
+        rest = p.name[len(dest.name) + 2 :]
+        pid, _, tail = rest.partition(".")
+        if not pid.isdigit() or not tail.endswith((".partial", _TEMP_DIR_SUFFIX)) or _pid_alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) a killed run left beside %s", len(removed), dest)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------
+# termination signals: SIGTERM (timeout, kill, systemd) and SIGHUP (a closed terminal) take Ctrl-C's path, so
+# every atomic_output / temp_dir_beside cleans up; the CLI exits 128 + the signal number.
+
+_RECEIVED: list[int] = []
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    _RECEIVED.append(signum)
+    if len(_RECEIVED) == 1:  # a second signal must not break the cleanup the first one started
+        raise KeyboardInterrupt(signal_name(signum))
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[list[int]]:
+    """Within the block SIGTERM and SIGHUP raise KeyboardInterrupt (as SIGINT does); yields the list of the
+    signals received. The previous handlers come back on exit. A no-op outside the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {s: signal.signal(s, _raise_interrupt) for s in wanted}
+    _RECEIVED.clear()
+    try:
+        yield _RECEIVED
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _cannot_write(dest: Path, e: OSError, folder: Path | None = None) -> UsageError:

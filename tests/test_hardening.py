@@ -156,3 +156,84 @@ def test_quantize_without_calibration_data_fails_before_loading_the_model(world,
     assert err.startswith("error: ")  # no blank line (a progress bar's) before it
     _one_error(err, "give --calib-data DIR")
     assert out == "" and _files(tmp_path) == []
+
+
+# --- 7: SIGTERM / SIGHUP take Ctrl-C's path; a killed run's temporaries go on the next run ----------------------
+
+
+@pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_during_export_leaves_nothing(world, tmp_path, capsys, monkeypatch, signame, code):
+    import os
+    import signal
+
+    import edgeconvnext.export.onnx_export as ex
+
+    sig = getattr(signal, signame)
+
+    def killed(*a, **k):  # the signal arrives while the ONNX is being checked (the .partial files exist)
+        assert [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+        os.kill(os.getpid(), sig)
+        raise AssertionError("the signal did not interrupt")
+
+    monkeypatch.setattr(ex, "_parity", killed)
+    previous = signal.getsignal(sig)
+    rc, out, err = _cli(capsys, "export", "-c", world["ckpt"], "-o", tmp_path / "m.onnx")
+    assert rc == code
+    _one_error(err, f"terminated by {signame}")
+    assert _files(tmp_path) == []
+    assert signal.getsignal(sig) == previous  # the CLI put the handler back
+
+
+def test_sigterm_during_quantize_removes_its_temporary_folder(world, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import edgeconvnext.quantize.ort_backend as ob
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    seen = []
+
+    def killed(src, dst, *a, **k):  # calibrating: the temporary folder holds the FP32 ONNX
+        seen.extend(_files(out_dir))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ob, "quantize_ort", killed)
+    args = ("quantize", "-c", world["ckpt"], "--calib-data", calib, "--calib-size", "8", "--min-calib-size", "8")
+    rc, out, err = _cli(capsys, *args, "-o", out_dir / "q.onnx")
+    assert rc == 143
+    _one_error(err, "terminated by SIGTERM")
+    assert any(p.endswith(".tmp/q.fp32.onnx") for p in seen), seen
+    assert _files(out_dir) == []
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from edgeconvnext.artifacts import atomic_output, temp_dir_beside
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    dest = tmp_path / "run[2].onnx"
+    (tmp_path / f".run[2].onnx.{dead_pid}.abc123.partial").write_bytes(b"half")
+    (tmp_path / f".run[2].onnx.{dead_pid}.xyz.tmp").mkdir()
+    (tmp_path / f".run[2].onnx.{dead_pid}.xyz.tmp" / "q.fp32.onnx").write_bytes(b"complete-looking")
+    live = tmp_path / f".run[2].onnx.{os.getppid()}.live.partial"  # a concurrent writer that is still running
+    live.write_bytes(b"in progress")
+    other = tmp_path / f".other.onnx.{dead_pid}.abc.partial"  # another output's: not ours to remove
+    other.write_bytes(b"x")
+    with atomic_output(dest) as tmp:
+        tmp.write_bytes(b"new")
+    assert dest.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name, other.name])
+    (tmp_path / f".run[2].onnx.{dead_pid}.old.tmp").mkdir()
+    with temp_dir_beside(dest) as d:
+        assert d.is_dir() and d.name.startswith(f".run[2].onnx.{os.getpid()}.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name, other.name])

@@ -98,20 +98,37 @@ def _bare_force(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
+    from edgeconvnext.artifacts import terminate_like_interrupt
+
+    with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C
+        return _main(args, signals)
+
+
+def _interrupted(signals: list[int]) -> int:
+    """The line and exit code of an interrupted run: 130 for Ctrl-C, 128 + N for signal N (SIGTERM: 143)."""
+    if signals:
+        from edgeconvnext.artifacts import signal_name
+
+        _common.err(f"terminated by {signal_name(signals[0])}; nothing half-written was kept")
+        return 128 + signals[0]
+    _common.err("interrupted")
+    return 130
+
+
+def _main(args: list[str], signals: list[int]) -> int:
     try:
         from typer._click import exceptions as cx  # typer >= 0.2x vendors click
     except ImportError:  # older typer runs on click itself
         from click import exceptions as cx  # type: ignore[no-redef]
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
-
-    args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
         rv = app(args=args, standalone_mode=False, prog_name="edgeconvnext")
         if rv == 130:  # typer turns Ctrl-C into exit code 130
-            _common.err("interrupted")
+            return _interrupted(signals)
         return rv if isinstance(rv, int) else 0  # an int is an exit code (--help: 0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -124,17 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _common.err(e.format_message() + hint)
         return e.exit_code
-    except typer.Abort:  # end of input at a prompt
-        _common.err("interrupted")
-        return 130
+    except typer.Abort:  # end of input at a prompt, or Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
+        return _interrupted(signals)
     except EdgeError as e:
         if debug:
             raise
         _common.err(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        _common.err("interrupted")
-        return 130
+        return _interrupted(signals)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, traceback with --debug
         if debug:
             raise

@@ -34,7 +34,6 @@ import logging
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from edgeconvnext.artifacts import (
     input_ref,
     reuse_if_current,
     sidecar_path,
+    temp_dir_beside,
 )
 from edgeconvnext.data.calibration import CalibrationSet, load_manifest, select_images
 from edgeconvnext.errors import ExportError, RuleViolation, UsageError, require
@@ -328,10 +328,7 @@ def _quantize_with(
     notes: Sequence[str] = (),
 ) -> QuantizeResult:
     output = paths["onnx"]
-    with tempfile.TemporaryDirectory(
-        prefix=".edgeconvnext-quantize-", dir=output.parent if output.parent.exists() else None
-    ) as tmpdir:
-        tmp = Path(tmpdir)
+    with temp_dir_beside(output) as tmp:  # removed on errors, Ctrl-C and SIGTERM; a killed run's by the next
         loaded, smoothing = _smooth(loaded, cs, cfg, step)
         exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
         if smoothing is not None:
