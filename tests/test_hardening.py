@@ -237,3 +237,100 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
     with temp_dir_beside(dest) as d:
         assert d.is_dir() and d.name.startswith(f".run[2].onnx.{os.getpid()}.")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dest.name, live.name, other.name])
+
+
+# --- 6: named errors instead of 'internal error' ---------------------------------------------------------------
+
+
+def test_labels_file_with_a_negative_label_is_a_data_error(world, tmp_path, capsys):
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        shutil.copy(world["val"] / "c0" / f"{i}.png", flat / f"{i}.png")
+    (flat / "labels.txt").write_text("0.png 0\n1.png -1\n2.png 1\n")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat, "--report", tmp_path / "r.json")
+    assert rc == 4
+    _one_error(err, "labels.txt gives 1.png the label -1: class indices start at 0")
+    assert not (tmp_path / "r.json").exists()
+
+
+def _manifest(root: Path, images: list[str], **extra) -> Path:
+    import json
+
+    from edgeconvnext.artifacts import sha256_file
+    from edgeconvnext.data.calibration import MANIFEST_FORMAT, MANIFEST_VERSION
+
+    data = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "root": str(root),
+        "images": [{"path": p, "sha256": sha256_file(root / p)} for p in images],
+        **extra,
+    }
+    path = root.parent / "m.calib.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ({"requested_size": "abc"}, "requested_size is 'abc', not a whole number"),
+        ({"candidates": -3}, "candidates is -3, not a whole number"),
+    ],
+)
+def test_manifest_with_a_non_number_is_a_data_error(world, tmp_path, capsys, extra, needle):
+    images = world["val"] / "c0"
+    m = _manifest(images, [f"{i}.png" for i in range(5)], **extra)
+    out_dir = tmp_path / "out"
+    args = ("quantize", "-c", world["ckpt"], "--calib-manifest", m, "--min-calib-size", "1")
+    rc, out, err = _cli(capsys, *args, "-o", out_dir / "q.onnx")
+    assert rc == 4
+    _one_error(err, needle)
+    assert not out_dir.exists()
+
+
+def test_stdout_that_cannot_be_written_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    for args in (["models"], ["models", "--json"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "edgeconvnext", *args], stdout=full, stderr=subprocess.PIPE, text=True
+            )
+        assert done.returncode == 2
+        assert done.stderr.strip() == (
+            "error: cannot write to standard output: No space left on device; redirect it where it can be written"
+        )
+
+
+# --- 12: repeated manifest entries --------------------------------------------------------------------------
+
+
+def test_manifest_repeating_one_image_is_refused(world, tmp_path, capsys):
+    images = world["val"] / "c1"
+    m = _manifest(images, ["0.png"] * 40)
+    out_dir = tmp_path / "out"
+    rc, out, err = _cli(capsys, "quantize", "-c", world["ckpt"], "--calib-manifest", m, "-o", out_dir / "q.onnx")
+    assert rc == 4
+    _one_error(err, "lists 40 entries but 1 distinct images (0.png 40 times)", "list each image once")
+    assert not out_dir.exists()
+
+
+def test_manifest_skips_are_measured_not_copied(tmp_path):
+    from edgeconvnext.data.calibration import load_manifest
+    from edgeconvnext.models.registry import Preprocess
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    m = _manifest(root, [f"{i}.png" for i in range(4)], skipped=[{"path": "gone.png", "reason": "corrupt"}] * 7)
+    cs = load_manifest(m, preprocess=Preprocess(img_size=32), min_images=4)
+    assert len(cs) == 4 and cs.skipped == []

@@ -5,9 +5,11 @@ with --debug).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -101,8 +103,52 @@ def main(argv: list[str] | None = None) -> int:
     args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
     from edgeconvnext.artifacts import terminate_like_interrupt
 
-    with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C
-        return _main(args, signals)
+    real_stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
+    try:
+        with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C
+            rc = _main(args, signals)
+        try:
+            sys.stdout.flush()
+        except OSError:
+            pass
+        failed = sys.stdout.failed  # type: ignore[attr-defined]
+    finally:
+        sys.stdout = real_stdout
+    if failed is None:
+        return rc
+    try:  # what is still buffered would fail again at interpreter exit ("Exception ignored ...")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    if failed.errno == errno.EPIPE:  # the reader closed the pipe (| head): not an error of ours
+        return rc
+    _common.err(f"cannot write to standard output: {failed.strerror or failed}; redirect it where it can be written")
+    return rc if rc not in (0, 1) else 2  # a command's own error code stands; else exit 2 like any unwritable output
+
+
+class _GuardedStdout:
+    """sys.stdout, remembering the first write error (``> /dev/full``, a closed pipe) so it becomes one line."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except OSError as e:
+            self.failed = self.failed or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except OSError as e:
+            self.failed = self.failed or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _interrupted(signals: list[int]) -> int:
@@ -151,6 +197,8 @@ def _main(args: list[str], signals: list[int]) -> int:
     except KeyboardInterrupt:
         return _interrupted(signals)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, traceback with --debug
+        if isinstance(e, OSError) and getattr(sys.stdout, "failed", None) is e:
+            return 1  # printing the result failed, not the command: main() says so
         if debug:
             raise
         _common.err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")

@@ -255,6 +255,22 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     ):
         raise DataError(f'calibration manifest {path} has no valid "images" list of {{path, sha256}}')
+    seen: dict[str, int] = {}
+    for e in images:
+        key = e["path"].replace("\\", "/")
+        seen[key] = seen.get(key, 0) + 1
+    dups = {k: n for k, n in seen.items() if n > 1}
+    if dups:
+        first, n = next(iter(dups.items()))
+        raise DataError(
+            f"calibration manifest {path} lists {len(images)} entries but {len(seen)} distinct images "
+            f"({first} {n} times{f', and {len(dups) - 1} more repeated' if len(dups) > 1 else ''}): a repeated "
+            "image weighs the ranges without adding data; list each image once"
+        )
+    for key in ("requested_size", "candidates", "count", "seed"):
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise DataError(f"calibration manifest {path}: {key} is {v!r}, not a whole number; fix or rewrite the file")
     return data
 
 
@@ -325,11 +341,7 @@ def load_manifest(
         preprocess=preprocess,
         requested=int(data.get("requested_size", len(used))),
         seed=seed if isinstance(seed, int) else None,
-        skipped=[
-            (base / s["path"], s.get("reason", ""))
-            for s in data.get("skipped", [])
-            if isinstance(s, dict) and "path" in s
-        ],
+        skipped=skipped,  # measured in this run (every listed image was readable), not copied from the file
         candidates=int(data.get("candidates", len(used)) or len(used)),
         source="manifest",
         load_seconds=load_s,
