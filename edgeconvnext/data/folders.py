@@ -238,9 +238,7 @@ class LabelledImages:
         all_int = all(lab.lstrip("-").isdigit() for _, lab in rows)
         negative = next(((f, lab) for f, lab in rows if all_int and int(lab) < 0), None)
         if negative is not None:
-            raise DataError(
-                f"{labels_file} gives {negative[0]} the label {negative[1]}: class indices start at 0"
-            )
+            raise DataError(f"{labels_file} gives {negative[0]} the label {negative[1]}: class indices start at 0")
         if all_int:
             n_cls = max(int(lab) for _, lab in rows) + 1
             names = list(class_names) if class_names else [str(i) for i in range(n_cls)]
