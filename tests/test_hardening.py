@@ -334,3 +334,68 @@ def test_manifest_skips_are_measured_not_copied(tmp_path):
     m = _manifest(root, [f"{i}.png" for i in range(4)], skipped=[{"path": "gone.png", "reason": "corrupt"}] * 7)
     cs = load_manifest(m, preprocess=Preprocess(img_size=32), min_images=4)
     assert len(cs) == 4 and cs.skipped == []
+
+
+# --- 5: preprocessing read from a file is checked where it is read ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value,why",
+    [
+        ("crop_pct", 0.0, "must be a number in (0, 1]"),
+        ("interpolation", "cubic-ish", "is not a known interpolation"),
+        ("mean", [0.5], "must be 3 numbers"),
+        ("std", [0.2, 0.0, 0.2], "must be 3 positive numbers"),
+        ("img_size", 8, "is too small"),
+    ],
+)
+def test_checkpoint_with_bad_preprocessing_is_refused_at_load(world, tmp_path, capsys, field, value, why):
+    from dataclasses import replace
+
+    loaded = world["loaded"]
+    bad = save_checkpoint(
+        tmp_path / "bad.pt",
+        loaded.model,
+        loaded.arch,
+        class_names=NAMES,
+        preprocess=replace(loaded.preprocess, **{field: value}),
+    )
+    rc, out, err = _cli(capsys, "export", "-c", bad, "-o", tmp_path / "m.onnx")
+    assert rc == 3
+    _one_error(err, f"preprocess {field} {value!r} {why}")
+    assert _files(tmp_path) == ["bad.pt"]
+
+
+def test_onnx_with_bad_preprocessing_metadata_is_refused(world, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from edgeconvnext.export.onnx_export import export_onnx
+
+    path = export_onnx(world["loaded"], tmp_path / "m.onnx").path
+    proto = onnx.load(str(path))
+    for p in proto.metadata_props:
+        if p.key == "edgeconvnext.preprocess":
+            p.value = json.dumps({**json.loads(p.value), "std": [0.2, 0, 0.2]})
+    onnx.save(proto, str(path))
+    rc, out, err = _cli(capsys, "validate", path, "--data", world["val"], "--report", tmp_path / "r.json")
+    assert rc == 3
+    _one_error(err, "preprocess std [0.2, 0, 0.2] must be 3 positive numbers")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_huggingface_config_with_a_zero_input_size_is_refused(world, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    sd = {k: v.contiguous() for k, v in world["loaded"].model.state_dict().items()}
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"pretrained_cfg": {"input_size": [3, 0, 0]}}))
+    rc, out, err = _cli(capsys, "export", "-c", folder, "-o", tmp_path / "m.onnx")
+    assert rc == 3
+    _one_error(err, "preprocess img_size 0 is too small")
+    assert not (tmp_path / "m.onnx").exists()

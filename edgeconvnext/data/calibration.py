@@ -305,7 +305,7 @@ def load_manifest(
         )
     check_size(len(entries), min_images)
     listed_pp = data.get("preprocess")
-    if isinstance(listed_pp, dict) and Preprocess.from_dict(listed_pp) != preprocess:
+    if isinstance(listed_pp, dict) and Preprocess.from_dict(listed_pp, f"calibration manifest {path}") != preprocess:
         log.warning(
             "manifest %s was made with preprocess %s; this model uses %s (same images, new arrays)",
             path,

@@ -13,7 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeconvnext.errors import UsageError, nearest
+from edgeconvnext.errors import CheckpointError, UsageError, nearest
+
+
+class PreprocessError(CheckpointError, ValueError):
+    """A stored preprocessing value that cannot be used (a ValueError too: readers of config files that wrap
+    ValueError with the file's name keep doing so)."""
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,55 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+    def from_dict(cls, d: dict[str, Any], source: str = "the stored preprocessing") -> Preprocess:
+        """Read preprocessing stored in a file (checkpoint, ONNX metadata, config.json, manifest), checked field
+        by field: a bad value is a CheckpointError naming ``source`` and the field, never a ZeroDivisionError
+        in a later stage. Unknown keys are ignored (timm's pretrained_cfg holds many)."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k, v in known.items():
+            why = _field_problem(k, v)
+            if why is not None:
+                raise PreprocessError(
+                    f"{source}: preprocess {k} {v!r} {why}; fix the file (or re-export the model from its checkpoint)"
+                )
         for k in ("mean", "std"):
             if k in known:
                 known[k] = tuple(float(v) for v in known[k])
+        if "crop_pct" in known:
+            known["crop_pct"] = float(known["crop_pct"])
         return cls(**known)
+
+
+#: resize filters the eval transform knows (Pillow's names, as timm's pretrained_cfg spells them)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+MIN_IMG_SIZE = 32  # ConvNeXt downsamples by 32
+
+
+def _is_number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field_problem(key: str, v: Any) -> str | None:
+    """Why a stored preprocessing value cannot be used, or None."""
+    if key == "img_size":
+        if not isinstance(v, int) or isinstance(v, bool):
+            return "is not a whole number of pixels"
+        if v < MIN_IMG_SIZE:
+            return f"is too small: ConvNeXt downsamples by 32, it needs {MIN_IMG_SIZE} px or more"
+    elif key == "crop_pct":
+        if not _is_number(v) or not 0 < v <= 1:
+            return "must be a number in (0, 1] (the centre crop's share of the resized image)"
+    elif key == "interpolation":
+        if v not in INTERPOLATIONS:
+            return f"is not a known interpolation ({', '.join(INTERPOLATIONS)})"
+    elif key in ("mean", "std"):
+        if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_number(x) for x in v):
+            return "must be 3 numbers (R, G, B)"
+        if key == "std" and not all(x > 0 for x in v):
+            return "must be 3 positive numbers (the image is divided by it)"
+    return None
 
 
 @dataclass(frozen=True)
