@@ -399,3 +399,49 @@ def test_huggingface_config_with_a_zero_input_size_is_refused(world, tmp_path, c
     assert rc == 3
     _one_error(err, "preprocess img_size 0 is too small")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# --- 8: doctor accepts only a trtexec that runs, and "yes" needs a GPU -----------------------------------------
+
+
+def test_doctor_does_not_take_any_file_for_trtexec(tmp_path, capsys):
+    import json
+    import os
+
+    rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", "/etc/passwd")
+    assert rc == 0
+    te = json.loads(out)["trtexec"]
+    assert te["ok"] is False and "does not run" in te["error"]  # not executable
+    fake = tmp_path / "trtexec"
+    fake.write_text("#!/bin/sh\necho 'usage: something else'\n")
+    os.chmod(fake, 0o755)
+    rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", fake)
+    te = json.loads(out)["trtexec"]
+    assert te["ok"] is False and "printed no TensorRT banner" in te["error"]
+    rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", tmp_path / "nowhere" / "trtexec")
+    data = json.loads(out)
+    assert data["trtexec"] == {
+        "explicit": str(tmp_path / "nowhere" / "trtexec"),
+        "ok": False,
+        "error": f"--trtexec {tmp_path / 'nowhere' / 'trtexec'}: no such file",
+    }
+    (check,) = [c for c in data["checks"] if c["name"] == "trtexec"]
+    assert check["status"] == "missing" and "no such file" in check["value"]
+
+
+def test_doctor_says_no_without_a_gpu_even_with_trtexec(tmp_path, capsys, monkeypatch):
+    import os
+
+    from edgeconvnext.env import doctor
+
+    fake = tmp_path / "trtexec"  # prints trtexec's banner (TensorRT cannot be installed here)
+    fake.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help'\n")
+    os.chmod(fake, 0o755)
+    assert doctor.probe_trtexec(fake) == {"explicit": str(fake), "path": str(fake), "ok": True, "version": "10.3.0"}
+    monkeypatch.setattr(doctor, "probe_gpu_with_torch", lambda: {"gpus": [], "source": None})
+    monkeypatch.setattr(doctor, "probe_jetson", lambda: None)
+    rc, out, err = _cli(capsys, "doctor", "--trtexec", fake)
+    assert rc == 0
+    assert "can build engines here: no (no NVIDIA GPU; build-engine --dry-run works anyway)" in out
+    rep = doctor.Report(sections={"gpu": {"gpus": [{"name": "NVIDIA L4"}]}, "trtexec": doctor.probe_trtexec(fake)})
+    assert rep.can_build and rep.build_blockers() == []

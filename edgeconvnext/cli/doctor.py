@@ -39,7 +39,8 @@ def doctor_cmd(
         t.add_row(escape(c.name), marks.get(c.status, escape(c.status)), escape(c.value), escape(c.hint))
     out = console()
     out.print(t)
+    blockers = report.build_blockers()
     out.print(
         "can build engines here: "
-        + ("yes" if report.can_build else "no (TensorRT bindings or trtexec needed; --dry-run works anyway)")
+        + ("yes" if not blockers else f"no ({'; '.join(blockers)}; build-engine --dry-run works anyway)")
     )

@@ -169,7 +169,11 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
     if trt.get("libnvinfer"):
         checks.append(Check("libnvinfer", "ok", trt["libnvinfer"]))
     te = s.get("trtexec") or {}
-    if te.get("path"):
+    if te.get("error"):
+        checks.append(
+            Check("trtexec", "missing", te["error"], "give the trtexec of a TensorRT install: --trtexec PATH")
+        )
+    elif te.get("path"):
         checks.append(
             Check("trtexec", "ok", f"{te['path']}" + (f" (TensorRT {te['version']})" if te.get("version") else ""))
         )

@@ -270,8 +270,19 @@ class Report:
 
     @property
     def can_build(self) -> bool:
-        trt = self.sections.get("tensorrt", {})
-        return bool(trt.get("python_version") or self.sections.get("trtexec", {}).get("path"))
+        return not self.build_blockers()
+
+    def build_blockers(self) -> list[str]:
+        """Why engines cannot be built here (empty when they can): an NVIDIA GPU and TensorRT are both needed."""
+        s = self.sections
+        out = []
+        if not (s.get("gpu") or {}).get("gpus") and not s.get("jetson"):
+            out.append("no NVIDIA GPU")
+        te = s.get("trtexec") or {}
+        trtexec_ok = bool(te.get("ok", bool(te.get("path"))))  # sections without "ok": older probes found a path
+        if not (s.get("tensorrt") or {}).get("python_version") and not trtexec_ok:
+            out.append("no TensorRT bindings or working trtexec")
+        return out
 
 
 def probe_jetson(root: Path = Path("/")) -> dict[str, Any] | None:
@@ -387,12 +398,27 @@ def find_trtexec(explicit: str | Path | None = None) -> Path | None:
 
 
 def probe_trtexec(explicit: str | Path | None = None) -> dict[str, Any]:
+    """{path, ok, version | error} of trtexec (``explicit``, else found as :func:`find_trtexec` does); {} when none
+    is found. A file is accepted only when running ``PATH --help`` prints trtexec's TensorRT banner: any file at
+    the path (/etc/passwd) is not a trtexec. An explicit path that does not exist is reported, not ignored."""
+    out: dict[str, Any] = {}
+    if explicit is not None:
+        out["explicit"] = str(explicit)
+        if not Path(explicit).is_file():
+            return {**out, "ok": False, "error": f"--trtexec {explicit}: no such file"}
     path = find_trtexec(explicit)
     if path is None:
-        return {}
-    out: dict[str, Any] = {"path": str(path)}
-    text = _run([str(path), "--help"], timeout=20)
-    v = parse_trt_version(text or "")
+        return out
+    out["path"] = str(path)
+    try:
+        done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {**out, "ok": False, "error": f"{path} does not run: {getattr(e, 'strerror', None) or e}"}
+    text = (done.stdout or "") + (done.stderr or "")
+    v = parse_trt_version(text)
+    if v is None and "TensorRT" not in text:
+        return {**out, "ok": False, "error": f"{path} ran but printed no TensorRT banner: it is not trtexec"}
+    out["ok"] = True
     if v:
         out["version"] = ".".join(map(str, v))
     return out
