@@ -37,6 +37,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def native_path_ok(path: str | Path) -> bool:
+    """Whether a C++ library (onnxruntime, onnx's shape inference, via pybind's UTF-8 conversion) opens the same
+    file as Python. Not for a name that is not UTF-8 on disk (a Latin-1 archive) or any non-ASCII name when
+    Python runs with LC_ALL=C (the name holds surrogate escapes): hand such files over as bytes, or copy them."""
+    try:
+        return os.fsencode(path) == str(path).encode("utf-8")
+    except UnicodeError:
+        return False
+
+
+def readable_path(path: str | Path) -> str:
+    """A path as a person can read it: bytes that are not UTF-8 (surrogate escapes) shown as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def sidecar_path(path: str | Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json`` (kept beside the artifact, never inside it)."""
     p = Path(path)

@@ -445,3 +445,30 @@ def test_doctor_says_no_without_a_gpu_even_with_trtexec(tmp_path, capsys, monkey
     assert "can build engines here: no (no NVIDIA GPU; build-engine --dry-run works anyway)" in out
     rep = doctor.Report(sections={"gpu": {"gpus": [{"name": "NVIDIA L4"}]}, "trtexec": doctor.probe_trtexec(fake)})
     assert rep.can_build and rep.build_blockers() == []
+
+
+# --- 9: file names onnxruntime's C++ side would misread ---------------------------------------------------------
+
+
+def test_latin1_file_names_work_and_print_readably(world, tmp_path, capsys):
+    import os
+    import shutil
+
+    from edgeconvnext.export.onnx_export import export_onnx
+
+    folder = tmp_path / os.fsdecode(b"r\xe9sultats")  # a Latin-1 name: surrogate escapes in Python
+    folder.mkdir()
+    model = folder / os.fsdecode(b"mod\xe8le.onnx")
+    shutil.copy(export_onnx(world["loaded"], tmp_path / "m.onnx").path, model)
+    rc, out, err = _cli(capsys, "validate", model, "--data", world["val"])
+    assert rc == 0, err  # was exit 3: pybind's "incompatible constructor arguments"
+    calib = world["val"] / "c2"
+    q = folder / os.fsdecode(b"q\xe9.onnx")
+    args = ("quantize", "-c", world["ckpt"], "--calib-data", calib, "--calib-size", "5", "--min-calib-size", "5")
+    rc, out, err = _cli(capsys, *args, "-o", q)
+    assert rc == 0, err  # was exit 5: infer_shapes_path() TypeError
+    assert q.is_file() and (folder / os.fsdecode(b"q\xe9.fp32.onnx")).is_file()
+    rc, out, err = _cli(capsys, "validate", folder / os.fsdecode(b"absent\xe9.onnx"), "--data", world["val"])
+    assert rc == 3
+    line = _one_error(err, "absent\\xe9.onnx")
+    assert "\\udc" not in line

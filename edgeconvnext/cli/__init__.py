@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
     from edgeconvnext.artifacts import terminate_like_interrupt
 
+    if hasattr(sys.stdout, "reconfigure"):  # any other text holding a non-UTF-8 file name: escaped, not a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     real_stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
     try:
         with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C

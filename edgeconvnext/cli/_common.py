@@ -46,17 +46,23 @@ def console():
 def err(msg: str) -> None:
     """One ``error:`` line: messages that quote a library's multi-line error are joined onto it."""
     one_line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
-    print(f"error: {one_line}", file=sys.stderr)
+    print(f"error: {readable(one_line)}", file=sys.stderr)
+
+
+def readable(text: str) -> str:
+    """A file name that is not UTF-8 (or any non-ASCII name under LC_ALL=C) holds surrogate escapes, which a
+    UTF-8 terminal cannot encode: shown as '\\xe9' instead of crashing or printing '\\udce9'."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def info(msg: str) -> None:
     if not STATE.quiet:
-        console().print(msg)
+        console().print(readable(msg))
 
 
 def done(msg: str) -> None:
     """The one line each stage ends with: output path, size, time."""
-    console().print(msg)
+    console().print(readable(msg))
 
 
 ModelOpt = Annotated[

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeconvnext.artifacts import native_path_ok
 from edgeconvnext.data.calibration import CalibrationSet
 
 if TYPE_CHECKING:
@@ -222,7 +223,24 @@ def collect_minmax(
     return {t: (lo[i : i + 1].copy(), hi[i : i + 1].copy()) for i, t in enumerate(tensors)}
 
 
-def quantize_ort(
+def quantize_ort(fp32_path: Path, output: Path, *args: Any, **kwargs: Any) -> dict[str, object]:
+    """:func:`_quantize_ort` with its files where onnxruntime's C++ side can open them: a name it would misread
+    (not UTF-8, or any non-ASCII name under LC_ALL=C; see artifacts.native_path_ok) is staged in the system's
+    temporary folder and the result moved into place."""
+    if native_path_ok(fp32_path) and native_path_ok(output):
+        return _quantize_ort(fp32_path, output, *args, **kwargs)
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ort-stage-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "quantized.onnx"
+        shutil.copyfile(fp32_path, src)
+        settings = _quantize_ort(src, dst, *args, **kwargs)
+        shutil.move(dst, output)
+    return settings
+
+
+def _quantize_ort(
     fp32_path: Path,
     output: Path,
     calib: CalibrationSet,

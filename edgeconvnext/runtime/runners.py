@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeconvnext.artifacts import native_path_ok, readable_path
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError, require
 from edgeconvnext.runtime.cuda import check_tensorrt_device
 
@@ -167,9 +168,11 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+            # a path onnxruntime's C++ side would misread (see native_path_ok) goes in as the file's bytes
+            model: str | bytes = str(self.path) if native_path_ok(self.path) else self.path.read_bytes()
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise CheckpointError(f"onnxruntime cannot load {self.path}: {e}") from None
+            raise CheckpointError(f"onnxruntime cannot load {readable_path(self.path)}: {e}") from None
         self.device = device
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
