@@ -346,7 +346,7 @@ def test_manifest_skips_are_measured_not_copied(tmp_path):
         ("interpolation", "cubic-ish", "is not a known interpolation"),
         ("mean", [0.5], "must be 3 numbers"),
         ("std", [0.2, 0.0, 0.2], "must be 3 positive numbers"),
-        ("img_size", 8, "is too small"),
+        ("img_size", 33, "is not a positive multiple of 32"),
     ],
 )
 def test_checkpoint_with_bad_preprocessing_is_refused_at_load(world, tmp_path, capsys, field, value, why):
@@ -362,7 +362,7 @@ def test_checkpoint_with_bad_preprocessing_is_refused_at_load(world, tmp_path, c
     )
     rc, out, err = _cli(capsys, "export", "-c", bad, "-o", tmp_path / "m.onnx")
     assert rc == 3
-    _one_error(err, f"preprocess {field} {value!r} {why}")
+    _one_error(err, f"checkpoint {bad}: preprocess {field} {value!r} {why}")
     assert _files(tmp_path) == ["bad.pt"]
 
 
@@ -381,7 +381,7 @@ def test_onnx_with_bad_preprocessing_metadata_is_refused(world, tmp_path, capsys
     onnx.save(proto, str(path))
     rc, out, err = _cli(capsys, "validate", path, "--data", world["val"], "--report", tmp_path / "r.json")
     assert rc == 3
-    _one_error(err, "preprocess std [0.2, 0, 0.2] must be 3 positive numbers")
+    _one_error(err, "the metadata of m.onnx: preprocess std [0.2, 0, 0.2] must be 3 positive numbers")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -397,7 +397,7 @@ def test_huggingface_config_with_a_zero_input_size_is_refused(world, tmp_path, c
     (folder / "config.json").write_text(json.dumps({"pretrained_cfg": {"input_size": [3, 0, 0]}}))
     rc, out, err = _cli(capsys, "export", "-c", folder, "-o", tmp_path / "m.onnx")
     assert rc == 3
-    _one_error(err, "preprocess img_size 0 is too small")
+    _one_error(err, "config.json beside", "preprocess img_size 0 is not a positive multiple of 32")
     assert not (tmp_path / "m.onnx").exists()
 
 

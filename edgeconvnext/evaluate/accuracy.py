@@ -144,7 +144,7 @@ def num_classes_of(runner: Runner, meta: dict[str, Any], what: str) -> int:
 def preprocess_of(runner: Runner, meta: dict[str, Any], what: str, notes: list[str]) -> Preprocess:
     raw = meta.get("preprocess")
     if isinstance(raw, dict):
-        pp = Preprocess.from_dict(raw)
+        pp = Preprocess.from_dict(raw, f"the metadata of {what}")
         if runner.input_size is not None and runner.input_size != pp.img_size:
             raise CheckpointError(
                 f"{what} takes {runner.input_size} px inputs but its metadata says img_size "
@@ -214,7 +214,7 @@ def check_baseline(
     if base.input_size is not None and base.input_size != pp.img_size:
         raise UsageError(f"the baseline {what} takes {base.input_size} px inputs, the model {pp.img_size} px")
     raw = base_meta.get("preprocess")
-    if isinstance(raw, dict) and Preprocess.from_dict(raw) != pp:
+    if isinstance(raw, dict) and Preprocess.from_dict(raw, f"the metadata of the baseline {what}") != pp:
         notes.append(
             f"the baseline's stored preprocessing differs from the model's; both were fed the model's ({pp.to_dict()})"
         )

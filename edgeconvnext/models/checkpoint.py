@@ -271,7 +271,8 @@ def _names_and_preprocess(
         if isinstance(stored, str) and stored != arch.name:
             log.warning("checkpoint %s says arch %s but its shapes are %s", source, stored, arch.name)
         names = ours.get("class_names")
-        pp = Preprocess.from_dict(ours["preprocess"]) if isinstance(ours.get("preprocess"), dict) else arch.preprocess
+        stored_pp = ours.get("preprocess")
+        pp = Preprocess.from_dict(stored_pp, f"checkpoint {source}") if isinstance(stored_pp, dict) else arch.preprocess
         found.preprocess_from = "the checkpoint" if isinstance(ours.get("preprocess"), dict) else None
     else:
         names = class_names_from_config(found.raw.config)

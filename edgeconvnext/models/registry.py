@@ -56,7 +56,6 @@ class Preprocess:
 
 #: resize filters the eval transform knows (Pillow's names, as timm's pretrained_cfg spells them)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
-MIN_IMG_SIZE = 32  # ConvNeXt downsamples by 32
 
 
 def _is_number(v: Any) -> bool:
@@ -70,8 +69,8 @@ def _field_problem(key: str, v: Any) -> str | None:
     if key == "img_size":
         if not isinstance(v, int) or isinstance(v, bool):
             return "is not a whole number of pixels"
-        if v < MIN_IMG_SIZE:
-            return f"is too small: ConvNeXt downsamples by 32, it needs {MIN_IMG_SIZE} px or more"
+        if v < STRIDE or v % STRIDE:
+            return f"is not a positive multiple of {STRIDE} (ConvNeXt downsamples by {STRIDE})"
     elif key == "crop_pct":
         if not _is_number(v) or not 0 < v <= 1:
             return "must be a number in (0, 1] (the centre crop's share of the resized image)"
