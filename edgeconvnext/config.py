@@ -208,6 +208,8 @@ def check_value(label: str, spec: Spec, value: Any) -> Any:
     if ok is None:
         raise UsageError(f"{label} must be {_type_names(spec)}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):  # nan passes every comparison below
+            raise UsageError(f"{label}: {value!r} is not a finite number")
         if spec.minimum is not None and value < spec.minimum:
             raise UsageError(f"{label}: {value!r} is below the minimum {spec.minimum:g}")
         if spec.maximum is not None and value > spec.maximum:

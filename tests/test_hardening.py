@@ -472,3 +472,51 @@ def test_latin1_file_names_work_and_print_readably(world, tmp_path, capsys):
     assert rc == 3
     line = _one_error(err, "absent\\xe9.onnx")
     assert "\\udc" not in line
+
+
+# --- 10: NaN and late option checks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_by_every_command(world, tmp_path, capsys, value):
+    report = tmp_path / "r.json"
+    args = ("validate", world["ckpt"], "--data", world["val"], "--checkpoint", world["ckpt"], "--report", report)
+    rc, out, err = _cli(capsys, *args, f"--max-drop={value}")
+    assert rc == 2
+    _one_error(err, f"Invalid value for '--max-drop': {value} is not a finite number")
+    rc, out, err = _cli(
+        capsys,
+        "finetune",
+        "--train-data",
+        world["val"],
+        "--val-data",
+        world["val"],
+        "-o",
+        tmp_path / "f.pt",
+        f"--lr={value}",
+    )
+    assert rc == 2
+    _one_error(err, f"Invalid value for '--lr': {value} is not a finite number")
+    assert _files(tmp_path) == []
+
+
+def test_demo_refuses_a_negative_budget_before_writing(tmp_path, capsys, monkeypatch):
+    import edgeconvnext.models.checkpoint as ck
+
+    monkeypatch.setattr(ck, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    out_dir = tmp_path / "edgeconvnext-demo"
+    out_dir.mkdir()
+    (out_dir / "report.json").write_text("{}")  # a previous demo's output must stay as it was
+    rc, out, err = _cli(capsys, "demo", "--max-drop", "-1", "-o", out_dir)
+    assert rc == 2
+    _one_error(err, "--max-drop: -1.0 is below the minimum 0")
+    assert _files(tmp_path) == ["edgeconvnext-demo", "edgeconvnext-demo/report.json"]
+
+
+def test_a_recipe_value_that_is_nan_is_refused():
+    from edgeconvnext.config import check_value, recipe_keys
+    from edgeconvnext.errors import UsageError
+    from edgeconvnext.evaluate.config import ValidateConfig
+
+    with pytest.raises(UsageError, match=r"'validate.max_drop': nan is not a finite number"):
+        check_value("r.yaml: 'validate.max_drop'", recipe_keys(ValidateConfig)["max_drop"], float("nan"))

@@ -153,6 +153,26 @@ class _GuardedStdout:
         return getattr(self._inner, name)
 
 
+def _finite_floats(command: Any, cx: Any) -> None:
+    """Every float option of every command refuses nan and inf: '--max-drop nan' was accepted and then failed
+    every comparison (options parse floats as Python does)."""
+    import math
+
+    def wrap(previous: Any) -> Any:
+        def check(ctx: Any, param: Any, value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise cx.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+            return previous(ctx, param, value) if previous is not None else value
+
+        return check
+
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        for p in cmd.params:
+            td = getattr(p, "type_descriptor", None)
+            if td is not None and td.annotation is float and not getattr(p, "_finite", False):
+                p.callback, p._finite = wrap(p.callback), True
+
+
 def _interrupted(signals: list[int]) -> int:
     """The line and exit code of an interrupted run: 130 for Ctrl-C, 128 + N for signal N (SIGTERM: 143)."""
     if signals:
@@ -174,7 +194,9 @@ def _main(args: list[str], signals: list[int]) -> int:
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
-        rv = app(args=args, standalone_mode=False, prog_name="edgeconvnext")
+        command = typer.main.get_command(app)
+        _finite_floats(command, cx)
+        rv = command(args=args, standalone_mode=False, prog_name="edgeconvnext")
         if rv == 130:  # typer turns Ctrl-C into exit code 130
             return _interrupted(signals)
         return rv if isinstance(rv, int) else 0  # an int is an exit code (--help: 0)

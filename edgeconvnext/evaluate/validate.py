@@ -466,7 +466,7 @@ def _check_accuracy_request(
     """The accuracy options and output paths, checked before anything is loaded."""
     if max_drop is not None and baseline is None and checkpoint is None:
         raise UsageError("--max-drop needs a baseline: add --baseline FP32.onnx or --checkpoint PATH")
-    if max_drop is not None and max_drop < 0:
+    if max_drop is not None and not max_drop >= 0:  # nan too
         raise UsageError(f"--max-drop must be >= 0 points, got {max_drop}")
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
