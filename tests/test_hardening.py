@@ -520,3 +520,37 @@ def test_a_recipe_value_that_is_nan_is_refused():
 
     with pytest.raises(UsageError, match=r"'validate.max_drop': nan is not a finite number"):
         check_value("r.yaml: 'validate.max_drop'", recipe_keys(ValidateConfig)["max_drop"], float("nan"))
+
+
+# --- 11: repeated class names, files listed twice in a labels file ----------------------------------------------
+
+
+def test_repeated_class_names_cannot_map_data(world, tmp_path, capsys):
+    loaded = world["loaded"]
+    same = save_checkpoint(tmp_path / "same.pt", loaded.model, loaded.arch, class_names=["a"] * 4)
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(data / "a" / "0.png")
+    rc, out, err = _cli(capsys, "validate", same, "--data", data, "--report", tmp_path / "r.json")
+    assert rc == 4  # was exit 0 with a meaningless 25%
+    _one_error(err, "the model's 4 class names repeat 'a' (4 times)", "label the data by index")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_labels_file_listing_a_file_twice(world, tmp_path, capsys, caplog):
+    import json
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        shutil.copy(world["val"] / "c0" / f"{i}.png", flat / f"{i}.png")
+    (flat / "labels.txt").write_text("0.png c0\n1.png c1\n0.png c2\n0.png c3\n")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat)
+    assert rc == 4
+    _one_error(err, "lists 0.png with the labels 'c0' and 'c2': give each file one label")
+    (flat / "labels.txt").write_text("0.png c0\n1.png c1\n0.png c0\n2.png c2\n0.png c0\n")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat, "--report", tmp_path / "r.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == 3  # not 5
+    assert "lists 2 file(s) more than once with the same label: each is counted once" in caplog.text

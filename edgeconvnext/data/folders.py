@@ -29,7 +29,7 @@ import numpy as np
 
 from edgeconvnext.data.preprocess import preprocess_image
 from edgeconvnext.errors import DataError
-from edgeconvnext.models.registry import Preprocess
+from edgeconvnext.models.registry import Preprocess, repeated_names
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,42 @@ def _read_labels_file(path: Path, root: Path | None = None) -> list[tuple[str, s
     return rows
 
 
+def _by_name(class_names: Sequence[str], data: Path) -> list[str]:
+    """The model's class names, for mapping ``data``'s class names onto outputs: refused when they repeat."""
+    names = list(class_names)
+    repeated = repeated_names(names)
+    if repeated:
+        raise DataError(
+            f"the model's {len(names)} class names repeat {', '.join(repeated[:5])}, so the classes of {data} "
+            "cannot be mapped onto its outputs by name: fix the model's class names, or label the data by index"
+        )
+    return names
+
+
+def _dedupe(rows: list[tuple[str, str]], labels_file: Path) -> list[tuple[str, str]]:
+    """Rows with each file once: a file listed again with the same label is a warning (counted once), with
+    another label a DataError naming it (counting it under both labels would score it twice)."""
+    first: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    repeats = 0
+    for name, lab in rows:
+        key = name.replace("\\", "/")
+        if key not in first:
+            first[key] = lab
+            out.append((name, lab))
+        elif first[key] != lab:
+            raise DataError(
+                f"{labels_file} lists {name} with the labels '{first[key]}' and '{lab}': give each file one label"
+            )
+        else:
+            repeats += 1
+    if repeats:
+        log.warning(
+            "%s lists %d file(s) more than once with the same label: each is counted once", labels_file, repeats
+        )
+    return out
+
+
 @dataclass
 class LabelledImages:
     """Image paths with integer labels and the class names they index."""
@@ -212,7 +248,7 @@ class LabelledImages:
                 )
             raise DataError(f"no images found in {root} (image files end in {_EXTS}, any case)")
         folder_classes = [d.name for d in subdirs]
-        names = list(class_names) if class_names else folder_classes
+        names = _by_name(class_names, root) if class_names else folder_classes
         index = {c: i for i, c in enumerate(names)}
         unknown = [c for c in folder_classes if c not in index]
         if unknown:
@@ -234,7 +270,7 @@ class LabelledImages:
     def _from_labels_file(cls, root: Path, labels_file: Path, class_names: Sequence[str] | None) -> LabelledImages:
         if not labels_file.is_file():
             raise DataError(f"labels file not found: {labels_file}")
-        rows = _read_labels_file(labels_file, root)
+        rows = _dedupe(_read_labels_file(labels_file, root), labels_file)
         all_int = all(lab.lstrip("-").isdigit() for _, lab in rows)
         negative = next(((f, lab) for f, lab in rows if all_int and int(lab) < 0), None)
         if negative is not None:
@@ -246,7 +282,7 @@ class LabelledImages:
                 raise DataError(f"{labels_file} uses label {n_cls - 1} but the model has {len(names)} classes")
             to_idx = {str(i): i for i in range(len(names))}
         else:
-            names = list(class_names) if class_names else sorted({lab for _, lab in rows})
+            names = _by_name(class_names, labels_file) if class_names else sorted({lab for _, lab in rows})
             to_idx = {c: i for i, c in enumerate(names)}
             unknown = sorted({lab for _, lab in rows if lab not in to_idx})
             if unknown:

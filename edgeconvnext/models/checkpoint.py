@@ -41,7 +41,7 @@ from edgeconvnext.models.readers import (
     strip_wrappers,
     unwrap,
 )
-from edgeconvnext.models.registry import Arch, Preprocess, check_img_size, create_model, resolve
+from edgeconvnext.models.registry import Arch, Preprocess, check_img_size, create_model, repeated_names, resolve
 from edgeconvnext.models.remap import REMAPS, detect_layout, infer_arch, remap_huggingface, remap_official, remap_timm
 
 if TYPE_CHECKING:  # torch stays out of import time (the CLI's --help must stay fast)
@@ -278,6 +278,8 @@ def _names_and_preprocess(
         names = class_names_from_config(found.raw.config)
         pp, found.preprocess_from = preprocess_from_configs(found.raw, arch.preprocess)
     class_names = [str(n) for n in names] if isinstance(names, list) and names else None
+    if repeated_names(class_names):
+        log.warning("checkpoint %s repeats class names: %s", source, ", ".join(repeated_names(class_names)[:5]))
     if ckpt_classes != net_classes:
         class_names = None  # they named the outputs of the classifier that was replaced
     elif class_names is not None and len(class_names) != net_classes:

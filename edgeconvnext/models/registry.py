@@ -85,6 +85,15 @@ def _field_problem(key: str, v: Any) -> str | None:
     return None
 
 
+def repeated_names(names: list[str] | None) -> list[str]:
+    """The class names that occur more than once, as "'a' (10 times)" (ImageNet's own list repeats 'crane' and
+    'maillot': a model may load with them; mapping data onto outputs by name cannot)."""
+    seen: dict[str, int] = {}
+    for n in names or []:
+        seen[n] = seen.get(n, 0) + 1
+    return [f"'{n}' ({k} times)" for n, k in seen.items() if k > 1]
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
