@@ -554,3 +554,52 @@ def test_labels_file_listing_a_file_twice(world, tmp_path, capsys, caplog):
     assert rc == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["images"] == 3  # not 5
     assert "lists 2 file(s) more than once with the same label: each is counted once" in caplog.text
+
+
+# --- 16: a pickle that calls a blocked global is named, never run -----------------------------------------------
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_a_pickle_calling_os_system_is_named_and_not_run(world, tmp_path, capsys, unsafe):
+    import argparse
+
+    marker = tmp_path / "PWNED"
+    sd = world["loaded"].model.state_dict()
+    # argparse.Namespace first: torch's weights-only loader stops there, and the user's consent would then
+    # allow full unpickling, which must still not reach os.system
+    evil = tmp_path / "evil.pt"
+    torch.save({"args": argparse.Namespace(lr=1.0), "model": sd, "x": _Evil(marker)}, evil)
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": sd, "x": _Evil(marker)}, plain)
+    for path in (evil, plain):
+        args = ["export", "-c", path, "-o", tmp_path / "m.onnx"] + (["--allow-unsafe-pickle"] if unsafe else [])
+        rc, out, err = _cli(capsys, *args)
+        assert rc == 3
+        _one_error(err, f"checkpoint {path} calls posix.system when unpickled", "not even with --allow-unsafe-pickle")
+        assert not marker.exists()
+    assert _files(tmp_path) == ["evil.pt", "plain.pt"]
+
+
+def test_pickle_scan_reads_globals_without_running_them(tmp_path):
+    import argparse
+    import collections
+
+    from edgeconvnext.models.pickle_scan import blocked_globals, pickle_globals
+
+    p = tmp_path / "ok.pt"
+    torch.save({"args": argparse.Namespace(a=1), "d": collections.OrderedDict(a=torch.zeros(2))}, p)
+    assert blocked_globals(p) == []
+    import pickle
+
+    data = pickle.dumps({"e": _Evil(tmp_path / "x"), "f": eval}, protocol=4)
+    assert "posix.system" in pickle_globals(data) and "builtins.eval" in pickle_globals(data)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeconvnext.errors import CheckpointError
+from edgeconvnext.models.pickle_scan import blocked_globals
 from edgeconvnext.models.registry import Preprocess
 from edgeconvnext.models.remap import detect_layout
 
@@ -93,6 +94,15 @@ def _read_torch(path: Path, allow_unsafe: bool) -> tuple[Any, bool]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as e:
+        blocked = blocked_globals(path) or re.findall(
+            r"unsupported GLOBAL ([\w.]+) whose module \S+ is blocked", str(e)
+        )
+        if blocked:  # an attack, not a checkpoint: refused even with the user's consent to unpickle
+            raise CheckpointError(
+                f"checkpoint {path} calls {', '.join(blocked[:3])} when unpickled: it can run commands on this "
+                "machine, so it was not loaded (not even with --allow-unsafe-pickle); get the weights from a "
+                "trusted source"
+            ) from None
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if not m:
             raise CheckpointError(
