@@ -603,3 +603,26 @@ def test_pickle_scan_reads_globals_without_running_them(tmp_path):
 
     data = pickle.dumps({"e": _Evil(tmp_path / "x"), "f": eval}, protocol=4)
     assert "posix.system" in pickle_globals(data) and "builtins.eval" in pickle_globals(data)
+
+
+# --- 2: integer and non-finite weights are refused at load --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["int32", "nan", "inf"])
+def test_integer_or_non_finite_weights_are_refused(world, tmp_path, capsys, kind):
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().clone().contiguous() for k, v in world["loaded"].model.state_dict().items()}
+    key = "stages.1.blocks.0.mlp.fc1.weight"
+    if kind == "int32":
+        sd = {k: v.to(torch.int32) for k, v in sd.items()}  # every float weight stored as int32: zeros
+        needle = "tensor head.fc.bias is stored as int32, not floating point"  # the first key of the file
+    else:
+        sd[key][0, 0] = float(kind)
+        needle = f"tensor {key} holds 1 NaN/Inf value(s)"
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    rc, out, err = _cli(capsys, "export", "-c", path, "-o", tmp_path / "m.onnx")
+    assert rc == 3  # int32 was exit 0 with "max abs diff 0" and all-zero logits
+    _one_error(err, needle)
+    assert _files(tmp_path) == ["w.safetensors"]

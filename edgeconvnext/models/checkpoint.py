@@ -225,6 +225,27 @@ def _choose_arch(sd: Mapping[str, Any], requested: Arch | None, source: Path) ->
     return arch
 
 
+def _check_values(sd: dict[str, Any], source: Path) -> None:
+    """Weights stored as integers (int32 copies of float weights load as all-zero or truncated values and an
+    export that 'matches' them) or holding NaN/Inf are a CheckpointError naming the first such tensor."""
+    import torch
+
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if not (v.is_floating_point() or v.is_complex()):
+            raise CheckpointError(
+                f"checkpoint {source}: tensor {k} is stored as {str(v.dtype).replace('torch.', '')}, not floating "
+                "point: the weights were converted wrongly; save them as float32 / float16 / bfloat16"
+            )
+        if not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(
+                f"checkpoint {source}: tensor {k} holds {bad} NaN/Inf value(s) of {v.numel()}: the training "
+                "diverged or the file is damaged; use an earlier checkpoint"
+            )
+
+
 def _build_and_load(
     sd: dict[str, Any], arch: Arch, num_classes: int | None, source: Path, notes: list[str]
 ) -> tuple[ConvNeXt, int | None]:
@@ -244,6 +265,7 @@ def _build_and_load(
     net = create_model(arch, num_classes=classes, device="meta")
     allow_missing = ("head.fc.weight", "head.fc.bias") if ckpt_classes is None else ()
     _check_keys(sd, net.state_dict(), source, arch, allow_missing)
+    _check_values(sd, source)
     net = net.to_empty(device="cpu")
     with torch.no_grad():
         net.load_state_dict(sd, strict=not allow_missing)
