@@ -626,3 +626,72 @@ def test_integer_or_non_finite_weights_are_refused(world, tmp_path, capsys, kind
     assert rc == 3  # int32 was exit 0 with "max abs diff 0" and all-zero logits
     _one_error(err, needle)
     assert _files(tmp_path) == ["w.safetensors"]
+
+
+# --- 6 (continued): files that are not what a command takes ------------------------------------------------------
+
+
+def test_safetensors_metadata_that_is_not_json(world, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from edgeconvnext.models.checkpoint import save_checkpoint as save
+
+    good = save(tmp_path / "g.safetensors", world["loaded"].model, world["loaded"].arch, class_names=NAMES)
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        meta = dict(f.metadata())
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata={**meta, "class_names": '["c0", "c1",'})
+    rc, out, err = _cli(capsys, "export", "-c", bad, "-o", tmp_path / "m.onnx")
+    assert rc == 3
+    _one_error(err, f"checkpoint {bad}: its safetensors metadata 'class_names' is not valid JSON")
+    assert _files(tmp_path) == ["bad.safetensors", "g.safetensors"]
+
+
+def _graph(path: Path, inputs, outputs, nodes) -> Path:
+    import onnx
+    from onnx import helper
+
+    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_onnx_that_is_not_an_image_classifier(world, tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    def vi(name, dtype, shape):
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    f32 = TensorProto.FLOAT
+    cases = {
+        "two_inputs.onnx": (
+            [vi("input", f32, [1, 3, 32, 32]), vi("b", f32, [1, 3, 32, 32])],
+            [vi("out", f32, [1, 3, 32, 32])],
+            [helper.make_node("Add", ["input", "b"], ["out"])],
+            "has 2 inputs ('input', 'b'); an image classifier has one",
+        ),
+        "rank4_output.onnx": (
+            [vi("input", f32, [1, 3, 32, 32])],
+            [vi("out", f32, [1, 3, 32, 32])],
+            [helper.make_node("Identity", ["input"], ["out"])],
+            "outputs 'out' [1, 3, 32, 32]; an image classifier has one output of shape (N, classes)",
+        ),
+        "int64_input.onnx": (
+            [vi("input", TensorProto.INT64, [1, 3, 32, 32])],
+            [vi("out", f32, [1, 3])],
+            [
+                helper.make_node("Cast", ["input"], ["c"], to=f32),
+                helper.make_node("ReduceMean", ["c"], ["out"], keepdims=0, axes=[2, 3]),
+            ],
+            "input 'input' is int64; an image classifier takes float32 or float16 images",
+        ),
+    }
+    for name, (ins, outs, nodes, needle) in cases.items():
+        path = _graph(tmp_path / name, ins, outs, nodes)
+        rc, out, err = _cli(capsys, "validate", path, "--data", world["val"], "--report", tmp_path / "r.json")
+        assert rc == 3, (name, err)  # exit 1 (internal error) or a misleading class-count message before
+        _one_error(err, f"{name}", needle)
+    assert not (tmp_path / "r.json").exists()

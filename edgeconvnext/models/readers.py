@@ -273,9 +273,16 @@ def unwrap(raw: RawCheckpoint, ema: bool) -> Unwrapped:
         obj = obj.state_dict()
     if raw.safetensors_metadata and FORMAT_MARKER in raw.safetensors_metadata:
         meta = raw.safetensors_metadata
-        ours: dict[str, Any] = {
-            k: json.loads(meta[k]) for k in ("arch", "num_classes", "class_names", "preprocess") if k in meta
-        }
+        ours: dict[str, Any] = {}
+        for k in ("arch", "num_classes", "class_names", "preprocess"):
+            if k in meta:
+                try:
+                    ours[k] = json.loads(meta[k])
+                except json.JSONDecodeError as e:
+                    raise CheckpointError(
+                        f"checkpoint {path}: its safetensors metadata '{k}' is not valid JSON ({e.msg} at "
+                        f"character {e.pos}): the file was edited; fix the value or save the checkpoint again"
+                    ) from None
         if ema:
             raise CheckpointError(f"--ema was given but {path} holds no EMA weights; drop --ema")
         return Unwrapped(dict(obj), FORMAT_MARKER, ours)

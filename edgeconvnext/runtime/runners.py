@@ -143,6 +143,30 @@ class Runner:
         )
 
 
+_IMAGE_TYPES = ("tensor(float)", "tensor(float16)")
+
+
+def _check_interface(session: Any, what: str) -> None:
+    """One float32/float16 image input (N, 3, S, S) and one (N, classes) output, as every edgeconvnext export
+    has; anything else is a CheckpointError saying what the file has (a detector, a segmenter, a feature
+    extractor or an int64-input graph is not an image classifier this tool can score)."""
+    ins, outs = session.get_inputs(), session.get_outputs()
+    if len(ins) != 1:
+        names = ", ".join(f"'{i.name}'" for i in ins)
+        raise CheckpointError(f"{what} has {len(ins)} inputs ({names}); an image classifier has one: (N, 3, S, S)")
+    inp = ins[0]
+    if inp.type not in _IMAGE_TYPES:
+        raise CheckpointError(
+            f"{what}: input '{inp.name}' is {inp.type.replace('tensor(', '').rstrip(')')}; an image classifier "
+            "takes float32 or float16 images (N, 3, S, S)"
+        )
+    if len(inp.shape) != 4 or (isinstance(inp.shape[1], int) and inp.shape[1] != 3):
+        raise CheckpointError(f"{what}: input '{inp.name}' has shape {list(inp.shape)}; expected (N, 3, S, S)")
+    if len(outs) != 1 or len(outs[0].shape) != 2:
+        shapes = "; ".join(f"'{o.name}' {list(o.shape)}" for o in outs)
+        raise CheckpointError(f"{what} outputs {shapes}; an image classifier has one output of shape (N, classes)")
+
+
 class OnnxRuntimeRunner(Runner):
     """onnxruntime InferenceSession on CPU (or CUDA with onnxruntime-gpu); reads input name, size, batch."""
 
@@ -174,6 +198,7 @@ class OnnxRuntimeRunner(Runner):
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise CheckpointError(f"onnxruntime cannot load {readable_path(self.path)}: {e}") from None
         self.device = device
+        _check_interface(self.session, readable_path(self.path))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
