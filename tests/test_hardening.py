@@ -695,3 +695,45 @@ def test_onnx_that_is_not_an_image_classifier(world, tmp_path, capsys):
         assert rc == 3, (name, err)  # exit 1 (internal error) or a misleading class-count message before
         _one_error(err, f"{name}", needle)
     assert not (tmp_path / "r.json").exists()
+
+
+# --- 4: requests the machine cannot hold are refused with the numbers --------------------------------------------
+
+
+def test_memory_impossible_requests_are_refused_up_front(world, tmp_path, capsys, monkeypatch):
+    import edgeconvnext.models.checkpoint as ck
+    from edgeconvnext.env import probes
+
+    monkeypatch.setattr(probes, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine, whatever this one has
+    rc, out, err = _cli(capsys, "validate", "--model", "convnextv2_test", "--latency", "--latency-batch", "1,100000")
+    assert rc == 2  # was OOM-killed after 57 s with no message
+    _one_error(err, "--latency-batch 100000 at 224 px (convnextv2_test) needs about", "8.0 GiB available")
+    real_load = ck.load_model
+    monkeypatch.setattr(ck, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    rc, out, err = _cli(capsys, "export", "-c", world["ckpt"], "--img-size", "100000", "-o", tmp_path / "m.onnx")
+    assert rc == 2  # tried a 240 GB allocation
+    _one_error(err, "--img-size 100000 needs about 223.5 GiB of memory", "use a smaller --img-size")
+    assert out == ""  # no progress line left before the error
+    monkeypatch.setattr(ck, "load_model", real_load)
+    calib = world["val"] / "c3"
+    args = ("quantize", "-c", world["ckpt"], "--calib-data", calib, "--calib-size", "5", "--min-calib-size", "5")
+    monkeypatch.setattr(probes, "available_memory", lambda: 3 * 2**20)  # 3 MiB: two images at 256 px fit...
+    rc, out, err = _cli(capsys, *args, "--img-size", "256", "-o", tmp_path / "q.onnx")  # ... 5 do not (3.75 MiB)
+    assert rc == 2
+    _one_error(err, "5 calibration images at 256 px needs about 3.8 MiB", "use a smaller --calib-size or --img-size")
+    assert _files(tmp_path) == []
+
+
+def test_an_allocation_failure_is_one_line(capsys):
+    from edgeconvnext.cli import app
+
+    @app.command("_oom_test", hidden=True)
+    def _oom() -> None:
+        raise MemoryError
+
+    try:
+        rc, out, err = _cli(capsys, "_oom_test")
+    finally:
+        app.registered_commands.pop()
+    assert rc == 8
+    _one_error(err, "out of memory: the request needs more memory than this machine has")

@@ -220,6 +220,14 @@ def _main(args: list[str], signals: list[int]) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return _interrupted(signals)
+    except MemoryError as e:  # an allocation the estimates did not foresee: one line, like the refusals
+        if debug:
+            raise
+        _common.err(
+            f"out of memory{f' ({e})' if str(e) else ''}: the request needs more memory than this machine has; "
+            "use a smaller batch or image size"
+        )
+        return 8
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, traceback with --debug
         if isinstance(e, OSError) and getattr(sys.stdout, "failed", None) is e:
             return 1  # printing the result failed, not the command: main() says so

@@ -43,6 +43,12 @@ def console():
     return Console(stderr=False, highlight=False, soft_wrap=True)
 
 
+def live_progress() -> bool:
+    """Whether to draw progress bars and spinners: not with --quiet, and only on a terminal (piped, rich's
+    transient bar left an empty line before the result or the error)."""
+    return not STATE.quiet and console().is_terminal
+
+
 def err(msg: str) -> None:
     """One ``error:`` line: messages that quote a library's multi-line error are joined onto it."""
     one_line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, console, done, info
+from edgeconvnext.cli._common import console, done, info, live_progress
 
 
 def demo_cmd(
@@ -38,7 +38,7 @@ def demo_cmd(
     info(
         "[bold]1/2 quantize[/bold]: bundled convnextv2_atto (Fashion-MNIST, 32 px) with 512 bundled calibration images"
     )
-    with _Progress(enabled=not STATE.quiet) as prog:
+    with _Progress(enabled=live_progress()) as prog:
         loaded, result = quantize_step(plan, on_step=prog.step, on_progress=prog.advance)
     _print(result, loaded, False)
     info("[bold]2/2 validate[/bold]: INT8 ONNX vs the FP32 checkpoint on 500 bundled Fashion-MNIST test images")
@@ -49,7 +49,7 @@ def demo_cmd(
         TimeElapsedColumn(),
         console=console(),
         transient=True,
-        disable=STATE.quiet,
+        disable=not live_progress(),
     ) as bar:
         task = bar.add_task("validate", total=None)
         try:

@@ -23,6 +23,7 @@ from edgeconvnext.cli._common import (
     console,
     done,
     human_size,
+    live_progress,
     print_skipped,
 )
 from edgeconvnext.export.config import ExportConfig
@@ -74,7 +75,7 @@ def export_cmd(
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
 
     c = console()
-    with c.status("loading the model", spinner="dots") if not STATE.quiet else nullcontext() as status:
+    with c.status("loading the model", spinner="dots") if live_progress() else nullcontext() as status:
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )

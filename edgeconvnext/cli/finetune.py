@@ -18,6 +18,7 @@ from edgeconvnext.cli._common import (
     console,
     done,
     human_size,
+    live_progress,
     print_skipped,
 )
 from edgeconvnext.train.config import FinetuneConfig
@@ -48,7 +49,7 @@ class _RichProgress:
             TimeRemainingColumn(),
             console=console(),
             transient=True,
-            disable=STATE.quiet,
+            disable=not live_progress(),
         )
         self.task: TaskID | None = None
         self.epochs = 0

@@ -29,6 +29,7 @@ from edgeconvnext.cli._common import (
     console,
     done,
     human_size,
+    live_progress,
     print_skipped,
 )
 from edgeconvnext.cli.qat import (
@@ -275,7 +276,7 @@ def quantize_cmd(
     from edgeconvnext.artifacts import Skipped
     from edgeconvnext.quantize import quantize
 
-    with _Progress(enabled=not STATE.quiet and not json_out) as prog:
+    with _Progress(enabled=live_progress() and not json_out) as prog:
         prog.step("loading the model")
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema

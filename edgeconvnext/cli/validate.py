@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done, print_skipped
+from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done, live_progress, print_skipped
 
 
 def _table(rep) -> None:
@@ -208,7 +208,7 @@ def validate_cmd(
         TimeRemainingColumn(),
         console=console(),
         transient=True,
-        disable=STATE.quiet,
+        disable=not live_progress(),
     ) as bar:
         task = bar.add_task("validate", total=None)
 

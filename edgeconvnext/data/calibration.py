@@ -145,6 +145,13 @@ def _load_into(
 ) -> tuple[np.ndarray, list[Path]]:
     """Preprocess ``paths`` in order until ``needed`` images are readable; unreadable ones go to ``skipped``.
     Decoding runs in a thread pool (:func:`~edgeconvnext.data.folders.decode_images`), in order."""
+    from edgeconvnext.env.probes import check_memory
+
+    check_memory(
+        needed * 3 * pp.img_size**2 * 4,
+        f"{needed} calibration images at {pp.img_size} px",
+        "use a smaller --calib-size or --img-size",
+    )
     out = np.empty((needed, 3, pp.img_size, pp.img_size), np.float32)
     used: list[Path] = []
     decoded = decode_images(paths, pp, ahead=_CHUNK * 4)

@@ -432,6 +432,31 @@ def probe_onnxruntime() -> dict[str, Any]:
     return {"installed": True, "version": ort.__version__, "providers": list(ort.get_available_providers())}
 
 
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get now (/proc/meminfo MemAvailable), None where unknown."""
+    text = _read(Path("/proc/meminfo")) or ""
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def check_memory(need: int, what: str, fix: str) -> None:
+    """Refuse a request estimated at ``need`` bytes when the machine has less available (UsageError with both
+    numbers): --latency-batch 100000 was OOM-killed after a minute with no message."""
+    from edgeconvnext.errors import UsageError
+
+    have = available_memory()
+    if have is not None and need > have:
+        raise UsageError(
+            f"{what} needs about {_gib(need)} of memory and this machine has {_gib(have)} available: {fix}"
+        )
+
+
+def _gib(n: int) -> str:
+    if n < 2**30:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**30:.1f} GiB" if n < 2**40 else f"{n / 2**40:.1f} TiB"
+
+
 def install_hint(jetson: bool) -> str:
     """What to install for TensorRT, in one sentence."""
     if jetson:

@@ -243,6 +243,21 @@ def _open_model(
     return runner, str(model), sha256_file(model)
 
 
+def _check_latency_memory(runner: Runner, batches: list[int], size: int) -> None:
+    """Refuse a latency batch the machine cannot hold (estimated before any allocation)."""
+    from edgeconvnext.env.probes import check_memory
+    from edgeconvnext.models.registry import ARCHS, forward_bytes
+
+    loaded = getattr(runner, "loaded", None)
+    arch = loaded.arch if loaded is not None else ARCHS.get(str(model_info(runner).get("arch")))
+    b = max(batches)
+    check_memory(
+        forward_bytes(arch, size, b),
+        f"--latency-batch {b} at {size} px" + (f" ({arch.name})" if arch is not None else ""),
+        "use a smaller --latency-batch",
+    )
+
+
 def _measure(
     runner: Runner,
     opts: LatencyOptions,
@@ -263,6 +278,8 @@ def _measure(
     if runner.input_size is None and size is None:
         size = 224
         notes.append(f"{runner.name} has a dynamic input size: timed at 224 px (give --img-size to choose)")
+    if not cuda:  # the host's memory (a GPU's own is the runtime's to report)
+        _check_latency_memory(runner, batches, runner.input_size or size or 224)
     out = []
     for b in batches:
         if on_batch is not None:

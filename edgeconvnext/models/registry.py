@@ -204,6 +204,16 @@ ALIASES: dict[str, str] = _aliases()
 STRIDE = 32
 
 
+def forward_bytes(arch: Arch | None, img_size: int, batch: int, bytes_per: int = 4) -> int:
+    """A lower estimate of the memory one inference of ``batch`` images needs: the input, and (``arch`` known)
+    the tensors alive in a stage-0 block (residual, depthwise and LayerNorm outputs, fc1/GELU/GRN at 4x width:
+    about 15 activations of stage 0's width at a quarter of the resolution)."""
+    n = batch * 3 * img_size * img_size * bytes_per
+    if arch is not None:
+        n += 15 * batch * arch.dims[0] * (img_size // 4) ** 2 * bytes_per
+    return n
+
+
 def check_img_size(img_size: int) -> int:
     """``img_size`` when it is a positive multiple of :data:`STRIDE`; else UsageError naming the nearest.
 
@@ -216,6 +226,10 @@ def check_img_size(img_size: int) -> int:
         raise UsageError(
             f"--img-size {img_size} is not a multiple of {STRIDE} (ConvNeXt downsamples by {STRIDE}); use {sizes}"
         )
+    from edgeconvnext.env.probes import check_memory
+
+    # two images (export's trace, the smallest batch anything runs) must fit: --img-size 100000 tried 240 GB
+    check_memory(forward_bytes(None, img_size, 2), f"--img-size {img_size}", "use a smaller --img-size")
     return int(img_size)
 
 
