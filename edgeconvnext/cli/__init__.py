@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if hasattr(sys.stdout, "reconfigure"):  # any other text holding a non-UTF-8 file name: escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
-    real_stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
+    real_stdout = sys.stdout
+    guard = _GuardedStdout(real_stdout)
+    sys.stdout = guard
     try:
         with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C
             rc = _main(args, signals)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
         except OSError:
             pass
-        failed = sys.stdout.failed  # type: ignore[attr-defined]
+        failed = guard.failed
     finally:
         sys.stdout = real_stdout
     if failed is None:

@@ -410,8 +410,8 @@ def placement_table(rows: list[dict[str, Any]], title: str) -> Any:
     t = Table(
         title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
     )
-    for col, just in (("layer", "left"), ("op", "left"), ("prec.", "left"), ("MACs", "right"), ("why", "left")):
-        t.add_column(col, justify=just, no_wrap=col != "why")
+    for col in ("layer", "op", "prec.", "MACs", "why"):
+        t.add_column(col, justify="right" if col == "MACs" else "left", no_wrap=col != "why")
     for r in rows:
         name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
         share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"

@@ -263,8 +263,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     ):
         raise DataError(f'calibration manifest {path} has no valid "images" list of {{path, sha256}}')
     seen: dict[str, int] = {}
-    for e in images:
-        key = e["path"].replace("\\", "/")
+    for entry in images:
+        key = entry["path"].replace("\\", "/")
         seen[key] = seen.get(key, 0) + 1
     dups = {k: n for k, n in seen.items() if n > 1}
     if dups:

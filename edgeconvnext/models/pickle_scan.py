@@ -49,14 +49,15 @@ def pickle_globals(data: bytes) -> list[str]:
     try:
         for op, arg, _ in pickletools.genops(data):
             name = op.name
+            index = arg if isinstance(arg, int) else -1  # the memo slot of PUT/GET opcodes
             if name in _STRING_OPS:
                 strings.append(arg if isinstance(arg, str) else str(arg))
             elif name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[int(arg)] = strings[-1]
+                memo[index] = strings[-1]
             elif name == "MEMOIZE" and strings:
                 memo[len(memo)] = strings[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
-                strings.append(memo[int(arg)])
+            elif name in ("BINGET", "LONG_BINGET", "GET") and index in memo:
+                strings.append(memo[index])
             elif name in ("GLOBAL", "INST"):
                 found.append(str(arg).replace(" ", "."))
             elif name == "STACK_GLOBAL" and len(strings) >= 2:
