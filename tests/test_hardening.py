@@ -737,3 +737,66 @@ def test_an_allocation_failure_is_one_line(capsys):
         app.registered_commands.pop()
     assert rc == 8
     _one_error(err, "out of memory: the request needs more memory than this machine has")
+
+
+# --- 1: build-engine checks TensorRT's rules first in every mode, keeps nothing of a failed build -----------------
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(world, tmp_path_factory):
+    """The 32 px test model as FP32 ONNX, and the same graph behind an input Q/DQ pair whose zero point is 3."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeconvnext.export.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx")
+    good = export_onnx(world["loaded"], root / "fp32.onnx").path
+    proto = onnx.load(str(good))
+    for n in proto.graph.node:
+        n.input[:] = ["input_dq" if i == "input" else i for i in n.input]
+    proto.graph.initializer.extend(
+        [numpy_helper.from_array(np.float32(0.05), "in_scale"), numpy_helper.from_array(np.int8(3), "in_zp")]
+    )
+    proto.graph.node.insert(0, helper.make_node("DequantizeLinear", ["input_q", "in_scale", "in_zp"], ["input_dq"]))
+    proto.graph.node.insert(0, helper.make_node("QuantizeLinear", ["input", "in_scale", "in_zp"], ["input_q"]))
+    bad = root / "bad.onnx"
+    onnx.save(proto, str(bad))
+    return good, bad
+
+
+def _copy_to(src: Path, folder: Path) -> Path:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(src, folder / src.name))
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], [], ["--fp16"]])
+def test_rule_violation_is_exit_6_in_every_mode(onnx_pair, tmp_path, capsys, mode):
+    bad = _copy_to(onnx_pair[1], tmp_path)
+    rc, out, err = _cli(capsys, "build-engine", bad, "-o", tmp_path / "m.engine", *mode)
+    assert rc == 6  # --dry-run printed a ready trtexec command (exit 0); without TensorRT it was exit 8
+    _one_error(err, "zero")
+    assert "trtexec --onnx" not in out
+    assert _files(tmp_path) == ["bad.onnx"]  # --fp16 wrote a complete-looking bad.fp16.onnx before exiting 6
+
+
+def test_a_failed_build_keeps_no_fp16_onnx(onnx_pair, tmp_path, capsys):
+    import os
+
+    good = _copy_to(onnx_pair[0], tmp_path / "m")
+    fake = tmp_path / "trtexec"  # TensorRT cannot be installed here: a trtexec that builds nothing
+    fake.write_text(
+        "#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec'\n"
+        'case "$*" in *--help*) exit 0;; esac\necho "[E] out of memory"\nexit 0\n'
+    )
+    os.chmod(fake, 0o755)
+    out_engine = tmp_path / "m" / "fp32.engine"
+    rc, out, err = _cli(capsys, "build-engine", good, "--fp16", "--trtexec", fake, "-o", out_engine)
+    assert rc == 5
+    line = _one_error(err, "trtexec exited 0 but wrote no engine")  # was "failed (exit 0)"
+    assert ".partial" not in line
+    log = (tmp_path / "m" / "fp32.engine.trtexec.log").read_text()
+    assert f"--saveEngine={out_engine}" in log and ".partial" not in log
+    assert _files(tmp_path / "m") == ["fp32.engine.trtexec.log", "fp32.onnx"]  # no fp32.fp16.onnx

@@ -189,6 +189,8 @@ def build_engine(
     matches (same ONNX hash, settings, library and TensorRT versions; the engine file unchanged)."""
     step = step or (lambda msg: log.info("%s", msg))
     plan = plan_build(req)
+    # the rules first: a violation is exit 6 whether or not TensorRT is here, before anything is written
+    trt_check = _check_qdq_rules(plan.onnx.path) if plan.onnx.has_qdq else None
     backend = select_backend(plan.trtexec)
     if backend.version is not None and backend.version[0] < MIN_TRT_MAJOR:
         raise BackendMissing(too_old(backend.version_str or "?"))
@@ -199,8 +201,24 @@ def build_engine(
         return reused
 
     t0 = time.perf_counter()
+    try:
+        return _build(plan, backend, step, t0, trt_check)
+    except BaseException:  # errors, Ctrl-C, SIGTERM: nothing of a failed build is kept, the FP16 ONNX neither
+        if plan.convert_fp16:
+            plan.build_onnx.unlink(missing_ok=True)
+        raise
+
+
+def _build(
+    plan: BuildPlan,
+    backend: Backend,
+    step: Callable[[str], None],
+    t0: float,
+    trt_check: dict[str, Any] | None,
+) -> BuildResult:
     fp16_info = _convert_fp16(plan, step) if plan.convert_fp16 else None
-    trt_check = _check_qdq_rules(plan) if plan.onnx.has_qdq else None
+    if plan.convert_fp16 and plan.onnx.has_qdq:
+        trt_check = _check_qdq_rules(plan.build_onnx)  # the conversion kept the rules (checked again: cheap)
     step(
         f"building {plan.precision} engine with TensorRT {backend.version_str or '?'} ({backend.kind}), "
         f"batch {plan.profile}, workspace {plan.workspace_mib} MiB, opt level {plan.opt_level}"
@@ -239,11 +257,11 @@ def build_engine(
     )
 
 
-def _check_qdq_rules(plan: BuildPlan) -> dict[str, Any]:
+def _check_qdq_rules(onnx_path: Path) -> dict[str, Any]:
     """TensorRT's explicit-quantization rules, checked before a long build (RuleViolation, exit 6)."""
     from edgeconvnext.onnx.trt_rules import check_file
 
-    report = check_file(plan.build_onnx)
+    report = check_file(onnx_path)
     report.raise_for_violations()
     return {"violations": 0, "warnings": list(report.warnings)}
 
@@ -321,6 +339,8 @@ def dry_run(req: BuildRequest) -> dict[str, Any]:
     input name (the steps say why).
     """
     plan = plan_build(req)
+    if plan.onnx.has_qdq:  # a command for an ONNX TensorRT would reject is no plan (exit 6)
+        _check_qdq_rules(plan.onnx.path)
     version: tuple[int, ...] | None = None
     source = "not found (command written for 10.x; 11.x accepts it)"
     trtexec_path: Path | str = plan.trtexec or "trtexec"

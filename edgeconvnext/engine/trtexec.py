@@ -85,9 +85,11 @@ def build_with_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: 
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as e:
         raise BackendMissing(f"cannot run {backend.trtexec}: {e}") from None
-    output = (done.stdout or "") + (done.stderr or "")
+    # the log and the messages name the engine path the user asked for, not the temporary file that is
+    # deleted when the build fails
+    output = ((done.stdout or "") + (done.stderr or "")).replace(str(dest), str(plan.output))
     with atomic_output(log_file) as tmp:
-        tmp.write_text(f"$ {format_command(cmd)}\n{output}")
+        tmp.write_text(f"$ {format_command(cmd).replace(str(dest), str(plan.output))}\n{output}")
     if done.returncode != 0 and re.search(
         r"no CUDA-capable device|cudaErrorNoDevice|CUDA driver version is "
         r"insufficient|CUDA initialization failure",
@@ -99,10 +101,8 @@ def build_with_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: 
         )
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        raise BuildError(
-            f"trtexec failed (exit {done.returncode}) building {plan.build_onnx}; full log in "
-            f"{log_file}; last lines:\n{tail}"
-        )
+        how = f"failed (exit {done.returncode})" if done.returncode != 0 else "exited 0 but wrote no engine"
+        raise BuildError(f"trtexec {how} building {plan.build_onnx}; full log in {log_file}; last lines:\n{tail}")
     from edgeconvnext.env.probes import parse_trt_version
 
     v = parse_trt_version(output)
