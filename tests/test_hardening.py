@@ -800,3 +800,26 @@ def test_a_failed_build_keeps_no_fp16_onnx(onnx_pair, tmp_path, capsys):
     log = (tmp_path / "m" / "fp32.engine.trtexec.log").read_text()
     assert f"--saveEngine={out_engine}" in log and ".partial" not in log
     assert _files(tmp_path / "m") == ["fp32.engine.trtexec.log", "fp32.onnx"]  # no fp32.fp16.onnx
+
+
+# --- 14: finetune writes .pt, and says when it replaced the classifier -------------------------------------------
+
+
+def test_finetune_output_must_be_a_pt_file(world, tmp_path, capsys):
+    args = ("finetune", "--train-data", world["val"], "--val-data", world["val"], "-c", world["ckpt"])
+    rc, out, err = _cli(capsys, *args, "-o", tmp_path / "x.onnx")
+    assert rc == 2  # was a torch checkpoint named .onnx (validate then failed on protobuf)
+    _one_error(err, "--output", "x.onnx: finetune writes a PyTorch checkpoint, name it .pt (e.g. x.pt)")
+    assert _files(tmp_path) == []
+
+
+def test_finetune_prints_the_classifier_replacement_note(world, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "two"
+    for c in ("c0", "c1"):
+        shutil.copytree(world["val"] / c, data / c)
+    args = ("finetune", "--train-data", data, "--val-data", data, "-c", world["ckpt"], "--epochs", "1")
+    rc, out, err = _cli(capsys, *args, "--batch", "4", "--workers", "0", "-o", tmp_path / "f.pt")
+    assert rc == 0, err
+    assert "note: replaced the 4-class classifier with a new 2-class one (train it)" in out

@@ -193,6 +193,9 @@ def finetune_cmd(
         return print_skipped(result)
     from rich.markup import escape  # a path like run[2].pt is data, not markup
 
+    if not STATE.quiet:
+        for note in result.notes:
+            console().print(f"note: {note}", soft_wrap=True, markup=False)
     pp = result.preprocess
     done(
         escape(

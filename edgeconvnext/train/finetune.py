@@ -270,6 +270,11 @@ def finetune(
 
     cfg.validate()
     # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
+    if cfg.output.suffix.lower() not in (".pt", ".pth"):
+        raise UsageError(
+            f"--output {cfg.output}: finetune writes a PyTorch checkpoint, name it .pt (e.g. "
+            f"{cfg.output.with_suffix('.pt').name}); 'edgeconvnext export' makes the .onnx from it"
+        )
     check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
     check_device(cfg.device)
     inputs = [input_ref("train_data", cfg.train_data), input_ref("val_data", cfg.val_data)]
@@ -324,6 +329,7 @@ def finetune(
             allow_unsafe=cfg.allow_unsafe,
             ema=cfg.ema,
         )
+        notes.extend(getattr(loaded, "notes", []) or [])  # e.g. "replaced the 1000-class classifier ...", as export
         pp = _choose_preprocess(loaded.preprocess, cfg, train_ds.paths, notes)
     for n in notes:
         log.info("%s", n)
