@@ -823,3 +823,21 @@ def test_finetune_prints_the_classifier_replacement_note(world, tmp_path, capsys
     rc, out, err = _cli(capsys, *args, "--batch", "4", "--workers", "0", "-o", tmp_path / "f.pt")
     assert rc == 0, err
     assert "note: replaced the 4-class classifier with a new 2-class one (train it)" in out
+
+
+# --- 13: a --checkpoint baseline without stored preprocessing runs at the model's size -------------------------
+
+
+def test_checkpoint_baseline_runs_at_the_models_size(world, onnx_pair, tmp_path, capsys):
+    import json
+
+    plain = tmp_path / "plain.pt"  # bare weights: no stored preprocessing, so the arch's default 224 px
+    torch.save(world["loaded"].model.state_dict(), plain)
+    report = tmp_path / "r.json"
+    rc, out, err = _cli(
+        capsys, "validate", onnx_pair[0], "--data", world["val"], "--checkpoint", plain, "--report", report
+    )
+    assert rc == 0, err  # was exit 2: "the baseline takes 224 px inputs, the model 32 px"
+    rep = json.loads(report.read_text())
+    assert rep["top1_agreement"] == 100.0 and abs(rep["drop"]) < 1e-9
+    assert any("ran at the model's 32 px (its preprocessing says 224 px)" in n for n in rep["notes"])

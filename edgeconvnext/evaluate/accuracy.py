@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,13 @@ def accuracy_pass(
         from edgeconvnext.models.checkpoint import load_model
 
         loaded = load_model(None, Path(checkpoint), allow_unsafe=allow_unsafe)  # hashes the file once
+        if loaded.preprocess.img_size != pp.img_size:  # ConvNeXt runs at any multiple of 32: compare like for like
+            notes.append(
+                f"the baseline {Path(checkpoint).name} ran at the model's {pp.img_size} px (its preprocessing says "
+                f"{loaded.preprocess.img_size} px); quantize's OUT.fp32.onnx is the exact baseline (--baseline)"
+            )
+            log.info("%s", notes[-1])
+            loaded.preprocess = replace(loaded.preprocess, img_size=pp.img_size)
         base = open_runner(loaded, "torch", "cpu", "fp32")
         base_sha = loaded.source_sha256
     if base is not None:
