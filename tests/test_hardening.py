@@ -841,3 +841,26 @@ def test_checkpoint_baseline_runs_at_the_models_size(world, onnx_pair, tmp_path,
     rep = json.loads(report.read_text())
     assert rep["top1_agreement"] == 100.0 and abs(rep["drop"]) < 1e-9
     assert any("ran at the model's 32 px (its preprocessing says 224 px)" in n for n in rep["notes"])
+
+
+# --- 15: a recipe does not silently override the checkpoint's resolution -----------------------------------------
+
+
+def test_recipe_size_against_a_checkpoint_trained_at_another_size(tmp_path, capsys, caplog):
+    import logging
+
+    from edgeconvnext.demo import assets
+
+    a = assets()  # convnextv2_atto at 32 px; the recipe quantizes atto at 224 px
+    args = ("quantize", "--recipe", "convnextv2_atto-orin_nano", "-c", a.checkpoint, "--calib-data", a.calib)
+    rc, out, err = _cli(capsys, *args, "-o", tmp_path / "q.onnx")
+    assert rc == 2  # was quantized at 224 px with the checkpoint's crop 1.0, logged as "from the checkpoint"
+    _one_error(
+        err, "--recipe convnextv2_atto-orin_nano quantizes at 224 px but", "is for 32 px inputs", "--img-size 224"
+    )
+    assert _files(tmp_path) == []
+    from edgeconvnext.models.checkpoint import load_model
+
+    with caplog.at_level(logging.INFO):
+        load_model(None, a.checkpoint, img_size=64)
+    assert "img_size 64 from the caller (--img-size or a recipe)" in caplog.text

@@ -209,9 +209,13 @@ def quantize_cmd(
         calib_data=calib_data,
         calib_manifest=calib_manifest,
     )
+    recipe_img_size = None  # the recipe's size, when --img-size does not set one: checked against the checkpoint
     if rec is not None:
         model = model or rec.model
-        img_size = img_size or rec.img_size
+        if img_size is None and rec.img_size is not None:
+            recipe_img_size = rec.img_size
+            if checkpoint is None:  # random weights: nothing was trained at another size
+                img_size = rec.img_size
     qat_values = {
         "train_data": train_data,
         "val_data": val_data,
@@ -256,6 +260,7 @@ def quantize_cmd(
 
     check_output(output, "--output", {"--checkpoint": checkpoint}, suffix=".onnx")
     if cfg.method == "qat":
+        img_size = img_size or recipe_img_size
         run_qat(
             output=output,
             model=model,
@@ -281,6 +286,13 @@ def quantize_cmd(
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
+        if checkpoint is not None and recipe_img_size is not None and recipe_img_size != loaded.preprocess.img_size:
+            have = loaded.preprocess.img_size
+            raise UsageError(
+                f"--recipe {recipe} quantizes at {recipe_img_size} px but {checkpoint} is for {have} px inputs "
+                f"(crop_pct {loaded.preprocess.crop_pct}): pass --img-size {recipe_img_size} to use the recipe's size "
+                f"anyway, or --img-size {have} to keep the checkpoint's"
+            )
         val = None
         if budget is not None and val_data is not None:
             from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset

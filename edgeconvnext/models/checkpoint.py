@@ -125,9 +125,11 @@ def load_model(
     arch = _choose_arch(found.state_dict, requested, source)
     net, ckpt_classes = _build_and_load(found.state_dict, arch, num_classes, source, found.notes)
     class_names, pp = _names_and_preprocess(found, arch, net.num_classes, ckpt_classes, source)
-    if img_size is not None:
+    where = found.preprocess_from or f"{arch.name} defaults"
+    if img_size is not None and img_size != pp.img_size:
         pp = replace(pp, img_size=img_size)
-    log.info("preprocessing from %s: %s", found.preprocess_from or f"{arch.name} defaults", pp.to_dict())
+        where += f", img_size {img_size} from the caller (--img-size or a recipe)"
+    log.info("preprocessing from %s: %s", where, pp.to_dict())
     extra = {k: v for k, v in found.unwrapped.ours.items() if k not in _RESERVED}
     return LoadedModel(net, arch, pp, class_names, source, sha256_file(source), found.source_format, found.notes, extra)
 
