@@ -202,7 +202,7 @@ def build_engine(
 
     t0 = time.perf_counter()
     try:
-        return _build(plan, backend, step, t0, trt_check)
+        return _build(plan, backend, step, t0, trt_check, (inputs, config, versions))
     except BaseException:  # errors, Ctrl-C, SIGTERM: nothing of a failed build is kept, the FP16 ONNX neither
         if plan.convert_fp16:
             plan.build_onnx.unlink(missing_ok=True)
@@ -215,7 +215,9 @@ def _build(
     step: Callable[[str], None],
     t0: float,
     trt_check: dict[str, Any] | None,
+    key: tuple[Any, Any, Any],
 ) -> BuildResult:
+    inputs, config, versions = key
     fp16_info = _convert_fp16(plan, step) if plan.convert_fp16 else None
     if plan.convert_fp16 and plan.onnx.has_qdq:
         trt_check = _check_qdq_rules(plan.build_onnx)  # the conversion kept the rules (checked again: cheap)
