@@ -483,7 +483,7 @@ def test_non_finite_floats_are_refused_by_every_command(world, tmp_path, capsys,
     args = ("validate", world["ckpt"], "--data", world["val"], "--checkpoint", world["ckpt"], "--report", report)
     rc, out, err = _cli(capsys, *args, f"--max-drop={value}")
     assert rc == 2
-    _one_error(err, f"Invalid value for '--max-drop': {value} is not a finite number")
+    _one_error(err, f"Invalid value for '--max-drop': --max-drop must be a finite number, got {value}")
     rc, out, err = _cli(
         capsys,
         "finetune",
@@ -496,7 +496,7 @@ def test_non_finite_floats_are_refused_by_every_command(world, tmp_path, capsys,
         f"--lr={value}",
     )
     assert rc == 2
-    _one_error(err, f"Invalid value for '--lr': {value} is not a finite number")
+    _one_error(err, f"Invalid value for '--lr': --lr must be a finite number, got {value}")
     assert _files(tmp_path) == []
 
 

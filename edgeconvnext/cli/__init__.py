@@ -163,7 +163,8 @@ def _finite_floats(command: Any, cx: Any) -> None:
     def wrap(previous: Any) -> Any:
         def check(ctx: Any, param: Any, value: Any) -> Any:
             if isinstance(value, float) and not math.isfinite(value):
-                raise cx.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+                name = param.opts[0] if getattr(param, "opts", None) else param.name
+                raise cx.BadParameter(f"{name} must be a finite number, got {value!r}", ctx=ctx, param=param)
             return previous(ctx, param, value) if previous is not None else value
 
         return check
