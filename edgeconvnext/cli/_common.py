@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -114,3 +114,67 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+_P = TypeVar("_P", bound="StepProgress")
+
+
+class StepProgress:
+    """One rich progress line: the current step, and a bar while images load or calibrate.
+
+    Subclasses add columns before the step (``lead_columns``) and task fields (``task_fields``).
+    """
+
+    bar_width: int | None = 40  # rich's default
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+        self._task: Any = None
+        self._desc = ""
+
+    def lead_columns(self) -> list[Any]:
+        return []
+
+    def task_fields(self) -> dict[str, Any]:
+        return {}
+
+    def __enter__(self: _P) -> _P:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._p = Progress(
+                SpinnerColumn(),
+                *self.lead_columns(),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=self.bar_width),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console(),
+                transient=True,
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task("starting", total=None, **self.task_fields())
+        return self
+
+    def step(self, desc: str) -> None:
+        from rich.markup import escape  # descriptions name folders: data, not markup
+
+        self._desc = desc
+        if self._p is not None:
+            self._p.update(self._task, description=escape(desc), total=None, completed=0)
+
+    def advance(self, done: int, total: int) -> None:
+        if self._p is not None:
+            self._p.update(self._task, total=total, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)

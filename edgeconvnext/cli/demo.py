@@ -28,7 +28,8 @@ def demo_cmd(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeconvnext.cli.quantize import _print, _Progress
+    from edgeconvnext.cli._common import StepProgress
+    from edgeconvnext.cli.quantize import _print
     from edgeconvnext.cli.validate import _show
     from edgeconvnext.errors import AccuracyError
     from edgeconvnext.evaluate.validate import summary_line
@@ -38,7 +39,7 @@ def demo_cmd(
     info(
         "[bold]1/2 quantize[/bold]: bundled convnextv2_atto (Fashion-MNIST, 32 px) with 512 bundled calibration images"
     )
-    with _Progress(enabled=live_progress()) as prog:
+    with StepProgress(enabled=live_progress()) as prog:
         loaded, result = quantize_step(plan, on_step=prog.step, on_progress=prog.advance)
     _print(result, loaded, False)
     info("[bold]2/2 validate[/bold]: INT8 ONNX vs the FP32 checkpoint on 500 bundled Fashion-MNIST test images")

@@ -25,6 +25,7 @@ from edgeconvnext.cli._common import (
     ImgSizeOpt,
     ModelOpt,
     NumClassesOpt,
+    StepProgress,
     UnsafeOpt,
     console,
     done,
@@ -281,7 +282,7 @@ def quantize_cmd(
     from edgeconvnext.artifacts import Skipped
     from edgeconvnext.quantize import quantize
 
-    with _Progress(enabled=live_progress() and not json_out) as prog:
+    with StepProgress(enabled=live_progress() and not json_out) as prog:
         prog.step("loading the model")
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
@@ -429,52 +430,3 @@ def placement_table(rows: list[dict[str, Any]], title: str) -> Any:
         share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
         t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
     return t
-
-
-class _Progress:
-    """One rich progress line: the current step, and a bar while images load or calibrate."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        self._task: Any = None
-        self._desc = ""
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._p = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console(),
-                transient=True,
-            )
-            self._p.__enter__()
-            self._task = self._p.add_task("starting", total=None)
-        return self
-
-    def step(self, desc: str) -> None:
-        from rich.markup import escape  # descriptions name folders: data, not markup
-
-        self._desc = desc
-        if self._p is not None:
-            self._p.update(self._task, description=escape(desc), total=None, completed=0)
-
-    def advance(self, done: int, total: int) -> None:
-        if self._p is not None:
-            self._p.update(self._task, total=total, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)

@@ -15,6 +15,7 @@ from edgeconvnext.cli._common import (
     ImgSizeOpt,
     ModelOpt,
     NumClassesOpt,
+    StepProgress,
     UnsafeOpt,
     console,
     done,
@@ -153,44 +154,23 @@ def _summary(result: Any) -> None:
     )
 
 
-class _Display:
+class _Display(StepProgress):
     """A rich live display: the stage (i/n), its current step, a bar while images load, the elapsed time;
     each finished or skipped stage leaves one line above it."""
 
+    bar_width = 24
+
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        self._task: Any = None
+        super().__init__(enabled)
         self._stage = ""
 
-    def __enter__(self) -> _Display:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+    def lead_columns(self) -> list[Any]:
+        from rich.progress import TextColumn
 
-            self._p = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.fields[stage]}[/bold]"),
-                TextColumn("{task.description}"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console(),
-                transient=True,
-            )
-            self._p.__enter__()
-            self._task = self._p.add_task("starting", total=None, stage="")
-        return self
+        return [TextColumn("[bold]{task.fields[stage]}[/bold]")]
 
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+    def task_fields(self) -> dict[str, Any]:
+        return {"stage": ""}
 
     def _print(self, text: str) -> None:
         if self._p is not None:
@@ -199,7 +179,6 @@ class _Display:
             self._p.console.print(escape(text), soft_wrap=True)
 
     def events(self):
-        from rich.markup import escape
 
         from edgeconvnext.pipeline.run import Events
 
@@ -214,12 +193,4 @@ class _Display:
         def finished(name: str, summary: str, seconds: float) -> None:
             self._print(f"  {name}: {summary} ({seconds:.1f} s)")
 
-        def step(text: str) -> None:
-            if self._p is not None:
-                self._p.update(self._task, description=escape(text), total=None, completed=0)
-
-        def progress(done_: int, total: int) -> None:
-            if self._p is not None:
-                self._p.update(self._task, total=total, completed=done_)
-
-        return Events(stage=stage, skipped=skipped, finished=finished, step=step, progress=progress)
+        return Events(stage=stage, skipped=skipped, finished=finished, step=self.step, progress=self.advance)

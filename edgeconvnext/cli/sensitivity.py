@@ -15,6 +15,7 @@ from edgeconvnext.cli._common import (
     ImgSizeOpt,
     ModelOpt,
     NumClassesOpt,
+    StepProgress,
     UnsafeOpt,
     console,
     done,
@@ -30,7 +31,6 @@ from edgeconvnext.cli.quantize import (
     PolicyOpt,
     SeedOpt,
     SmoothOpt,
-    _Progress,
 )
 
 ValOpt = Annotated[
@@ -125,7 +125,7 @@ def sensitivity_cmd(
     from edgeconvnext.quantize.sensitivity import analyse, plot_png
     from edgeconvnext.quantize.valset import load_valset
 
-    with _Progress(enabled=not STATE.quiet and not json_out) as prog:
+    with StepProgress(enabled=not STATE.quiet and not json_out) as prog:
         prog.step("loading the model")
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
