@@ -166,3 +166,20 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, data, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'edgeconvnext[plot]'" in err[0] and "--plot" in err[0]
     assert not png.exists()
+
+
+def test_missing_val_data_is_refused_before_the_model_loads(tmp_path, capsys):
+    # the checkpoint does not exist either: the --val-data line (exit 4) shows the folder is checked first
+    rc = main(
+        [
+            "sensitivity",
+            "-c",
+            str(tmp_path / "absent.pt"),
+            "--calib-data",
+            str(tmp_path),
+            "--val-data",
+            str(tmp_path / "nope"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 4 and err == [f"error: --val-data folder not found: {tmp_path / 'nope'}"]

@@ -19,6 +19,7 @@ from edgeconvnext.cli._common import (
     UnsafeOpt,
     console,
     done,
+    live_progress,
 )
 from edgeconvnext.cli.quantize import (
     BackendOpt,
@@ -87,7 +88,7 @@ def sensitivity_cmd(
     from edgeconvnext.errors import BackendMissing, UsageError
     from edgeconvnext.quantize.ptq import prepare
     from edgeconvnext.quantize.sensitivity import DEFAULT_SUBSET, check_mode
-    from edgeconvnext.quantize.valset import MIN_VAL_IMAGES
+    from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, check_root
 
     cfg = prepare(
         None,
@@ -105,6 +106,7 @@ def sensitivity_cmd(
         calib_manifest=calib_manifest,
     )
     mode = check_mode(mode)
+    check_root(val_data)  # before the model load: a typo costs no wait
     if min_val_size is not None and min_val_size < 1:
         raise UsageError(f"--min-val-size must be at least 1, got {min_val_size}")
     if subset_size is not None and subset_size < 1:
@@ -125,7 +127,7 @@ def sensitivity_cmd(
     from edgeconvnext.quantize.sensitivity import analyse, plot_png
     from edgeconvnext.quantize.valset import load_valset
 
-    with StepProgress(enabled=not STATE.quiet and not json_out) as prog:
+    with StepProgress(enabled=live_progress() and not json_out) as prog:
         prog.step("loading the model")
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema

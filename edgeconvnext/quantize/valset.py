@@ -49,6 +49,14 @@ class ValSet:
         return self.labels is not None
 
 
+def check_root(root: str | Path, option: str = "--val-data") -> Path:
+    """``root`` as a Path; DataError when it is not a folder (commands call it before loading the model)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{option} folder not found: {root}")
+    return root
+
+
 def load_valset(
     root: str | Path,
     pp: Preprocess,
@@ -64,9 +72,7 @@ def load_valset(
 
     if min_size < 1:
         raise UsageError(f"--min-val-size must be at least 1, got {min_size}")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{option} folder not found: {root}")
+    root = check_root(root, option)
     labelled = bool(class_folders(root)) or find_labels_file(root) is not None
     if labelled:
         ds = LabelledImages.discover(root, class_names=list(class_names) if class_names else None)
