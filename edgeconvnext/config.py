@@ -299,13 +299,15 @@ def as_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-_DYNAMIC_WORDS = ("dynamic", "dyn", "-1", "")
+#: spellings of a dynamic batch; -1 (ONNX's convention) and an empty value are refused, not taken as dynamic:
+#: ``export --batch -1`` silently exported a dynamic batch
+_DYNAMIC_WORDS = ("dynamic", "dyn")
 
 
 def parse_batch_spec(spec: str | int | None, *, dynamic: bool, profile: bool) -> tuple[int, int, int] | None:
     """The one ``--batch`` grammar (export: a fixed N or dynamic; build-engine: N or an engine profile).
 
-    None -> None; ``dynamic`` (also ``dyn``, ``-1``, empty) -> None where ``dynamic`` is allowed;
+    None -> None; ``dynamic`` (also ``dyn``) -> None where ``dynamic`` is allowed;
     ``N`` -> (N, N, N); ``MIN,OPT,MAX`` -> (MIN, OPT, MAX) where ``profile`` is allowed. Whole numbers >= 1,
     MIN <= OPT <= MAX; anything else is a UsageError naming --batch and the accepted forms.
     """
@@ -329,7 +331,8 @@ def parse_batch_spec(spec: str | int | None, *, dynamic: bool, profile: bool) ->
         raise UsageError(f"--batch '{spec}' is neither 'dynamic' nor a whole number; use --batch dynamic or --batch 8")
     vals = [int(p) for p in parts]
     if any(v < 1 for v in vals):
-        raise UsageError(f"--batch '{spec}': batch sizes must be >= 1" + (" (or 'dynamic')" if dynamic else ""))
+        fix = "; for a dynamic batch use --batch dynamic" if dynamic else ""
+        raise UsageError(f"--batch '{spec}': batch sizes must be >= 1{fix}")
     if len(vals) == 1:
         return vals[0], vals[0], vals[0]
     lo, opt, hi = vals

@@ -22,7 +22,8 @@ class UsageError(EdgeError):
 
 
 class CheckpointError(EdgeError):
-    """Missing, unreadable or mismatched checkpoint."""
+    """Missing, unreadable or mismatched model file: a checkpoint, an ONNX or an engine (the same code in every
+    command: inspect, validate and build-engine of a corrupt ONNX all exit 3)."""
 
     exit_code = 3
 

@@ -864,3 +864,277 @@ def test_recipe_size_against_a_checkpoint_trained_at_another_size(tmp_path, caps
     with caplog.at_level(logging.INFO):
         load_model(None, a.checkpoint, img_size=64)
     assert "img_size 64 from the caller (--img-size or a recipe)" in caplog.text
+
+
+# --- 17: smaller ones ----------------------------------------------------------------------------------------------
+
+
+def test_export_batch_minus_one_is_refused(world, tmp_path, capsys):
+    rc, out, err = _cli(capsys, "export", "-c", world["ckpt"], "--batch", "-1", "-o", tmp_path / "m.onnx")
+    assert rc == 2  # was a dynamic-batch export, exit 0
+    _one_error(err, "--batch '-1'", "for a dynamic batch use --batch dynamic")
+    assert _files(tmp_path) == []
+
+
+def test_validate_refuses_the_model_as_its_own_baseline(world, onnx_pair, tmp_path, capsys):
+    import shutil
+
+    model = _copy_to(onnx_pair[0], tmp_path)
+    twin = Path(shutil.copy(model, tmp_path / "twin.onnx"))  # another name, the same bytes
+    for base in (model, twin):
+        rc, out, err = _cli(
+            capsys, "validate", model, "--data", world["val"], "--baseline", base, "--report", tmp_path / "r.json"
+        )
+        assert rc == 2  # was exit 0 with 'drop 0.00', however bad the model
+        _one_error(err, f"--baseline {base} is the model itself", "--baseline OUT.fp32.onnx")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", world["val"], "--checkpoint", world["ckpt"])
+    assert rc == 2
+    _one_error(err, "--checkpoint", "is the model itself")
+    assert _files(tmp_path) == ["fp32.onnx", "twin.onnx"]
+
+
+def test_an_int8_baseline_is_one_clear_warning(world, onnx_pair, tmp_path, capsys, caplog):
+    import json
+    import logging
+
+    report = tmp_path / "r.json"
+    with caplog.at_level(logging.WARNING):
+        rc, out, err = _cli(
+            capsys, "validate", onnx_pair[0], "--data", world["val"], "--baseline", onnx_pair[1], "--report", report
+        )
+    assert rc == 0, err
+    lines = [r.getMessage() for r in caplog.records if "baseline" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]  # was accepted without a word
+    assert "bad.onnx is an INT8 model (2 Q/DQ nodes): the drop is measured against a quantized model" in lines[0]
+    assert lines[0] in json.loads(report.read_text())["notes"]
+
+
+def _quantize(capsys, ckpt: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    calib = ("--calib-size", "16", "--min-calib-size", "8")
+    return _cli(
+        capsys, "-q", "quantize", "-c", ckpt, "--calib-data", out.parent.parent / "val", *calib, "-o", out, *extra
+    )
+
+
+def test_no_fp32_baseline_leaves_no_stale_baseline_of_another_checkpoint(world, tmp_path, capsys, caplog):
+    import logging
+    import shutil
+
+    root = tmp_path / "w"
+    shutil.copytree(world["val"], root / "val")
+    torch.manual_seed(1)
+    other = load_model("convnextv2_test", num_classes=len(NAMES), img_size=32)
+    ckpt_b = save_checkpoint(root / "b.pt", other.model, other.arch, class_names=NAMES, preprocess=other.preprocess)
+    out = root / "q" / "q.onnx"
+    out.parent.mkdir()
+    assert _quantize(capsys, world["ckpt"], out)[0] == 0
+    first = (out.parent / "q.fp32.onnx").read_bytes()
+    # the same checkpoint again: the old file is exactly this model's FP32 export, so it stays its baseline
+    assert _quantize(capsys, world["ckpt"], out, "--no-fp32-baseline")[0] == 0
+    assert (out.parent / "q.fp32.onnx").read_bytes() == first
+    # another checkpoint: the old baseline would pass for the new model's; it goes, with its sidecar
+    with caplog.at_level(logging.WARNING):
+        rc, _, err = _quantize(capsys, ckpt_b, out, "--no-fp32-baseline")
+    assert rc == 0, err
+    assert _files(out.parent) == ["q.calib.json", "q.onnx", "q.onnx.json"]  # q.fp32.onnx(.json) from A stayed
+    assert "removed q.fp32.onnx: an earlier run's FP32 baseline, not this model's" in caplog.text
+
+
+_FAILING_TRTEXEC = """#!/bin/sh
+echo '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec'
+case "$*" in *--help*) exit 0;; esac
+for a in "$@"; do case "$a" in --saveEngine=*) : > "${a#--saveEngine=}";; esac; done
+echo "[I] parsing the ONNX"
+echo "[E] Error[2]: [builder.cpp::buildSerializedNetwork] out of device memory" >&2
+echo "[E] Engine could not be created from network" >&2
+"""
+
+
+@pytest.mark.parametrize(
+    "ending,how", [("exit 3", "failed with exit status 3"), ("kill -9 $$", "was killed by SIGKILL")]
+)
+def test_a_failed_trtexec_says_how_it_ended_and_names_the_engine(onnx_pair, tmp_path, capsys, ending, how):
+    import os
+
+    good = _copy_to(onnx_pair[0], tmp_path / "m")
+    fake = tmp_path / "trtexec"
+    fake.write_text(_FAILING_TRTEXEC + ending + "\n")
+    os.chmod(fake, 0o755)
+    engine = tmp_path / "m" / "fp32.engine"
+    rc, out, err = _cli(capsys, "build-engine", good, "--fp16", "--trtexec", fake, "-o", engine)
+    assert rc == 5
+    line = _one_error(err, f"trtexec {how} building {engine} from {good}")  # was "failed (exit 0)"
+    assert ".partial" not in err and "fp32.fp16.onnx" not in line  # both deleted with the failed build
+    tail = line.split("last lines of its stderr:")[1]  # the CLI joins the quoted lines onto the one error line
+    assert "out of device memory" in tail and "could not be created" in tail
+    assert "parsing the ONNX" not in tail  # stdout is in the log, stderr says what failed
+    assert _files(tmp_path / "m") == ["fp32.engine.trtexec.log", "fp32.onnx"]
+
+
+class _Unreadable:
+    """A folder this process cannot list: chmod 000, and as root (which reads it anyway) the effective uid
+    dropped to nobody while the scan runs (the data lies under a world-readable temp folder for that)."""
+
+    def __init__(self) -> None:
+        import os
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="edgeconvnext-unreadable-"))
+        os.chmod(self.root, 0o755)
+        self.as_root = os.geteuid() == 0
+
+    def lock(self, folder: Path) -> None:
+        import os
+
+        os.chmod(folder, 0)
+
+    def __enter__(self):
+        import os
+
+        if self.as_root:
+            os.seteuid(65534)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        if self.as_root:
+            os.seteuid(0)
+
+    def cleanup(self) -> None:
+        import os
+        import shutil
+
+        for d, _, _ in os.walk(self.root):
+            os.chmod(d, 0o755)
+        for p in self.root.rglob("*"):
+            os.chmod(p, 0o755)
+        shutil.rmtree(self.root)
+
+
+@pytest.fixture
+def unreadable():
+    import os
+
+    if os.geteuid() == 0 and not hasattr(os, "seteuid"):
+        pytest.skip("needs a non-root user or seteuid: root reads a chmod-000 folder anyway")
+    u = _Unreadable()
+    try:
+        yield u
+    finally:
+        u.cleanup()
+
+
+def test_unreadable_sub_folders_are_counted_as_skipped(world, unreadable, caplog):
+    import logging
+    import os
+    import shutil
+
+    from edgeconvnext.data.calibration import select_images
+    from edgeconvnext.data.folders import LabelledImages
+
+    val = unreadable.root / "val"
+    shutil.copytree(world["val"], val)
+    (val / "c1" / "more").mkdir()
+    shutil.copy(val / "c1" / "0.png", val / "c1" / "more" / "x.png")
+    for d in (val, *val.rglob("*")):
+        os.chmod(d, 0o755)
+    unreadable.lock(val / "c1" / "more")
+    unreadable.lock(val / "c2")  # a whole class folder
+    with caplog.at_level(logging.WARNING), unreadable:
+        ds = LabelledImages.discover(val)
+        cs = select_images(val, 10, preprocess=world["loaded"].preprocess, min_images=8)
+    assert len(ds) == 15 and sorted(p.name for p, _ in ds.skipped) == ["c2", "more"]  # were skipped uncounted
+    assert all("cannot read the folder (Permission denied)" in why for _, why in ds.skipped)
+    assert len(cs) == 10 and sorted(p.name for p, _ in cs.skipped) == ["c2", "more"]
+    assert cs.manifest()["skipped"][0]["reason"].endswith(
+        "cannot read the folder (Permission denied); its images are not counted"
+    )
+    assert "skipping " in caplog.text and "more: cannot read the folder" in caplog.text
+
+
+def test_validate_counts_an_unreadable_class_folder(world, onnx_pair, unreadable, capsys):
+    import json
+    import os
+    import shutil
+
+    val = unreadable.root / "val"
+    shutil.copytree(world["val"], val)
+    model = Path(shutil.copy(onnx_pair[0], unreadable.root / "m.onnx"))
+    out = unreadable.root / "out"
+    out.mkdir()
+    for d in (unreadable.root, *unreadable.root.rglob("*")):
+        os.chmod(d, 0o777 if d.is_dir() else 0o644)
+    rc, *_ = _cli(capsys, "validate", model, "--data", val)  # as root: every lazy import done before the uid drop
+    assert rc == 0
+    unreadable.lock(val / "c3")
+    with unreadable:
+        rc, o, err = _cli(capsys, "validate", model, "--data", val, "--report", out / "r.json")
+    assert rc == 0, err
+    rep = json.loads((out / "r.json").read_text())
+    assert rep["images"] == 15 and rep["skipped"] == 1 and rep["skipped_files"][0]["file"] == str(val / "c3")
+    assert "1 unreadable skipped" in o
+
+
+def test_a_corrupt_onnx_is_exit_3_in_every_command(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 definitely not a protobuf graph")
+    for args in (["inspect", bad], ["inspect", bad, "--trt"], ["validate", bad, "--latency"], ["build-engine", bad]):
+        rc, out, err = _cli(capsys, *args)
+        assert rc == 3, (args, err)  # inspect and build-engine said 2, validate 3
+        _one_error(err, str(bad))
+
+
+def test_dtypes_are_named_not_numbered(onnx_pair, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_pair[1]))
+    zp = next(t for t in proto.graph.initializer if t.name == "in_zp")
+    zp.CopyFrom(numpy_helper.from_array(np.int16(0), "in_zp"))  # ONNX type 5
+    path = tmp_path / "int16.onnx"
+    onnx.save(proto, str(path))
+    rc, out, err = _cli(capsys, "inspect", path, "--trt")
+    assert rc == 6
+    assert "zero point 'in_zp' is int16: TensorRT INT8 needs int8" in out and "ONNX type" not in out
+
+
+def test_top5_is_left_out_for_five_classes_or_fewer(world, onnx_pair, tmp_path, capsys):
+    import json
+
+    report, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc, out, err = _cli(capsys, "validate", onnx_pair[0], "--data", world["val"], "--report", report, "--markdown", md)
+    assert rc == 0, err
+    rep = json.loads(report.read_text())
+    assert rep["num_classes"] == 4 and rep["top5"] is None  # was 100.00 for 4 classes
+    assert "top-5" not in out and "top-5" not in md.read_text() and "top-1 " in out
+
+
+def test_calibrating_on_few_images_is_said_once(world, tmp_path, caplog):
+    import logging
+
+    from edgeconvnext.quantize.config import resolve
+    from edgeconvnext.quantize.qat import start_from_ptq
+
+    cfg = resolve(None, {"calib_size": 16, "min_calib_size": 8})
+    with caplog.at_level(logging.WARNING):  # QAT's start: PTQ, then the same set re-read from its manifest
+        start_from_ptq(world["loaded"], cfg, "frozen", calib_data=world["val"], calib_manifest=None, workdir=tmp_path)
+    said = [r for r in caplog.records if "calibrating on 16 images" in r.getMessage()]
+    assert len(said) == 1  # was twice
+
+
+def test_python_warnings_are_one_log_line(world, tmp_path, capsys, caplog, monkeypatch):
+    import logging
+    import shutil
+
+    val = tmp_path / "val"
+    shutil.copytree(world["val"], val)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(val / "c0" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 1600 pixels: Pillow warns (it refuses over 3000)
+    with caplog.at_level(logging.WARNING):
+        rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", val)
+    assert rc == 0, err
+    (rec,) = [r for r in caplog.records if r.name == "py.warnings"]
+    assert rec.getMessage().startswith("DecompressionBombWarning: Image size (1600 pixels) exceeds limit")
+    assert "\n" not in rec.getMessage() and ".py:" not in rec.getMessage()
+    assert "warnings.warn" not in err and "DecompressionBombWarning" not in err  # Python's two lines with source

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeconvnext.cli import main
-from edgeconvnext.errors import UsageError
+from edgeconvnext.errors import CheckpointError
 from edgeconvnext.export import onnx_export as ex
 from edgeconvnext.models import registry as zoo
 from edgeconvnext.onnx.info import describe
@@ -117,21 +117,21 @@ def test_describe_foreign_qdq_graph(tmp_path):
 
 
 def test_describe_bad_paths(tmp_path):
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such file"):
         describe(tmp_path / "missing.onnx")
-    with pytest.raises(UsageError, match="is a folder"):
+    with pytest.raises(CheckpointError, match="is a folder"):
         describe(tmp_path)
     (tmp_path / "text.onnx").write_text("definitely not a protobuf")
-    with pytest.raises(UsageError, match="is not an ONNX model"):
+    with pytest.raises(CheckpointError, match="is not an ONNX model"):
         describe(tmp_path / "text.onnx")
     (tmp_path / "empty.onnx").write_bytes(b"")
-    with pytest.raises(UsageError, match="is not an ONNX model"):
+    with pytest.raises(CheckpointError, match="is not an ONNX model"):
         describe(tmp_path / "empty.onnx")
     sidecar = tmp_path / "x.onnx.json"  # onnx would pick its JSON parser from the extension
     sidecar.write_text(json.dumps({"stage": "export"}))
-    with pytest.raises(UsageError, match="is not an ONNX model"):
+    with pytest.raises(CheckpointError, match="is not an ONNX model"):
         describe(sidecar)
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such file"):
         ex.read_metadata(tmp_path / "missing.onnx")
 
 
@@ -173,7 +173,7 @@ def test_cli_inspect_bad_file(tmp_path, capsys, make):
     path = tmp_path / "model.onnx"
     if make == "text":
         path.write_text("hello")
-    assert main(["inspect", str(path)]) == 2
+    assert main(["inspect", str(path)]) == 3  # missing or corrupt model file: exit 3 in every command
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(path) in err
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeconvnext.errors import RuleViolation, UsageError
+from edgeconvnext.errors import CheckpointError, RuleViolation
 from edgeconvnext.onnx.trt_rules import check_file, check_model, format_report
 
 C_IN, C_OUT, HW, N_OUT = 4, 6, 8, 5
@@ -245,10 +245,10 @@ def test_raise_for_violations_and_check_file(tmp_path):
     with pytest.raises(RuleViolation, match=r"3 TensorRT rule violation\(s\) in .*bad.onnx"):
         r.raise_for_violations()
     assert RuleViolation.exit_code == 6
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         check_file(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read"):
         check_file(tmp_path / "junk.onnx")
 
 

@@ -44,6 +44,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("val")
     loaded = _model(NAMES)
     onnx_a = export_onnx(loaded, root / "a.onnx").path
+    twin = export_onnx(loaded, root / "twin.onnx", opset=18).path  # A's numbers in other bytes: a valid baseline
     ckpt = save_checkpoint(root / "a.pt", loaded.model, loaded.arch, class_names=NAMES, preprocess=loaded.preprocess)
     rng = np.random.default_rng(0)
     pool = root / "pool"
@@ -65,6 +66,7 @@ def world(tmp_path_factory):
         "root": root,
         "loaded": loaded,
         "onnx": onnx_a,
+        "twin": twin,
         "ckpt": ckpt,
         "files": files,
         "pred": order[:, 0],
@@ -109,13 +111,15 @@ def test_known_top1_top5_and_per_class(world, tmp_path):
     assert sum(r["count"] for r in rep.per_class) == n
 
 
-def test_self_baseline_has_no_drop(world, tmp_path):
+def test_an_equal_baseline_has_no_drop_and_the_model_itself_is_refused(world, tmp_path):
     data = image_folder(world, tmp_path / "val", world["pred"])
-    rep = validate(world["onnx"], data, baseline=world["onnx"], max_drop=0.0)
+    with pytest.raises(UsageError, match="is the model itself"):  # a drop of 0 by construction (issue 8 item 17)
+        validate(world["onnx"], data, baseline=world["onnx"])
+    rep = validate(world["onnx"], data, baseline=world["twin"], max_drop=0.0)  # the same weights, other bytes
     assert rep.top1 == 100.0 and rep.baseline_top1 == 100.0
     assert rep.drop == 0.0 and rep.top1_agreement == 100.0 and rep.passed is True
-    assert rep.cosine_mean == pytest.approx(1.0, abs=1e-9) and rep.cosine_min == pytest.approx(1.0, abs=1e-9)
-    assert rep.model_sha256 == rep.baseline_sha256
+    assert rep.cosine_mean == pytest.approx(1.0, abs=1e-6) and rep.cosine_min == pytest.approx(1.0, abs=1e-6)
+    assert rep.model_sha256 != rep.baseline_sha256
 
 
 def test_checkpoint_baseline_in_torch_agrees(world, tmp_path):
@@ -201,7 +205,7 @@ def test_cli_prints_table_and_one_line_and_writes_report(world, tmp_path, capsys
     data = image_folder(world, tmp_path / "val", world["labels"])
     report = tmp_path / "out" / "report.json"
     rc = main(
-        ["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["onnx"]), "--report", str(report)]
+        ["validate", str(world["onnx"]), "--data", str(data), "--baseline", str(world["twin"]), "--report", str(report)]
     )
     out = capsys.readouterr().out
     assert rc == 0
@@ -347,7 +351,7 @@ def test_accuracy_and_latency_in_one_cli_call(world, tmp_path, capsys):
             "--data",
             str(data),
             "--baseline",
-            str(world["onnx"]),
+            str(world["twin"]),
             "--latency",
             "--latency-batch",
             "2,1",

@@ -5,10 +5,12 @@ with --debug).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     guard = _GuardedStdout(real_stdout)
     sys.stdout = guard
     try:
-        with terminate_like_interrupt() as signals:  # SIGTERM/SIGHUP clean up like Ctrl-C
+        # SIGTERM/SIGHUP clean up like Ctrl-C; Python warnings of the libraries become one log line each
+        with terminate_like_interrupt() as signals, _warnings_to_logging("--debug" in args):
             rc = _main(args, signals)
         try:
             sys.stdout.flush()
@@ -128,6 +131,30 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     _common.err(f"cannot write to standard output: {failed.strerror or failed}; redirect it where it can be written")
     return rc if rc not in (0, 1) else 2  # a command's own error code stands; else exit 2 like any unwritable output
+
+
+@contextlib.contextmanager
+def _warnings_to_logging(debug: bool) -> Iterator[None]:
+    """Python warnings (torch's pickle and TorchScript notices, Pillow's DecompressionBombWarning) as one
+    ``WARNING py.warnings: Category: message`` log line each, instead of Python's two lines ending in the
+    warning's source line; --debug adds the whole message and where it was raised. Restored on return."""
+    import warnings
+
+    logger = logging.getLogger("py.warnings")
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
+        text = str(message).strip()
+        if debug:
+            logger.warning("%s: %s (%s:%d)", category.__name__, text, filename, lineno)
+        else:
+            logger.warning("%s: %s", category.__name__, text.splitlines()[0] if text else "")
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 class _GuardedStdout:

@@ -25,7 +25,8 @@ def _table(rep) -> None:
         t.add_row(label, a, *([b or ""] if has_base else []))
 
     row("top-1 %", f"{rep.top1:.2f}", f"{rep.baseline_top1:.2f}" if has_base else None)
-    row("top-5 %", f"{rep.top5:.2f}", f"{rep.baseline_top5:.2f}" if has_base else None)
+    if rep.top5 is not None:  # None for <= 5 classes, where every image is a top-5 hit
+        row("top-5 %", f"{rep.top5:.2f}", f"{rep.baseline_top5:.2f}" if has_base else None)
     row("images/s", f"{rep.images_per_s:.0f}", f"{rep.baseline_images_per_s:.0f}" if has_base else None)
     if has_base:
         limit = f" (max {rep.max_drop})" if rep.max_drop is not None else ""

@@ -188,17 +188,18 @@ def select_images(
     """
     check_size(size, min_images)
     root = Path(root)
-    found = list_images(root)
+    skipped: list[tuple[Path, str]] = []  # unreadable sub-folders first, then unreadable images
+    found = list_images(root, unreadable=skipped)
     exts = "/".join(e.lstrip(".") for e in IMAGE_EXTS)
     if not found:
-        raise DataError(f"no calibration images ({exts}) found in {root} (searched recursively)")
+        why = f"; {len(skipped)} sub-folders cannot be read (first: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"no calibration images ({exts}) found in {root} (searched recursively{why})")
     if len(found) < size:
         raise DataError(
             f"{root} holds {len(found)} image files, --calib-size asks for {size}: "
             f"{_fewer_hint(len(found), min_images)}"
         )
     order = selection_order(found, root, seed)
-    skipped: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     images, used = _load_into(order, preprocess, size, on_progress, skipped)
     load_s = time.perf_counter() - t0
@@ -288,8 +289,12 @@ def load_manifest(
     root: str | Path | None = None,
     min_images: int = MIN_IMAGES,
     on_progress: ProgressFn | None = None,
+    warn_size: bool = True,
 ) -> CalibrationSet:
     """Rebuild the calibration set a manifest names, verifying every file's sha256.
+
+    ``warn_size`` False: no "calibrating on N images" warning, for a caller re-reading the set a quantize run
+    of its own has just made (and warned about once).
 
     ``root`` overrides the manifest's root (the same images moved elsewhere). A missing or changed file
     is a DataError naming it. A preprocess different from the manifest's is logged (the image set is
@@ -310,7 +315,7 @@ def load_manifest(
             f"{min_images} (INT8 ranges from so few images are unreliable): pass --min-calib-size "
             f"{len(entries)} to accept it for a smoke test, or make a larger set with --calib-data"
         )
-    check_size(len(entries), min_images)
+    check_size(len(entries), min_images, warn=warn_size)
     listed_pp = data.get("preprocess")
     if isinstance(listed_pp, dict) and Preprocess.from_dict(listed_pp, f"calibration manifest {path}") != preprocess:
         log.warning(

@@ -60,11 +60,20 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+def list_images(
+    root: str | Path,
+    recursive: bool = True,
+    unreadable: list[tuple[Path, str]] | None = None,
+    *,
+    root_may_fail: bool = False,
+) -> list[Path]:
     """Every image file under ``root`` (by extension), sorted for determinism.
 
     Hidden files and folders (:func:`is_hidden`) are left out; symlinked folders are followed, as
     torchvision's ImageFolder does (each real folder once; a link back to an ancestor is not followed).
+    A sub-folder that cannot be listed (no permission) is logged and appended to ``unreadable`` as
+    (folder, reason), for the caller to count with its skipped files; ``root`` itself unreadable is a DataError
+    (skipped like a sub-folder with ``root_may_fail``: a class folder of a dataset).
     """
     root = Path(root)
     if not root.exists():
@@ -74,7 +83,16 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
     found: list[Path] = []
     top = os.path.realpath(root)
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    failed: list[tuple[Path, str]] = []
+
+    def on_error(e: OSError) -> None:  # os.walk skips a folder it cannot list, silently unless told
+        folder = Path(e.filename) if e.filename is not None else root
+        if folder == root and not root_may_fail:
+            raise DataError(f"cannot read the folder {root}: {e.strerror or e}; check its permissions") from None
+        failed.append((folder, f"{folder}: cannot read the folder ({e.strerror or e}); its images are not counted"))
+        warn_skipped(len(failed), failed[-1][1], "skipping")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen or top.startswith(real + os.sep):  # met before, or a link back to an ancestor (a cycle)
             dirnames[:] = []
@@ -85,6 +103,8 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
             p = Path(dirpath) / f
             if not is_hidden(f) and p.suffix.lower() in IMAGE_EXTS and p.is_file():
                 found.append(p)
+    if unreadable is not None:
+        unreadable.extend(failed)
     return sorted(found)
 
 
@@ -258,13 +278,17 @@ class LabelledImages:
             )
         paths: list[Path] = []
         labels: list[int] = []
+        unreadable: list[tuple[Path, str]] = []  # folders that cannot be listed: counted with the skipped images
         for d in subdirs:
-            for p in list_images(d):
+            for p in list_images(d, unreadable=unreadable, root_may_fail=True):
                 paths.append(p)
                 labels.append(index[d.name])
         if not paths:
-            raise DataError(f"no images found in the class folders of {root} (image files end in {_EXTS}, any case)")
-        return cls(paths, labels, names, root)
+            why = f" ({len(unreadable)} unreadable, first: {unreadable[0][1]})" if unreadable else ""
+            raise DataError(
+                f"no images found in the class folders of {root}{why} (image files end in {_EXTS}, any case)"
+            )
+        return cls(paths, labels, names, root, skipped=unreadable)
 
     @classmethod
     def _from_labels_file(cls, root: Path, labels_file: Path, class_names: Sequence[str] | None) -> LabelledImages:

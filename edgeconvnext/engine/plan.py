@@ -18,7 +18,7 @@ from typing import Any
 from edgeconvnext.artifacts import sha256_file, sidecar_path
 from edgeconvnext.engine.config import DEFAULT_OPT_LEVEL, OPT_LEVELS, BuildRequest
 from edgeconvnext.engine.profile import BatchProfile, resolve_profile
-from edgeconvnext.errors import UsageError
+from edgeconvnext.errors import CheckpointError, UsageError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -163,7 +163,7 @@ def _check_fp16_target(path: Path, info: OnnxSummary) -> None:
 
     try:
         props = {m.key: m.value for m in load_proto(path).metadata_props}
-    except UsageError:
+    except CheckpointError:  # the existing file is not ONNX: not our conversion
         props = {}
     if props.get("edgeconvnext.fp16_converted_from") != info.sha256:
         raise UsageError(

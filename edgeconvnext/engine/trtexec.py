@@ -78,6 +78,29 @@ def format_command(cmd: list[str]) -> str:
     return shlex.join(cmd)
 
 
+#: lines of trtexec's output quoted in a failed build's error (the whole output is in the log file)
+TAIL_LINES = 15
+
+
+def _failure(done: subprocess.CompletedProcess, plan: BuildPlan, dest: Path, log_file: Path) -> str:
+    """What a failed trtexec run says: how it ended (its exit status, or the signal that killed it), the engine
+    it was building and the ONNX it read (not the temporary files, which are deleted with the failed build),
+    and the last lines of its stderr (TensorRT's logger writes errors there), else of its stdout."""
+    from edgeconvnext.artifacts import signal_name
+
+    rc = done.returncode
+    if rc < 0:
+        how = f"was killed by {signal_name(-rc)}"
+    elif rc > 0:
+        how = f"failed with exit status {rc}"
+    else:
+        how = "exited 0 but wrote no engine"
+    stream, text = ("stderr", done.stderr) if (done.stderr or "").strip() else ("output", done.stdout)
+    lines = (text or "").replace(str(dest), str(plan.output)).strip().splitlines()[-TAIL_LINES:]
+    tail = f"; last lines of its {stream}:\n" + "\n".join(lines) if lines else "; it printed nothing"
+    return f"trtexec {how} building {plan.output} from {plan.onnx.path}; full log in {log_file}{tail}"
+
+
 def build_with_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: Path) -> dict[str, Any]:
     cmd = trtexec_command(plan, backend.version, trtexec=backend.trtexec or "trtexec", save_engine=dest)
     log.info("running %s", format_command(cmd))
@@ -100,9 +123,7 @@ def build_with_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: 
             "with a working driver; --dry-run prints the command to run on the target"
         )
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        how = f"failed (exit {done.returncode})" if done.returncode != 0 else "exited 0 but wrote no engine"
-        raise BuildError(f"trtexec {how} building {plan.build_onnx}; full log in {log_file}; last lines:\n{tail}")
+        raise BuildError(_failure(done, plan, dest, log_file))
     from edgeconvnext.env.probes import parse_trt_version
 
     v = parse_trt_version(output)

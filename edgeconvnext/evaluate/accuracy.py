@@ -68,7 +68,10 @@ class Scores:
         return 100.0 * float(self.correct1.sum()) / max(1, self.n)
 
     @property
-    def top5(self) -> float:
+    def top5(self) -> float | None:
+        """None for 5 classes or fewer: every image would count as a top-5 hit (100% says nothing)."""
+        if self.num_classes <= 5:
+            return None
         return 100.0 * self.correct5 / max(1, self.n)
 
     def per_class_top1(self) -> np.ndarray:
@@ -109,7 +112,9 @@ def limit_subset(ds: LabelledImages, limit: int | None) -> LabelledImages:
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     keep = np.sort(np.random.default_rng(LIMIT_SEED).permutation(len(ds))[:limit])
-    return LabelledImages([ds.paths[i] for i in keep], [ds.labels[i] for i in keep], ds.class_names, ds.root)
+    subset = LabelledImages([ds.paths[i] for i in keep], [ds.labels[i] for i in keep], ds.class_names, ds.root)
+    subset.skipped = list(ds.skipped)  # unreadable sub-folders stay counted
+    return subset
 
 
 def model_info(runner: Runner) -> dict[str, Any]:
@@ -221,6 +226,23 @@ def check_baseline(
         log.warning("%s", notes[-1])
 
 
+def _warn_if_quantized(path: Path, base: Runner, notes: list[str]) -> None:
+    """One warning when the --baseline ONNX is itself INT8 (Q/DQ nodes or int8 metadata): the drop then says how
+    far the model is from another quantized model, not what quantization cost."""
+    from edgeconvnext.onnx.graph import QDQ_OPS
+    from edgeconvnext.onnx.info import load_proto, op_histogram
+
+    ops = op_histogram(load_proto(path))
+    qdq = sum(ops.get(op, 0) for op in QDQ_OPS)
+    if qdq == 0 and base.precision != "int8":
+        return
+    notes.append(
+        f"the baseline {path.name} is an INT8 model ({qdq} Q/DQ nodes): the drop is measured against a quantized "
+        "model, not FP32; for the cost of quantization use the FP32 ONNX (quantize's OUT.fp32.onnx) as --baseline"
+    )
+    log.warning("%s", notes[-1])
+
+
 def accuracy_pass(
     runner: Runner,
     runners: list[Runner],
@@ -251,6 +273,7 @@ def accuracy_pass(
     if baseline is not None:
         base = open_runner(Path(baseline), "onnxruntime", "cpu", threads=threads)
         base_sha = sha256_file(baseline)
+        _warn_if_quantized(Path(baseline), base, notes)
     elif checkpoint is not None:
         from edgeconvnext.models.checkpoint import load_model
 
@@ -273,6 +296,7 @@ def accuracy_pass(
     scores = [Scores(num_classes) for _ in active]
     agree = Agreement()
     done = 0
+    folders = len(ds.skipped)  # unreadable sub-folders found by the scan; the images skipped follow
     for x, y in ds.batches(pp, batch):
         outs = [r.infer(x) for r in active]
         preds = [s.update(o, y) for s, o in zip(scores, outs, strict=False)]
@@ -280,7 +304,7 @@ def accuracy_pass(
             agree.update(preds[0], preds[1], outs[0], outs[1])
         done += len(y)
         if progress is not None:
-            progress(done + len(ds.skipped), len(ds))
+            progress(done + len(ds.skipped) - folders, len(ds))
     for s, r in zip(scores, active, strict=False):
         s.images_per_s = r.images_per_s
     if done == 0:

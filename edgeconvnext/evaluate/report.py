@@ -33,7 +33,7 @@ class ValidationReport:
     num_classes: int | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     top1: float | None = None
-    top5: float | None = None
+    top5: float | None = None  # None for 5 classes or fewer (always 100%)
     images_per_s: float | None = None  # accuracy pass, preprocessing excluded (runner.infer time)
     baseline: str | None = None
     baseline_sha256: str | None = None
@@ -172,7 +172,8 @@ def summary_line(rep: ValidationReport, report: Path | None = None, markdown: Pa
     """The one line validate ends with."""
     parts = []
     if rep.top1 is not None:
-        acc = f"top-1 {rep.top1:.2f}%, top-5 {rep.top5:.2f}% on {rep.images} images"
+        top5 = f", top-5 {rep.top5:.2f}%" if rep.top5 is not None else ""
+        acc = f"top-1 {rep.top1:.2f}%{top5} on {rep.images} images"
         if rep.baseline_top1 is not None:
             acc += f" (baseline {rep.baseline_top1:.2f}%, drop {rep.drop:.2f} pts, agreement {rep.top1_agreement:.1f}%)"
         if rep.skipped:

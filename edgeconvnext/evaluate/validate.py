@@ -490,6 +490,12 @@ def _check_accuracy_request(
     for p, opt in ((baseline, "--baseline"), (checkpoint, "--checkpoint")):
         if p is not None and not Path(p).is_file():
             raise CheckpointError(f"{opt} file not found: {p}")
+        if p is not None and model is not None and _same_file(Path(model), Path(p)):
+            raise UsageError(
+                f"{opt} {p} is the model itself (the same file or the same bytes): a drop against itself is 0 by "
+                "construction; give the FP32 model instead, e.g. --baseline OUT.fp32.onnx (written by quantize) "
+                "or --checkpoint the checkpoint it came from"
+            )
     inputs: dict[str, str | Path | None] = {
         "MODEL": model,
         "--baseline": baseline,
@@ -500,6 +506,18 @@ def _check_accuracy_request(
         check_output(report, "--report", inputs)
     if markdown is not None:
         check_output(markdown, "--markdown", {**inputs, "--report": report})
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file (also through a link or another spelling), or a copy of it (same size and sha256)."""
+    if not a.is_file():
+        return False
+    try:
+        if a.samefile(b):
+            return True
+        return a.stat().st_size == b.stat().st_size and sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
 
 
 def _write_and_judge(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.errors import UsageError, require
+from edgeconvnext.errors import CheckpointError, require
 from edgeconvnext.onnx.graph import QDQ_OPS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,29 +31,31 @@ def _onnx() -> Any:
 
 
 def load_proto(path: str | Path, *, external_data: bool = False) -> onnx.ModelProto:
-    """Load an ONNX model; a missing file or a file that is not ONNX is a UsageError with one clear line.
+    """Load an ONNX model; a missing file or a file that is not ONNX is a CheckpointError (exit 3, like every
+    missing or unreadable model file: checkpoint, ONNX or engine, in every command) with one clear line.
 
     Weights stored as external data are not read unless ``external_data`` (shapes are enough here).
     """
     onnx = _onnx()
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p}: no such file")
+        raise CheckpointError(f"{p}: no such file")
     if p.is_dir():
-        raise UsageError(f"{p} is a folder, not an ONNX file")
+        raise CheckpointError(f"{p} is a folder, not an ONNX file")
     try:
         # format="protobuf": onnx otherwise picks a text/JSON parser from the file extension
         proto = onnx.load(str(p), format="protobuf", load_external_data=external_data)
     except Exception as e:  # protobuf DecodeError, OSError, external data errors
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UsageError(f"{p} is not an ONNX model ({type(e).__name__}: {why})") from None
+        raise CheckpointError(f"{p} is not an ONNX model ({type(e).__name__}: {why})") from None
     # protobuf happily parses some arbitrary bytes into an empty message: require a real graph
     if proto.ir_version == 0 or not proto.opset_import or len(proto.graph.node) == 0:
-        raise UsageError(f"{p} is not an ONNX model (no IR version, opset or graph nodes)")
+        raise CheckpointError(f"{p} is not an ONNX model (no IR version, opset or graph nodes)")
     return proto
 
 
-def _dtype_name(elem_type: int) -> str:
+def dtype_name(elem_type: int) -> str:
+    """An ONNX element type by name: 5 -> 'int16', 10 -> 'float16', 16 -> 'bfloat16' (never 'ONNX type 5')."""
     onnx = _onnx()
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
@@ -69,7 +71,7 @@ def _value_info(v: Any) -> dict[str, Any]:
             shape.append(int(d.dim_value))
         else:
             shape.append(d.dim_param or "?")
-    return {"name": v.name, "dtype": _dtype_name(t.elem_type), "shape": shape}
+    return {"name": v.name, "dtype": dtype_name(t.elem_type), "shape": shape}
 
 
 def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
@@ -90,7 +92,7 @@ def input_dtypes(proto: onnx.ModelProto, op_types: Iterable[str] = NORM_OPS) -> 
     for n in g.node:
         if n.op_type in op_types:
             elem = types.get(n.input[0], 0)
-            out.setdefault(n.op_type, []).append(_dtype_name(elem) if elem else "unknown")
+            out.setdefault(n.op_type, []).append(dtype_name(elem) if elem else "unknown")
     return out
 
 

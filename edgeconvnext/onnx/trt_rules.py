@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeconvnext.errors import RuleViolation, UsageError
+from edgeconvnext.errors import CheckpointError, RuleViolation
 from edgeconvnext.onnx.fp16 import default_opset
 from edgeconvnext.onnx.graph import (
     COMPUTE_OPS,
@@ -44,6 +44,7 @@ from edgeconvnext.onnx.graph import (
     output_channel_axis,
     weight_tensor,
 )
+from edgeconvnext.onnx.info import dtype_name
 
 if TYPE_CHECKING:
     import onnx
@@ -284,16 +285,16 @@ def format_report(report: TrtReport, compress: bool = True) -> str:
 
 
 def check_file(path: str | Path) -> TrtReport:
-    """Load ``path`` and :func:`check_model` it; a missing or unreadable file is a UsageError."""
+    """Load ``path`` and :func:`check_model` it; a missing or unreadable file is a CheckpointError (exit 3)."""
     import onnx
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"ONNX file not found: {p}")
+        raise CheckpointError(f"ONNX file not found: {p}")
     try:
         model = onnx.load(str(p))
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError/OSError/ValueError
-        raise UsageError(f"cannot read {p} as ONNX: {e}") from None
+        raise CheckpointError(f"cannot read {p} as ONNX: {e}") from None
     report = check_model(model)
     report.path = p
     return report
@@ -428,7 +429,7 @@ def _check_zero_point_and_scale(g: GraphIndex, n: onnx.NodeProto, v, *, is_q: bo
                     Violation(
                         "uint8" if dt == _UINT8 else "dtype",
                         label,
-                        f"dequantizes '{src}' of ONNX type {dt}, TensorRT needs int8",
+                        f"dequantizes '{src}' of type {dtype_name(dt)}, TensorRT needs int8",
                     )
                 )
         return
@@ -447,7 +448,13 @@ def _check_zero_point_and_scale(g: GraphIndex, n: onnx.NodeProto, v, *, is_q: bo
             )
         )
     elif dt != _INT8:
-        v(Violation("dtype", label, f"zero point '{zp_name}' has ONNX type {dt}: TensorRT INT8 needs int8"))
+        v(
+            Violation(
+                "dtype",
+                label,
+                f"zero point '{zp_name}' is {dtype_name(dt or 0)}: TensorRT INT8 needs int8",
+            )
+        )
     if np.any(zp != 0):
         v(
             Violation(

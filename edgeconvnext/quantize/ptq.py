@@ -48,6 +48,7 @@ from edgeconvnext.artifacts import (
     environment,
     input_ref,
     reuse_if_current,
+    sha256_file,
     sidecar_path,
     temp_dir_beside,
 )
@@ -313,6 +314,22 @@ def _key(
     return inputs, config
 
 
+def _drop_stale_baseline(paths: dict[str, Path], fp32_sha256: str) -> None:
+    """--no-fp32-baseline: an OUT.fp32.onnx left by an earlier run beside the new OUT.onnx would pass for its
+    baseline. It is kept only when it is this model's FP32 export byte for byte, else removed with its sidecar."""
+    old = paths["fp32"]
+    if not old.exists():
+        return
+    if old.is_file() and sha256_file(old) == fp32_sha256:
+        log.info("%s from an earlier run is this model's FP32 export (same sha256): kept as its baseline", old)
+        return
+    for p in (old, paths["fp32_sidecar"]):
+        p.unlink(missing_ok=True)
+    log.warning(
+        "removed %s: an earlier run's FP32 baseline, not this model's (--no-fp32-baseline writes none)", old.name
+    )
+
+
 def _quantize_with(
     loaded: LoadedModel,
     cs: CalibrationSet,
@@ -388,8 +405,8 @@ def _quantize_with(
             sidecar.details["budget"] = budget_result.to_dict() if budget_result is not None else None
             sidecar.details["notes"] = [*sidecar.details["notes"], *notes]
             t_side.write_text(sidecar.to_json())
-    if not cfg.keep_fp32 and paths["fp32"].exists():
-        log.warning("%s is from an earlier run (no FP32 baseline was written this time)", paths["fp32"])
+    if not cfg.keep_fp32:
+        _drop_stale_baseline(paths, exp.sha256)
     log.info(
         "quantized %s: %d/%d layers INT8, calibration %.1f s",
         loaded.arch.name,

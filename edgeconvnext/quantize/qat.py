@@ -426,7 +426,10 @@ def start_from_ptq(
     if on_step:
         on_step("checking that the fake-quant torch model computes what the PTQ ONNX computes")
     n = min(CHECK_IMAGES, manifest["count"])
-    cs = load_manifest(paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1)
+    # the PTQ run above warned about a small set already: once, not twice
+    cs = load_manifest(
+        paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1, warn_size=False
+    )
     images = cs.images[:n]
     float_loaded = prepare_float(loaded, res, cs.images)
     qmodel = wrap(float_loaded.model, scales, scales_mode)
