@@ -138,6 +138,7 @@ def test_validate_cli_reads_the_recipe_validate_section(tmp_path, capsys):
     loaded = load_model("convnextv2_test", num_classes=2, img_size=32)
     loaded.class_names = ["a", "b"]
     onnx_path = export_onnx(loaded, tmp_path / "m.onnx").path
+    twin = export_onnx(loaded, tmp_path / "twin.onnx", opset=18).path  # the model itself is refused as baseline
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (tmp_path / "val" / c).mkdir(parents=True)
@@ -145,7 +146,7 @@ def test_validate_cli_reads_the_recipe_validate_section(tmp_path, capsys):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.png")
     recipe = tmp_path / "v.yaml"
     recipe.write_text("validate: {limit: 5, batch: 2, max_drop: 0.25}\n")
-    base = ["validate", str(onnx_path), "--data", str(tmp_path / "val"), "--baseline", str(onnx_path)]
+    base = ["validate", str(onnx_path), "--data", str(tmp_path / "val"), "--baseline", str(twin)]
     assert main([*base, "--recipe", str(recipe), "--report", str(tmp_path / "r1.json")]) == 0
     rep = json.loads((tmp_path / "r1.json").read_text())
     assert rep["images"] == 5 and rep["limit"] == 5 and rep["max_drop"] == 0.25

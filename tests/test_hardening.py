@@ -121,7 +121,7 @@ def test_placement_table_is_one_line_per_row_at_80_columns():
     from rich.console import Console
 
     from edgeconvnext.cli.quantize import placement_table
-    from edgeconvnext.quantize.policy import _ROLES
+    from edgeconvnext.quantize.policy import _ROLES, SMOOTHED
 
     rows = [
         {
@@ -130,7 +130,7 @@ def test_placement_table_is_one_line_per_row_at_80_columns():
             "precision": "INT8" if _ROLES[role][0] else "FP",
             "count": n,
             "macs_share": share,
-            "reason": _ROLES[role][1],
+            "reason": _ROLES[role][1] + (f", {SMOOTHED}" if role in ("fc1", "downsample") else ""),
         }
         for layer, op, role, n, share in [
             ("stem.0", "Conv", "stem", 1, 0.012),
@@ -143,8 +143,11 @@ def test_placement_table_is_one_line_per_row_at_80_columns():
     c = Console(width=80, record=True, file=open(__import__("os").devnull, "w"))
     c.print(placement_table(rows, "INT8 placement (convnext policy)"))
     lines = [ln for ln in c.export_text().splitlines() if ln.strip()]
-    assert len(lines) == 3 + len(rows)  # title, header, rule, one line per row
+    assert len(lines) == 4 + len(rows)  # title, header, rule, one line per row, the caption
     assert "stages.2.blocks.*.conv_dw (x8)" in lines[4] and "depthwise: slow in INT8" in lines[4]
+    # the smoothing mark: ", input equalised" after "pointwise MLP" wrapped a fc1 row onto two lines
+    assert "INT8*" in lines[5] and lines[5].rstrip().endswith("pointwise MLP")
+    assert lines[-1].strip() == "* input equalised (LayerNorm smoothing)"
 
 
 def test_quantize_without_calibration_data_fails_before_loading_the_model(world, tmp_path, capsys, monkeypatch):

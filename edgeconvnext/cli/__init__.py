@@ -203,6 +203,22 @@ def _finite_floats(command: Any, cx: Any) -> None:
                 p.callback, p._finite = wrap(p.callback), True
 
 
+_COMMAND: dict[tuple[Any, ...], Any] = {}  # the click command typer built from ``app``, by its registered commands
+
+
+def _command(cx: Any) -> Any:
+    """The click command of ``app``, built once per set of registered commands: typer inspects every command's
+    signature to build it (about 0.3 s, paid again by every main() call of a process that runs many, such as
+    the tests)."""
+    key = tuple(app.registered_commands)  # the objects themselves (by identity): a command added later rebuilds
+    if key not in _COMMAND:
+        command = typer.main.get_command(app)
+        _finite_floats(command, cx)
+        _COMMAND.clear()
+        _COMMAND[key] = command
+    return _COMMAND[key]
+
+
 def _interrupted(signals: list[int]) -> int:
     """The line and exit code of an interrupted run: 130 for Ctrl-C, 128 + N for signal N (SIGTERM: 143)."""
     if signals:
@@ -224,8 +240,7 @@ def _main(args: list[str], signals: list[int]) -> int:
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
-        command = typer.main.get_command(app)
-        _finite_floats(command, cx)
+        command = _command(cx)
         rv = command(args=args, standalone_mode=False, prog_name="edgeconvnext")
         if rv == 130:  # typer turns Ctrl-C into exit code 130
             return _interrupted(signals)

@@ -420,13 +420,21 @@ def placement_table(rows: list[dict[str, Any]], title: str) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
+    from edgeconvnext.quantize.policy import SMOOTHED
+
     t = Table(
         title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
     )
     for col in ("layer", "op", "prec.", "MACs", "why"):
         t.add_column(col, justify="right" if col == "MACs" else "left", no_wrap=col != "why")
+    marked = False
     for r in rows:
         name = r["layer"] + (f" (x{r['count']})" if r["count"] > 1 else "")
         share = f"{r['macs_share']:.1%}" if r["macs_share"] is not None else "-"
-        t.add_row(escape(name), r["op"], r["precision"], share, escape(r["reason"]))
+        reason, prec = r["reason"], r["precision"]
+        if reason.endswith(f", {SMOOTHED}"):  # as a mark: ", input equalised" wrapped fc1 rows onto 2 lines
+            reason, prec, marked = reason[: -len(SMOOTHED) - 2], prec + "*", True
+        t.add_row(escape(name), r["op"], escape(prec), share, escape(reason))
+    if marked:
+        t.caption, t.caption_justify = f"* {SMOOTHED} (LayerNorm smoothing)", "left"
     return t
