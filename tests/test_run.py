@@ -251,7 +251,7 @@ def test_full_disk_during_report_leaves_no_report_and_resumes(demo_run, tmp_path
     [
         (["--method", "qat"], 2, "--method qat needs --train-data DIR"),
         (["--train-data", ".", "--epochs", "2"], 2, "--train-data, --epochs: only with --method qat"),
-        (["--max-drop", "0.3"], 2, "--max-drop: the accuracy-budget search"),
+        (["--max-drop", "0.3", "--method", "qat", "--train-data", "."], 2, "--method qat and --max-drop cannot be"),
         (["--method", "pqt"], 2, "unknown --method 'pqt'; did you mean 'ptq'?"),
         (["--recipe", "convnextv2_nano-orin_nano"], 2, "is for convnextv2_nano but"),
         (["--model", "convnextv2_nano", "--recipe", "convnextv2_atto-orin_nano"], 2, "--model convnextv2_nano but"),

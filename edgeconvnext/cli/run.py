@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeconvnext.cli._budget import MaxDisagreeOpt, MaxDropOpt, MinShareOpt, MinValOpt, SubsetOpt
 from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
@@ -31,6 +32,7 @@ from edgeconvnext.cli.quantize import (
     PolicyOpt,
     RecipeOpt,
     SeedOpt,
+    SmoothOpt,
 )
 
 
@@ -42,7 +44,11 @@ def run_cmd(
     calib_data: CalibDataOpt = None,
     val_data: Annotated[
         Path | None,
-        typer.Option("--val-data", help="Labelled validation images (class folders or a labels file)."),
+        typer.Option(
+            "--val-data",
+            help="Validation images: class folders or a labels file give accuracy rows (and the --max-drop "
+            "budget); a plain folder gives latency rows (the budget is then --max-disagree).",
+        ),
     ] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Labels file for a flat --val-data folder.")] = None,
     method: Annotated[
@@ -53,9 +59,11 @@ def run_cmd(
     steps: Annotated[
         int | None, typer.Option("--steps", help="--method qat: cap on optimizer steps per epoch.")
     ] = None,
-    max_drop: Annotated[
-        float | None, typer.Option("--max-drop", help="Accuracy budget search (points), once it lands.")
-    ] = None,
+    max_drop: MaxDropOpt = None,
+    max_disagree: MaxDisagreeOpt = None,
+    min_val_size: MinValOpt = None,
+    subset_size: SubsetOpt = None,
+    min_int8_share: MinShareOpt = None,
     calib_size: CalibSizeOpt = None,
     min_calib_size: MinCalibOpt = None,
     seed: SeedOpt = None,
@@ -63,6 +71,7 @@ def run_cmd(
     calib_method: CalibMethodOpt = None,
     policy: PolicyOpt = None,
     exclude: ExcludeOpt = None,
+    smooth: SmoothOpt = None,
     calib_manifest: ManifestOpt = None,
     img_size: ImgSizeOpt = None,
     num_classes: NumClassesOpt = None,
@@ -94,7 +103,11 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Checkpoint to device bundle in one command: FP32, FP16 and INT8 ONNX, TensorRT rules, engines where
-    TensorRT is, every artifact validated (accuracy and latency), report.json/md/html with plots, bundle/."""
+    TensorRT is, every artifact validated (accuracy and latency), report.json/md/html with plots, bundle/.
+
+    The INT8 ONNX is post-training quantized (PTQ) by default; --method qat trains it; --max-drop POINTS (with
+    --val-data) runs the accuracy-budget search on the validation images, keeping the most harmful layers in
+    higher precision until the top-1 drop fits (exit 7, no INT8 file, when it cannot)."""
     from edgeconvnext.evaluate.validate import parse_batches
     from edgeconvnext.pipeline.run import RunOptions, run_pipeline
 
@@ -114,7 +127,13 @@ def run_cmd(
         method=method,
         train_data=train_data,
         qat={"epochs": epochs, "steps": steps},
-        max_drop=max_drop,
+        budget={
+            "max_drop": max_drop,
+            "max_disagree": max_disagree,
+            "subset_size": subset_size,
+            "min_int8_share": min_int8_share,
+            "min_val_size": min_val_size,
+        },
         quantize={
             "backend": backend,
             "calib_method": calib_method,
@@ -123,6 +142,7 @@ def run_cmd(
             "calib_size": calib_size,
             "seed": seed,
             "min_calib_size": min_calib_size,
+            "smooth": smooth,
         },
         validate={"batch": val_batch, "limit": limit, "warmup": warmup, "iters": iters},
         latency_batches=parse_batches(latency_batch) if latency_batch else None,
@@ -143,6 +163,7 @@ def _summary(result: Any) -> None:
     c = console()
     if not STATE.quiet:
         c.print(escape((result.output / "report.md").read_text().split("\n\n", 3)[2]), soft_wrap=True)
+        _print_search(c, result.report)
         for n in result.report.get("notes") or []:
             c.print(f"note: {n}", markup=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} up to date" if result.skipped else ""
@@ -152,6 +173,27 @@ def _summary(result: Any) -> None:
             f"{result.seconds:.1f} s"
         )
     )
+
+
+def _print_search(c: Any, report: dict[str, Any]) -> None:
+    """The accuracy-budget search's outcome: one paragraph and the layer groups kept in higher precision."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgeconvnext.pipeline.report import search_lines
+
+    search = search_lines(report)
+    if search is None:
+        return
+    title, text, head, body = search
+    c.print(f"{title}: {text}", markup=False, soft_wrap=True)
+    if body:
+        t = Table(title_justify="left")
+        for col in head:
+            t.add_column(col, justify="left" if col.startswith("layer") else "right")
+        for row in body:
+            t.add_row(*(escape(cell) for cell in row))
+        c.print(t)
 
 
 class _Display(StepProgress):

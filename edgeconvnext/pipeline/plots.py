@@ -5,7 +5,8 @@ Input: the report dict (edgeconvnext.pipeline.report). Output: ``{name: png byte
 - ``accuracy_latency``: top-1 against p50 latency, one point per artifact x backend x batch;
 - ``per_class``: per-class top-1 change of the INT8 model against FP32 (points);
 - ``precision_map``: every Conv/MatMul/Gemm in graph order, its share of the MACs, coloured by precision;
-- ``sensitivity``: accuracy drop per layer group when the accuracy-budget search ran.
+- ``sensitivity``: what each layer group loses alone in INT8 (the accuracy-budget search's ranking), the
+  groups it kept in higher precision marked.
 
 A figure without data (no labels, so no accuracy) is left out; :func:`require_matplotlib` names the extra.
 
@@ -108,15 +109,41 @@ def precision_map(report: dict[str, Any]) -> bytes | None:
 
 
 def sensitivity(report: dict[str, Any]) -> bytes | None:
-    sens = (report.get("sensitivity") or {}).get("groups") or []
-    if not sens:
+    """The accuracy-budget search's ranking, most harmful first: what each layer group loses alone in INT8
+    (left) and its KL divergence from FP32 (right: the tie-break when groups lose the same), the groups the
+    search kept in higher precision in the FP16 colour."""
+    sens = report.get("sensitivity") or {}
+    groups = sens.get("groups") or []
+    if not groups:
         return None
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(7.0, max(2.5, 0.3 * len(sens) + 1)))
-    ax.barh([s["group"] for s in sens], [s["drop"] for s in sens], color="#264653")
+    labels = [
+        f"{g['group']} ({100 * g['macs_share']:.1f}% MACs)" if g.get("macs_share") is not None else g["group"]
+        for g in groups
+    ]
+    colors = [COLORS["FP16"] if g["reverted"] else COLORS["INT8"] for g in groups]
+    height = max(2.8, 0.24 * len(groups) + 1.4)
+    fig, (ax, ax_kl) = plt.subplots(1, 2, figsize=(10.0, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    y = range(len(groups))
+    ax.barh(y, [g["harm"] for g in groups], color=colors)
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("top-1 drop with this group in INT8, points")
-    ax.set_title("Sensitivity of layer groups")
+    ax.axvline(0, color="black", lw=0.8)
+    unit = "top-1 drop vs FP32, points" if sens.get("harm") == "top1_drop" else "disagreement with FP32, %"
+    ax.set_xlabel(f"{unit}\n(measured on the {sens.get('subset')} hardest of {sens.get('images')} images)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax_kl.barh(y, [g.get("kl") or 0.0 for g in groups], color=colors)
+    ax_kl.set_xlabel("KL(FP32 || model), same images", fontsize=9)
+    ax_kl.grid(axis="x", alpha=0.3)
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    for a in (ax, ax_kl):
+        a.xaxis.set_major_locator(MaxNLocator(5))
+    fig.suptitle("Sensitivity of layer groups: each alone in INT8 (accuracy-budget search)", fontsize=11)
+
+    handles = [Patch(color=COLORS["FP16"], label="kept in higher precision"), Patch(color=COLORS["INT8"], label="INT8")]
+    ax_kl.legend(handles=handles, fontsize=8, frameon=False, loc="lower right")
     return _png(fig)
 
 

@@ -131,7 +131,9 @@ def build_report(p: Pipeline) -> dict[str, Any]:
     rules = p.results.get("rules") or {}
     layers = (rules.get(deployed) or {}).get("layers") or []
     quant = p.results.get("quantize") or {}
-    notes = list(dict.fromkeys(p.notes))
+    search = quant.get("budget") or {}
+    notes = [*p.notes, *(quant.get("notes") or []), *([search["note"]] if search.get("note") else [])]
+    notes = list(dict.fromkeys(notes))
     if accuracy_why:
         notes.append(f"accuracy rows are empty: {accuracy_why}")
     if not any(r["device"] == "cuda" for r in rows):
@@ -167,11 +169,65 @@ def build_report(p: Pipeline) -> dict[str, Any]:
             for k in ("int8_layers", "layers", "int8_macs_share", "calib_images", "agreement_vs_fp32", "config")
         },
         "engines": eng,
-        "sensitivity": None,  # the accuracy-budget search is not available yet
+        "budget_search": _budget_search(quant),
+        "sensitivity": _sensitivity(quant),
         "budget": budget,
         "notes": notes,
         "device_sections": [],
     }
+
+
+def _budget_search(quant: dict[str, Any]) -> dict[str, Any] | None:
+    """The accuracy-budget search of the quantize stage (``run --max-drop``): the limit, what it reached, the
+    layer groups kept in higher precision (FP32 in NAME.int8.onnx, FP16 in NAME.int8.fp16.onnx) in the order
+    they were reverted, and the INT8 share of MACs after each."""
+    b = quant.get("budget")
+    if not b:
+        return None
+    shares = {s["layer"]: s["macs_share"] for s in b.get("ranking") or []}
+    after = {s["layer"]: s["int8_macs_share"] for s in b["steps"] if s["layer"] is not None}
+    return {
+        "metric": b["metric"],
+        "limit": b["limit"],
+        "met": b["met"],
+        "value": b["value"],
+        "val_images": b["final"]["n"],
+        "fp32_top1": b["fp32"]["top1"],
+        "int8_top1": b["final"]["top1"],
+        "reverted": [
+            {"rank": i + 1, "layer": layer, "macs_share": shares.get(layer), "int8_macs_share_after": after.get(layer)}
+            for i, layer in enumerate(b["reverted"])
+        ],
+        "int8_layers": quant.get("int8_layers"),
+        "layers": quant.get("layers"),
+        "int8_macs_share": quant.get("int8_macs_share"),
+        "all_int8_value": b["steps"][0]["value"],
+        "all_int8_macs_share": b["steps"][0]["int8_macs_share"],
+        "ranking_subset": b["ranking_subset"],
+        "cost": b["cost"],
+    }
+
+
+def _sensitivity(quant: dict[str, Any]) -> dict[str, Any] | None:
+    """The search's ranking of the layer groups (each alone in INT8 on the ranking subset), for the bars;
+    None when the all-INT8 model met the budget (no ranking was needed)."""
+    b = quant.get("budget")
+    if not b or not b.get("ranking"):
+        return None
+    reverted = set(b["reverted"])
+    ranking = b["ranking"]
+    return {
+        "metric": b["metric"],
+        # the ranking's harm is top-1 points with labels (whatever the budget's metric), else disagreement
+        "harm": "top1_drop" if all(s["drop"] is not None for s in ranking) else "disagreement",
+        "subset": b["ranking_subset"],
+        "images": b["final"]["n"],
+        "groups": [
+            {"group": s["layer"], "harm": s["harm"], "kl": s["kl_harm"], "drop": s["drop"],
+             "macs_share": s["macs_share"], "reverted": s["layer"] in reverted}
+            for s in ranking
+        ],
+    }  # fmt: skip
 
 
 def _budget(p: Pipeline, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -249,6 +305,38 @@ def _device_md(d: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def search_lines(rep: dict[str, Any]) -> tuple[str, str, list[str], list[list[str]]] | None:
+    """The accuracy-budget search as (title, one-paragraph summary, table head, table rows), or None."""
+    s = rep.get("budget_search")
+    if not s:
+        return None
+    drop = s["metric"] == "top1_drop"
+    what, unit = ("top-1 drop", " pts") if drop else ("top-1 disagreement with FP32", "%")
+    option = "--max-drop" if drop else "--max-disagree"
+    title = f"Accuracy-budget search ({option} {s['limit']:g})"
+    start = f"All INT8: {what} {s['all_int8_value']:.2f}{unit} on {s['val_images']} validation images"
+    start += f" ({_pct(s['all_int8_macs_share'])} of MACs in INT8). "
+    model = rep.get("model") or "the model"
+    if s["reverted"]:
+        n = len(s["reverted"])
+        text = (
+            f"{start}The search kept {n} layer group{'s' if n > 1 else ''} of {model} in higher precision (FP32 in "
+            f"the .int8.onnx, FP16 in the .int8.fp16.onnx): {what} {s['value']:.2f}{unit} <= {s['limit']:g}, "
+            f"{s['int8_layers']}/{s['layers']} layers and {_pct(s['int8_macs_share'])} of MACs in INT8."
+        )
+    else:
+        text = f"{start}That is within {s['limit']:g}{unit}: nothing was kept in higher precision."
+    head = ["rank", "layer group kept in higher precision", "its MACs", "INT8 MACs after"]
+    body = [
+        [str(r["rank"]), r["layer"], _pct(r["macs_share"]), _pct(r["int8_macs_share_after"])] for r in s["reverted"]
+    ]
+    return title, text, head, body
+
+
 def _verdict(passed: bool | None) -> str:
     return "PASS" if passed else "FAIL" if passed is False else "n/a"
 
@@ -272,6 +360,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
             f"**Accuracy budget: {_verdict(b['passed'])}** - {b['message']}.",
             "",
         ]
+    search = search_lines(rep)
+    if search:
+        title, text, head, body = search
+        lines += [f"## {title}", "", text, ""]
+        if body:
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body] + [""]
     pm = rep.get("precision_map") or {}
     if pm.get("summary"):
         lines += [f"TensorRT rules ({pm.get('model')}): {pm['summary']}", ""]
@@ -326,6 +421,14 @@ def render_html(rep: dict[str, Any], pngs: dict[str, bytes]) -> str:
     if b:
         cls, word = ("pass", "PASS") if b["passed"] else ("fail", "FAIL") if b["passed"] is False else ("", "n/a")
         parts.append(f'<p>Accuracy budget: <span class="{cls}">{word}</span> - {e(b["message"])}.</p>')
+    search = search_lines(rep)
+    if search:
+        title, text, head, body = search
+        parts += [f"<h2>{e(title)}</h2>", f"<p>{e(text)}</p>"]
+        if body:
+            h = "".join(f"<th>{e(c)}</th>" for c in head)
+            b_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in body)
+            parts.append(f'<table class="budget"><thead><tr>{h}</tr></thead><tbody>{b_rows}</tbody></table>')
     pm = rep.get("precision_map") or {}
     if pm.get("summary"):
         parts.append(f"<p>TensorRT rules ({e(str(pm.get('model')))}): {e(pm['summary'])}</p>")

@@ -5,7 +5,8 @@ Input: :class:`RunOptions` (checkpoint, calibration and validation images, recip
 
     config.json                       the resolved settings (defaults < recipe < options) and where each came from
     onnx/NAME.fp32.onnx               FP32 export, verified against torch                      (stage export)
-    onnx/NAME.int8.onnx               INT8 Q/DQ (PTQ), calibration manifest and sidecar beside  (stage quantize)
+    onnx/NAME.int8.onnx               INT8 Q/DQ (PTQ; QAT with method qat; the accuracy-budget  (stage quantize)
+                                      search with budget), calibration manifest and sidecar beside
     onnx/NAME.fp16.onnx, NAME.int8.fp16.onnx   FP16 conversions (LayerNorm/GRN reductions FP32)  (stage fp16)
                                       TensorRT explicit-quantization rules of the INT8 graphs   (stage rules)
     engines/NAME.*.engine             when TensorRT is on this machine                          (stage engines)
@@ -43,6 +44,7 @@ from edgeconvnext.pipeline.state import Ledger, stage_key
 
 if TYPE_CHECKING:
     from edgeconvnext.models.checkpoint import LoadedModel
+    from edgeconvnext.quantize.budget import Budget
     from edgeconvnext.quantize.config import QuantizeConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,9 @@ class RunOptions:
     method: str | None = None
     train_data: Path | None = None
     qat: dict[str, Any] = field(default_factory=dict)  # QatConfig keys (epochs, steps, ...) for --method qat
-    max_drop: float | None = None
+    # the accuracy-budget search (quantize/budget.py): max_drop, max_disagree, subset_size, min_int8_share (% of
+    # MACs), min_val_size; None values are not given
+    budget: dict[str, Any] = field(default_factory=dict)
     quantize: dict[str, Any] = field(default_factory=dict)  # QuantizeConfig keys given on the command line
     build: dict[str, Any] = field(default_factory=dict)  # recipe 'build' keys given on the command line
     validate: dict[str, Any] = field(default_factory=dict)  # recipe 'validate' keys given on the command line
@@ -159,13 +163,55 @@ def _check_method(opts: RunOptions) -> str:
         given = [o for o, v in (("--train-data", opts.train_data), *((f"--{k}", v) for k, v in opts.qat.items())) if v]
         if given:
             raise UsageError(f"{', '.join(given)}: only with --method qat (add it, or drop them)")
-    if opts.max_drop is not None:
-        raise UsageError(
-            "--max-drop: the accuracy-budget search (reverting the most sensitive layers to FP16 until the "
-            "drop fits) is not available yet in this version of edgeconvnext; drop --max-drop (a recipe's "
-            "validate.max_drop is still checked after validation)"
-        )
     return method
+
+
+#: RunOptions.budget keys -> their options
+BUDGET_OPTIONS = {
+    "max_drop": "--max-drop",
+    "max_disagree": "--max-disagree",
+    "subset_size": "--subset-size",
+    "min_int8_share": "--min-int8-share",
+    "min_val_size": "--min-val-size",
+}
+
+
+def check_budget(opts: RunOptions, method: str) -> Budget | None:
+    """The accuracy budget asked for (``--max-drop`` ...), checked before anything heavy, or None.
+
+    Refused with ``--method qat``: the search reverts layers of the calibrated all-INT8 PTQ graph to higher
+    precision; QAT trains every INT8 layer instead, and its graph is not searched (quantize refuses the pair too).
+    """
+    unknown = sorted(set(opts.budget) - set(BUDGET_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown accuracy-budget setting(s) {unknown}; known: {', '.join(BUDGET_OPTIONS)}")
+    given = {k: v for k, v in opts.budget.items() if v is not None}
+    if not given:
+        return None
+    names = ", ".join(BUDGET_OPTIONS[k] for k in BUDGET_OPTIONS if k in given)
+    if method == "qat":
+        raise UsageError(
+            f"--method qat and {names} cannot be combined: the accuracy-budget search keeps layers of the "
+            "post-training INT8 graph in higher precision, QAT trains every INT8 layer instead; use --method ptq "
+            f"with {names}, or --method qat without it"
+        )
+    if opts.val_data is None:
+        raise UsageError(f"{names} needs --val-data DIR: the accuracy budget is measured on validation images")
+    if given.get("max_drop") is None and given.get("max_disagree") is None:
+        raise UsageError(f"{names}: only with an accuracy budget; add --max-drop POINTS (or --max-disagree PCT)")
+    min_val = given.get("min_val_size")
+    if min_val is not None and min_val < 1:
+        raise UsageError(f"--min-val-size must be at least 1, got {min_val}")
+    from edgeconvnext.quantize.budget import Budget
+    from edgeconvnext.quantize.sensitivity import DEFAULT_SUBSET
+
+    share = given.get("min_int8_share")
+    return Budget(
+        max_drop=given.get("max_drop"),
+        max_disagree=given.get("max_disagree"),
+        subset_size=given.get("subset_size", DEFAULT_SUBSET),
+        min_int8_share=(share or 0.0) / 100.0,
+    ).validated()
 
 
 @dataclass
@@ -180,6 +226,13 @@ class Resolved:
     validate: dict[str, Any]
     latency_batches: list[int] | None
     sources: dict[str, dict[str, str]]
+    budget: Budget | None = None  # the accuracy-budget search of the quantize stage (--max-drop ...)
+    min_val_size: int | None = None  # its --min-val-size (None: quantize.valset's default)
+
+    def budget_dict(self) -> dict[str, Any] | None:
+        if self.budget is None:
+            return None
+        return {**asdict(self.budget), "min_val_size": self.min_val_size}
 
     def to_dict(self) -> dict[str, Any]:
         q = self.quantize.to_dict()
@@ -189,6 +242,7 @@ class Resolved:
             "model": self.model,
             "img_size": self.img_size,
             "quantize": q,
+            "budget": self.budget_dict(),
             "build": dict(self.build),
             "validate": dict(self.validate),
             "latency_batches": self.latency_batches,
@@ -222,6 +276,7 @@ def resolve_options(opts: RunOptions) -> Resolved:
     from edgeconvnext.recipes import load_recipe
 
     method = _check_method(opts)
+    budget = check_budget(opts, method)
     rec = load_recipe(opts.recipe) if opts.recipe else None
     q_cli = {k: v for k, v in opts.quantize.items() if v is not None}
     q_cli["method"] = method
@@ -271,6 +326,8 @@ def resolve_options(opts: RunOptions) -> Resolved:
         validate=vcfg.to_dict(),
         latency_batches=batches,
         sources={"quantize": q_src, "build": b_src, "validate": v_src},
+        budget=budget,
+        min_val_size=opts.budget.get("min_val_size"),
     )
 
 
@@ -447,6 +504,15 @@ class Pipeline:
             "calib_data": folder_fingerprint(self.opts.calib_data),
             "qat": {**self.opts.qat, "train_data": folder_fingerprint(self.opts.train_data)} if qat else None,
         }
+        if (budget := self.cfg.budget_dict()) is not None:  # the search's settings and its images (a run without
+            # a budget keeps the key it had before the search landed)
+            config["budget"] = {**budget, "val_data": folder_fingerprint(self.opts.val_data)}
+        inputs: dict[str, Path | None] = {
+            "checkpoint": self.opts.checkpoint,
+            "calib_manifest": self.opts.calib_manifest,
+        }
+        if self.cfg.budget is not None:
+            inputs["labels"] = self.opts.labels
 
         def fn():
             if qat:
@@ -462,6 +528,8 @@ class Pipeline:
                     calib_manifest=self.opts.calib_manifest,
                     on_step=self.ev.step,
                     on_progress=self.ev.progress,
+                    val=self._valset(),
+                    budget=self.cfg.budget,
                 )
             share = r.int8_macs_share
             result = {
@@ -476,6 +544,8 @@ class Pipeline:
                 "calib_seconds": round(r.calib_seconds, 3) if hasattr(r, "calib_seconds") else None,
                 "agreement_vs_fp32": r.agreement,
                 "config": cfg,
+                "budget": r.budget.to_dict() if getattr(r, "budget", None) is not None else None,
+                "notes": list(getattr(r, "notes", None) or []),
             }
             p = output_paths(r.path)
             outputs = [p["onnx"], p["sidecar"], p["manifest"]]
@@ -488,11 +558,30 @@ class Pipeline:
                 f"{r.path.name}: {'QAT' if qat else 'PTQ'}, INT8 on {result['int8_layers']}/{result['layers']} layers"
                 + (f" ({share:.1%} of MACs)" if share is not None else "")
                 + (f", {r.calib_images} calibration images" if hasattr(r, "calib_images") else f", {r.mode}")
+                + (_budget_summary(result["budget"]) if result["budget"] else "")
             )
             return outputs, result, summary
 
-        return self._stage(
-            "quantize", config, {"checkpoint": self.opts.checkpoint, "calib_manifest": self.opts.calib_manifest}, fn
+        return self._stage("quantize", config, inputs, fn)
+
+    def _valset(self) -> Any:
+        """The validation images of the accuracy-budget search (None without --max-drop/--max-disagree)."""
+        if self.cfg.budget is None:
+            return None
+        from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset
+
+        loaded = self.loaded()
+        val = self.opts.val_data
+        assert val is not None  # check_budget refuses a budget without --val-data
+        self.ev.step(f"loading the validation images of the accuracy budget from {val}")
+        return load_valset(
+            val,
+            loaded.preprocess,
+            loaded.class_names,
+            loaded.num_classes,
+            min_size=self.cfg.min_val_size if self.cfg.min_val_size is not None else MIN_VAL_IMAGES,
+            labels_file=self.opts.labels,
+            on_progress=self.ev.progress,
         )
 
     def _qat(self) -> Any:
@@ -829,6 +918,13 @@ class Pipeline:
         if budget.get("passed") is False:
             raise AccuracyError(f"{budget['message']}; report: {self.out / 'report.md'}")
         return result
+
+
+def _budget_summary(b: dict[str, Any]) -> str:
+    what = "top-1 drop" if b["metric"] == "top1_drop" else "disagreement with FP32"
+    unit = " pts" if b["metric"] == "top1_drop" else "%"
+    kept = f"{len(b['reverted'])} layer(s) kept in higher precision" if b["reverted"] else "nothing reverted"
+    return f"; accuracy budget met: {kept}, {what} {b['value']:.2f}{unit} <= {b['limit']:g}"
 
 
 def _has_torch_tensorrt() -> bool:

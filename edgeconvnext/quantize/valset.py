@@ -65,17 +65,19 @@ def load_valset(
     *,
     min_size: int = MIN_VAL_IMAGES,
     option: str = "--val-data",
+    labels_file: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ValSet:
-    """Load and check ``root`` (see the module doc); DataError for data that cannot give a fair budget."""
+    """Load and check ``root`` (see the module doc); DataError for data that cannot give a fair budget.
+    ``labels_file``: a ``--labels FILE`` for a flat ``root`` (else a labels file inside it is found)."""
     from edgeconvnext.data.folders import LabelledImages, class_folders, find_labels_file, list_images, load_images
 
     if min_size < 1:
         raise UsageError(f"--min-val-size must be at least 1, got {min_size}")
     root = check_root(root, option)
-    labelled = bool(class_folders(root)) or find_labels_file(root) is not None
+    labelled = labels_file is not None or bool(class_folders(root)) or find_labels_file(root) is not None
     if labelled:
-        ds = LabelledImages.discover(root, class_names=list(class_names) if class_names else None)
+        ds = LabelledImages.discover(root, labels_file, class_names=list(class_names) if class_names else None)
         if not class_names and len(ds.class_names) != num_classes:
             raise DataError(
                 f"{option} {root} has {len(ds.class_names)} classes but the checkpoint has {num_classes} outputs "

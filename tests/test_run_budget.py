@@ -1,0 +1,177 @@
+"""``edgeconvnext run --max-drop``: the accuracy-budget search as run's INT8 stage, on the tiny outlier model
+of test_outliers.py (``--no-smooth`` keeps its 200x outlier channels, so all-INT8 loses far more than the
+budget and the search has work to do; labels are the FP32 model's predictions).
+
+One budget run is shared (module fixture, a few seconds: 13 layer groups, 128 validation images); the
+report's search table and figure, the skip key and the exit 7 of a budget that cannot be met are checked
+against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import onnx
+import pytest
+from test_outliers import make_outlier_data
+from test_quantize import int8_layers
+
+from edgeconvnext.cli import main
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+BUDGET = 10.0
+INT8_LAYERS = 13  # convnextv2_test: 5 blocks x (fc1, fc2) + 3 downsample convs
+SEARCH = ("--max-drop", str(BUDGET), "--subset-size", "64")
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "-c",
+        str(data / "m.safetensors"),
+        "--calib-data",
+        str(data / "calib"),
+        "--calib-size",
+        "32",
+        "--val-data",
+        str(data / "val"),
+        "--no-smooth",
+        "--latency-batch",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "-o",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_outlier_data(tmp_path_factory.mktemp("budget"))
+
+
+@pytest.fixture(scope="module")
+def budget_run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "budget"
+    assert main(_args(data, out, *SEARCH)) == 0
+    return out
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_budget_search_is_the_int8_stage(budget_run, capsys):
+    rep = _report(budget_run)
+    s = rep["budget_search"]
+    assert s["metric"] == "top1_drop" and s["limit"] == BUDGET and s["met"] and s["val_images"] == 128
+    assert s["all_int8_value"] > BUDGET >= s["value"]  # all-INT8 misses the budget, the search meets it
+    reverted = [r["layer"] for r in s["reverted"]]
+    assert reverted and [r["rank"] for r in s["reverted"]] == list(range(1, len(reverted) + 1))
+    # the graph has exactly the placement the table names, and the rules stage saw the same INT8 share
+    stem = "m"
+    layers = int8_layers(onnx.load(str(budget_run / "onnx" / f"{stem}.int8.onnx")))
+    assert not any(layers[name] for name in reverted) and sum(layers.values()) == INT8_LAYERS - len(reverted)
+    assert s["int8_layers"] == INT8_LAYERS - len(reverted)
+    pm = rep["precision_map"]
+    assert pm["int8_macs_share"] == pytest.approx(s["int8_macs_share"], abs=1e-6)
+    assert s["reverted"][-1]["int8_macs_share_after"] == pytest.approx(s["int8_macs_share"], abs=1e-4)
+    share_lost = sum(r["macs_share"] for r in s["reverted"])
+    assert s["all_int8_macs_share"] - share_lost == pytest.approx(s["int8_macs_share"], abs=1e-4)
+    # validate's own INT8 row on the same 128 images agrees with the search's re-check (within one image)
+    int8 = next(r for r in rep["rows"] if r["artifact"] == f"{stem}.int8.onnx")
+    assert int8["drop"] == pytest.approx(s["value"], abs=100 / 128 + 1e-6) and int8["drop"] <= BUDGET + 100 / 128
+    # the sensitivity bars: every group, most harmful first, the reverted ones marked
+    sens = rep["sensitivity"]
+    assert len(sens["groups"]) == INT8_LAYERS and sens["harm"] == "top1_drop" and sens["subset"] == 64
+    assert (
+        [g["group"] for g in sens["groups"] if g["reverted"]]
+        == reverted
+        == [g["group"] for g in sens["groups"][: len(reverted)]]
+    )
+    assert sorted(rep["figures"]) == ["accuracy_latency", "per_class", "precision_map", "sensitivity"]
+    png = (budget_run / "plots" / "sensitivity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    cfg = json.loads((budget_run / "config.json").read_text())
+    assert cfg["budget"]["max_drop"] == BUDGET and cfg["budget"]["subset_size"] == 64
+
+
+def test_budget_table_in_markdown_and_html(budget_run):
+    rep = _report(budget_run)
+    n = len(rep["budget_search"]["reverted"])
+    md = (budget_run / "report.md").read_text()
+    assert f"## Accuracy-budget search (--max-drop {BUDGET:g})" in md
+    assert "| rank | layer group kept in higher precision | its MACs | INT8 MACs after |" in md
+    first = rep["budget_search"]["reverted"][0]
+    assert f"| 1 | {first['layer']} | {100 * first['macs_share']:.1f}% |" in md
+    assert "![Sensitivity of layer groups (accuracy-budget search)](plots/sensitivity.png)" in md
+
+    class P(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    p = P()
+    p.feed((budget_run / "report.html").read_text())
+    tables = [a.get("class") for t, a in p.tags if t == "table"]
+    assert tables == ["results", "budget"] and [t for t, _ in p.tags].count("tr") == 1 + 5 + 1 + n
+    assert [a["id"] for t, a in p.tags if t == "figure"][-1] == "sensitivity"
+
+
+def test_budget_settings_key_the_stage_and_a_missed_budget_exits_7(budget_run, data, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(budget_run, out)
+    capsys.readouterr()
+    assert main(_args(data, out, *SEARCH)) == 0
+    assert "quantize: skipped, up to date" in capsys.readouterr().out
+    int8 = out / "onnx" / "m.int8.onnx"
+    before = int8.read_bytes()
+    # another budget is another stage key: the search runs, cannot go below 90% of MACs in INT8 -> exit 7
+    assert main(_args(data, out, "--max-drop", "0", "--min-int8-share", "90", "--subset-size", "32")) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the accuracy budget cannot be met")
+    assert "--min-int8-share 90%" in err[0] and "nothing was written" in err[0]
+    # nothing half-written: the INT8 ONNX of the run before is untouched, no temporaries, no record that could
+    # make a later run skip the failed stage
+    assert int8.read_bytes() == before and not (out / ".stages" / "quantize.json").exists()
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "qat", "--train-data", "DATA", "--max-drop", "1"], "--method qat and --max-drop cannot be"),
+        (["--max-disagree", "1", "--method", "qat", "--train-data", "DATA"], "--method qat and --max-disagree"),
+        (["--subset-size", "10"], "--subset-size: only with an accuracy budget; add --max-drop"),
+        (["--max-drop", "-1"], "--max-drop must be a finite number"),
+        (["--max-drop", "1", "--min-val-size", "0"], "--min-val-size must be at least 1"),
+        (["--max-drop", "1", "--min-val-size", "500"], "has 128 usable images, fewer than 500"),
+    ],
+)
+def test_budget_refusals_are_one_line(data, tmp_path, capsys, extra, message):
+    extra = [str(data / "calib") if a == "DATA" else a for a in extra]
+    code = main(_args(data, tmp_path / "r", *extra))
+    err = capsys.readouterr().err
+    assert code in (2, 4) and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "r").glob("onnx/*.int8.onnx"))
+
+
+def test_max_drop_needs_val_data(data, tmp_path, capsys):
+    args = _args(data, tmp_path / "r", "--max-drop", "1")
+    i = args.index("--val-data")
+    del args[i : i + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--max-drop needs --val-data DIR" in err and len(err.strip().splitlines()) == 1
