@@ -58,6 +58,11 @@ def accuracy_latency(report: dict[str, Any]) -> bytes | None:
         ax.scatter(r["p50_ms"], r["top1"], marker=markers.get(r["backend"], "o"), s=48, label=label)
     ax.set_xlabel(f"p50 latency, ms ({', '.join(sorted({r['device_name'] for r in rows}))})")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # plain milliseconds (5, 20, 50), not 5x10^0 ticks
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "25" else ""))
     ax.set_ylabel("top-1 %")
     ax.set_title("Accuracy vs latency")
     ax.grid(alpha=0.3)
@@ -78,6 +83,9 @@ def per_class(report: dict[str, Any]) -> bytes | None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("top-1 change, points")
+    if not any(change):
+        ax.text(0.5, 0.75, "no class changed: INT8 top-1 equals FP32 on every class", transform=ax.transAxes,
+                ha="center", fontsize=9, color="#555555")  # fmt: skip
     ax.set_title(f"Per-class top-1: {pc['model']} vs {pc['baseline']}")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)

@@ -1,10 +1,11 @@
-"""``edgeconvnext run --max-drop``: the accuracy-budget search as run's INT8 stage, on the tiny outlier model
-of test_outliers.py (``--no-smooth`` keeps its 200x outlier channels, so all-INT8 loses far more than the
-budget and the search has work to do; labels are the FP32 model's predictions).
+"""``edgeconvnext run``'s other INT8 methods on the tiny outlier model of test_outliers.py: the accuracy-budget
+search (``--max-drop``) and quantization-aware training (``--method qat``). The PTQ default is tested end to end on
+the bundled demo in test_run.py.
 
-One budget run is shared (module fixture, a few seconds: 13 layer groups, 128 validation images); the
-report's search table and figure, the skip key and the exit 7 of a budget that cannot be met are checked
-against it.
+``--no-smooth`` keeps the model's 200x outlier channels, so all-INT8 loses far more than the budget and the
+search has work to do; labels are the FP32 model's predictions. One budget run is shared (module fixture: 13
+layer groups, 128 validation images); the report's search table and figure, the skip key, the exit 7 of a
+budget that cannot be met and the QAT stage (from a copy of it: the export is reused) are checked against it.
 """
 
 from __future__ import annotations
@@ -175,3 +176,20 @@ def test_max_drop_needs_val_data(data, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--max-drop needs --val-data DIR" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_with_qat_replaces_the_int8_stage(budget_run, data, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(budget_run, out)
+    capsys.readouterr()
+    args = _args(data, out, "--method", "qat", "--train-data", str(data / "calib"), "--epochs", "1", "--steps", "2")
+    args.remove("--no-smooth")  # QAT starts from the smoothed PTQ (its start check fails on 200x outliers unsmoothed)
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "export: skipped" in text and "quantize: m.int8.onnx: QAT" in text
+    assert (out / "onnx" / "m.int8.qat.pt").is_file()
+    rep = _report(out)
+    assert rep["config"]["quantize"]["method"] == "qat" and rep["budget_search"] is None and rep["sensitivity"] is None
+    assert "sensitivity" not in rep["figures"] and "Accuracy-budget search" not in (out / "report.md").read_text()
+    row = next(r for r in rep["rows"] if r["artifact"] == "m.int8.onnx")
+    assert row["images"] == 128 and row["top1"] is not None and row["drop"] is not None
