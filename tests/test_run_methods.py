@@ -193,3 +193,72 @@ def test_run_with_qat_replaces_the_int8_stage(budget_run, data, tmp_path, capsys
     assert "sensitivity" not in rep["figures"] and "Accuracy-budget search" not in (out / "report.md").read_text()
     row = next(r for r in rep["rows"] if r["artifact"] == "m.int8.onnx")
     assert row["images"] == 128 and row["top1"] is not None and row["drop"] is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# a real full disk: the run's folder on a tmpfs too small for it (in a private mount namespace, so nothing
+# outside the test sees it), then the tmpfs grown ("space freed") and the same command run again
+
+_FULL_DISK = r"""
+import json, shutil, subprocess, sys
+from pathlib import Path
+from edgeconvnext.cli import main
+mnt, keep, size_k, args = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(mnt)], check=True)
+print("RC1", main(args), flush=True)
+shutil.copytree(mnt / "run", keep / "failed", symlinks=True)
+subprocess.run(["mount", "-o", "remount,size=65536k", str(mnt)], check=True)
+print("RC2", main(args), flush=True)
+shutil.copytree(mnt / "run", keep / "resumed", symlinks=True)
+"""
+
+
+def _private_tmpfs_works(tmp_path: Path) -> str | None:
+    """None when this process may mount a tmpfs in a private mount namespace, else why not."""
+    import os
+    import subprocess
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare(1) to mount a small tmpfs in a private mount namespace"
+    d = tmp_path / "probe"
+    d.mkdir()
+    done = subprocess.run(
+        ["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True, text=True
+    )
+    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()[:200]}"
+
+
+def test_full_disk_mid_run_leaves_nothing_half_written_and_the_run_resumes(data, tmp_path):
+    import subprocess
+    import sys
+
+    from edgeconvnext.pipeline.state import Ledger
+
+    why = _private_tmpfs_works(tmp_path)
+    if why:
+        pytest.skip(why)
+    mnt, keep = tmp_path / "mnt", tmp_path / "keep"
+    mnt.mkdir()
+    keep.mkdir()
+    args = _args(data, mnt / "run")
+    i = args.index("--latency-batch")
+    args[i : i + 6] = ["--no-latency"]  # accuracy rows only: the disk, not the timing, is under test
+    # room for the FP32 export (~330 kB) and its sidecar, not for quantize's temporaries beside its output too
+    size_k = 640
+    script = [sys.executable, "-c", _FULL_DISK, str(mnt), str(keep), str(size_k), json.dumps(args)]
+    done = subprocess.run(["unshare", "-m", *script], capture_output=True, text=True, timeout=600)
+    out = done.stdout
+    assert "RC1 2" in out and "RC2 0" in out, (out[-2000:], done.stderr[-3000:])
+    err = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "No space left on device" in err[0] and "free space" in err[0]
+    assert "m.int8" in err[0]  # the disk filled up in the quantize stage, writing beside m.int8.onnx
+    failed = keep / "failed"
+    # nothing half-written: the export and its record, no temporaries of quantize, no INT8 file, no report
+    files = sorted(str(p.relative_to(failed)) for p in failed.rglob("*") if p.is_file())
+    assert files == [".stages/export.json", "config.json", "onnx/m.fp32.onnx", "onnx/m.fp32.onnx.json"]
+    rec = json.loads((failed / ".stages" / "export.json").read_text())
+    assert Ledger(failed).match("export", rec["key"]) is not None  # its outputs are complete (hashes match)
+    # resumed after the space was freed: the stages done before are skipped, the run completes
+    resumed = keep / "resumed"
+    assert "export: skipped, up to date" in out and (resumed / "report.json").is_file()
+    assert len(_report(resumed)["rows"]) == 5
