@@ -262,3 +262,19 @@ def test_full_disk_mid_run_leaves_nothing_half_written_and_the_run_resumes(data,
     resumed = keep / "resumed"
     assert "export: skipped, up to date" in out and (resumed / "report.json").is_file()
     assert len(_report(resumed)["rows"]) == 5
+
+
+def test_budget_images_take_the_labels_file_of_a_flat_folder(data, tmp_path):
+    # run --labels FILE names the labels of a flat --val-data folder; the budget's images read the same file
+    from edgeconvnext.models.checkpoint import load_model
+    from edgeconvnext.quantize.valset import load_valset
+
+    labels = tmp_path / "val_labels.txt"
+    labels.write_text("".join(f"{p.name} {p.parent.name}\n" for p in sorted((data / "val").rglob("*.png"))))
+    loaded = load_model(None, data / "m.safetensors")
+    flat = load_valset(data / "plain", loaded.preprocess, loaded.class_names, loaded.num_classes, labels_file=labels)
+    tree = load_valset(data / "val", loaded.preprocess, loaded.class_names, loaded.num_classes)
+    assert flat.labelled and len(flat) == len(tree) == 128
+    by_name = dict(zip([p.name for p in tree.paths], tree.labels.tolist(), strict=True))
+    assert [by_name[p.name] for p in flat.paths] == flat.labels.tolist()
+    assert not load_valset(data / "plain", loaded.preprocess, loaded.class_names, loaded.num_classes).labelled
