@@ -350,6 +350,7 @@ def test_manifest_skips_are_measured_not_copied(tmp_path):
         ("mean", [0.5], "must be 3 numbers"),
         ("std", [0.2, 0.0, 0.2], "must be 3 positive numbers"),
         ("img_size", 33, "is not a positive multiple of 32"),
+        ("img_size", "abc", "is not a whole number of pixels"),  # item 6: was internal error (exit 1)
     ],
 )
 def test_checkpoint_with_bad_preprocessing_is_refused_at_load(world, tmp_path, capsys, field, value, why):

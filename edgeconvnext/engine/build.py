@@ -142,7 +142,9 @@ def _build_python(trt: Any, plan: BuildPlan, dest: Path) -> dict[str, Any]:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(plan.build_onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
-        raise BuildError(f"TensorRT's ONNX parser rejected {plan.build_onnx}: {errors}")
+        # named by the source ONNX: the FP16 conversion (plan.build_onnx) is deleted with the failed build
+        fp16 = " (its FP16 conversion)" if plan.convert_fp16 else ""
+        raise BuildError(f"TensorRT's ONNX parser rejected {plan.onnx.path}{fp16}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     config.builder_optimization_level = plan.opt_level
@@ -169,7 +171,7 @@ def _build_python(trt: Any, plan: BuildPlan, dest: Path) -> dict[str, Any]:
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError(
-            f"TensorRT could not build an engine from {plan.build_onnx} (see the TensorRT messages "
+            f"TensorRT could not build {plan.output} from {plan.onnx.path} (see the TensorRT messages "
             "above; a larger --workspace or a lower --opt-level can help)"
         )
     dest.write_bytes(memoryview(serialized))
