@@ -182,7 +182,7 @@ def test_sidecar_content(exported):
     par = sc["details"]["parity"]
     assert par["max_abs_diff"] == res.max_abs_diff and par["rel_diff"] == res.rel_diff
     assert par["tolerance_rel"] == 1e-4 and par["finite"] is True
-    assert [b["batch"] for b in par["per_batch"]] == [2, 2, 2, 2, 3]
+    assert [b["batch"] for b in par["per_batch"]] == [2] * ex.PARITY_BATCHES + [3]
     assert {"torch", "onnx", "onnxruntime", "edgeconvnext", "python"} <= set(sc["environment"])
     assert set(sc["timings"]) == {"export_s", "check_s", "parity_s", "total_s"}
     assert sc["details"]["arch"]["depths"] == [1, 1, 2, 1] and sc["details"]["source"]["format"] == "random"
@@ -197,7 +197,7 @@ def test_fixed_batch(tmp_path):
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [3, 3, 32, 32]
     sc = json.loads(res.sidecar.read_text())
-    assert sc["config"]["batch"] == 3 and [b["batch"] for b in sc["details"]["parity"]["per_batch"]] == [3] * 4
+    assert sc["config"]["batch"] == 3 and [b["batch"] for b in sc["details"]["parity"]["per_batch"]] == [3] * ex.PARITY_BATCHES
     sess = _session(res.path)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     assert sess.run(None, {"input": x})[0].shape == (3, 10)
