@@ -197,7 +197,8 @@ def test_fixed_batch(tmp_path):
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [3, 3, 32, 32]
     sc = json.loads(res.sidecar.read_text())
-    assert sc["config"]["batch"] == 3 and [b["batch"] for b in sc["details"]["parity"]["per_batch"]] == [3] * ex.PARITY_BATCHES
+    assert sc["config"]["batch"] == 3
+    assert [b["batch"] for b in sc["details"]["parity"]["per_batch"]] == [3] * ex.PARITY_BATCHES
     sess = _session(res.path)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     assert sess.run(None, {"input": x})[0].shape == (3, 10)

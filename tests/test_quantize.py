@@ -465,6 +465,88 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
         assert a[k] == pytest.approx(b[k], rel=1e-6), k
 
 
+@pytest.mark.parametrize("policy", ["convnext", "all"])
+def test_qdq_insertion_equals_quantize_static(tmp_path, policy):
+    """With the same calibration ranges, quantize/ort_qdq.py writes what quantize_static writes: the same
+    nodes (names, inputs, outputs, attributes), the same initializers value for value (INT8 weights, scales,
+    zero points) and the same logits; under --policy all the stem conv reads the graph input and the
+    depthwise convs' input is also the residual Add's."""
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    from edgeconvnext.models.registry import create_model
+    from edgeconvnext.quantize import ort_backend
+    from edgeconvnext.quantize.ort_qdq import insert_qdq
+    from edgeconvnext.quantize.policy import plan
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(
+        create_model("convnextv2_test", num_classes=10).eval(),
+        (torch.zeros(1, 3, IMG, IMG),),
+        str(fp32),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
+    model = onnx.load(str(fp32))
+    nodes = [p.node for p in plan(model, policy) if p.int8]
+    tensors = ort_backend._activation_inputs(model, nodes)
+    x = np.random.default_rng(2).standard_normal((8, 3, IMG, IMG)).astype(np.float32)
+    ranges = ort_backend.collect_minmax(model, tensors, iter([x]))
+    cache = tmp_path / "ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+    ref_path = tmp_path / "ref.onnx"
+    quantize_static(
+        str(fp32),
+        str(ref_path),
+        None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=ort_backend.OP_TYPES,
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": ort_backend.OP_TYPES,
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        },
+        calibration_cache_path=cache,
+    )
+    ref = onnx.load(str(ref_path))
+    ours = insert_qdq(model, nodes, ranges)
+
+    def node_set(m):
+        return sorted(onnx.helper.printable_node(n) + n.name for n in m.graph.node)
+
+    assert node_set(ours) == node_set(ref)
+    a = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in ref.graph.initializer}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1 for t in ours.graph.initializer) == (
+        13 if policy == "convnext" else 20
+    )
+
+    def run(m):
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"input": x})[0]
+
+    np.testing.assert_array_equal(run(ours), run(ref))
+
+
 def test_minmax_pass_gives_the_tensors_min_max_and_the_fp32_logits(tmp_path):
     """The minmax session (FP32 graph + one ReduceMin/ReduceMax per tensor, graph optimizations on) gives the
     min and max of each tensor over all batches, and logits equal to a plain FP32 session's."""

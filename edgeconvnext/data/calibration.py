@@ -140,8 +140,17 @@ def selection_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
     return sorted(paths, key=key)
 
 
+#: ``on_prefix(images)``: the images preprocessed so far (a view that only grows), called after each one
+PrefixFn = Callable[[np.ndarray], None]
+
+
 def _load_into(
-    paths: list[Path], pp: Preprocess, needed: int, on_progress: ProgressFn | None, skipped: list[tuple[Path, str]]
+    paths: list[Path],
+    pp: Preprocess,
+    needed: int,
+    on_progress: ProgressFn | None,
+    skipped: list[tuple[Path, str]],
+    on_prefix: PrefixFn | None = None,
 ) -> tuple[np.ndarray, list[Path]]:
     """Preprocess ``paths`` in order until ``needed`` images are readable; unreadable ones go to ``skipped``.
     Decoding runs in a thread pool (:func:`~edgeconvnext.data.folders.decode_images`), in order."""
@@ -163,6 +172,8 @@ def _load_into(
                 continue
             out[len(used)] = x
             used.append(p)
+            if on_prefix is not None:
+                on_prefix(out[: len(used)])
             if on_progress is not None and (len(used) % _CHUNK == 0 or len(used) == needed):
                 on_progress(len(used), needed)
             if len(used) == needed:
@@ -180,8 +191,10 @@ def select_images(
     preprocess: Preprocess,
     min_images: int = MIN_IMAGES,
     on_progress: ProgressFn | None = None,
+    on_prefix: PrefixFn | None = None,
 ) -> CalibrationSet:
     """Pick and preprocess ``size`` readable images of ``root`` (see the module doc for the order).
+    ``on_prefix`` sees the images done so far after each one (for a caller that starts on the first ones).
 
     Raises UsageError for a size below ``min_images``; DataError for a missing/empty folder or fewer
     readable images than ``size`` (saying how many were found and what to pass instead).
@@ -201,7 +214,7 @@ def select_images(
         )
     order = selection_order(found, root, seed)
     t0 = time.perf_counter()
-    images, used = _load_into(order, preprocess, size, on_progress, skipped)
+    images, used = _load_into(order, preprocess, size, on_progress, skipped, on_prefix)
     load_s = time.perf_counter() - t0
     if len(used) < size:
         if not used:
@@ -290,8 +303,10 @@ def load_manifest(
     min_images: int = MIN_IMAGES,
     on_progress: ProgressFn | None = None,
     warn_size: bool = True,
+    on_prefix: PrefixFn | None = None,
 ) -> CalibrationSet:
-    """Rebuild the calibration set a manifest names, verifying every file's sha256.
+    """Rebuild the calibration set a manifest names, verifying every file's sha256 (``on_prefix``: as
+    :func:`select_images`).
 
     ``warn_size`` False: no "calibrating on N images" warning, for a caller re-reading the set a quantize run
     of its own has just made (and warned about once).
@@ -340,7 +355,7 @@ def load_manifest(
         digests.append(h)
     skipped: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
-    images, used = _load_into(paths, preprocess, len(paths), on_progress, skipped)
+    images, used = _load_into(paths, preprocess, len(paths), on_progress, skipped, on_prefix)
     load_s = time.perf_counter() - t0
     if skipped:
         raise DataError(f"calibration image {skipped[0][0]} listed in {path} can no longer be read: {skipped[0][1]}")

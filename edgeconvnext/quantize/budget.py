@@ -10,8 +10,9 @@ Search (NNCF accuracy control's shape, cheaper): the all-INT8 model on every ima
 once); if over budget, rank the layer groups by reverting each alone on the ranking subset (groups x subset
 fraction, :func:`~edgeconvnext.quantize.sensitivity.rank`); then keep the most harmful group in higher
 precision, one at a time, each step estimated on the subset (images outside it keep the all-INT8 prediction),
-until the estimate is within budget; that placement is re-checked on every image (1 pass) and the search goes
-on if the check misses. Cost: groups x f + steps x f + 3 passes, printed. The last INT8 layer is never
+until the estimate is within budget; that placement is re-checked on every image (the images outside the
+subset: 1 - f pass, one onnxruntime session serving the estimate and the check) and the search goes on if the
+check misses. Cost: groups x f + steps x f + checks x (1 - f) + 2 passes, printed. The last INT8 layer is never
 reverted (that would be FP32, not INT8) and ``min_int8_share`` bounds how far the search may go: when the
 budget is still missed there, :class:`~edgeconvnext.errors.AccuracyError` (exit 7) and nothing is written.
 
@@ -199,13 +200,16 @@ def search(
         reverted.append(s.layer)
         nodes = [n for layer in reverted for n in by_layer[layer].nodes]
         current = sens.revert(q_model, fp32_model, nodes)
-        est = ev.estimate(ev.run(current, subset), subset, base_logits, agreement=metric == "disagreement")
+        sess = ev.session(current)  # one session for the estimate and the re-check
+        sub_logits = ev.run(sess, subset)
+        est = ev.estimate(sub_logits, subset, base_logits, agreement=metric == "disagreement")
         steps.append(Step(s.layer, est, share, len(int8) - len(reverted), False))
         if on_step:
             on_step(steps[-1])
         if steps[-1].value > limit:
             continue
-        final = ev.metrics(ev.run(current))  # the re-check on every image
+        # the re-check on every image: the subset's logits are this model's already
+        final = ev.metrics(ev.run(sess, known=(subset, sub_logits)))
         steps.append(Step(None, value(metric, final, ev.fp32), share, len(int8) - len(reverted), True))
         if on_step:
             on_step(steps[-1])

@@ -1,4 +1,5 @@
-"""onnxruntime backend: ``onnxruntime.quantization.quantize_static`` with the options TensorRT accepts.
+"""onnxruntime backend: ``onnxruntime.quantization``'s calibration and quantize_static's Q/DQ graph, with the
+options TensorRT accepts.
 
 Input: the FP32 ONNX file, the calibration images, the node names to quantize and a calibration method.
 Output: a QDQ ONNX file. Settings (measured, KNOWLEDGE.md): QuantFormat.QDQ; QInt8 weights and
@@ -17,8 +18,9 @@ onnxruntime's MinMaxCalibrater computes (its session runs with graph optimizatio
 nano at 224 px). The same pass gives the FP32 logits, which quantize reuses to compare INT8 with FP32.
 The histogram methods (``percentile``, ``entropy``) use onnxruntime's calibrators, fed in chunks of at
 most :data:`CHUNK_IMAGES` (their collectors keep each calibrated tensor of a chunk in memory; histograms
-merge across chunks). The ranges go to ``quantize_static`` through its calibration cache
-(``calibration_cache_path``), which then only inserts the Q/DQ nodes.
+merge across chunks). The Q/DQ nodes are then inserted by :func:`~edgeconvnext.quantize.ort_qdq.insert_qdq`:
+the graph ``quantize_static`` writes from the same ranges (tested node for node and value for value), with
+the per-channel weight quantization on whole arrays instead of quantize_static's per-channel Python loop.
 
 Usage::
 
@@ -27,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -87,30 +88,6 @@ class _Reader:
         if self.on_progress is not None:
             self.on_progress(min(self.done, len(self.images)), len(self.images))
         return {self.input_name: x}
-
-
-class _DropPreprocessHint(logging.Filter):
-    """onnxruntime logs 'Please consider to run pre-processing' on the root logger: its pre-processing
-    renames and fuses nodes (our layer names would be lost), so we do not run it and drop the hint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-process" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_root_hint() -> Iterator[None]:
-    f = _DropPreprocessHint()
-    root = logging.getLogger()
-    root.addFilter(f)
-    handlers = list(root.handlers)
-    for h in handlers:
-        h.addFilter(f)
-    try:
-        yield
-    finally:
-        root.removeFilter(f)
-        for h in handlers:
-            h.removeFilter(f)
 
 
 def _calibrator(fp32_path: Path, augmented: Path, calib_method: str, tensors: set[str]):
@@ -257,11 +234,9 @@ def _quantize_ort(
     ``model`` is ``fp32_path`` already loaded (saves reading it again). With ``logits`` (a list) and
     ``calib_method`` minmax, the FP32 logits of every calibration batch are appended to it.
     """
-    import tempfile
-
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorsData
 
     method = getattr(CalibrationMethod, CALIB_METHODS[calib_method])
     if model is None:
@@ -305,27 +280,12 @@ def _quantize_ort(
     missing = set(tensors) - set(ranges)
     if missing:
         raise RuntimeError(f"calibration produced no range for {sorted(missing)[:3]}")
-    with tempfile.TemporaryDirectory(prefix="ort-calib-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(ranges, cache)
-        with _quiet_root_hint():
-            quantize_static(
-                str(fp32_path),
-                str(output),
-                None,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(OP_TYPES),
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=list(nodes_to_quantize),
-                calibrate_method=method,
-                extra_options=extra,
-                calibration_cache_path=cache,
-            )
+    from edgeconvnext.quantize.ort_qdq import insert_qdq
+
+    q = insert_qdq(model, nodes_to_quantize, {t: tuple(ranges[t].range_value) for t in tensors})
+    onnx.save(q, str(output))
     settings: dict[str, object] = {
-        "library": "onnxruntime.quantization (calibrator + quantize_static)",
+        "library": "onnxruntime.quantization calibration, Q/DQ as quantize_static inserts them (quantize/ort_qdq.py)",
         "quant_format": "QDQ",
         "activation_type": "QInt8",
         "weight_type": "QInt8",

@@ -265,33 +265,109 @@ def quantize(
     ):
         return reused
 
-    pp = loaded.preprocess
-    if calib_manifest is not None:
-        step(f"verifying the calibration manifest {calib_manifest}")
-        cs = load_manifest(
-            calib_manifest, preprocess=pp, root=calib_data, min_images=cfg.min_calib_size, on_progress=on_progress
-        )
-    else:
-        assert calib_data is not None  # refused above when neither source is given
-        step(f"loading {cfg.calib_size} calibration images from {calib_data}")
-        cs = select_images(
-            calib_data,
-            cfg.calib_size,
-            seed=cfg.seed,
-            preprocess=pp,
-            min_images=cfg.min_calib_size,
-            on_progress=on_progress,
-        )
     if (val is None) != (budget is None):
         raise UsageError("an accuracy budget needs both --val-data DIR and --max-drop/--max-disagree")
-    notes: list[str] = []
-    if val is not None:
-        from edgeconvnext.quantize.valset import warn_if_calibration
+    pp = loaded.preprocess
+    load: Callable[[Callable[[Any], None]], CalibrationSet]
+    if calib_manifest is not None:
+        step(f"verifying the calibration manifest {calib_manifest}")
 
-        note = warn_if_calibration(val, cs.paths, cs.root)
-        if note:
-            notes.append(note)
-    return _quantize_with(loaded, cs, cfg, paths, step, on_progress, t0, key, val=val, budget=budget, notes=notes)
+        def load(on_prefix: Callable[[Any], None]) -> CalibrationSet:
+            return load_manifest(
+                calib_manifest, preprocess=pp, root=calib_data, min_images=cfg.min_calib_size, on_prefix=on_prefix
+            )
+    else:
+        assert calib_data is not None  # refused above when neither source is given
+        step(f"loading {cfg.calib_size} calibration images from {calib_data} (decoded while the model exports)")
+
+        def load(on_prefix: Callable[[Any], None]) -> CalibrationSet:
+            return select_images(
+                calib_data,
+                cfg.calib_size,
+                seed=cfg.seed,
+                preprocess=pp,
+                min_images=cfg.min_calib_size,
+                on_prefix=on_prefix,
+            )
+
+    with _Prefetch(load) as images:
+        images.first(1)  # the folder's or manifest's own errors before any model work
+        return _quantize_with(loaded, images, cfg, paths, step, on_progress, t0, key, val=val, budget=budget)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Prefetch:
+    """The calibration set loaded in a background thread while the model is smoothed and exported (issue 11:
+    decoding 512 images at 224 px is a few seconds the single-threaded export leaves a core free for).
+    ``first(n)`` waits for the first ``n`` images, ``result()`` for the set; the loader's errors are raised there.
+    Leaving the context stops the loading."""
+
+    def __init__(self, load: Callable[[Callable[[Any], None]], CalibrationSet]) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._prefix: Any = None
+        self._result: CalibrationSet | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, args=(load,), name="edgeconvnext-calib-load", daemon=True)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stop = True
+        self._thread.join()
+
+    def _run(self, load: Callable[[Callable[[Any], None]], CalibrationSet]) -> None:
+        try:
+            result = load(self._on_prefix)
+        except _Cancelled:
+            result = None
+        except BaseException as e:  # re-raised in the caller's thread by first()/result()
+            with self._cond:
+                self._error, self._done = e, True
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._result, self._done = result, True
+            self._cond.notify_all()
+
+    def _on_prefix(self, images: Any) -> None:
+        with self._cond:
+            if self._stop:
+                raise _Cancelled
+            self._prefix = images
+            self._cond.notify_all()
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done or ready())
+            if self._error is not None:
+                raise self._error
+
+    def first(self, n: int) -> Any:
+        """The first ``n`` images (fewer when the set is smaller), (n, 3, S, S) float32."""
+        self._wait(lambda: self._prefix is not None and len(self._prefix) >= n)
+        if self._result is not None:
+            return self._result.images[:n]
+        return self._prefix[:n]
+
+    def result(self) -> CalibrationSet:
+        self._wait(lambda: False)
+        assert self._result is not None  # done without an error
+        return self._result
+
+    @property
+    def done(self) -> bool:
+        with self._cond:
+            return self._done
 
 
 def _key(
@@ -332,7 +408,7 @@ def _drop_stale_baseline(paths: dict[str, Path], fp32_sha256: str) -> None:
 
 def _quantize_with(
     loaded: LoadedModel,
-    cs: CalibrationSet,
+    images: _Prefetch,
     cfg: QuantizeConfig,
     paths: dict[str, Path],
     step: Callable[[str], None],
@@ -342,14 +418,27 @@ def _quantize_with(
     *,
     val: ValSet | None = None,
     budget: Budget | None = None,
-    notes: Sequence[str] = (),
 ) -> QuantizeResult:
     output = paths["onnx"]
     with temp_dir_beside(output) as tmp:  # removed on errors, Ctrl-C and SIGTERM; a killed run's by the next
-        loaded, smoothing = _smooth(loaded, cs, cfg, step)
+        t_smooth = time.perf_counter()
+        loaded, smoothing = _smooth(loaded, images, cfg, step)
+        smooth_s = time.perf_counter() - t_smooth
         exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
         if smoothing is not None:
             policy_mod.mark_smoothed(placement, smoothing.layers)
+        if not images.done:
+            step("waiting for the calibration images")
+        t_wait = time.perf_counter()
+        cs = images.result()
+        wait_s = time.perf_counter() - t_wait
+        notes: list[str] = []
+        if val is not None:
+            from edgeconvnext.quantize.valset import warn_if_calibration
+
+            note = warn_if_calibration(val, cs.paths, cs.root)
+            if note:
+                notes.append(note)
         q_path = tmp / "quantized.onnx"
         fp32_logits: list[Any] = []  # FP32 logits of the calibration batches, when the backend gives them
         settings, calib_s = _calibrate(
@@ -401,6 +490,9 @@ def _quantize_with(
                 rss=rss,
             )
             sidecar.inputs, sidecar.config = key
+            sidecar.timings["smooth_s"] = round(smooth_s, 3)
+            # the images load during smoothing and export: what they cost the command is the wait for them
+            sidecar.timings["load_wait_s"] = round(wait_s, 3)
             sidecar.details["smoothing"] = smoothing.to_dict() if smoothing is not None else None
             sidecar.details["budget"] = budget_result.to_dict() if budget_result is not None else None
             sidecar.details["notes"] = [*sidecar.details["notes"], *notes]
@@ -436,15 +528,17 @@ def _quantize_with(
 
 
 def _smooth(
-    loaded: LoadedModel, cs: CalibrationSet, cfg: QuantizeConfig, step: Callable[[str], None]
+    loaded: LoadedModel, images: _Prefetch, cfg: QuantizeConfig, step: Callable[[str], None]
 ) -> tuple[LoadedModel, SmoothReport | None]:
-    """A copy of ``loaded`` with LayerNorm outlier channels equalised into the next layers (``cfg.smooth``)."""
+    """A copy of ``loaded`` with LayerNorm outlier channels equalised into the next layers (``cfg.smooth``), on
+    the first calibration images."""
     if not cfg.smooth:
         return loaded, None
     from edgeconvnext.quantize.smooth import STATS_IMAGES, smoothed_copy
 
-    step(f"equalising LayerNorm outlier channels into the next layers ({min(len(cs), STATS_IMAGES)} images)")
-    return smoothed_copy(loaded, cs.images)
+    first = images.first(STATS_IMAGES)
+    step(f"equalising LayerNorm outlier channels into the next layers ({len(first)} images)")
+    return smoothed_copy(loaded, first)
 
 
 def _budget_search(
