@@ -512,8 +512,9 @@ def main() -> int:
                     r["bound_passes"],
                     c["fp32_passes"] / r["bound_passes"],
                     bw["peak_rss_mb"],
-                    f"seconds and floor in FP32 passes: target {r['bound_passes']:.2f} = {what}; image-passes "
-                    f"{c['image_passes']:.2f}; FP32 pass {c['fp32_pass_s']:.2f} s; wall {r['wall_s']:.0f} s "
+                    f"seconds and floor in FP32 passes: target {r['bound_passes']:.2f} = {what}; in CPU seconds "
+                    f"{c.get('cpu_fp32_passes', float('nan')):.2f} passes; image-passes {c['image_passes']:.2f}; "
+                    f"FP32 pass {c['fp32_pass_s']:.2f} s; wall {r['wall_s']:.0f} s "
                     f"(calibration and export included); convnextv2_atto 32 px, 50x outliers, --no-smooth, load "
                     f"{bw['load_avg_1m']}",
                 )

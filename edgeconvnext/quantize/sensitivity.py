@@ -96,7 +96,8 @@ class Evaluator:
     """Validation images, their FP32 logits (computed once), and a cost meter.
 
     ``cost_passes``: seconds spent running models here (FP32 pass and session creation included) divided by
-    the seconds of the one FP32 pass over the whole set; ``image_passes``: images run / set size.
+    the seconds of the one FP32 pass over the whole set; ``cpu_passes``: the same in process CPU seconds (steadier
+    than wall time on a shared machine); ``image_passes``: images run / set size.
     """
 
     def __init__(self, fp32: bytes, images: np.ndarray, labels: np.ndarray | None, batch: int = BATCH) -> None:
@@ -104,10 +105,12 @@ class Evaluator:
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.batch = batch
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.images_run = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.fp32_logits = self.run(fp32)
         self.fp32_pass_s = time.perf_counter() - t0
+        self.fp32_pass_cpu_s = time.process_time() - c0
         pred = self.fp32_logits.argmax(1)
         self.fp32_correct = None if self.labels is None else pred == self.labels
         self.fp32 = Metrics(
@@ -131,12 +134,13 @@ class Evaluator:
         """An onnxruntime CPU session for ``model`` (its creation counted in the cost), to run more than once."""
         import onnxruntime as ort
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         data = model if isinstance(model, bytes) else model.SerializeToString()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
         return sess
 
     def run(
@@ -147,7 +151,7 @@ class Evaluator:
         import onnxruntime as ort
 
         sess = model if isinstance(model, ort.InferenceSession) else self.session(model)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_idx = np.arange(len(self)) if idx is None else np.asarray(idx)
         if known is not None:
             run_idx = np.setdiff1d(run_idx, known[0])
@@ -163,6 +167,7 @@ class Evaluator:
             full[known[0]] = known[1]
             logits = full if idx is None else full[np.asarray(idx)]
         self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
         self.images_run += len(x)
         if not np.isfinite(logits).all():
             log.warning("non-finite logits from a quantized model")
@@ -221,6 +226,10 @@ class Evaluator:
         return self.seconds / self.fp32_pass_s if self.fp32_pass_s > 0 else float("nan")
 
     @property
+    def cpu_passes(self) -> float:
+        return self.cpu_seconds / self.fp32_pass_cpu_s if self.fp32_pass_cpu_s > 0 else float("nan")
+
+    @property
     def image_passes(self) -> float:
         return self.images_run / max(1, len(self))
 
@@ -229,6 +238,9 @@ class Evaluator:
             "fp32_pass_s": round(self.fp32_pass_s, 3),
             "seconds": round(self.seconds, 3),
             "fp32_passes": round(self.cost_passes, 2),
+            "fp32_pass_cpu_s": round(self.fp32_pass_cpu_s, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "cpu_fp32_passes": round(self.cpu_passes, 2),
             "image_passes": round(self.image_passes, 2),
         }
 
@@ -529,8 +541,9 @@ class SensitivityResult:
         c = self.cost
         return (
             f"cost {c.get('fp32_passes', 0):.1f} FP32-forward-passes over the validation set "
-            f"({c.get('image_passes', 0):.2f} image-passes; target {self.bound_passes:.2f} = {len(self.scores)} groups "
-            f"x {self.subset}/{self.fp32.n} + 3); FP32 pass {c.get('fp32_pass_s', 0):.1f} s"
+            f"({c.get('cpu_fp32_passes', 0):.1f} in CPU seconds, {c.get('image_passes', 0):.2f} image-passes; "
+            f"target {self.bound_passes:.2f} = {len(self.scores)} groups x {self.subset}/{self.fp32.n} + 3); "
+            f"FP32 pass {c.get('fp32_pass_s', 0):.1f} s"
         )
 
     def markdown(self) -> str:
