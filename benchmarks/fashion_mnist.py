@@ -123,6 +123,12 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["convnextv2_atto", "convnext_atto"])
     ap.add_argument("--backends", nargs="+", default=["ort", "nncf"])
     ap.add_argument("--policies", nargs="+", default=["convnext", "all"])
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the 'ort quantize_static defaults' rows (onnxruntime alone: they do not depend on this library's "
+        "quantizer, so a before/after comparison of the library need not rerun them)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -190,7 +196,7 @@ def main() -> None:
                 )
                 rep = json.loads(report.read_text())
                 rows.append((model, backend, policy, rep, side))
-                if backend == "ort" and policy == "convnext":  # the reference: library defaults, same images
+                if backend == "ort" and policy == "convnext" and not args.no_reference:  # library defaults, same images
                     ref = args.work / f"{model}_ort_library_defaults.int8.onnx"
                     t0 = time.perf_counter()
                     ort_library_defaults(fp32, Path(str(onnx_path).removesuffix(".onnx") + ".calib.json"), ref)
