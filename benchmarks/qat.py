@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,12 +44,13 @@ sys.path.insert(0, str(HERE))
 
 
 def step_times(arch: str, img: int, batch: int, steps: int, rounds: int, nncf: bool) -> dict[str, float]:
+    """CPU seconds per training step of each variant (the library's loss and teacher, as QAT trains)."""
     import torch
     import torch.nn.functional as F
 
     from edgeconvnext.models.checkpoint import load_model
     from edgeconvnext.quantize.fake_quant import wrap
-    from edgeconvnext.quantize.qat import distill_loss
+    from edgeconvnext.quantize.qat import TeacherLogits, distill_loss, make_loss
 
     torch.manual_seed(0)
     teacher = load_model(arch, None, num_classes=10, img_size=img).model.eval()
@@ -59,16 +61,25 @@ def step_times(arch: str, img: int, batch: int, steps: int, rounds: int, nncf: b
     scales = {n: (torch.tensor(0.05), mods[n].weight.detach().abs().flatten(1).amax(1) / 127) for n in names}
     teacher = teacher.to(memory_format=torch.channels_last)
 
-    def runner(student: torch.nn.Module, kd: bool):
+    def no_grad_loss(model, xb, yb):  # the loss as QAT computed it before (teacher under no_grad)
+        with torch.no_grad():
+            t = teacher(xb)
+        s = model(xb)
+        return distill_loss(s, t, 2.0) * 0.5 + 0.5 * F.cross_entropy(s, yb), s
+
+    def ce_loss(model, xb, yb):
+        s = model(xb)
+        return F.cross_entropy(s, yb), s
+
+    cached = TeacherLogits(teacher, cache=True)
+    cached(x)  # a later epoch without augmentation: every image's logits are in the cache
+
+    def runner(student: torch.nn.Module, loss_fn):
         student = student.to(memory_format=torch.channels_last).train()
         opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
 
         def one() -> None:
-            if kd:
-                with torch.no_grad():
-                    t = teacher(x)
-            s = student(x)
-            loss = distill_loss(s, t, 2.0) * 0.5 + 0.5 * F.cross_entropy(s, y) if kd else F.cross_entropy(s, y)
+            loss, _ = loss_fn(student, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -76,14 +87,17 @@ def step_times(arch: str, img: int, batch: int, steps: int, rounds: int, nncf: b
 
         return one
 
+    kd = make_loss(teacher, 0.5, 2.0, True)
     runs = {
-        "fp32": runner(copy.deepcopy(teacher), kd=False),
-        "fp32+kd": runner(copy.deepcopy(teacher), kd=True),
-        "qat frozen": runner(wrap(teacher, scales, "frozen"), kd=True),
-        "qat learned": runner(wrap(teacher, scales, "learned"), kd=True),
+        "fp32": runner(copy.deepcopy(teacher), ce_loss),
+        "fp32+kd": runner(copy.deepcopy(teacher), kd),
+        "qat frozen (no_grad teacher)": runner(wrap(teacher, scales, "frozen"), no_grad_loss),
+        "qat frozen": runner(wrap(teacher, scales, "frozen"), kd),
+        "qat frozen cached": runner(wrap(teacher, scales, "frozen"), make_loss(cached, 0.5, 2.0, True)),
+        "qat learned": runner(wrap(teacher, scales, "learned"), kd),
     }
     if nncf:
-        runs["nncf qat"] = runner(_nncf_model(teacher, img), kd=True)
+        runs["nncf qat"] = runner(_nncf_model(teacher, img), kd)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for fn in runs.values():
         fn()  # warm-up
@@ -149,7 +163,7 @@ def load_test(test: Path, ckpt: Path, limit: int | None):
 def logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     from edgeconvnext.quantize.qat import ort_logits
 
-    return ort_logits(onnx_path.read_bytes(), x, batch=256)
+    return ort_logits(onnx_path.read_bytes(), x, batch=256, exact=False)  # as outliers.py measures
 
 
 def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -161,8 +175,15 @@ def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict[str, float]
     }
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def cli(*args: str, torchrun: int = 0) -> None:
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    # passive OpenMP waits: on a shared, oversubscribed machine spinning threads made a QAT step 20 s instead of 0.5 s
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "edgeconvnext", "-q", *args]
     if torchrun:
         env["OMP_NUM_THREADS"] = "1"
@@ -171,22 +192,58 @@ def cli(*args: str, torchrun: int = 0) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def accuracy_row(model: str, ckpt: Path, policy: str, labels: bool, scales: str, ddp: int, a, data, work: Path):
+def stressed_checkpoint(ckpt: Path, magnitude: float, x: np.ndarray, work: Path) -> Path:
+    """``ckpt`` with activation outliers of ``magnitude`` (benchmarks/outliers.py's FP32-equivalent
+    reparametrisation), saved as a checkpoint the CLI loads; the FP32 logit change is checked there."""
+    from outliers import stressed
+
+    from edgeconvnext.models.checkpoint import load_model, save_checkpoint
+
+    out = work / f"{ckpt.name.split('.')[0]}_x{magnitude:g}.safetensors"
+    if not out.exists():
+        base = load_model(None, ckpt)
+        loaded, rel = stressed(base, magnitude, x)
+        print(f"<!-- {ckpt.name} x{magnitude:g}: FP32 logits vs the checkpoint's {rel:.2e} relative -->", flush=True)
+        save_checkpoint(out, loaded.model, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess)
+    return out
+
+
+def accuracy_row(
+    model: str,
+    ckpt: Path,
+    policy: str,
+    labels: bool,
+    scales: str,
+    ddp: int,
+    a,
+    data,
+    work: Path,
+    *,
+    magnitude: float | None = None,
+    smooth: bool = True,
+):
     x, y = data
     tag = f"{model}_{policy}_{'lab' if labels else 'free'}_{scales}" + (f"_ddp{ddp}" if ddp else "")
+    if magnitude is not None:
+        tag += f"_x{magnitude:g}" + ("" if smooth else "_nosmooth")
+        ckpt = stressed_checkpoint(ckpt, magnitude, x, work)
     out = work / tag
     common = ["-c", str(ckpt), "--calib-data", str(a.train), "--calib-size", str(a.calib_size), "--policy", policy]
+    common += [] if smooth else ["--no-smooth"]
     ptq = out / "ptq.onnx"
+    c0 = children_cpu()
     if not ptq.exists():
         cli("quantize", *common, "-o", str(ptq))
+    ptq_cpu = children_cpu() - c0
     q = out / "qat.onnx"
     qat_args = ["--method", "qat", "--train-data", str(a.subset), "--epochs", str(a.epochs), "--steps", str(a.steps)]
     qat_args += ["--batch-size", str(a.batch_size), "--lr", str(a.lr), "--scales", scales]
     qat_args += [] if labels else ["--no-labels"]
-    t0 = time.perf_counter()
+    qat_args += [] if a.workers is None else ["--workers", str(a.workers)]
+    t0, c0 = time.perf_counter(), children_cpu()
     if not q.exists():
         cli("quantize", *common, *qat_args, "-o", str(q), torchrun=ddp)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     side = json.loads((out / "qat.onnx.json").read_text())
     fp32 = logits(out / "ptq.fp32.onnx", x)
     r_ptq, r_qat = compare(fp32, logits(ptq, x), y), compare(fp32, logits(q, x), y)
@@ -194,6 +251,8 @@ def accuracy_row(model: str, ckpt: Path, policy: str, labels: bool, scales: str,
     return {
         "model": model,
         "policy": policy,
+        "magnitude": magnitude,
+        "smooth": smooth,
         "mode": side["details"]["training"]["mode"],
         "scales": scales,
         "procs": side["details"]["training"]["world_size"],
@@ -204,7 +263,43 @@ def accuracy_row(model: str, ckpt: Path, policy: str, labels: bool, scales: str,
         "img_s": sum(h["images_per_s"] for h in hist) / len(hist),
         "images_per_epoch": hist[0]["images"],
         "wall": wall,
+        "qat_cpu": cpu,  # CPU s of the whole quantize --method qat process (PTQ start, training, export); 0: reused
+        "ptq_cpu": ptq_cpu,
     }
+
+
+def stress_table(a, ckpts: dict[str, Path], data) -> None:
+    """QAT on the outlier-stress models: PTQ with and without smoothing, QAT started from each."""
+    print(
+        f"\nOutlier-stress models (benchmarks/outliers.py's reparametrisation, 2 channels per LayerNorm x M): "
+        f"PTQ and QAT as above ({a.steps} steps x batch {a.batch_size}, lr {a.lr:g}); smoothing off = "
+        "--no-smooth (plain minmax). CPU s: user+system seconds of the whole quantize --method qat process.\n"
+    )
+    print(
+        "| model | M | smoothing | policy | training | scales | FP32 | PTQ | QAT | PTQ drop | QAT drop | recovered "
+        "| PTQ agree | QAT agree | PTQ min cos | QAT min cos | QAT CPU s | QAT wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [
+        (m, mag, sm, p, mode == "labels", sc)
+        for m in a.models
+        for mag in a.stress
+        for p in a.stress_policies
+        for sm in a.stress_smooth
+        for sc in a.stress_scales
+        for mode in a.modes
+    ]
+    for m, mag, sm, p, lab, sc in rows:
+        r = accuracy_row(m, ckpts[m], p, lab, sc, 0, a, data, a.work, magnitude=mag, smooth=sm == "on")
+        ptq_drop, qat_drop = r["fp32"] - r["ptq"]["top1"], r["fp32"] - r["qat"]["top1"]
+        rec = f"{(ptq_drop - qat_drop) / ptq_drop:.0%}" if ptq_drop > 0.3 else "-"
+        print(
+            f"| {m} | {mag:g}x | {sm} | {p} | {r['mode']} | {sc} | {r['fp32']:.2f} | {r['ptq']['top1']:.2f} | "
+            f"{r['qat']['top1']:.2f} | {ptq_drop:+.2f} | {qat_drop:+.2f} | {rec} | {r['ptq']['agreement']:.2f}% | "
+            f"{r['qat']['agreement']:.2f}% | {r['ptq']['cos_min']:.4f} | {r['qat']['cos_min']:.4f} | "
+            f"{r['qat_cpu']:.0f} | {r['wall']:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -219,6 +314,7 @@ def main() -> int:
     ap.add_argument("--step-archs", nargs="+", default=["convnextv2_atto", "convnextv2_nano"])
     ap.add_argument("--nncf", action="store_true", help="also time NNCF's torch QAT (compiles its extension)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--step-steps", type=int, default=3, help="steps per variant and round")
     ap.add_argument("--models", nargs="+", default=["convnextv2_atto", "convnext_atto"])
     ap.add_argument("--policies", nargs="+", default=["convnext", "all"])
     ap.add_argument("--modes", nargs="+", default=["labels", "label-free"])
@@ -231,6 +327,12 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--calib-size", type=int, default=512)
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate a seeded subset of the 10k test images")
+    ap.add_argument("--skip-plain", action="store_true", help="skip the unstressed accuracy table")
+    ap.add_argument("--workers", type=int, default=None, help="QAT data-loading processes (default: QAT's)")
+    ap.add_argument("--stress", nargs="*", type=float, default=[], help="outlier magnitudes (e.g. 50 200)")
+    ap.add_argument("--stress-policies", nargs="+", default=["convnext"])
+    ap.add_argument("--stress-smooth", nargs="+", default=["off", "on"], choices=["on", "off"])
+    ap.add_argument("--stress-scales", nargs="+", default=["frozen"], choices=["frozen", "learned"])
     a = ap.parse_args()
     import torch
 
@@ -239,18 +341,24 @@ def main() -> int:
     print(f"# QAT benchmark, {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {os.cpu_count()} cpus\n")
 
     if not a.skip_steps:
-        print("CPU seconds per training step, 32 px, batch 32, AdamW, one thread, median of interleaved rounds\n")
         print(
-            "| model | FP32 | FP32 + teacher | QAT frozen | QAT learned | NNCF QAT | QAT frozen / FP32 "
-            "| QAT frozen / FP32+teacher |"
+            "CPU seconds per training step, 32 px, batch 32, AdamW, one thread, median of interleaved rounds; "
+            "teacher: the library's (inference_mode); 'cached': a later epoch with --no-augment (teacher "
+            "logits from the cache); 'no_grad': the teacher as QAT ran it before\n"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print(
+            "| model | FP32 | FP32 + teacher | QAT frozen, no_grad teacher | QAT frozen | QAT frozen, cached teacher "
+            "| QAT learned | NNCF QAT | QAT / FP32 | QAT / FP32+teacher | cached QAT / FP32 |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for arch in a.step_archs:
-            t = step_times(arch, 32, 32, 3, a.rounds, a.nncf)
+            t = step_times(arch, 32, 32, a.step_steps, a.rounds, a.nncf)
             nn = f"{t['nncf qat']:.3f}" if "nncf qat" in t else "-"
+            q, f = t["qat frozen"], t["fp32"]
             print(
-                f"| {arch} | {t['fp32']:.3f} | {t['fp32+kd']:.3f} | {t['qat frozen']:.3f} | {t['qat learned']:.3f} "
-                f"| {nn} | {t['qat frozen'] / t['fp32']:.2f}x | {t['qat frozen'] / t['fp32+kd']:.2f}x |",
+                f"| {arch} | {f:.3f} | {t['fp32+kd']:.3f} | {t['qat frozen (no_grad teacher)']:.3f} | {q:.3f} "
+                f"| {t['qat frozen cached']:.3f} | {t['qat learned']:.3f} | {nn} | {q / f:.2f}x "
+                f"| {q / t['fp32+kd']:.2f}x | {t['qat frozen cached'] / f:.2f}x |",
                 flush=True,
             )
         print()
@@ -263,7 +371,8 @@ def main() -> int:
         a.data = convert(a.dataset, a.work / "fashion_mnist")
     a.train = a.data / "train"
     a.subset = subset_folder(a.train, a.per_class, a.work / f"train_{a.per_class}_per_class")
-    ckpts = {"convnextv2_atto": a.v2_checkpoint, "convnext_atto": a.v1_checkpoint}
+    demo = HERE.parent / "edgeconvnext" / "demo" / "convnextv2_atto_fmnist.safetensors"
+    ckpts = {"convnextv2_atto": a.v2_checkpoint or (demo if a.stress else None), "convnext_atto": a.v1_checkpoint}
     for m in a.models:
         if ckpts.get(m) is None:
             ckpts[m] = a.work / f"{m}_fmnist_32px.pt"
@@ -290,6 +399,10 @@ def main() -> int:
         f"{a.steps} steps x batch {a.batch_size} on a {a.per_class}-per-class train subset, AdamW lr {a.lr:g}, "
         "cosine, distillation T=2 (+ labels 0.5/0.5)\n"
     )
+    if a.stress:
+        stress_table(a, ckpts, data)
+    if a.skip_plain:
+        return 0
     print(
         "| model | policy | training | scales | procs | FP32 | PTQ | QAT | PTQ drop | QAT drop | PTQ agree | QAT agree "
         "| PTQ min cos | QAT min cos | QAT s/epoch | images/epoch | img/s |"

@@ -35,6 +35,7 @@ from edgeconvnext.errors import UsageError, nearest
 from edgeconvnext.evaluate.config import ValidateConfig
 from edgeconvnext.export.config import ExportConfig
 from edgeconvnext.quantize.config import QuantizeConfig
+from edgeconvnext.quantize.qat_config import QatConfig
 from edgeconvnext.train.config import FinetuneConfig
 
 
@@ -89,6 +90,7 @@ TARGETS: dict[str, dict[str, Any]] = {
 SECTIONS: dict[str, type] = {
     "export": ExportConfig,
     "quantize": QuantizeConfig,
+    "qat": QatConfig,
     "build": BuildRequest,
     "validate": ValidateConfig,
     "finetune": FinetuneConfig,

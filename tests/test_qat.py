@@ -211,6 +211,33 @@ def test_learned_scales_get_gradients():
     assert lay.act_scale.grad is not None and lay.w_scale.grad is not None and lay.w_scale.grad.abs().sum() > 0
 
 
+def test_teacher_logits_cache_returns_what_the_teacher_computes():
+    """Without augmentation an image is the same tensor every epoch: the cached teacher logits are the
+    teacher's own (any mix of cached and new images in a batch), computed once per distinct input."""
+    from edgeconvnext.quantize.qat import TeacherLogits, make_loss
+
+    teacher = _teacher()
+    torch.manual_seed(3)
+    x = torch.randn(12, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = teacher(x)
+    cached = TeacherLogits(teacher, cache=True)
+    torch.testing.assert_close(cached(x[:8]), ref[:8], rtol=1e-5, atol=1e-6)
+    assert (cached.hits, cached.misses) == (0, 8)
+    mixed = x[[10, 2, 11, 5]]  # two new, two cached
+    torch.testing.assert_close(cached(mixed), ref[[10, 2, 11, 5]], rtol=1e-5, atol=1e-6)
+    assert (cached.hits, cached.misses) == (2, 10)
+    torch.testing.assert_close(cached(x), ref, rtol=1e-5, atol=1e-6)
+    assert (cached.hits, cached.misses) == (12, 12)  # 8 and 9 were new
+    # the loss (and its gradient) is the uncached one
+    student = copy.deepcopy(teacher).train()
+    y = torch.zeros(12, dtype=torch.long)
+    loss_a, _ = make_loss(cached, 0.5, 2.0, True)(student, x, y)
+    loss_b, _ = make_loss(teacher, 0.5, 2.0, True)(student, x, y)
+    assert float(loss_a.detach()) == pytest.approx(float(loss_b.detach()), rel=1e-5, abs=1e-8)
+    loss_a.backward()  # the cached logits take part in autograd as constants
+
+
 # ---- a run, resumed ---------------------------------------------------------------------------------
 
 
@@ -298,6 +325,32 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, t
     for k, v in b["state_dict"].items():
         torch.testing.assert_close(a["state_dict"][k], v, rtol=0, atol=0, msg=k)
     assert r.history[-1].loss == pytest.approx(full_run.history[-1].loss, rel=1e-6)
+
+
+def test_a_qat_checkpoint_continues_from_its_quantizer_state(world, full_run, tmp_path):
+    """OUT.qat.pt as the checkpoint of another QAT run: the start is its weights and quantizer state (no fresh
+    calibration: with frozen scales the new ONNX carries the first run's scales exactly), checked against the
+    QAT ONNX beside it; another --policy than the checkpoint's is refused before any work."""
+    from dataclasses import replace
+
+    ck = qat_paths(full_run.path)["checkpoint"]
+    r = qat(
+        load_model(None, ck), tmp_path / "again.onnx", config=_cfg(world, epochs=1, steps=1, val_data=None),
+        quant=QUANT, calib_data=world["train"],
+    )  # fmt: skip
+    assert r.start_vs_ptq["compared_with"] == full_run.path.name and r.start_vs_ptq["rel_diff"] < 1e-3
+    assert any("continuing the QAT checkpoint q.qat.pt" in n for n in r.notes)
+    a, b = _qdq_scales(onnx.load(str(full_run.path))), _qdq_scales(onnx.load(str(r.path)))
+    assert set(a) == set(b) and len(a) == 13
+    for layer in a:
+        np.testing.assert_allclose(b[layer][0], a[layer][0], rtol=1e-6, err_msg=layer)
+        np.testing.assert_allclose(b[layer][1].reshape(-1), a[layer][1].reshape(-1), rtol=1e-6, err_msg=layer)
+    with pytest.raises(UsageError, match=r"made with --policy 'convnext'; this run asks --policy 'all'"):
+        qat(
+            load_model(None, ck), tmp_path / "x" / "all.onnx", config=_cfg(world),
+            quant=replace(QUANT, policy="all"), calib_data=world["train"],
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists()
 
 
 # ---- CLI: label-free, 2 processes, bad input --------------------------------------------------------

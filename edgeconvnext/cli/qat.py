@@ -55,6 +55,14 @@ LabelsOpt = Annotated[
     bool | None,
     typer.Option("--labels/--no-labels", help="qat: --no-labels distils only, even from a folder with classes."),
 ]
+AugmentOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help="qat: random crop + flip (default); --no-augment trains on the eval transform and computes each "
+        "image's teacher logits once (later epochs reuse them).",
+    ),
+]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="qat: data-loading processes (default min(2, cpus)).")
 ]
@@ -150,6 +158,7 @@ def qat_given(values: dict[str, Any]) -> list[str]:
         "ema_decay": "--ema-decay",
         "scales": "--scales",
         "labels": "--labels/--no-labels",
+        "augment": "--augment/--no-augment",
         "workers": "--workers",
         "device": "--device",
         "resume": "--resume",
@@ -168,13 +177,15 @@ def run_qat(
     qat_values: dict[str, Any],
     load_kwargs: dict[str, Any],
     json_out: bool,
+    recipe: Any = None,
 ) -> None:
     from edgeconvnext.models.checkpoint import load_model
-    from edgeconvnext.quantize.qat import QatConfig, qat
+    from edgeconvnext.quantize.qat import qat
+    from edgeconvnext.quantize.qat_config import resolve
     from edgeconvnext.train.distributed import env_world
 
-    given = {k: v for k, v in qat_values.items() if v is not None}
-    cfg = QatConfig(**given).validated()  # refused before the (slow) checkpoint load
+    # defaults < the recipe's qat: section < the options given; refused before the (slow) checkpoint load
+    cfg = resolve(recipe, qat_values)
     rank, _, _ = env_world()
     show = rank == 0 and not STATE.quiet and not json_out
     with _QatProgress(enabled=show) as prog:

@@ -34,6 +34,7 @@ from edgeconvnext.cli._common import (
     print_skipped,
 )
 from edgeconvnext.cli.qat import (
+    AugmentOpt,
     BatchSizeOpt,
     ClipOpt,
     DeviceOpt,
@@ -181,6 +182,7 @@ def quantize_cmd(
     ema_decay: EmaDecayOpt = None,
     scales: ScalesOpt = None,
     labels: LabelsOpt = None,
+    augment: AugmentOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
     resume: ResumeOpt = False,
@@ -232,6 +234,7 @@ def quantize_cmd(
         "ema_decay": ema_decay,
         "scales": scales,
         "labels": labels,
+        "augment": augment,
         "workers": workers,
         "device": device,
         "resume": resume,
@@ -277,6 +280,7 @@ def quantize_cmd(
                 "ema": ema,
             },
             json_out=json_out,
+            recipe=rec,
         )
         return
     from edgeconvnext.artifacts import Skipped

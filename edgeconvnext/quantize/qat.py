@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -47,11 +48,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeconvnext.artifacts import Sidecar, Skipped, atomic_output, check_output, environment, input_ref
-from edgeconvnext.errors import CheckpointError, DataError, ExportError, UsageError, nearest
+from edgeconvnext.errors import CheckpointError, DataError, ExportError, UsageError
 from edgeconvnext.quantize import policy as policy_mod
 from edgeconvnext.quantize.config import Method
 from edgeconvnext.quantize.ptq import QuantizeConfig, output_paths
-from edgeconvnext.train.loop import NO_LABEL, ProgressHook, cpu_count, lr_at
+from edgeconvnext.quantize.qat_config import QatConfig
+from edgeconvnext.train.loop import NO_LABEL, EpochLog, ProgressHook, cpu_count, lr_at
 
 if TYPE_CHECKING:
     import torch
@@ -62,97 +64,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "sgd")
 STATE_FORMAT = "edgeconvnext-qat-state"
 #: images the start (epoch 0) is compared with the PTQ ONNX on, and the export with the torch model on
 CHECK_IMAGES = 64
-#: the torch fake-quant model and the PTQ / exported ONNX must agree within this (max |diff| / max |logit|):
-#: the same integers on both sides, but onnxruntime's CPU int8 kernels do not compute exactly the dequantized
-#: float arithmetic (u8s8 on AVX2); measured 2e-7 under --policy convnext and 0.021 under --policy all (INT8
-#: stem and depthwise convs) on the Fashion-MNIST V2 atto. A wrong scale or a missed transform is far larger.
+#: the torch fake-quant model and the PTQ / exported ONNX must agree within this (max |diff| / max |logit|),
+#: onnxruntime running the Q/DQ graph as written (graph optimizations off: QuantizeLinear, DequantizeLinear and
+#: float Conv/MatMul, the exact arithmetic TensorRT's int8 kernels carry out). A value one rounding step away
+#: flips to the next level (float accumulation order differs), which with coarse per-tensor scales (activation
+#: outliers) moves logits by up to 3% (measured: 3.3e-2 at 50x outliers without smoothing, 8e-4 at 200x).
+#: onnxruntime's fused int8 CPU kernels (u8s8 on AVX2) are not used for the check: on the same 200x model
+#: they differ from the exact semantics by 0.61 relative (cosine 0.42). A wrong scale or a missed transform
+#: is far larger than the tolerance.
 PARITY_REL_TOL = 5e-2
 #: options that may change on --resume (they do not change what is computed)
 RESUMABLE_CHANGES = frozenset({"resume", "workers", "threads", "val_data"})
-
-
-@dataclass
-class QatConfig:
-    """Options of quantization-aware training (CLI: ``edgeconvnext quantize --method qat --help``)."""
-
-    train_data: Path | None = None
-    val_data: Path | None = None
-    epochs: int = 1
-    lr: float = 1e-5  # ~1% of finetune's 1e-3 (the anchors: start near 1% of the original LR)
-    min_lr: float = 0.0
-    batch_size: int = 32
-    steps: int | None = None  # cap on optimizer steps per epoch
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    warmup_steps: int | None = None  # None: 5% of the run
-    clip_grad: float | None = 1.0
-    ema_decay: float | None = None
-    distill_weight: float | None = None  # None: 1.0 without labels, 0.5 with labels
-    temperature: float = 2.0
-    scales: str = "frozen"
-    labels: bool = True  # False: distillation only even when --train-data has class folders
-    hflip: float = 0.5
-    seed: int = 0
-    workers: int | None = None
-    threads: int | None = None
-    device: str = "cpu"
-    resume: bool = False
-
-    def validated(self) -> QatConfig:
-        from edgeconvnext.quantize.fake_quant import SCALE_MODES
-
-        if self.train_data is None:
-            raise UsageError(
-                "--method qat needs --train-data DIR (an ImageFolder for label loss + distillation, or a "
-                "folder of images for distillation only; the calibration folder works)"
-            )
-        opt = self.optimizer.strip().lower()
-        if opt not in OPTIMIZERS:
-            hint = nearest(opt, OPTIMIZERS)
-            raise UsageError(
-                f"unknown --optimizer '{self.optimizer}'"
-                + (f"; did you mean '{hint}'?" if hint else "")
-                + " (adamw, sgd)"
-            )
-        scales = self.scales.strip().lower()
-        if scales not in SCALE_MODES:
-            raise UsageError(f"unknown --scales '{self.scales}' (choose from {', '.join(SCALE_MODES)})")
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, --lr], got {self.min_lr}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (
-                self.warmup_steps is None or self.warmup_steps >= 0,
-                f"--warmup-steps must be >= 0, got {self.warmup_steps}",
-            ),
-            (self.clip_grad is None or self.clip_grad >= 0, f"--clip-grad must be >= 0, got {self.clip_grad}"),
-            (
-                self.ema_decay is None or 0 <= self.ema_decay < 1,
-                f"--ema-decay must be in [0, 1), got {self.ema_decay}",
-            ),
-            (
-                self.distill_weight is None or 0 <= self.distill_weight <= 1,
-                f"--distill-weight must be in [0, 1], got {self.distill_weight}",
-            ),
-            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
-            (0 <= self.hflip <= 1, f"--hflip must be in [0, 1], got {self.hflip}"),
-            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-        return replace(self, optimizer=opt, scales=scales)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -350,11 +275,15 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 32) ->
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32, *, exact: bool = True) -> np.ndarray:
+    """onnxruntime CPU logits; ``exact``: graph optimizations off, so Q/DQ run as written (see PARITY_REL_TOL),
+    else onnxruntime's default (fused int8 kernels, how it runs the model in production on a CPU)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if exact:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     out = [sess.run(["logits"], {"input": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -388,6 +317,42 @@ class Start:
     calib_images: np.ndarray  # the first CHECK_IMAGES calibration images (preprocessed)
 
 
+@dataclass
+class _Ptq:
+    result: Any  # quantize.ptq.QuantizeResult
+    paths: dict[str, Path]
+    onnx_bytes: bytes
+    images: np.ndarray  # the calibration images, preprocessed
+
+
+def _ptq(
+    loaded: LoadedModel,
+    config: QuantizeConfig,
+    workdir: Path,
+    calib_data: Path | None,
+    calib_manifest: Path | None,
+    on_step: Callable[[str], None] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> _Ptq:
+    """``quantize --method ptq`` into ``workdir`` and its calibration images, as the manifest lists them."""
+    from edgeconvnext.data.calibration import load_manifest
+    from edgeconvnext.quantize.ptq import quantize
+
+    out = workdir / "ptq.onnx"
+    res = quantize(
+        loaded, out, calib_data=calib_data, config=config, calib_manifest=calib_manifest, on_step=on_step,
+        on_progress=on_progress,
+    )  # fmt: skip
+    assert not isinstance(res, Skipped)  # reuse=False: always quantized
+    paths = output_paths(out)
+    manifest = json.loads(paths["manifest"].read_text())
+    # the PTQ run above warned about a small set already: once, not twice
+    cs = load_manifest(
+        paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1, warn_size=False
+    )
+    return _Ptq(res, paths, out.read_bytes(), cs.images)
+
+
 def start_from_ptq(
     loaded: LoadedModel,
     quant: QuantizeConfig,
@@ -404,37 +369,19 @@ def start_from_ptq(
     import onnx
 
     from edgeconvnext.quantize.fake_quant import wrap
-    from edgeconvnext.quantize.ptq import quantize
 
-    out = workdir / "ptq.onnx"
-    res = quantize(
-        loaded,
-        out,
-        calib_data=calib_data,
-        config=replace(quant, method=Method.PTQ, keep_fp32=True),
-        calib_manifest=calib_manifest,
-        on_step=on_step,
-        on_progress=on_progress,
-    )
-    assert not isinstance(res, Skipped)  # reuse=False: always quantized
-    ptq_bytes = out.read_bytes()
+    ptq = _ptq(loaded, replace(quant, method=Method.PTQ, keep_fp32=True), workdir, calib_data, calib_manifest,
+               on_step, on_progress)  # fmt: skip
+    res, paths, ptq_bytes = ptq.result, ptq.paths, ptq.onnx_bytes
     scales = scales_from_onnx(onnx.load_from_string(ptq_bytes), res.placement)
-    paths = output_paths(out)
-    manifest = json.loads(paths["manifest"].read_text())
-    from edgeconvnext.data.calibration import load_manifest
-
     if on_step:
         on_step("checking that the fake-quant torch model computes what the PTQ ONNX computes")
-    n = min(CHECK_IMAGES, manifest["count"])
-    # the PTQ run above warned about a small set already: once, not twice
-    cs = load_manifest(
-        paths["manifest"], preprocess=loaded.preprocess, root=manifest["root"], min_images=1, warn_size=False
-    )
-    images = cs.images[:n]
-    float_loaded = prepare_float(loaded, res, cs.images)
+    images = ptq.images[:CHECK_IMAGES]
+    float_loaded = prepare_float(loaded, res, ptq.images)
     qmodel = wrap(float_loaded.model, scales, scales_mode)
     check = compare_logits(ort_logits(ptq_bytes, images), torch_logits(qmodel, images))
     check["tolerance_rel"] = PARITY_REL_TOL
+    check["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
     if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
         raise ExportError(
             f"the QAT start (PTQ scales on the torch model) differs from the PTQ ONNX: max abs diff "
@@ -464,6 +411,104 @@ def start_from_ptq(
     )
 
 
+def qat_checkpoint_info(loaded: LoadedModel) -> dict[str, Any] | None:
+    """The quantizer state of a QAT checkpoint (``OUT.qat.pt``, written by this stage), else None."""
+    info = (getattr(loaded, "extra", None) or {}).get("qat")
+    return info if isinstance(info, dict) and isinstance(info.get("quantizers"), dict) else None
+
+
+def check_qat_checkpoint(loaded: LoadedModel, quant: QuantizeConfig) -> dict[str, Any] | None:
+    """A QAT checkpoint's quantizer state, refused when this run's placement options are not the ones its
+    scales were made for (None for any other checkpoint)."""
+    info = qat_checkpoint_info(loaded)
+    if info is None:
+        return None
+    saved = info.get("quantize") or {}
+    for key, now in (("policy", str(quant.policy)), ("exclude", list(quant.exclude))):
+        was = saved.get(key)
+        was = list(was) if key == "exclude" and was is not None else was
+        if was is not None and was != now:
+            flag = f"--{key}"
+            raise UsageError(
+                f"{loaded.source} is a QAT checkpoint made with {flag} {was!r}; this run asks {flag} {now!r}, so its "
+                f"quantizer state does not fit: give {flag} {was!r} to continue its training, or start from the "
+                "FP32 checkpoint it was made from"
+            )
+    return info
+
+
+def start_from_qat_checkpoint(
+    loaded: LoadedModel,
+    quant: QuantizeConfig,
+    scales_mode: str,
+    *,
+    calib_data: Path | None,
+    calib_manifest: Path | None,
+    workdir: Path,
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Start:
+    """Continue from a QAT checkpoint: its weights (already equalised when its run smoothed) and its quantizer
+    state, not a fresh calibration. The calibration images still give the manifest, the FP32 baseline and the
+    check images (a PTQ run without smoothing, whose scales are not used); the placement must be the one the
+    checkpoint's scales belong to, and epoch 0 is compared with the QAT ONNX beside the checkpoint when it is
+    there (its sha256 as recorded)."""
+    from edgeconvnext.quantize.fake_quant import wrap
+
+    info = check_qat_checkpoint(loaded, quant)
+    assert info is not None
+    src = loaded.source
+    ptq = _ptq(loaded, replace(quant, method=Method.PTQ, keep_fp32=True, smooth=False), workdir, calib_data,
+               calib_manifest, on_step, on_progress)  # fmt: skip
+    res, paths = ptq.result, ptq.paths
+    int8 = {p.layer for p in res.placement if p.int8}
+    if int8 != set(info["quantizers"]):
+        diff = sorted(int8 ^ set(info["quantizers"]))
+        raise CheckpointError(
+            f"the quantizer state of {src} covers other layers than this model's INT8 placement (e.g. {diff[:3]}): "
+            "start from the FP32 checkpoint it was made from"
+        )
+    placement = [
+        policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in info.get("placement", [])
+    ] or res.placement
+    scales = {k: (v["act_scale"], v["w_scale"]) for k, v in info["quantizers"].items()}
+    images = ptq.images[:CHECK_IMAGES]
+    qmodel = wrap(loaded.model, scales, scales_mode)
+    check: dict[str, Any] = {"compared_with": None}
+    onnx_name = info.get("onnx")
+    prev = src.with_name(onnx_name) if src is not None and onnx_name else None
+    if prev is not None and prev.is_file() and _sha256(prev.read_bytes()) == info.get("onnx_sha256"):
+        if on_step:
+            on_step(f"checking that the QAT checkpoint's fake-quant model computes what {prev.name} computes")
+        check = compare_logits(ort_logits(prev.read_bytes(), images), torch_logits(qmodel, images))
+        check["compared_with"] = prev.name
+        check["tolerance_rel"] = PARITY_REL_TOL
+        if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
+            raise ExportError(
+                f"the quantizer state of {src} does not reproduce {prev.name}: max abs diff "
+                f"{check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > {PARITY_REL_TOL:g})"
+            )
+    summary = {
+        "continued_from": str(src),
+        "calibration": None,
+        "int8_layers": len(int8),
+        "layers": len(placement),
+        "note": "quantizer state of the QAT checkpoint; the calibration images gave the manifest and baseline only",
+    }
+    return Start(
+        placement=placement,
+        scales=scales,
+        float_model=loaded.model,
+        manifest_bytes=paths["manifest"].read_bytes(),
+        fp32_bytes=paths["fp32"].read_bytes(),
+        fp32_sidecar_bytes=paths["fp32_sidecar"].read_bytes(),
+        ptq_summary=summary,
+        start_vs_ptq=check,
+        ptq_bytes=ptq.onnx_bytes,
+        calib_images=images,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # loss
 
@@ -478,13 +523,63 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     ) * (t * t)
 
 
-def make_loss(teacher: torch.nn.Module, weight: float, temperature: float, labelled: bool) -> Callable[..., Any]:
-    import torch
+class TeacherLogits:
+    """The frozen FP32 teacher's logits of a batch, under ``torch.inference_mode`` (no autograd bookkeeping).
+
+    With ``cache`` (training without random augmentation: the same image gives the same input tensor every
+    epoch) each distinct input runs through the teacher once; later epochs reuse its logits, looked up by a
+    digest of the input's bytes, so a cached value is exactly what the teacher computes on that input (up to
+    the float rounding of a different batch). ``max_entries`` bounds the memory (logits of that many images).
+    """
+
+    def __init__(self, teacher: torch.nn.Module, *, cache: bool = False, max_entries: int = 200_000) -> None:
+        self.teacher = teacher
+        self.cache: dict[bytes, torch.Tensor] | None = {} if cache else None
+        self.max_entries = max_entries
+        self.hits = self.misses = 0
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            out = self.teacher(x)
+        return out.clone()  # a normal tensor: inference tensors cannot take part in the student's autograd graph
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self._run(x)
+        import hashlib
+
+        import torch
+
+        flat = x.detach().cpu().contiguous().numpy()
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = self._run(x[missing] if len(missing) < len(keys) else x)
+            for j, i in enumerate(missing):
+                if len(self.cache) < self.max_entries:
+                    self.cache[keys[i]] = fresh[j].cpu()
+            if len(missing) == len(keys):
+                return fresh
+            got = {i: fresh[j] for j, i in enumerate(missing)}
+        else:
+            got = {}
+        rows = [got[i] if i in got else self.cache[k].to(x.device) for i, k in enumerate(keys)]
+        return torch.stack(rows)
+
+
+def make_loss(
+    teacher: torch.nn.Module | TeacherLogits, weight: float, temperature: float, labelled: bool
+) -> Callable[..., Any]:
     import torch.nn.functional as F
 
+    logits_of = teacher if isinstance(teacher, TeacherLogits) else TeacherLogits(teacher)
+
     def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            t = teacher(x)
+        t = logits_of(x)
         s = model(x)
         loss = distill_loss(s, t, temperature)
         if labelled and weight < 1:
@@ -676,24 +771,12 @@ def load_state(path: Path) -> dict[str, Any]:
 # the stage
 
 
-class LogProgress:
+class LogProgress(EpochLog):
     """Default hook: one log line per epoch."""
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self._epochs = epochs
-
-    def step(self, loss: float, images_per_s: float, lr: float) -> None:
-        pass
-
-    def validating(self, steps: int) -> None:
-        pass
-
-    def val_step(self) -> None:
-        pass
-
-    def end_epoch(self, r: EpochRecord) -> None:
+    def line(self, r: EpochRecord) -> str:
         val = f", val top-1 {r.val_top1:.2f}%, agreement {r.val_agreement:.2f}%" if r.val_top1 is not None else ""
-        log.info("QAT epoch %d/%d: loss %.4f%s, %.0f img/s", r.epoch, self._epochs, r.loss, val, r.images_per_s)
+        return f"QAT epoch {r.epoch}/{self._epochs}: loss {r.loss:.4f}{val}, {r.images_per_s:.0f} img/s"
 
 
 @contextlib.contextmanager
@@ -805,6 +888,7 @@ def qat(
     paths = qat_paths(output)
     check_output(paths["checkpoint"], "--output", {"--checkpoint": loaded.source})
     policy_mod.check_excludes(qcfg.exclude, policy_mod.torch_layer_names(loaded.model))
+    check_qat_checkpoint(loaded, qcfg)  # continuing a QAT checkpoint: its placement options, before any work
     rank, world, _ = distributed.env_world()
     data = _load_data(cfg, loaded, rank, world)  # before joining the group: a data error stops every rank alike
     d = distributed.init(cfg.device)
@@ -831,6 +915,7 @@ def _run(
     import torch
 
     from edgeconvnext.data.augment import TrainTransform
+    from edgeconvnext.data.preprocess import eval_transform
     from edgeconvnext.quantize.fake_quant import quantizer_state, wrap
     from edgeconvnext.train.distributed import run_on_main
     from edgeconvnext.train.loop import ImageDataset, ModelEma, make_loader, param_groups, train_epoch
@@ -869,6 +954,12 @@ def _run(
         p.requires_grad_(False)
 
     start: Start | None = None
+    continuing = qat_checkpoint_info(loaded) is not None
+    if continuing and state is None:
+        notes.append(
+            f"continuing the QAT checkpoint {loaded.source.name if loaded.source else ''}: its quantizer state and "
+            "weights are the start (no fresh calibration); the teacher is its weights in float"
+        )
     if state is None:
 
         def calibrate() -> dict[str, Any]:
@@ -876,10 +967,10 @@ def _run(
             parent = paths["onnx"].parent
             workdir = Path(tempfile.mkdtemp(prefix=".edgeconvnext-qat-", dir=parent if parent.is_dir() else None))
             try:
-                start = start_from_ptq(
+                start = (start_from_qat_checkpoint if continuing else start_from_ptq)(
                     loaded,
                     qcfg,
-                    cfg.scales,
+                    str(cfg.scales),
                     calib_data=Path(calib_data) if calib_data is not None else None,
                     calib_manifest=Path(calib_manifest) if calib_manifest is not None else None,
                     workdir=workdir,
@@ -904,7 +995,7 @@ def _run(
         scales = {k: (v["act_scale"], v["w_scale"]) for k, v in state["quantizers"].items()}
 
     start_weights = start.float_model if start is not None else loaded.model
-    qmodel = wrap(start_weights, scales, cfg.scales).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    qmodel = wrap(start_weights, scales, str(cfg.scales)).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     if state is not None:
         qmodel.load_state_dict(state["model"])
     # every rank starts from rank 0's weights (PTQ's transforms ran there) and scales
@@ -942,8 +1033,14 @@ def _run(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(qmodel, device_ids=[d.local_rank] if cfg.device == "cuda" else None)
-    loss_fn = make_loss(teacher, weight, cfg.temperature, train.labelled)
-    train_tf = TrainTransform(loaded.preprocess, hflip=cfg.hflip)
+    # without random augmentation an image is the same tensor every epoch: its teacher logits are computed once
+    teacher_logits = TeacherLogits(teacher, cache=not cfg.augment)
+    loss_fn = make_loss(teacher_logits, weight, cfg.temperature, train.labelled)
+    train_tf: Any = (
+        TrainTransform(loaded.preprocess, hflip=cfg.hflip)
+        if cfg.augment
+        else functools.partial(eval_transform, pp=loaded.preprocess)
+    )
     train_set = ImageDataset(train.paths, train.labels, train_tf)
 
     fp32_val_pred = _evaluate(teacher, val_images, device, None) if val_images is not None else None
@@ -1089,7 +1186,7 @@ def _run(
         "calib_images": (ptq_summary.get("calibration") or {}).get("images"),
         "activations": "int8 per tensor, symmetric",
         "weights": "int8 per output channel, symmetric",
-        "scales": cfg.scales,
+        "scales": str(cfg.scales),
         "training": train.mode,
     }
     step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
@@ -1102,6 +1199,7 @@ def _run(
     parity["images"] = int(len(parity_images))
     parity["inputs"] = "validation images" if val_images is not None else "calibration images"
     parity["tolerance_rel"] = PARITY_REL_TOL
+    parity["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
     if not (parity["finite"] and parity["rel_diff"] <= PARITY_REL_TOL):
         raise ExportError(
             f"the QAT ONNX disagrees with the torch fake-quant model: max abs diff {parity['max_abs_diff']:.3g} "
@@ -1125,12 +1223,14 @@ def _run(
         "images": len(train.paths),
         "distill_weight": weight,
         "temperature": cfg.temperature,
-        "scales": cfg.scales,
+        "scales": str(cfg.scales),
         "world_size": d.world_size,
         "backend": d.backend,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup,
+        "augment": cfg.augment,
+        "teacher_cache": {"hits": teacher_logits.hits, "misses": teacher_logits.misses} if not cfg.augment else None,
         "best_epoch": best["epoch"],
         "history": [asdict(h) for h in history],
         "fp32_val_top1": fp32_val_top1,
@@ -1154,7 +1254,7 @@ def _run(
         extra = {
             "qat": {
                 "quantizers": qstate,
-                "scales": cfg.scales,
+                "scales": str(cfg.scales),
                 "placement": [p.to_dict() for p in placement],
                 "onnx": paths["onnx"].name,
                 "onnx_sha256": digest,
@@ -1195,7 +1295,7 @@ def _run(
                 },
                 "fake_quant": {
                     "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
-                    "scales": cfg.scales,
+                    "scales": str(cfg.scales),
                     "scales_note": "frozen: the calibrated PTQ scales, not trained"
                     if cfg.scales == "frozen"
                     else "learned: LSQ step sizes trained with the weights",

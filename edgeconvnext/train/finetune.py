@@ -47,6 +47,7 @@ from edgeconvnext.errors import CheckpointError, DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
 from edgeconvnext.train.config import FinetuneConfig
 from edgeconvnext.train.loop import (
+    EpochLog,
     ImageDataset,
     ProgressHook,
     cpu_count,
@@ -107,30 +108,13 @@ class FinetuneResult:
         }
 
 
-class LogProgress:
+class LogProgress(EpochLog):
     """Default hook: one log line per epoch."""
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self._epochs = epochs
-
-    def step(self, loss: float, images_per_s: float, lr: float) -> None:
-        pass
-
-    def validating(self, steps: int) -> None:
-        pass
-
-    def val_step(self) -> None:
-        pass
-
-    def end_epoch(self, r: EpochResult) -> None:
-        log.info(
-            "epoch %d/%d: loss %.4f, val top-1 %.2f%%, %.0f img/s, %.1f s",
-            r.epoch,
-            self._epochs,
-            r.train_loss,
-            r.val_top1,
-            r.images_per_s,
-            r.seconds,
+    def line(self, r: EpochResult) -> str:
+        return (
+            f"epoch {r.epoch}/{self._epochs}: loss {r.train_loss:.4f}, val top-1 {r.val_top1:.2f}%, "
+            f"{r.images_per_s:.0f} img/s, {r.seconds:.1f} s"
         )
 
 

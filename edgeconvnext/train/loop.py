@@ -70,6 +70,30 @@ class ProgressHook(Protocol):
     def end_epoch(self, result: Any) -> None: ...
 
 
+class EpochLog:
+    """A ProgressHook that shows nothing while an epoch runs and logs one line per epoch (``line``)."""
+
+    _epochs = 0
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._epochs = epochs
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        pass
+
+    def validating(self, steps: int) -> None:
+        pass
+
+    def val_step(self) -> None:
+        pass
+
+    def end_epoch(self, result: Any) -> None:
+        log.info("%s", self.line(result))
+
+    def line(self, result: Any) -> str:
+        return f"epoch {result.epoch}/{self._epochs}"
+
+
 class ImageDataset:
     """torch Dataset over (path, label) pairs; an unreadable image yields None (skipped by collate)."""
 
