@@ -899,6 +899,78 @@ def qat(
         d.close()
 
 
+@dataclass
+class _Session:
+    """What one QAT run shares between its steps (setup -> start -> optimiser -> epochs -> export)."""
+
+    loaded: LoadedModel
+    cfg: QatConfig
+    qcfg: QuantizeConfig
+    paths: dict[str, Path]
+    d: Dist
+    data: _Data
+    device: str
+    workers: int
+    hook: ProgressHook | None
+    step_msg: Callable[[str], None]
+    args: dict[str, Any]  # what a resumed run must share (_run_args)
+    state: dict[str, Any] | None  # the interrupted run's state with --resume
+    t_start: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Kept:
+    """What the outputs reuse from the start (PTQ or the saved state): kept in the state for a resumed run."""
+
+    manifest: bytes
+    fp32: bytes
+    fp32_sidecar: bytes
+    ptq_summary: dict[str, Any]
+    start_vs_ptq: dict[str, Any]
+    check_images: np.ndarray
+
+    def to_state(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "manifest": _bytes_tensor(self.manifest),
+            "fp32": _bytes_tensor(self.fp32),
+            "fp32_sidecar": _bytes_tensor(self.fp32_sidecar),
+            "ptq_summary": json.dumps(self.ptq_summary, default=str),
+            "start_vs_ptq": json.dumps(self.start_vs_ptq, default=str),
+            "check_images": torch.from_numpy(np.ascontiguousarray(self.check_images)),
+        }
+
+    @classmethod
+    def from_state(cls, kept: dict[str, Any]) -> _Kept:
+        return cls(
+            _tensor_bytes(kept["manifest"]),
+            _tensor_bytes(kept["fp32"]),
+            _tensor_bytes(kept["fp32_sidecar"]),
+            json.loads(kept["ptq_summary"]),
+            json.loads(kept["start_vs_ptq"]),
+            kept["check_images"].numpy(),
+        )
+
+
+@dataclass
+class _Training:
+    """The optimiser, schedule and progress of the epochs (restored from the state on --resume)."""
+
+    opt: Any  # torch.optim.Optimizer
+    ema: Any  # ModelEma | None
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    start_epoch: int = 0
+    step: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "key": None, "model": None})
+    fp32_val_top1: float | None = None
+    ptq_val_top1: float | None = None
+
+
 def _run(
     loaded: LoadedModel,
     cfg: QatConfig,
@@ -912,69 +984,119 @@ def _run(
     on_step: Callable[[str], None] | None,
     on_progress: Callable[[int, int], None] | None,
 ) -> QatResult | None:
+    s = _setup(loaded, cfg, qcfg, paths, d, data, calib_data, calib_manifest, progress, on_step)
+    teacher = _make_teacher(s)
+    placement, qmodel, kept = _start(s, calib_data, calib_manifest, on_progress)
+    tr = _optimiser(s, qmodel)
+    teacher_logits = TeacherLogits(teacher, cache=not cfg.augment)
+    _train_epochs(s, qmodel, teacher, teacher_logits, tr, placement, kept)
+    if not d.is_main:
+        d.barrier()
+        return None
+    return _export_and_write(s, qmodel, tr, placement, kept, teacher_logits)
+
+
+def _setup(
+    loaded: LoadedModel,
+    cfg: QatConfig,
+    qcfg: QuantizeConfig,
+    paths: dict[str, Path],
+    d: Dist,
+    data: _Data,
+    calib_data: str | Path | None,
+    calib_manifest: str | Path | None,
+    progress: ProgressHook | None,
+    on_step: Callable[[str], None] | None,
+) -> _Session:
+    """Threads, device and progress of this process; with --resume the interrupted run's state, checked
+    against this run's options; without it, an interrupted run's state left beside the output is refused."""
     import torch
 
-    from edgeconvnext.data.augment import TrainTransform
-    from edgeconvnext.data.preprocess import eval_transform
-    from edgeconvnext.quantize.fake_quant import quantizer_state, wrap
-    from edgeconvnext.train.distributed import run_on_main
-    from edgeconvnext.train.loop import ImageDataset, ModelEma, make_loader, param_groups, train_epoch
-
     t_start = time.perf_counter()
-    step_msg = on_step if d.is_main and on_step else (lambda s: None)
-    hook: ProgressHook | None = (progress or LogProgress()) if d.is_main else None
-    notes: list[str] = []
     torch.set_num_threads(cfg.threads or max(1, cpu_count() // d.world_size))
-    workers = min(2, cpu_count()) if cfg.workers is None else cfg.workers
-    device = d.device(cfg.device)
-
-    train, weight, val_images, val_labels = data.train, data.weight, data.val_images, data.val_labels
-    notes.extend(data.notes)
-
-    # ---- start: resume, or PTQ on rank 0 and its scales everywhere ----
     calib_key = str(calib_manifest) if calib_manifest is not None else str(calib_data)
-    args = _run_args(cfg, qcfg, loaded, d.world_size, calib_key)
-    state: dict[str, Any] | None = None
+    s = _Session(
+        loaded=loaded,
+        cfg=cfg,
+        qcfg=qcfg,
+        paths=paths,
+        d=d,
+        data=data,
+        device=d.device(cfg.device),
+        workers=min(2, cpu_count()) if cfg.workers is None else cfg.workers,
+        hook=(progress or LogProgress()) if d.is_main else None,
+        step_msg=on_step if d.is_main and on_step else (lambda msg: None),
+        args=_run_args(cfg, qcfg, loaded, d.world_size, calib_key),
+        state=None,
+        t_start=t_start,
+        notes=list(data.notes),
+    )
     if cfg.resume:
         if not paths["state"].is_file():
             raise CheckpointError(
                 f"--resume: nothing to resume, {paths['state']} does not exist; run without --resume to start"
             )
-        state = load_state(paths["state"])
-        _check_resume_args(state["args"], args, paths["state"])
-        notes.append(f"resumed from {paths['state'].name} after epoch {state['epoch']}")
+        s.state = load_state(paths["state"])
+        _check_resume_args(s.state["args"], s.args, paths["state"])
+        s.notes.append(f"resumed from {paths['state'].name} after epoch {s.state['epoch']}")
     elif paths["state"].is_file():
         raise UsageError(
             f"{paths['state']} holds an interrupted QAT run: pass --resume to continue it, or delete it to start over"
         )
+    return s
+
+
+def _make_teacher(s: _Session) -> torch.nn.Module:
+    """The frozen FP32 teacher: the checkpoint's own model."""
+    import torch
 
     # torch's type stubs for Module.to omit memory_format, which it takes
-    teacher = copy.deepcopy(loaded.model).to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
+    teacher = copy.deepcopy(s.loaded.model).to(s.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     for p in teacher.parameters():
         p.requires_grad_(False)
+    return teacher
 
+
+def _placements(rows: list[dict[str, Any]]) -> list[policy_mod.Placement]:
+    return [policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in rows]
+
+
+def _start(
+    s: _Session,
+    calib_data: str | Path | None,
+    calib_manifest: str | Path | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[list[policy_mod.Placement], torch.nn.Module, _Kept]:
+    """The fake-quant model training starts from: the saved state (--resume), else PTQ (or a QAT checkpoint's
+    quantizer state) on rank 0, its placement and scales broadcast, rank 0's weights on every rank."""
+    import torch
+
+    from edgeconvnext.quantize.fake_quant import wrap
+    from edgeconvnext.train.distributed import run_on_main
+
+    cfg, d, loaded = s.cfg, s.d, s.loaded
     start: Start | None = None
     continuing = qat_checkpoint_info(loaded) is not None
-    if continuing and state is None:
-        notes.append(
+    if continuing and s.state is None:
+        s.notes.append(
             f"continuing the QAT checkpoint {loaded.source.name if loaded.source else ''}: its quantizer state and "
             "weights are the start (no fresh calibration); the teacher is its weights in float"
         )
-    if state is None:
+    if s.state is None:
 
         def calibrate() -> dict[str, Any]:
             nonlocal start
-            parent = paths["onnx"].parent
+            parent = s.paths["onnx"].parent
             workdir = Path(tempfile.mkdtemp(prefix=".edgeconvnext-qat-", dir=parent if parent.is_dir() else None))
             try:
                 start = (start_from_qat_checkpoint if continuing else start_from_ptq)(
                     loaded,
-                    qcfg,
+                    s.qcfg,
                     str(cfg.scales),
                     calib_data=Path(calib_data) if calib_data is not None else None,
                     calib_manifest=Path(calib_manifest) if calib_manifest is not None else None,
                     workdir=workdir,
-                    on_step=step_msg,
+                    on_step=s.step_msg,
                     on_progress=on_progress,
                 )
             finally:
@@ -984,118 +1106,138 @@ def _run(
             return {"placement": [p.to_dict() for p in start.placement], "scales": start.scales}
 
         shared = run_on_main(d, calibrate)
-        placement = [
-            policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in shared["placement"]
-        ]
+        placement = _placements(shared["placement"])
         scales = shared["scales"]
     else:
-        placement = [
-            policy_mod.Placement(**{k: v for k, v in p.items() if k != "precision"}) for p in state["placement"]
-        ]
-        scales = {k: (v["act_scale"], v["w_scale"]) for k, v in state["quantizers"].items()}
+        placement = _placements(s.state["placement"])
+        scales = {k: (v["act_scale"], v["w_scale"]) for k, v in s.state["quantizers"].items()}
 
     start_weights = start.float_model if start is not None else loaded.model
-    qmodel = wrap(start_weights, scales, str(cfg.scales)).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if state is not None:
-        qmodel.load_state_dict(state["model"])
+    qmodel = wrap(start_weights, scales, str(cfg.scales)).to(s.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if s.state is not None:
+        qmodel.load_state_dict(s.state["model"])
     # every rank starts from rank 0's weights (PTQ's transforms ran there) and scales
     d.broadcast_tensors(list(qmodel.parameters()))
 
-    # ---- optimisation ----
+    if s.state is not None:
+        kept = _Kept.from_state(s.state["kept"])
+    elif start is not None:
+        kept = _Kept(
+            start.manifest_bytes,
+            start.fp32_bytes,
+            start.fp32_sidecar_bytes,
+            start.ptq_summary,
+            start.start_vs_ptq,
+            start.calib_images,
+        )
+    else:  # ranks > 0 write nothing
+        kept = _Kept(b"", b"", b"", {}, {}, np.zeros((0,), np.float32))
+    return placement, qmodel, kept
+
+
+def _optimiser(s: _Session, qmodel: torch.nn.Module) -> _Training:
+    """AdamW / SGD over the trainable weights, the warm-up + cosine schedule's length, the EMA; restored from
+    the state on --resume (optimiser, EMA, step, history, best epoch, RNG)."""
+    import torch
+
+    from edgeconvnext.train.loop import ModelEma, param_groups
+
+    cfg, d = s.cfg, s.d
     trainable = param_groups(qmodel, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.999))
     else:
         opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, nesterov=True)
-    n_per_rank = math.ceil(len(train.paths) / d.world_size)
+    n_per_rank = math.ceil(len(s.data.train.paths) / d.world_size)
     steps_per_epoch = math.ceil(n_per_rank / cfg.batch_size)
     if cfg.steps is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.steps)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(0.05 * total_steps))
     ema = ModelEma(qmodel, cfg.ema_decay) if cfg.ema_decay else None
-
-    start_epoch, step = 0, 0
-    history: list[EpochRecord] = []
-    best: dict[str, Any] = {"epoch": 0, "key": None, "model": None}
+    tr = _Training(opt, ema, steps_per_epoch, total_steps, warmup)
+    state = s.state
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history = [EpochRecord(**h) for h in state["history"]]
-        best = {"epoch": int(state["best"]["epoch"]), "key": state["best"]["key"], "model": state["best"]["model"]}
+        tr.start_epoch, tr.step = int(state["epoch"]), int(state["step"])
+        tr.history = [EpochRecord(**h) for h in state["history"]]
+        tr.best = {"epoch": int(state["best"]["epoch"]), "key": state["best"]["key"], "model": state["best"]["model"]}
+        tr.ptq_val_top1 = state.get("ptq_val_top1")
         random.setstate(_python_rng(state["rng"]["python"]))
         torch.set_rng_state(state["rng"]["torch"])
+    return tr
 
+
+def _save_state(
+    s: _Session, qmodel: torch.nn.Module, tr: _Training, placement: list[policy_mod.Placement], kept: _Kept, epoch: int
+) -> None:
+    """The resumable state after ``epoch`` finished epochs (OUT.qat.last.pt, written atomically)."""
+    import torch
+
+    from edgeconvnext.quantize.fake_quant import quantizer_state
+
+    st = {
+        "format": STATE_FORMAT,
+        "args": s.args,
+        "epoch": epoch,
+        "step": tr.step,
+        "model": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
+        "optimizer": tr.opt.state_dict(),
+        "ema": tr.ema.module.state_dict() if tr.ema is not None else None,
+        "quantizers": quantizer_state(qmodel),
+        "placement": [p.to_dict() for p in placement],
+        "history": [asdict(h) for h in tr.history],
+        "best": tr.best,
+        "ptq_val_top1": tr.ptq_val_top1,
+        "rng": {"python": _plain_rng(random.getstate()), "torch": torch.get_rng_state()},
+        "kept": kept.to_state(),
+    }
+    with atomic_output(s.paths["state"]) as tmp:
+        torch.save(st, tmp)
+
+
+def _train_epochs(
+    s: _Session,
+    qmodel: torch.nn.Module,
+    teacher: torch.nn.Module,
+    teacher_logits: TeacherLogits,
+    tr: _Training,
+    placement: list[policy_mod.Placement],
+    kept: _Kept,
+) -> None:
+    """FP32 and epoch-0 validation, then the epochs: train (DDP under torchrun), validate and keep the best
+    epoch on rank 0, save the resumable state after each."""
+    import torch
+
+    from edgeconvnext.data.augment import TrainTransform
+    from edgeconvnext.data.preprocess import eval_transform
+    from edgeconvnext.train.loop import ImageDataset, make_loader, train_epoch
+
+    cfg, d, data, hook = s.cfg, s.d, s.data, s.hook
+    train, val_images, val_labels = data.train, data.val_images, data.val_labels
     model: torch.nn.Module = qmodel
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(qmodel, device_ids=[d.local_rank] if cfg.device == "cuda" else None)
     # without random augmentation an image is the same tensor every epoch: its teacher logits are computed once
-    teacher_logits = TeacherLogits(teacher, cache=not cfg.augment)
-    loss_fn = make_loss(teacher_logits, weight, cfg.temperature, train.labelled)
+    loss_fn = make_loss(teacher_logits, data.weight, cfg.temperature, train.labelled)
     train_tf: Any = (
-        TrainTransform(loaded.preprocess, hflip=cfg.hflip)
+        TrainTransform(s.loaded.preprocess, hflip=cfg.hflip)
         if cfg.augment
-        else functools.partial(eval_transform, pp=loaded.preprocess)
+        else functools.partial(eval_transform, pp=s.loaded.preprocess)
     )
     train_set = ImageDataset(train.paths, train.labels, train_tf)
 
-    fp32_val_pred = _evaluate(teacher, val_images, device, None) if val_images is not None else None
-    fp32_val_top1 = float((fp32_val_pred == val_labels).mean() * 100) if fp32_val_pred is not None else None
-    ptq_val_top1 = state.get("ptq_val_top1") if state is not None else None
-    if val_images is not None and state is None:  # epoch 0 (the PTQ model) on the validation set
-        ptq_val_top1 = float((_evaluate(qmodel, val_images, device, None) == val_labels).mean() * 100)
+    fp32_val_pred = _evaluate(teacher, val_images, s.device, None) if val_images is not None else None
+    tr.fp32_val_top1 = float((fp32_val_pred == val_labels).mean() * 100) if fp32_val_pred is not None else None
+    if val_images is not None and s.state is None:  # epoch 0 (the PTQ model) on the validation set
+        tr.ptq_val_top1 = float((_evaluate(qmodel, val_images, s.device, None) == val_labels).mean() * 100)
 
-    # what the outputs reuse from the start, kept in the state for a resumed run
-    if state is not None:
-        kept = state["kept"]
-        manifest_bytes, fp32_bytes = _tensor_bytes(kept["manifest"]), _tensor_bytes(kept["fp32"])
-        fp32_sidecar_bytes = _tensor_bytes(kept["fp32_sidecar"])
-        ptq_summary, start_vs_ptq = json.loads(kept["ptq_summary"]), json.loads(kept["start_vs_ptq"])
-        check_images = kept["check_images"].numpy()
-    elif start is not None:
-        manifest_bytes, fp32_bytes, fp32_sidecar_bytes = (
-            start.manifest_bytes,
-            start.fp32_bytes,
-            start.fp32_sidecar_bytes,
-        )
-        ptq_summary, start_vs_ptq, check_images = start.ptq_summary, start.start_vs_ptq, start.calib_images
-    else:  # ranks > 0 write nothing
-        manifest_bytes = fp32_bytes = fp32_sidecar_bytes = b""
-        ptq_summary, start_vs_ptq, check_images = {}, {}, np.zeros((0,), np.float32)
-
-    def save_state(epoch: int) -> None:
-        st = {
-            "format": STATE_FORMAT,
-            "args": args,
-            "epoch": epoch,
-            "step": step,
-            "model": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "quantizers": quantizer_state(qmodel),
-            "placement": [p.to_dict() for p in placement],
-            "history": [asdict(h) for h in history],
-            "best": best,
-            "ptq_val_top1": ptq_val_top1,
-            "rng": {"python": _plain_rng(random.getstate()), "torch": torch.get_rng_state()},
-            "kept": {
-                "manifest": _bytes_tensor(manifest_bytes),
-                "fp32": _bytes_tensor(fp32_bytes),
-                "fp32_sidecar": _bytes_tensor(fp32_sidecar_bytes),
-                "ptq_summary": json.dumps(ptq_summary, default=str),
-                "start_vs_ptq": json.dumps(start_vs_ptq, default=str),
-                "check_images": torch.from_numpy(np.ascontiguousarray(check_images)),
-            },
-        }
-        with atomic_output(paths["state"]) as tmp:
-            torch.save(st, tmp)
-
-    if start_epoch >= cfg.epochs:
-        notes.append(f"the saved state already finished {start_epoch} epochs: exporting it")
+    if tr.start_epoch >= cfg.epochs:
+        s.notes.append(f"the saved state already finished {tr.start_epoch} epochs: exporting it")
     sampler: Any = None
     if d.enabled:
         from torch.utils.data.distributed import DistributedSampler
@@ -1107,29 +1249,29 @@ def _run(
             shuffle=True,
             seed=cfg.seed,
         )
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(tr.start_epoch, cfg.epochs):
         # order and augmentation are a function of (seed, epoch): a resumed run sees what the uninterrupted saw
         random.seed(cfg.seed + epoch)
         torch.manual_seed(cfg.seed + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loader = make_loader(train_set, cfg.batch_size, True, workers, cfg.seed + epoch, sampler=sampler)
+        loader = make_loader(train_set, cfg.batch_size, True, s.workers, cfg.seed + epoch, sampler=sampler)
         if hook is not None:
-            hook.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
+            hook.start_epoch(epoch + 1, cfg.epochs, tr.steps_per_epoch)
         stats = train_epoch(
             model,
             loader,
-            opt,
+            tr.opt,
             loss_fn=loss_fn,
-            lr_fn=lambda s: lr_at(s, total_steps, warmup, cfg.lr, cfg.min_lr),
-            step=step,
-            device=device,
+            lr_fn=lambda step: lr_at(step, tr.total_steps, tr.warmup, cfg.lr, cfg.min_lr),
+            step=tr.step,
+            device=s.device,
             hook=hook,
-            max_steps=steps_per_epoch,
+            max_steps=tr.steps_per_epoch,
             clip_grad=cfg.clip_grad or None,
-            ema=ema,
+            ema=tr.ema,
         )
-        step = stats.step
+        tr.step = stats.step
         if not d.all_ok(stats.seen > 0):
             raise DataError(f"no readable training images in {cfg.train_data}")
         rec = EpochRecord(
@@ -1143,61 +1285,35 @@ def _run(
             seconds=stats.seconds,
             skipped=stats.skipped,
         )
-        eval_model = ema.module if ema is not None else qmodel
+        eval_model = tr.ema.module if tr.ema is not None else qmodel
         if d.is_main:
             if val_images is not None and val_labels is not None and fp32_val_pred is not None:
-                pred = _evaluate(eval_model, val_images, device, hook)
+                pred = _evaluate(eval_model, val_images, s.device, hook)
                 rec.val_top1 = float((pred == val_labels).mean() * 100)
                 rec.val_agreement = float((pred == fp32_val_pred).mean() * 100)
                 key = [rec.val_top1, rec.val_agreement]
             else:
                 key = [float(epoch)]  # without validation: the last epoch
-            if best["key"] is None or key > best["key"]:
-                best = {
+            if tr.best["key"] is None or key > tr.best["key"]:
+                tr.best = {
                     "epoch": epoch + 1,
                     "key": key,
                     "model": {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()},
                 }
-            history.append(rec)
-            save_state(epoch + 1)
+            tr.history.append(rec)
+            _save_state(s, qmodel, tr, placement, kept, epoch + 1)
             if hook is not None:
                 hook.end_epoch(rec)
         else:
-            history.append(rec)
+            tr.history.append(rec)
         d.barrier()
 
-    if not d.is_main:
-        d.barrier()
-        return None
 
-    # ---- export the best epoch, check, write everything together ----
-    final = copy.deepcopy(qmodel).cpu()
-    if best["model"] is not None:
-        final.load_state_dict(best["model"])
-    elif ema is not None:
-        final.load_state_dict(ema.module.state_dict())
-    final.eval()
-    quant_meta = {
-        "method": "qat",
-        "backend": qcfg.backend,
-        "calib_method": qcfg.calib_method,
-        "policy": qcfg.policy,
-        "exclude": list(qcfg.exclude),
-        "calib_images": (ptq_summary.get("calibration") or {}).get("images"),
-        "activations": "int8 per tensor, symmetric",
-        "weights": "int8 per output channel, symmetric",
-        "scales": str(cfg.scales),
-        "training": train.mode,
-    }
-    step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
-    onnx_bytes, report = export_qat(final, loaded, placement, quant_meta)
-    report.path = paths["onnx"]
-    step_msg("comparing onnxruntime with the torch fake-quant model")
-    parity_images = val_images[:CHECK_IMAGES] if val_images is not None else check_images
-    torch_out = torch_logits(final, parity_images)
-    parity = compare_logits(torch_out, ort_logits(onnx_bytes, parity_images))
-    parity["images"] = int(len(parity_images))
-    parity["inputs"] = "validation images" if val_images is not None else "calibration images"
+def _parity(final: torch.nn.Module, onnx_bytes: bytes, images: np.ndarray, inputs: str) -> dict[str, Any]:
+    """onnxruntime (Q/DQ as written) against the torch fake-quant model; ExportError when they disagree."""
+    parity = compare_logits(torch_logits(final, images), ort_logits(onnx_bytes, images))
+    parity["images"] = int(len(images))
+    parity["inputs"] = inputs
     parity["tolerance_rel"] = PARITY_REL_TOL
     parity["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
     if not (parity["finite"] and parity["rel_diff"] <= PARITY_REL_TOL):
@@ -1206,35 +1322,78 @@ def _run(
             f"(rel {parity['rel_diff']:.3g} > {PARITY_REL_TOL:g}), top-1 agreement {parity['top1_agreement']:.1%}; "
             "nothing was written"
         )
-    from edgeconvnext.quantize.ptq import _agreement
+    return parity
 
-    agreement = _agreement(fp32_bytes, onnx_bytes, parity_images[:32]) if fp32_bytes else {}
-    digest = _sha256(onnx_bytes)
+
+def _export_and_write(
+    s: _Session,
+    qmodel: torch.nn.Module,
+    tr: _Training,
+    placement: list[policy_mod.Placement],
+    kept: _Kept,
+    teacher_logits: TeacherLogits,
+) -> QatResult:
+    """Rank 0: the best epoch exported (opset 17, TensorRT rules), its parity with the torch model checked,
+    then every output written together (all or nothing) and the resumable state removed."""
+    import torch
 
     from edgeconvnext.models.checkpoint import save_checkpoint
-    from edgeconvnext.quantize.fake_quant import strip
+    from edgeconvnext.quantize.fake_quant import quantizer_state, strip
+    from edgeconvnext.quantize.ptq import _agreement
+
+    cfg, qcfg, d, loaded, paths = s.cfg, s.qcfg, s.d, s.loaded, s.paths
+    train, val_images = s.data.train, s.data.val_images
+    history, best, notes = tr.history, tr.best, s.notes
+    final = copy.deepcopy(qmodel).cpu()
+    if best["model"] is not None:
+        final.load_state_dict(best["model"])
+    elif tr.ema is not None:
+        final.load_state_dict(tr.ema.module.state_dict())
+    final.eval()
+    quant_meta = {
+        "method": "qat",
+        "backend": qcfg.backend,
+        "calib_method": qcfg.calib_method,
+        "policy": qcfg.policy,
+        "exclude": list(qcfg.exclude),
+        "calib_images": (kept.ptq_summary.get("calibration") or {}).get("images"),
+        "activations": "int8 per tensor, symmetric",
+        "weights": "int8 per output channel, symmetric",
+        "scales": str(cfg.scales),
+        "training": train.mode,
+    }
+    s.step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
+    onnx_bytes, report = export_qat(final, loaded, placement, quant_meta)
+    report.path = paths["onnx"]
+    s.step_msg("comparing onnxruntime with the torch fake-quant model")
+    parity_images = val_images[:CHECK_IMAGES] if val_images is not None else kept.check_images
+    parity = _parity(
+        final, onnx_bytes, parity_images, "validation images" if val_images is not None else "calibration images"
+    )
+    agreement = _agreement(kept.fp32, onnx_bytes, parity_images[:32]) if kept.fp32 else {}
+    digest = _sha256(onnx_bytes)
 
     plain = strip(final, loaded.model)
     qstate = quantizer_state(final)
     best_rec = next((h for h in history if h.epoch == best["epoch"]), history[-1] if history else None)
-    seconds = time.perf_counter() - t_start
+    seconds = time.perf_counter() - s.t_start
     train_summary = {
         "mode": train.mode,
         "images": len(train.paths),
-        "distill_weight": weight,
+        "distill_weight": s.data.weight,
         "temperature": cfg.temperature,
         "scales": str(cfg.scales),
         "world_size": d.world_size,
         "backend": d.backend,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup,
+        "steps_per_epoch": tr.steps_per_epoch,
+        "total_steps": tr.total_steps,
+        "warmup_steps": tr.warmup,
         "augment": cfg.augment,
         "teacher_cache": {"hits": teacher_logits.hits, "misses": teacher_logits.misses} if not cfg.augment else None,
         "best_epoch": best["epoch"],
         "history": [asdict(h) for h in history],
-        "fp32_val_top1": fp32_val_top1,
-        "ptq_val_top1": ptq_val_top1,
+        "fp32_val_top1": tr.fp32_val_top1,
+        "ptq_val_top1": tr.ptq_val_top1,
         "qat_val_top1": best_rec.val_top1 if best_rec else None,
         "seconds_per_epoch": (sum(h.seconds for h in history) / len(history)) if history else None,
     }
@@ -1244,13 +1403,13 @@ def _run(
         t_side = stack.enter_context(atomic_output(paths["sidecar"]))
         t_man = stack.enter_context(atomic_output(paths["manifest"]))
         t_ckpt = stack.enter_context(atomic_output(stem_ckpt))
-        t_fp = stack.enter_context(atomic_output(paths["fp32"])) if qcfg.keep_fp32 and fp32_bytes else None
+        t_fp = stack.enter_context(atomic_output(paths["fp32"])) if qcfg.keep_fp32 and kept.fp32 else None
         t_fps = stack.enter_context(atomic_output(paths["fp32_sidecar"])) if t_fp is not None else None
         t_onnx.write_bytes(onnx_bytes)
-        t_man.write_bytes(manifest_bytes)
+        t_man.write_bytes(kept.manifest)
         if t_fp is not None and t_fps is not None:
-            t_fp.write_bytes(fp32_bytes)
-            t_fps.write_bytes(fp32_sidecar_bytes)
+            t_fp.write_bytes(kept.fp32)
+            t_fps.write_bytes(kept.fp32_sidecar)
         extra = {
             "qat": {
                 "quantizers": qstate,
@@ -1311,9 +1470,9 @@ def _run(
                     "table": policy_mod.table(placement),
                     "layers_detail": [p.to_dict() for p in placement],
                 },
-                "calibration": ptq_summary.get("calibration"),
-                "ptq": ptq_summary,
-                "start_vs_ptq": start_vs_ptq,
+                "calibration": kept.ptq_summary.get("calibration"),
+                "ptq": kept.ptq_summary,
+                "start_vs_ptq": kept.start_vs_ptq,
                 "parity_onnx_vs_torch": parity,
                 "agreement_vs_fp32": agreement,
                 "fp32_baseline": {"path": paths["fp32"].name} if t_fp is not None else None,
@@ -1346,11 +1505,11 @@ def _run(
         report=report,
         history=history,
         best_epoch=best["epoch"],
-        start_vs_ptq=start_vs_ptq,
+        start_vs_ptq=kept.start_vs_ptq,
         parity=parity,
         agreement=agreement,
-        fp32_val_top1=fp32_val_top1,
-        ptq_val_top1=ptq_val_top1,
+        fp32_val_top1=tr.fp32_val_top1,
+        ptq_val_top1=tr.ptq_val_top1,
         world_size=d.world_size,
         seconds=seconds,
         size_bytes=len(onnx_bytes),
