@@ -243,8 +243,11 @@ def test_teacher_logits_cache_returns_what_the_teacher_computes():
 
 @pytest.fixture(scope="module")
 def full_run(world):
+    """Labels + distillation, learned (LSQ) scales, 2 epochs with validation (frozen scales: the torchrun run and
+    the continuation of this run's checkpoint)."""
     out = world["base"] / "full" / "q.onnx"
-    return qat(load_model(None, world["ckpt"]), out, config=_cfg(world), quant=QUANT, calib_data=world["train"])
+    cfg = _cfg(world, scales="learned")
+    return qat(load_model(None, world["ckpt"]), out, config=cfg, quant=QUANT, calib_data=world["train"])
 
 
 def test_run_exports_what_trt_and_ptq_expect(world, full_run):
@@ -259,7 +262,7 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     assert [x.layer for x in report.int8_layers] == [p.layer for p in r.placement if p.int8]
     side = json.loads(paths["sidecar"].read_text())
     assert side["config"]["method"] == "qat" and side["details"]["training"]["mode"] == "labels+distillation"
-    assert side["details"]["fake_quant"]["scales"] == "frozen" and side["details"]["training"]["world_size"] == 1
+    assert side["details"]["fake_quant"]["scales"] == "learned" and side["details"]["training"]["world_size"] == 1
     par = side["details"]["parity_onnx_vs_torch"]
     assert par["top1_agreement"] == 1.0 and par["rel_diff"] < 1e-3 and par["images"] == 12
     assert len(side["details"]["training"]["history"]) == 2 and all(
@@ -271,7 +274,7 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     # the QAT checkpoint: a plain edgeconvnext checkpoint (validate / export / finetune read it) + quantizer state
     ck = load_model(None, paths["checkpoint"])
     q = ck.extra["qat"]
-    assert set(q["quantizers"]) == {p.layer for p in r.placement if p.int8} and q["scales"] == "frozen"
+    assert set(q["quantizers"]) == {p.layer for p in r.placement if p.int8} and q["scales"] == "learned"
     assert ck.class_names == sorted(COLOURS)
 
 
@@ -300,7 +303,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, t
         qat(
             load_model(None, world["ckpt"]),
             out,
-            config=_cfg(world),
+            config=_cfg(world, scales="learned"),
             quant=QUANT,
             calib_data=world["train"],
             progress=_StopAfter(1),
@@ -310,15 +313,17 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, t
         qat(
             load_model(None, world["ckpt"]),
             out,
-            config=_cfg(world, resume=True, lr=2e-3, steps=3),
+            config=_cfg(world, scales="learned", resume=True, lr=2e-3, steps=3),
             quant=QUANT,
             calib_data=world["train"],
         )
     with pytest.raises(UsageError, match="pass --resume"):
-        qat(load_model(None, world["ckpt"]), out, config=_cfg(world), quant=QUANT, calib_data=world["train"])
+        qat(load_model(None, world["ckpt"]), out, config=_cfg(world, scales="learned"), quant=QUANT,
+            calib_data=world["train"])  # fmt: skip
     r = qat(
-        load_model(None, world["ckpt"]), out, config=_cfg(world, resume=True), quant=QUANT, calib_data=world["train"]
-    )
+        load_model(None, world["ckpt"]), out, config=_cfg(world, scales="learned", resume=True), quant=QUANT,
+        calib_data=world["train"],
+    )  # fmt: skip
     assert not paths["state"].exists() and [h.epoch for h in r.history] == [1, 2]
     a = torch.load(paths["checkpoint"], weights_only=True)
     b = torch.load(qat_paths(full_run.path)["checkpoint"], weights_only=True)
@@ -327,49 +332,37 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, t
     assert r.history[-1].loss == pytest.approx(full_run.history[-1].loss, rel=1e-6)
 
 
-def test_a_qat_checkpoint_continues_from_its_quantizer_state(world, full_run, tmp_path):
-    """OUT.qat.pt as the checkpoint of another QAT run: the start is its weights and quantizer state (no fresh
-    calibration: with frozen scales the new ONNX carries the first run's scales exactly), checked against the
-    QAT ONNX beside it; another --policy than the checkpoint's is refused before any work."""
-    from dataclasses import replace
-
-    ck = qat_paths(full_run.path)["checkpoint"]
-    r = qat(
-        load_model(None, ck), tmp_path / "again.onnx", config=_cfg(world, epochs=1, steps=1, val_data=None),
-        quant=QUANT, calib_data=world["train"],
-    )  # fmt: skip
-    assert r.start_vs_ptq["compared_with"] == full_run.path.name and r.start_vs_ptq["rel_diff"] < 1e-3
-    assert any("continuing the QAT checkpoint q.qat.pt" in n for n in r.notes)
-    a, b = _qdq_scales(onnx.load(str(full_run.path))), _qdq_scales(onnx.load(str(r.path)))
-    assert set(a) == set(b) and len(a) == 13
-    for layer in a:
-        np.testing.assert_allclose(b[layer][0], a[layer][0], rtol=1e-6, err_msg=layer)
-        np.testing.assert_allclose(b[layer][1].reshape(-1), a[layer][1].reshape(-1), rtol=1e-6, err_msg=layer)
-    with pytest.raises(UsageError, match=r"made with --policy 'convnext'; this run asks --policy 'all'"):
-        qat(
-            load_model(None, ck), tmp_path / "x" / "all.onnx", config=_cfg(world),
-            quant=replace(QUANT, policy="all"), calib_data=world["train"],
-        )  # fmt: skip
-    assert not (tmp_path / "x").exists()
-
-
 # ---- CLI: label-free, 2 processes, bad input --------------------------------------------------------
 
 
-def test_cli_label_free(world, tmp_path, capsys):
+def test_cli_label_free_continues_a_qat_checkpoint(world, full_run, tmp_path, capsys):
+    """OUT.qat.pt as the checkpoint of another (label-free) QAT run: the start is its weights and quantizer state,
+    not a fresh calibration (with frozen scales the new ONNX carries exactly the scales the first run learned),
+    checked against the QAT ONNX beside it; another --policy than the checkpoint's is refused before any work."""
+    ck = qat_paths(full_run.path)["checkpoint"]
     out = tmp_path / "lf.onnx"
-    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(world["train"])]
-    argv += ["--no-labels", "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]
-    argv += ["--epochs", "1", "--steps", "1", "--batch-size", "8", "--workers", "0", "--scales", "learned"]
-    assert main(argv) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert str(out) in last and "distillation only" in last
+    argv = ["quantize", "--method", "qat", "-c", str(ck), "--train-data", str(world["train"]), "--no-labels"]
+    argv += ["--calib-data", str(world["train"]), *CALIB, "--epochs", "1", "--steps", "1", "--batch-size", "8"]
+    argv += ["--workers", "0"]
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
+    assert str(out) in last and "distillation only" in last and "continuing the QAT checkpoint q.qat.pt" in printed
     side = json.loads((tmp_path / "lf.onnx.json").read_text())
-    assert (
-        side["details"]["training"]["mode"] == "distillation only"
-        and side["details"]["training"]["distill_weight"] == 1.0
-    )
-    assert side["details"]["fake_quant"]["scales"] == "learned" and check_file(out).ok
+    train = side["details"]["training"]
+    assert train["mode"] == "distillation only" and train["distill_weight"] == 1.0
+    assert side["details"]["fake_quant"]["scales"] == "frozen" and check_file(out).ok
+    start = side["details"]["start_vs_ptq"]
+    assert start["compared_with"] == full_run.path.name and start["rel_diff"] < 1e-3
+    learned = load_model(None, ck).extra["qat"]["quantizers"]
+    got = _qdq_scales(onnx.load(str(out)))
+    assert set(got) == set(learned) and len(got) == 13
+    for layer, q in learned.items():
+        np.testing.assert_allclose(got[layer][0], q["act_scale"].numpy(), rtol=1e-6, err_msg=layer)
+        np.testing.assert_allclose(got[layer][1].reshape(-1), q["w_scale"].numpy(), rtol=1e-6, err_msg=layer)
+    assert main([*argv, "-o", str(tmp_path / "x" / "all.onnx"), "--policy", "all"]) == 2
+    assert "made with --policy 'convnext'; this run asks --policy 'all'" in _err(capsys)
+    assert not (tmp_path / "x").exists()
 
 
 def test_two_processes_gloo_only_rank0_writes(world, tmp_path):
