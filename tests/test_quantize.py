@@ -465,22 +465,11 @@ def test_ort_restricted_calibration_equals_quantize_static(tmp_path, method):
         assert a[k] == pytest.approx(b[k], rel=1e-6), k
 
 
-@pytest.mark.parametrize("policy", ["convnext", "all"])
-def test_qdq_insertion_equals_quantize_static(tmp_path, policy):
-    """With the same calibration ranges, quantize/ort_qdq.py writes what quantize_static writes: the same
-    nodes (names, inputs, outputs, attributes), the same initializers value for value (INT8 weights, scales,
-    zero points) and the same logits; under --policy all the stem conv reads the graph input and the
-    depthwise convs' input is also the residual Add's."""
-    import onnxruntime as ort
+def _tiny_fp32_onnx(tmp_path):
+    """convnextv2_test (seeded) exported by torch's TorchScript exporter at opset 17, dynamic batch."""
     import torch
-    from onnx import numpy_helper
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     from edgeconvnext.models.registry import create_model
-    from edgeconvnext.quantize import ort_backend
-    from edgeconvnext.quantize.ort_qdq import insert_qdq
-    from edgeconvnext.quantize.policy import plan
 
     torch.manual_seed(0)
     fp32 = tmp_path / "fp32.onnx"
@@ -494,6 +483,25 @@ def test_qdq_insertion_equals_quantize_static(tmp_path, policy):
         dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
         dynamo=False,
     )
+    return fp32
+
+
+@pytest.mark.parametrize("policy", ["convnext", "all"])
+def test_qdq_insertion_equals_quantize_static(tmp_path, policy):
+    """With the same calibration ranges, quantize/ort_qdq.py writes what quantize_static writes: the same
+    nodes (names, inputs, outputs, attributes), the same initializers value for value (INT8 weights, scales,
+    zero points) and the same logits; under --policy all the stem conv reads the graph input and the
+    depthwise convs' input is also the residual Add's."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    from edgeconvnext.quantize import ort_backend
+    from edgeconvnext.quantize.ort_qdq import insert_qdq
+    from edgeconvnext.quantize.policy import plan
+
+    fp32 = _tiny_fp32_onnx(tmp_path)
     model = onnx.load(str(fp32))
     nodes = [p.node for p in plan(model, policy) if p.int8]
     tensors = ort_backend._activation_inputs(model, nodes)
@@ -551,25 +559,12 @@ def test_minmax_pass_gives_the_tensors_min_max_and_the_fp32_logits(tmp_path):
     """The minmax session (FP32 graph + one ReduceMin/ReduceMax per tensor, graph optimizations on) gives the
     min and max of each tensor over all batches, and logits equal to a plain FP32 session's."""
     import onnxruntime as ort
-    import torch
     from onnx import helper
 
-    from edgeconvnext.models.registry import create_model
     from edgeconvnext.quantize import ort_backend
     from edgeconvnext.quantize.policy import plan
 
-    torch.manual_seed(0)
-    fp32 = tmp_path / "fp32.onnx"
-    torch.onnx.export(
-        create_model("convnextv2_test", num_classes=10).eval(),
-        (torch.zeros(1, 3, IMG, IMG),),
-        str(fp32),
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
-        dynamo=False,
-    )
+    fp32 = _tiny_fp32_onnx(tmp_path)
     model = onnx.load(str(fp32))
     tensors = ort_backend._activation_inputs(model, [p.node for p in plan(model, "convnext") if p.int8])
     x = np.random.default_rng(1).standard_normal((11, 3, IMG, IMG)).astype(np.float32)

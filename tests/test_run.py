@@ -27,6 +27,22 @@ pytest.importorskip("matplotlib")
 FAST = ["--calib-size", "64", "--limit", "100", "--latency-batch", "1", "--warmup", "0", "--iters", "2"]
 
 
+class _StartTags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def html_start_tags(html: str) -> list[tuple[str, dict]]:
+    """Every start tag of an HTML document with its attributes, in document order."""
+    p = _StartTags()
+    p.feed(html)
+    return p.tags
+
+
 def _args(out: Path, *extra: str, val: Path | None = None) -> list[str]:
     a = assets()
     return [
@@ -115,23 +131,14 @@ def test_markdown_and_html_report(demo_run):
     assert "| artifact | backend | device | precision | batch | top-1 % |" in md
     assert md.count("| convnextv2_atto_fmnist") == 5 and "![Accuracy vs latency](plots/accuracy_latency.png)" in md
 
-    class P(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tags: list[tuple[str, dict]] = []
-
-        def handle_starttag(self, tag, attrs):
-            self.tags.append((tag, dict(attrs)))
-
     html = (demo_run / "report.html").read_text()
-    p = P()
-    p.feed(html)
-    tags = [t for t, _ in p.tags]
+    start_tags = html_start_tags(html)
+    tags = [t for t, _ in start_tags]
     assert tags.count("table") == 1 and tags.count("tr") == 1 + 5 and tags.count("figure") == 3
-    imgs = [a for t, a in p.tags if t == "img"]
+    imgs = [a for t, a in start_tags if t == "img"]
     assert len(imgs) == 3 and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
     # self-contained: no script, no external stylesheet, image or link
-    assert "script" not in tags and not [a for t, a in p.tags if t in ("link", "a")]
+    assert "script" not in tags and not [a for t, a in start_tags if t in ("link", "a")]
     import base64
 
     png = base64.b64decode(imgs[0]["src"].split(",", 1)[1])

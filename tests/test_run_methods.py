@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import onnx
 import pytest
 from test_outliers import make_outlier_data
 from test_quantize import int8_layers
+from test_run import html_start_tags
 
 from edgeconvnext.cli import main
 
@@ -115,19 +115,10 @@ def test_budget_table_in_markdown_and_html(budget_run):
     assert f"| 1 | {first['layer']} | {100 * first['macs_share']:.1f}% |" in md
     assert "![Sensitivity of layer groups (accuracy-budget search)](plots/sensitivity.png)" in md
 
-    class P(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tags: list[tuple[str, dict]] = []
-
-        def handle_starttag(self, tag, attrs):
-            self.tags.append((tag, dict(attrs)))
-
-    p = P()
-    p.feed((budget_run / "report.html").read_text())
-    tables = [a.get("class") for t, a in p.tags if t == "table"]
-    assert tables == ["results", "budget"] and [t for t, _ in p.tags].count("tr") == 1 + 5 + 1 + n
-    assert [a["id"] for t, a in p.tags if t == "figure"][-1] == "sensitivity"
+    tags = html_start_tags((budget_run / "report.html").read_text())
+    tables = [a.get("class") for t, a in tags if t == "table"]
+    assert tables == ["results", "budget"] and [t for t, _ in tags].count("tr") == 1 + 5 + 1 + n
+    assert [a["id"] for t, a in tags if t == "figure"][-1] == "sensitivity"
 
 
 def test_budget_settings_key_the_stage_and_a_missed_budget_exits_7(budget_run, data, tmp_path, capsys):
