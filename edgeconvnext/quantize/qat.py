@@ -289,6 +289,21 @@ def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32, *, exact:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def checked_parity(reference: np.ndarray, candidate: np.ndarray, failure: str, tail: str = "") -> dict[str, Any]:
+    """:func:`compare_logits` of ``reference`` and ``candidate`` with the tolerance recorded; ExportError
+    "<failure>: max abs diff .. (rel .. > tolerance)<tail>" when the candidate is not finite or not within
+    PARITY_REL_TOL (``tail`` may name fields of the comparison, e.g. ``{top1_agreement:.1%}``)."""
+    check = compare_logits(reference, candidate)
+    check["tolerance_rel"] = PARITY_REL_TOL
+    check["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
+    if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
+        raise ExportError(
+            f"{failure}: max abs diff {check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > "
+            f"{PARITY_REL_TOL:g}){tail.format(**check)}"
+        )
+    return check
+
+
 def prepare_float(loaded: LoadedModel, ptq_result: Any, images: np.ndarray) -> LoadedModel:
     """The float model PTQ quantized. PTQ may transform the float model before quantizing it (an exact
     LayerNorm -> next-layer equalisation, ``smoothing`` in its result, computed on the calibration images):
@@ -323,6 +338,29 @@ class _Ptq:
     paths: dict[str, Path]
     onnx_bytes: bytes
     images: np.ndarray  # the calibration images, preprocessed
+
+    def start(
+        self,
+        placement: list[policy_mod.Placement],
+        scales: dict[str, tuple[Any, Any]],
+        float_model: torch.nn.Module,
+        summary: dict[str, Any],
+        check: dict[str, Any],
+        check_images: np.ndarray,
+    ) -> Start:
+        """The QAT start on these scales, with the manifest, FP32 baseline and PTQ ONNX of this PTQ run."""
+        return Start(
+            placement=placement,
+            scales=scales,
+            float_model=float_model,
+            manifest_bytes=self.paths["manifest"].read_bytes(),
+            fp32_bytes=self.paths["fp32"].read_bytes(),
+            fp32_sidecar_bytes=self.paths["fp32_sidecar"].read_bytes(),
+            ptq_summary=summary,
+            start_vs_ptq=check,
+            ptq_bytes=self.onnx_bytes,
+            calib_images=check_images,
+        )
 
 
 def _ptq(
@@ -379,15 +417,12 @@ def start_from_ptq(
     images = ptq.images[:CHECK_IMAGES]
     float_loaded = prepare_float(loaded, res, ptq.images)
     qmodel = wrap(float_loaded.model, scales, scales_mode)
-    check = compare_logits(ort_logits(ptq_bytes, images), torch_logits(qmodel, images))
-    check["tolerance_rel"] = PARITY_REL_TOL
-    check["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
-    if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
-        raise ExportError(
-            f"the QAT start (PTQ scales on the torch model) differs from the PTQ ONNX: max abs diff "
-            f"{check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > {PARITY_REL_TOL:g}); a pre-quantization "
-            "transform of PTQ is not applied to the torch model (quantize.qat.prepare_float)"
-        )
+    check = checked_parity(
+        ort_logits(ptq_bytes, images),
+        torch_logits(qmodel, images),
+        "the QAT start (PTQ scales on the torch model) differs from the PTQ ONNX",
+        "; a pre-quantization transform of PTQ is not applied to the torch model (quantize.qat.prepare_float)",
+    )
     ptq_side = Sidecar.read(paths["onnx"])
     ptq_details = ptq_side.details if ptq_side is not None else {}
     summary = {
@@ -397,18 +432,7 @@ def start_from_ptq(
         "int8_layers": sum(p.int8 for p in res.placement),
         "layers": len(res.placement),
     }
-    return Start(
-        placement=res.placement,
-        scales=scales,
-        float_model=float_loaded.model,
-        manifest_bytes=paths["manifest"].read_bytes(),
-        fp32_bytes=paths["fp32"].read_bytes(),
-        fp32_sidecar_bytes=paths["fp32_sidecar"].read_bytes(),
-        ptq_summary=summary,
-        start_vs_ptq=check,
-        ptq_bytes=ptq_bytes,
-        calib_images=images,
-    )
+    return ptq.start(res.placement, scales, float_loaded.model, summary, check, images)
 
 
 def qat_checkpoint_info(loaded: LoadedModel) -> dict[str, Any] | None:
@@ -460,7 +484,7 @@ def start_from_qat_checkpoint(
     src = loaded.source
     ptq = _ptq(loaded, replace(quant, method=Method.PTQ, keep_fp32=True, smooth=False), workdir, calib_data,
                calib_manifest, on_step, on_progress)  # fmt: skip
-    res, paths = ptq.result, ptq.paths
+    res = ptq.result
     int8 = {p.layer for p in res.placement if p.int8}
     if int8 != set(info["quantizers"]):
         diff = sorted(int8 ^ set(info["quantizers"]))
@@ -480,14 +504,12 @@ def start_from_qat_checkpoint(
     if prev is not None and prev.is_file() and _sha256(prev.read_bytes()) == info.get("onnx_sha256"):
         if on_step:
             on_step(f"checking that the QAT checkpoint's fake-quant model computes what {prev.name} computes")
-        check = compare_logits(ort_logits(prev.read_bytes(), images), torch_logits(qmodel, images))
+        check = checked_parity(
+            ort_logits(prev.read_bytes(), images),
+            torch_logits(qmodel, images),
+            f"the quantizer state of {src} does not reproduce {prev.name}",
+        )
         check["compared_with"] = prev.name
-        check["tolerance_rel"] = PARITY_REL_TOL
-        if not (check["finite"] and check["rel_diff"] <= PARITY_REL_TOL):
-            raise ExportError(
-                f"the quantizer state of {src} does not reproduce {prev.name}: max abs diff "
-                f"{check['max_abs_diff']:.3g} (rel {check['rel_diff']:.3g} > {PARITY_REL_TOL:g})"
-            )
     summary = {
         "continued_from": str(src),
         "calibration": None,
@@ -495,18 +517,7 @@ def start_from_qat_checkpoint(
         "layers": len(placement),
         "note": "quantizer state of the QAT checkpoint; the calibration images gave the manifest and baseline only",
     }
-    return Start(
-        placement=placement,
-        scales=scales,
-        float_model=loaded.model,
-        manifest_bytes=paths["manifest"].read_bytes(),
-        fp32_bytes=paths["fp32"].read_bytes(),
-        fp32_sidecar_bytes=paths["fp32_sidecar"].read_bytes(),
-        ptq_summary=summary,
-        start_vs_ptq=check,
-        ptq_bytes=ptq.onnx_bytes,
-        calib_images=images,
-    )
+    return ptq.start(placement, scales, loaded.model, summary, check, images)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1311,17 +1322,13 @@ def _train_epochs(
 
 def _parity(final: torch.nn.Module, onnx_bytes: bytes, images: np.ndarray, inputs: str) -> dict[str, Any]:
     """onnxruntime (Q/DQ as written) against the torch fake-quant model; ExportError when they disagree."""
-    parity = compare_logits(torch_logits(final, images), ort_logits(onnx_bytes, images))
-    parity["images"] = int(len(images))
+    parity = checked_parity(
+        torch_logits(final, images),
+        ort_logits(onnx_bytes, images),
+        "the QAT ONNX disagrees with the torch fake-quant model",
+        ", top-1 agreement {top1_agreement:.1%}; nothing was written",
+    )
     parity["inputs"] = inputs
-    parity["tolerance_rel"] = PARITY_REL_TOL
-    parity["onnxruntime"] = "graph optimizations off (Q/DQ as written)"
-    if not (parity["finite"] and parity["rel_diff"] <= PARITY_REL_TOL):
-        raise ExportError(
-            f"the QAT ONNX disagrees with the torch fake-quant model: max abs diff {parity['max_abs_diff']:.3g} "
-            f"(rel {parity['rel_diff']:.3g} > {PARITY_REL_TOL:g}), top-1 agreement {parity['top1_agreement']:.1%}; "
-            "nothing was written"
-        )
     return parity
 
 
