@@ -20,6 +20,7 @@ from edgeconvnext.cli._common import (
     UnsafeOpt,
     console,
     done,
+    live_progress,
 )
 from edgeconvnext.cli.quantize import (
     BackendOpt,
@@ -152,7 +153,7 @@ def run_cmd(
         trtexec=trtexec,
         force=tuple(force or ()),
     )
-    with _Display(enabled=not STATE.quiet) as disp:
+    with _Display(enabled=live_progress(), lines=not STATE.quiet) as disp:
         result = run_pipeline(opts, disp.events())
     _summary(result)
 
@@ -202,9 +203,10 @@ class _Display(StepProgress):
 
     bar_width = 24
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, lines: bool) -> None:
         super().__init__(enabled)
         self._stage = ""
+        self._lines = lines  # the finished/skipped stage lines, also without a live display (not a terminal)
 
     def lead_columns(self) -> list[Any]:
         from rich.progress import TextColumn
@@ -215,10 +217,10 @@ class _Display(StepProgress):
         return {"stage": ""}
 
     def _print(self, text: str) -> None:
-        if self._p is not None:
+        if self._lines:
             from rich.markup import escape
 
-            self._p.console.print(escape(text), soft_wrap=True)
+            (self._p.console if self._p is not None else console()).print(escape(text), soft_wrap=True)
 
     def events(self):
 
