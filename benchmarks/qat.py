@@ -133,14 +133,15 @@ def _nncf_model(model, img: int):
 # ---- 2. accuracy ----------------------------------------------------------------------------------
 
 
-def subset_folder(train: Path, per_class: int, dest: Path) -> Path:
-    """A class-balanced subset of an ImageFolder as symlinks (first ``per_class`` files of each class, sorted)."""
+def subset_folder(train: Path, per_class: int, dest: Path, skip: int = 0) -> Path:
+    """A class-balanced subset of an ImageFolder as symlinks (files ``skip`` .. ``skip + per_class`` of each
+    class, sorted: ``skip`` = the training subset's size gives validation images it does not hold)."""
     if dest.is_dir():
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
     for cls in sorted(p for p in train.iterdir() if p.is_dir()):
         (tmp / cls.name).mkdir(parents=True, exist_ok=True)
-        for f in sorted(cls.iterdir())[:per_class]:
+        for f in sorted(cls.iterdir())[skip : skip + per_class]:
             (tmp / cls.name / f.name).symlink_to(f.resolve())
     tmp.rename(dest)
     return dest
@@ -224,6 +225,8 @@ def accuracy_row(
 ):
     x, y = data
     tag = f"{model}_{policy}_{'lab' if labels else 'free'}_{scales}" + (f"_ddp{ddp}" if ddp else "")
+    if a.val is not None:
+        tag += f"_val{a.val_per_class}_e{a.epochs}s{a.steps}"
     if magnitude is not None:
         tag += f"_x{magnitude:g}" + ("" if smooth else "_nosmooth")
         ckpt = stressed_checkpoint(ckpt, magnitude, x, work)
@@ -240,6 +243,7 @@ def accuracy_row(
     qat_args += ["--batch-size", str(a.batch_size), "--lr", str(a.lr), "--scales", scales]
     qat_args += [] if labels else ["--no-labels"]
     qat_args += [] if a.workers is None else ["--workers", str(a.workers)]
+    qat_args += [] if a.val is None else ["--val-data", str(a.val)]
     t0, c0 = time.perf_counter(), children_cpu()
     if not q.exists():
         cli("quantize", *common, *qat_args, "-o", str(q), torchrun=ddp)
@@ -262,6 +266,7 @@ def accuracy_row(
         "s_per_epoch": sum(h["seconds"] for h in hist) / len(hist),
         "img_s": sum(h["images_per_s"] for h in hist) / len(hist),
         "images_per_epoch": hist[0]["images"],
+        "best_epoch": side["details"]["training"]["best_epoch"],
         "wall": wall,
         "qat_cpu": cpu,  # CPU s of the whole quantize --method qat process (PTQ start, training, export); 0: reused
         "ptq_cpu": ptq_cpu,
@@ -321,6 +326,12 @@ def main() -> int:
     ap.add_argument("--learned", action="store_true", help="add a --scales learned row per model (convnext, labels)")
     ap.add_argument("--ddp", action="store_true", help="add a 2-process torchrun row per model (convnext, labels)")
     ap.add_argument("--per-class", type=int, default=200, help="train subset: images per class")
+    ap.add_argument(
+        "--val-per-class",
+        type=int,
+        default=0,
+        help="QAT --val-data: this many train images per class that the training subset does not hold (0: none)",
+    )
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -371,6 +382,11 @@ def main() -> int:
         a.data = convert(a.dataset, a.work / "fashion_mnist")
     a.train = a.data / "train"
     a.subset = subset_folder(a.train, a.per_class, a.work / f"train_{a.per_class}_per_class")
+    a.val = (
+        subset_folder(a.train, a.val_per_class, a.work / f"val_{a.val_per_class}_after_{a.per_class}", a.per_class)
+        if a.val_per_class
+        else None
+    )
     demo = HERE.parent / "edgeconvnext" / "demo" / "convnextv2_atto_fmnist.safetensors"
     ckpts = {"convnextv2_atto": a.v2_checkpoint or (demo if a.stress else None), "convnext_atto": a.v1_checkpoint}
     for m in a.models:
@@ -405,9 +421,9 @@ def main() -> int:
         return 0
     print(
         "| model | policy | training | scales | procs | FP32 | PTQ | QAT | PTQ drop | QAT drop | PTQ agree | QAT agree "
-        "| PTQ min cos | QAT min cos | QAT s/epoch | images/epoch | img/s |"
+        "| PTQ min cos | QAT min cos | QAT s/epoch | images/epoch | img/s | best epoch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [(m, p, mode == "labels", "frozen", 0) for m in a.models for p in a.policies for mode in a.modes]
     if a.learned:
         rows += [(m, "convnext", True, "learned", 0) for m in a.models]
@@ -419,7 +435,8 @@ def main() -> int:
             f"| {m} | {p} | {r['mode']} | {sc} | {r['procs']} | {r['fp32']:.2f} | {r['ptq']['top1']:.2f} | "
             f"{r['qat']['top1']:.2f} | {r['fp32'] - r['ptq']['top1']:+.2f} | {r['fp32'] - r['qat']['top1']:+.2f} | "
             f"{r['ptq']['agreement']:.2f}% | {r['qat']['agreement']:.2f}% | {r['ptq']['cos_min']:.4f} | "
-            f"{r['qat']['cos_min']:.4f} | {r['s_per_epoch']:.1f} | {r['images_per_epoch']} | {r['img_s']:.0f} |",
+            f"{r['qat']['cos_min']:.4f} | {r['s_per_epoch']:.1f} | {r['images_per_epoch']} | {r['img_s']:.0f} "
+            f"| {r['best_epoch']} |",
             flush=True,
         )
     return 0

@@ -442,3 +442,60 @@ def test_qat_options_need_method_qat(world, tmp_path, capsys):
     argv = ["quantize", "-c", str(world["ckpt"]), "--calib-data", str(world["train"]), *CALIB]
     assert main([*argv, "-o", str(tmp_path / "x.onnx"), "--epochs", "2"]) == 2
     assert "--epochs: only with --method qat" in _err(capsys)
+
+
+# ---- the best epoch ---------------------------------------------------------------------------------
+
+
+def test_best_key_rewards_closeness_to_fp32():
+    from edgeconvnext.quantize.qat import best_key
+
+    fp32 = 80.0
+    # above FP32 is not better than equal to it: agreement decides between them
+    assert best_key(80.0, 99.5, fp32) > best_key(81.0, 99.0, fp32)
+    assert best_key(81.0, 99.5, fp32) == best_key(80.0, 99.5, fp32)
+    # below FP32, top-1 first
+    assert best_key(79.9, 100.0, fp32) < best_key(80.0, 90.0, fp32)
+
+
+def test_start_is_exported_when_training_hurts(world, tmp_path):
+    """A learning rate that destroys the network: no trained epoch beats the PTQ start on the validation images,
+    so epoch 0 is exported (the PTQ scales, although learned scales moved in training; the PTQ logits) and the
+    sidecar says so."""
+    out = tmp_path / "q.onnx"
+    cfg = _cfg(world, scales="learned", lr=1.0, labels=False, warmup_steps=0, clip_grad=0)
+    r = qat(load_model(None, world["ckpt"]), out, config=cfg, quant=QUANT, calib_data=world["train"])
+    assert r.best_epoch == 0 and [h.epoch for h in r.history] == [1, 2]
+    assert all(h.val_agreement < r.ptq_val_agreement for h in r.history)  # training did hurt
+    note = next(n for n in r.notes if n.startswith("best epoch 0"))
+    assert "training did not improve on the PTQ start" in note
+    side = json.loads(qat_paths(out)["sidecar"].read_text())
+    train = side["details"]["training"]
+    assert train["best_epoch"] == 0 and train["qat_val_top1"] == r.ptq_val_top1 and note in side["details"]["notes"]
+    assert load_model(None, qat_paths(out)["checkpoint"]).extra["qat"]["best_epoch"] == 0
+    # the exported ONNX is the PTQ model: its scales and its logits
+    start = start_from_ptq(
+        load_model(None, world["ckpt"]), QUANT.validated(), "learned", calib_data=world["train"],
+        calib_manifest=None, workdir=tmp_path / "ptq",
+    )  # fmt: skip
+    a, b = _qdq_scales(onnx.load_from_string(start.ptq_bytes)), _qdq_scales(onnx.load(str(out)))
+    assert set(a) == set(b) and len(a) == 13
+    for layer in a:
+        np.testing.assert_allclose(b[layer][0], a[layer][0], rtol=1e-6, err_msg=layer)
+        np.testing.assert_allclose(b[layer][1].reshape(-1), a[layer][1].reshape(-1), rtol=1e-6, err_msg=layer)
+    from edgeconvnext.quantize.qat import ort_logits
+
+    x = start.calib_images
+    np.testing.assert_allclose(ort_logits(out.read_bytes(), x), ort_logits(start.ptq_bytes, x), atol=1e-4)
+
+
+def test_resume_refuses_a_state_of_another_version(world, tmp_path, capsys):
+    from edgeconvnext.quantize.qat import STATE_FORMAT
+
+    out = tmp_path / "q.onnx"
+    torch.save({"format": STATE_FORMAT, "args": {}, "epoch": 1}, qat_paths(out)["state"])  # unversioned: before 2
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(world["train"])]
+    argv += ["--calib-data", str(world["train"]), *CALIB, "-o", str(out), "--batch-size", "8", "--workers", "0"]
+    assert main([*argv, "--resume"]) == 3
+    assert "written by another edgeconvnext version (state version 1" in _err(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == [qat_paths(out)["state"].name]

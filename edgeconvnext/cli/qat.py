@@ -233,6 +233,7 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
         "best_epoch": result.best_epoch,
         "fp32_val_top1": result.fp32_val_top1,
         "ptq_val_top1": result.ptq_val_top1,
+        "ptq_val_agreement": result.ptq_val_agreement,
         "start_vs_ptq": result.start_vs_ptq,
         "parity_onnx_vs_torch": result.parity,
         "agreement_vs_fp32": result.agreement,
@@ -263,13 +264,18 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
         for note in result.notes:
             c.print(f"note: {note}", soft_wrap=True, markup=False)
         best = next((h for h in t if h.epoch == result.best_epoch), None)
+        if result.best_epoch == 0:  # the start stayed the best: QAT's numbers are PTQ's
+            best_top1, best_agree = result.ptq_val_top1, result.ptq_val_agreement
+        else:
+            best_top1, best_agree = (best.val_top1, best.val_agreement) if best is not None else (None, None)
         c.print(
             f"QAT ({result.mode}, {result.config.scales} scales, {result.world_size} process"
             f"{'es' if result.world_size > 1 else ''}): {len(t)} epoch(s) this run, best epoch {result.best_epoch}"
+            + (" (the start)" if result.best_epoch == 0 else "")
             + (
                 f"; val top-1 FP32 {_pct(result.fp32_val_top1)}, PTQ {_pct(result.ptq_val_top1)}, "
-                f"QAT {_pct(best.val_top1)} (agreement with FP32 {_pct(best.val_agreement)})"
-                if best is not None and best.val_top1 is not None
+                f"QAT {_pct(best_top1)} (agreement with FP32 {_pct(best_agree)})"
+                if best_top1 is not None
                 else ""
             ),
             soft_wrap=True,

@@ -65,6 +65,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "edgeconvnext-qat-state"
+#: 2: the PTQ start (epoch 0) is a best-epoch candidate and the key is :func:`best_key` (1, unversioned: top-1 alone
+#: decided, the start never); a state of another version is refused on --resume
+STATE_VERSION = 2
+#: how the exported epoch is chosen (the sidecar's ``training.best_rule``)
+BEST_RULE = (
+    "highest min(val top-1, FP32 val top-1), then highest val agreement with FP32, among the start (epoch 0) and "
+    "the trained epochs; a tie keeps the earlier epoch; without --val-data the last epoch"
+)
 #: images the start (epoch 0) is compared with the PTQ ONNX on, and the export with the torch model on
 CHECK_IMAGES = 64
 #: the torch fake-quant model and the PTQ / exported ONNX must agree within this (max |diff| / max |logit|),
@@ -118,6 +126,7 @@ class QatResult:
     agreement: dict[str, float]
     fp32_val_top1: float | None
     ptq_val_top1: float | None
+    ptq_val_agreement: float | None
     world_size: int
     seconds: float
     size_bytes: int
@@ -775,6 +784,12 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"--resume: cannot read {path} ({type(e).__name__}: {e}); delete it to start over") from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"--resume: {path} is not a QAT state written by 'edgeconvnext quantize --method qat'")
+    if state.get("version", 1) != STATE_VERSION:
+        raise CheckpointError(
+            f"--resume: {path} was written by another edgeconvnext version (state version {state.get('version', 1)}, "
+            f"this one reads {STATE_VERSION}: the best epoch is now chosen among the PTQ start and the trained "
+            "epochs by closeness to FP32, which that state cannot continue); delete it to start over"
+        )
     return state
 
 
@@ -980,6 +995,14 @@ class _Training:
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "key": None, "model": None})
     fp32_val_top1: float | None = None
     ptq_val_top1: float | None = None
+    ptq_val_agreement: float | None = None
+
+
+def best_key(top1: float, agreement: float, fp32_top1: float) -> list[float]:
+    """The best-epoch key (higher is better, compared as a list): top-1 counts only up to FP32's (an epoch above
+    FP32 on the validation images is not better than one equal to it: the label loss pulls away from the teacher
+    there), then agreement with FP32 decides."""
+    return [min(top1, fp32_top1), agreement]
 
 
 def _run(
@@ -1176,6 +1199,7 @@ def _optimiser(s: _Session, qmodel: torch.nn.Module) -> _Training:
         tr.history = [EpochRecord(**h) for h in state["history"]]
         tr.best = {"epoch": int(state["best"]["epoch"]), "key": state["best"]["key"], "model": state["best"]["model"]}
         tr.ptq_val_top1 = state.get("ptq_val_top1")
+        tr.ptq_val_agreement = state.get("ptq_val_agreement")
         random.setstate(_python_rng(state["rng"]["python"]))
         torch.set_rng_state(state["rng"]["torch"])
     return tr
@@ -1191,6 +1215,7 @@ def _save_state(
 
     st = {
         "format": STATE_FORMAT,
+        "version": STATE_VERSION,
         "args": s.args,
         "epoch": epoch,
         "step": tr.step,
@@ -1202,6 +1227,7 @@ def _save_state(
         "history": [asdict(h) for h in tr.history],
         "best": tr.best,
         "ptq_val_top1": tr.ptq_val_top1,
+        "ptq_val_agreement": tr.ptq_val_agreement,
         "rng": {"python": _plain_rng(random.getstate()), "torch": torch.get_rng_state()},
         "kept": kept.to_state(),
     }
@@ -1218,8 +1244,9 @@ def _train_epochs(
     placement: list[policy_mod.Placement],
     kept: _Kept,
 ) -> None:
-    """FP32 and epoch-0 validation, then the epochs: train (DDP under torchrun), validate and keep the best
-    epoch on rank 0, save the resumable state after each."""
+    """FP32 and epoch-0 validation (the start is the first best-epoch candidate), then the epochs: train (DDP
+    under torchrun), validate and keep the best epoch (:func:`best_key`) on rank 0, save the resumable state
+    after each."""
     import torch
 
     from edgeconvnext.data.augment import TrainTransform
@@ -1244,8 +1271,16 @@ def _train_epochs(
 
     fp32_val_pred = _evaluate(teacher, val_images, s.device, None) if val_images is not None else None
     tr.fp32_val_top1 = float((fp32_val_pred == val_labels).mean() * 100) if fp32_val_pred is not None else None
-    if val_images is not None and s.state is None:  # epoch 0 (the PTQ model) on the validation set
-        tr.ptq_val_top1 = float((_evaluate(qmodel, val_images, s.device, None) == val_labels).mean() * 100)
+    if fp32_val_pred is not None and tr.fp32_val_top1 is not None and s.state is None:
+        # epoch 0 (the PTQ model) on the validation set: the candidate a trained epoch must beat
+        pred0 = _evaluate(qmodel, val_images, s.device, None)  # type: ignore[arg-type]
+        tr.ptq_val_top1 = float((pred0 == val_labels).mean() * 100)
+        tr.ptq_val_agreement = float((pred0 == fp32_val_pred).mean() * 100)
+        tr.best = {
+            "epoch": 0,
+            "key": best_key(tr.ptq_val_top1, tr.ptq_val_agreement, tr.fp32_val_top1),
+            "model": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
+        }
 
     if tr.start_epoch >= cfg.epochs:
         s.notes.append(f"the saved state already finished {tr.start_epoch} epochs: exporting it")
@@ -1302,7 +1337,7 @@ def _train_epochs(
                 pred = _evaluate(eval_model, val_images, s.device, hook)
                 rec.val_top1 = float((pred == val_labels).mean() * 100)
                 rec.val_agreement = float((pred == fp32_val_pred).mean() * 100)
-                key = [rec.val_top1, rec.val_agreement]
+                key = best_key(rec.val_top1, rec.val_agreement, tr.fp32_val_top1)  # type: ignore[arg-type]
             else:
                 key = [float(epoch)]  # without validation: the last epoch
             if tr.best["key"] is None or key > tr.best["key"]:
@@ -1382,7 +1417,9 @@ def _export_and_write(
 
     plain = strip(final, loaded.model)
     qstate = quantizer_state(final)
-    best_rec = next((h for h in history if h.epoch == best["epoch"]), history[-1] if history else None)
+    best_rec = next((h for h in history if h.epoch == best["epoch"]), None)
+    if best["epoch"] == 0 and history:
+        notes.append(_start_kept_note(tr, qat_checkpoint_info(loaded) is not None))
     seconds = time.perf_counter() - s.t_start
     train_summary = {
         "mode": train.mode,
@@ -1398,10 +1435,12 @@ def _export_and_write(
         "augment": cfg.augment,
         "teacher_cache": {"hits": teacher_logits.hits, "misses": teacher_logits.misses} if not cfg.augment else None,
         "best_epoch": best["epoch"],
+        "best_rule": BEST_RULE,
         "history": [asdict(h) for h in history],
         "fp32_val_top1": tr.fp32_val_top1,
         "ptq_val_top1": tr.ptq_val_top1,
-        "qat_val_top1": best_rec.val_top1 if best_rec else None,
+        "ptq_val_agreement": tr.ptq_val_agreement,
+        "qat_val_top1": best_rec.val_top1 if best_rec else (tr.ptq_val_top1 if best["epoch"] == 0 else None),
         "seconds_per_epoch": (sum(h.seconds for h in history) / len(history)) if history else None,
     }
     stem_ckpt = paths["checkpoint"]
@@ -1517,10 +1556,31 @@ def _export_and_write(
         agreement=agreement,
         fp32_val_top1=tr.fp32_val_top1,
         ptq_val_top1=tr.ptq_val_top1,
+        ptq_val_agreement=tr.ptq_val_agreement,
         world_size=d.world_size,
         seconds=seconds,
         size_bytes=len(onnx_bytes),
         notes=list(getattr(loaded, "notes", []) or []) + notes,
+    )
+
+
+def _start_kept_note(tr: _Training, continuing: bool) -> str:
+    """The note of a run whose start (epoch 0) stayed the best epoch: what was compared, and what is exported."""
+    start = "the start (the QAT checkpoint)" if continuing else "the PTQ start"
+    trained = [h for h in tr.history if h.val_top1 is not None and h.val_agreement is not None]
+    best = (
+        max(trained, key=lambda h: best_key(h.val_top1, h.val_agreement, tr.fp32_val_top1))  # type: ignore[arg-type]
+        if trained and tr.fp32_val_top1 is not None
+        else None
+    )
+    vs = (
+        f"; best trained epoch {best.epoch}: {best.val_top1:.2f}%, {best.val_agreement:.2f}%"
+        if best is not None
+        else ""
+    )
+    return (
+        f"best epoch 0: training did not improve on {start} (validation top-1 {tr.ptq_val_top1:.2f}% (FP32 "
+        f"{tr.fp32_val_top1:.2f}%), agreement with FP32 {tr.ptq_val_agreement:.2f}%{vs}): the start is exported"
     )
 
 
