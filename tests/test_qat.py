@@ -499,3 +499,25 @@ def test_resume_refuses_a_state_of_another_version(world, tmp_path, capsys):
     assert main([*argv, "--resume"]) == 3
     assert "written by another edgeconvnext version (state version 1" in _err(capsys)
     assert [p.name for p in tmp_path.iterdir()] == [qat_paths(out)["state"].name]
+
+
+def test_no_smooth_start_warns_once_with_the_measured_agreement(world, full_run, tmp_path, caplog):
+    """QAT cannot repair per-tensor scales set by outlier channels: --no-smooth with qat is one WARNING line
+    naming the option, the start's agreement with FP32 and the fix, recorded in the sidecar's notes."""
+    import logging
+
+    out = tmp_path / "q.onnx"
+    cfg = _cfg(world, val_data=None, epochs=1, steps=1)
+    from dataclasses import replace
+
+    with caplog.at_level(logging.WARNING, logger="edgeconvnext.quantize.qat"):
+        r = qat(load_model(None, world["ckpt"]), out, config=cfg, quant=replace(QUANT, smooth=False),
+                calib_data=world["train"])  # fmt: skip
+    records = [rec for rec in caplog.records if "--no-smooth" in rec.getMessage()]
+    assert len(records) == 1 and records[0].levelname == "WARNING"
+    lines = [records[0].getMessage()]
+    assert "calibration images (min cosine" in lines[0] and "drop --no-smooth" in lines[0]
+    assert "of 8 calibration images" in lines[0]
+    side = json.loads(qat_paths(out)["sidecar"].read_text())
+    assert lines[0] in side["details"]["notes"] and lines[0] in r.notes
+    assert not any("--no-smooth" in n for n in full_run.notes)  # smoothing (the default): no warning
