@@ -344,13 +344,19 @@ def test_cli_label_free_continues_a_qat_checkpoint(world, full_run, tmp_path, ca
     argv = ["quantize", "--method", "qat", "-c", str(ck), "--train-data", str(world["train"]), "--no-labels"]
     argv += ["--calib-data", str(world["train"]), *CALIB, "--epochs", "1", "--steps", "1", "--batch-size", "8"]
     argv += ["--workers", "0"]
-    assert main([*argv, "-o", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "-o", str(out), "--threads", "1", "--hflip", "0"]) == 0
+        assert torch.get_num_threads() == 1  # --threads: torch's intra-op threads
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     last = printed.strip().splitlines()[-1]
     assert str(out) in last and "distillation only" in last and "continuing the QAT checkpoint q.qat.pt" in printed
     side = json.loads((tmp_path / "lf.onnx.json").read_text())
     train = side["details"]["training"]
     assert train["mode"] == "distillation only" and train["distill_weight"] == 1.0
+    assert side["config"]["qat"]["threads"] == 1 and side["config"]["qat"]["hflip"] == 0
     assert side["details"]["fake_quant"]["scales"] == "frozen" and check_file(out).ok
     start = side["details"]["start_vs_ptq"]
     # within the parity tolerance: a value one rounding step away flips a level (the exact check is the scales below)
@@ -405,6 +411,10 @@ def _err(capsys) -> str:
         (["--backend", "nncf"], 2, "--backend nncf is not supported with qat"),
         (["--scales", "lsq"], 2, "unknown --scales 'lsq'"),
         (["--resume"], 3, "nothing to resume"),
+        (["--threads", "0"], 2, "--threads must be >= 1, got 0"),
+        (["--threads", "-2"], 2, "--threads must be >= 1, got -2"),
+        (["--hflip", "1.5"], 2, "--hflip must be in [0, 1], got 1.5"),
+        (["--hflip", "0.5", "--no-augment"], 2, "--hflip 0.5: flips are part of the augmentation"),
     ],
 )
 def test_bad_input(world, tmp_path, capsys, args, code, needle):
@@ -442,6 +452,8 @@ def test_qat_options_need_method_qat(world, tmp_path, capsys):
     argv = ["quantize", "-c", str(world["ckpt"]), "--calib-data", str(world["train"]), *CALIB]
     assert main([*argv, "-o", str(tmp_path / "x.onnx"), "--epochs", "2"]) == 2
     assert "--epochs: only with --method qat" in _err(capsys)
+    assert main([*argv, "-o", str(tmp_path / "x.onnx"), "--threads", "1", "--hflip", "0"]) == 2
+    assert "--hflip, --threads: only with --method qat" in _err(capsys)
 
 
 # ---- the best epoch ---------------------------------------------------------------------------------

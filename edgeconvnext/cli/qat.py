@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeconvnext.cli._common import STATE, console, done, human_size
+from edgeconvnext.errors import UsageError
 
 TrainDataOpt = Annotated[
     Path | None,
@@ -62,6 +63,18 @@ AugmentOpt = Annotated[
         help="qat: random crop + flip (default); --no-augment trains on the eval transform and computes each "
         "image's teacher logits once (later epochs reuse them).",
     ),
+]
+HflipOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--hflip",
+        help="qat: horizontal flip probability of the augmentation (default 0.5; 0: no flips, for data where "
+        "flips change meaning; as finetune's --hflip).",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="qat: torch intra-op threads per process (default: the cpus / processes)."),
 ]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="qat: data-loading processes (default min(2, cpus)).")
@@ -159,11 +172,14 @@ def qat_given(values: dict[str, Any]) -> list[str]:
         "scales": "--scales",
         "labels": "--labels/--no-labels",
         "augment": "--augment/--no-augment",
+        "hflip": "--hflip",
+        "threads": "--threads",
         "workers": "--workers",
         "device": "--device",
         "resume": "--resume",
     }
-    return [flag for k, flag in flags.items() if values.get(k) not in (None, False)]
+    # `is`, not `in (None, False)`: --hflip 0 is given (0 == False)
+    return [flag for k, flag in flags.items() if values.get(k) is not None and values.get(k) is not False]
 
 
 def run_qat(
@@ -186,6 +202,11 @@ def run_qat(
 
     # defaults < the recipe's qat: section < the options given; refused before the (slow) checkpoint load
     cfg = resolve(recipe, qat_values)
+    if qat_values.get("hflip") and not cfg.augment:
+        raise UsageError(
+            f"--hflip {qat_values['hflip']:g}: flips are part of the augmentation, which --no-augment turns off "
+            "(the recipe's qat.augment false, or the option): drop --hflip, or --no-augment"
+        )
     rank, _, _ = env_world()
     show = rank == 0 and not STATE.quiet and not json_out
     with _QatProgress(enabled=show) as prog:
