@@ -178,3 +178,61 @@ class StepProgress:
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:
             self._p.__exit__(*exc)
+
+
+class EpochProgress:
+    """A training ProgressHook on one rich progress line: a bar per epoch (loss, images/s and lr beside it),
+    one while validating, and ``line`` for what stays printed above it. Subclasses print their epoch's
+    summary in ``end_epoch``. ``enabled=False`` draws nothing (rich's ``disable``)."""
+
+    def __init__(self, enabled: bool, *, epoch_label: str = "epoch", remaining: bool = False) -> None:
+        from rich import progress as rp
+
+        columns: list[Any] = [
+            rp.TextColumn("{task.description}"),
+            rp.BarColumn(),
+            rp.MofNCompleteColumn(),
+            rp.TextColumn("{task.fields[stats]}"),
+            rp.TimeElapsedColumn(),
+        ]
+        if remaining:
+            columns.append(rp.TimeRemainingColumn())
+        self.progress = rp.Progress(*columns, console=console(), transient=True, disable=not enabled)
+        self.enabled = enabled
+        self.epoch_label = epoch_label
+        self.task: Any = None
+        self.epochs = 0
+
+    def __enter__(self: _E) -> _E:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _new(self, description: str, total: int | None) -> None:
+        from rich.markup import escape  # descriptions may name folders: data, not markup
+
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(escape(description), total=total, stats="")
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+        self._new(f"{self.epoch_label} {epoch}/{epochs}", steps)
+
+    def step(self, loss: float, images_per_s: float, lr: float) -> None:
+        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
+
+    def validating(self, steps: int) -> None:
+        self._new("  validate", steps)
+
+    def val_step(self) -> None:
+        self.progress.update(self.task, advance=1)
+
+    def line(self, text: str) -> None:
+        """``text`` printed above the bar (plain text, not markup)."""
+        self.progress.console.print(text, markup=False)
+
+
+_E = TypeVar("_E", bound=EpochProgress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -11,6 +11,7 @@ from edgeconvnext.cli._common import (
     STATE,
     CheckpointOpt,
     EmaOpt,
+    EpochProgress,
     ForceOpt,
     ImgSizeOpt,
     ModelOpt,
@@ -23,68 +24,17 @@ from edgeconvnext.cli._common import (
 )
 from edgeconvnext.train.config import FinetuneConfig
 
-if TYPE_CHECKING:
-    from rich.progress import TaskID
 
-
-class _RichProgress:
+class _RichProgress(EpochProgress):
     """finetune.ProgressHook on a rich progress bar: one bar per epoch, loss/throughput/lr in the line."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console(),
-            transient=True,
-            disable=not live_progress(),
-        )
-        self.task: TaskID | None = None
-        self.epochs = 0
-
-    def __enter__(self) -> _RichProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def _new(self, description: str, steps: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(description, total=steps, stats="")
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self.epochs = epochs
-        self._new(f"epoch {epoch}/{epochs}", steps)
-
-    def step(self, loss: float, images_per_s: float, lr: float) -> None:
-        assert self.task is not None  # start_epoch made it
-        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
-
-    def validating(self, steps: int) -> None:
-        self._new("  validate", steps)
-
-    def val_step(self) -> None:
-        assert self.task is not None  # validating made it
-        self.progress.update(self.task, advance=1)
+        super().__init__(live_progress(), remaining=True)
 
     def end_epoch(self, r) -> None:
         skipped = f", {r.skipped} unreadable images skipped" if r.skipped else ""
         if not STATE.quiet:
-            self.progress.console.print(
+            self.line(
                 f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, val loss {r.val_loss:.4f}, "
                 f"val top-1 {r.val_top1:.2f}%, {r.images_per_s:.0f} img/s, {r.seconds:.0f} s{skipped}"
             )

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._common import STATE, console, done, human_size
+from edgeconvnext.cli._common import STATE, EpochProgress, console, done, human_size
 from edgeconvnext.errors import UsageError
 
 TrainDataOpt = Annotated[
@@ -85,59 +85,22 @@ ResumeOpt = Annotated[
 ]
 
 
-class _QatProgress:
+class _QatProgress(EpochProgress):
     """QAT's ProgressHook on a rich progress bar (calibration steps, then one bar per epoch)."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            console=console(),
-            transient=True,
-            disable=not enabled,
-        )
-        self.enabled = enabled
-        self.task: Any = None
-        self.epochs = 0
+        super().__init__(enabled, epoch_label="QAT epoch")
 
     def __enter__(self) -> _QatProgress:
-        self.progress.start()
+        super().__enter__()
         self._new("starting", None)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def _new(self, description: str, total: int | None) -> None:
-        from rich.markup import escape
-
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(escape(description), total=total, stats="")
 
     def on_step(self, desc: str) -> None:
         self._new(desc, None)
 
     def on_progress(self, done_: int, total: int) -> None:
         self.progress.update(self.task, total=total, completed=done_)
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self.epochs = epochs
-        self._new(f"QAT epoch {epoch}/{epochs}", steps)
-
-    def step(self, loss: float, images_per_s: float, lr: float) -> None:
-        self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f}  {images_per_s:.0f} img/s  lr {lr:.2e}")
-
-    def validating(self, steps: int) -> None:
-        self._new("  validate", steps)
-
-    def val_step(self) -> None:
-        self.progress.update(self.task, advance=1)
 
     def end_epoch(self, r: Any) -> None:
         if not self.enabled:
@@ -147,10 +110,9 @@ class _QatProgress:
             if r.val_top1 is not None
             else ""
         )
-        self.progress.console.print(
+        self.line(
             f"epoch {r.epoch}/{self.epochs}: loss {r.loss:.4f}{val}, {r.steps} steps, "
-            f"{r.images_per_s:.0f} img/s, {r.seconds:.0f} s",
-            markup=False,
+            f"{r.images_per_s:.0f} img/s, {r.seconds:.0f} s"
         )
 
 

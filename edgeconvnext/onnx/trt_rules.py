@@ -242,6 +242,16 @@ class TrtReport:
         s += ": OK for TensorRT" if self.ok else f": {len(self.violations)} TensorRT rule violation(s)"
         return s
 
+    def check_details(self) -> dict[str, Any]:
+        """The sidecars' ``trt_check`` section: verdict, opset, Q/DQ counts and warnings."""
+        return {
+            "ok": self.ok,
+            "opset": self.opset,
+            "n_quantize": self.n_quantize,
+            "n_dequantize": self.n_dequantize,
+            "warnings": self.warnings,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path) if self.path else None,

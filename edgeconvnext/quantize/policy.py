@@ -157,6 +157,17 @@ def int8_macs_share(placement: Sequence[Placement]) -> float | None:
     return sum(p.macs or 0 for p in placement if p.int8) / total
 
 
+def details(placement: Sequence[Placement]) -> dict[str, Any]:
+    """The sidecars' ``placement`` section (PTQ and QAT): counts, the INT8 share of MACs, the table and each layer."""
+    return {
+        "int8_layers": sum(p.int8 for p in placement),
+        "layers": len(placement),
+        "int8_macs_share": int8_macs_share(placement),
+        "table": table(placement),
+        "layers_detail": [p.to_dict() for p in placement],
+    }
+
+
 def table(placement: Sequence[Placement], compress: bool = True) -> list[dict[str, Any]]:
     """Rows (layer, op, precision, count, macs, macs_share, reason) with repeated blocks merged."""
     rows: list[dict[str, Any]] = [

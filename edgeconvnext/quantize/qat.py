@@ -1388,6 +1388,18 @@ def _parity(final: torch.nn.Module, onnx_bytes: bytes, images: np.ndarray, input
     return parity
 
 
+@dataclass
+class _Exported:
+    """The chosen epoch, exported and checked (rank 0), before anything is written."""
+
+    model: torch.nn.Module  # the fake-quant model of the best epoch, on the CPU, in eval mode
+    onnx_bytes: bytes
+    report: TrtReport
+    parity: dict[str, Any]
+    agreement: dict[str, float]
+    digest: str  # sha256 of onnx_bytes
+
+
 def _export_and_write(
     s: _Session,
     qmodel: torch.nn.Module,
@@ -1398,21 +1410,36 @@ def _export_and_write(
 ) -> QatResult:
     """Rank 0: the best epoch exported (opset 17, TensorRT rules), its parity with the torch model checked,
     then every output written together (all or nothing) and the resumable state removed."""
-    import torch
+    if tr.best["epoch"] == 0 and tr.history:
+        s.notes.append(_start_kept_note(tr, qat_checkpoint_info(s.loaded) is not None))
+    ex = _export_checked(s, _final_model(qmodel, tr), placement, kept)
+    seconds = _write_outputs(s, tr, placement, kept, ex, _train_summary(s, tr, teacher_logits))
+    if s.paths["state"].exists():
+        s.paths["state"].unlink()
+    s.d.barrier()
+    log.info("QAT %s: %d epochs, best %d", s.loaded.arch.name, len(tr.history), tr.best["epoch"])
+    return _result(s, tr, placement, kept, ex, seconds)
 
-    from edgeconvnext.models.checkpoint import save_checkpoint
-    from edgeconvnext.quantize.fake_quant import quantizer_state, strip
-    from edgeconvnext.quantize.ptq import _agreement
 
-    cfg, qcfg, d, loaded, paths = s.cfg, s.qcfg, s.d, s.loaded, s.paths
-    train, val_images = s.data.train, s.data.val_images
-    history, best, notes = tr.history, tr.best, s.notes
+def _final_model(qmodel: torch.nn.Module, tr: _Training) -> torch.nn.Module:
+    """The model to export: the best epoch's weights (the start's when it stayed best), else the EMA's or the
+    last epoch's, on the CPU in eval mode."""
     final = copy.deepcopy(qmodel).cpu()
-    if best["model"] is not None:
-        final.load_state_dict(best["model"])
+    if tr.best["model"] is not None:
+        final.load_state_dict(tr.best["model"])
     elif tr.ema is not None:
         final.load_state_dict(tr.ema.module.state_dict())
-    final.eval()
+    return final.eval()
+
+
+def _export_checked(
+    s: _Session, final: torch.nn.Module, placement: list[policy_mod.Placement], kept: _Kept
+) -> _Exported:
+    """Export (TorchScript, opset 17) with the TensorRT rules, onnxruntime's parity with the torch model and the
+    agreement with the FP32 baseline, on the validation images (else the calibration images)."""
+    from edgeconvnext.quantize.ptq import _agreement
+
+    cfg, qcfg, val_images = s.cfg, s.qcfg, s.data.val_images
     quant_meta = {
         "method": "qat",
         "backend": qcfg.backend,
@@ -1423,26 +1450,23 @@ def _export_and_write(
         "activations": "int8 per tensor, symmetric",
         "weights": "int8 per output channel, symmetric",
         "scales": str(cfg.scales),
-        "training": train.mode,
+        "training": s.data.train.mode,
     }
     s.step_msg("exporting the QAT model to ONNX (opset 17) and checking it against TensorRT's rules")
-    onnx_bytes, report = export_qat(final, loaded, placement, quant_meta)
-    report.path = paths["onnx"]
+    onnx_bytes, report = export_qat(final, s.loaded, placement, quant_meta)
+    report.path = s.paths["onnx"]
     s.step_msg("comparing onnxruntime with the torch fake-quant model")
-    parity_images = val_images[:CHECK_IMAGES] if val_images is not None else kept.check_images
-    parity = _parity(
-        final, onnx_bytes, parity_images, "validation images" if val_images is not None else "calibration images"
-    )
-    agreement = _agreement(kept.fp32, onnx_bytes, parity_images[:32]) if kept.fp32 else {}
-    digest = _sha256(onnx_bytes)
+    images = val_images[:CHECK_IMAGES] if val_images is not None else kept.check_images
+    parity = _parity(final, onnx_bytes, images, "validation images" if val_images is not None else "calibration images")
+    agreement = _agreement(kept.fp32, onnx_bytes, images[:32]) if kept.fp32 else {}
+    return _Exported(final, onnx_bytes, report, parity, agreement, _sha256(onnx_bytes))
 
-    plain = strip(final, loaded.model)
-    qstate = quantizer_state(final)
+
+def _train_summary(s: _Session, tr: _Training, teacher_logits: TeacherLogits) -> dict[str, Any]:
+    """The sidecar's ``training`` section: mode, schedule, history and the best epoch's validation."""
+    cfg, d, train, history, best = s.cfg, s.d, s.data.train, tr.history, tr.best
     best_rec = next((h for h in history if h.epoch == best["epoch"]), None)
-    if best["epoch"] == 0 and history:
-        notes.append(_start_kept_note(tr, qat_checkpoint_info(loaded) is not None))
-    seconds = time.perf_counter() - s.t_start
-    train_summary = {
+    return {
         "mode": train.mode,
         "images": len(train.paths),
         "distill_weight": s.data.weight,
@@ -1464,124 +1488,153 @@ def _export_and_write(
         "qat_val_top1": best_rec.val_top1 if best_rec else (tr.ptq_val_top1 if best["epoch"] == 0 else None),
         "seconds_per_epoch": (sum(h.seconds for h in history) / len(history)) if history else None,
     }
-    stem_ckpt = paths["checkpoint"]
+
+
+def _write_outputs(
+    s: _Session,
+    tr: _Training,
+    placement: list[policy_mod.Placement],
+    kept: _Kept,
+    ex: _Exported,
+    train_summary: dict[str, Any],
+) -> float:
+    """Every output together (all or nothing): the ONNX, the manifest, the FP32 baseline, the QAT checkpoint
+    and the sidecar. Returns the run's seconds (as the sidecar records them)."""
+    from edgeconvnext.models.checkpoint import save_checkpoint
+    from edgeconvnext.quantize.fake_quant import quantizer_state, strip
+
+    cfg, qcfg, loaded, paths = s.cfg, s.qcfg, s.loaded, s.paths
+    plain = strip(ex.model, loaded.model)
+    extra = {
+        "qat": {
+            "quantizers": quantizer_state(ex.model),
+            "scales": str(cfg.scales),
+            "placement": [p.to_dict() for p in placement],
+            "onnx": paths["onnx"].name,
+            "onnx_sha256": ex.digest,
+            "config": cfg.to_dict(),
+            "quantize": qcfg.to_dict(),
+            "best_epoch": tr.best["epoch"],
+        }
+    }
+    seconds = time.perf_counter() - s.t_start
     with contextlib.ExitStack() as stack:
         t_onnx = stack.enter_context(atomic_output(paths["onnx"]))
         t_side = stack.enter_context(atomic_output(paths["sidecar"]))
         t_man = stack.enter_context(atomic_output(paths["manifest"]))
-        t_ckpt = stack.enter_context(atomic_output(stem_ckpt))
-        t_fp = stack.enter_context(atomic_output(paths["fp32"])) if qcfg.keep_fp32 and kept.fp32 else None
+        t_ckpt = stack.enter_context(atomic_output(paths["checkpoint"]))
+        t_fp = stack.enter_context(atomic_output(paths["fp32"])) if _keeps_fp32(s, kept) else None
         t_fps = stack.enter_context(atomic_output(paths["fp32_sidecar"])) if t_fp is not None else None
-        t_onnx.write_bytes(onnx_bytes)
+        t_onnx.write_bytes(ex.onnx_bytes)
         t_man.write_bytes(kept.manifest)
         if t_fp is not None and t_fps is not None:
             t_fp.write_bytes(kept.fp32)
             t_fps.write_bytes(kept.fp32_sidecar)
-        extra = {
-            "qat": {
-                "quantizers": qstate,
-                "scales": str(cfg.scales),
-                "placement": [p.to_dict() for p in placement],
-                "onnx": paths["onnx"].name,
-                "onnx_sha256": digest,
-                "config": cfg.to_dict(),
-                "quantize": qcfg.to_dict(),
-                "best_epoch": best["epoch"],
-            }
-        }
         save_checkpoint(
             t_ckpt, plain, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess, extra=extra
         )
-        ckpt_sha = _sha256(t_ckpt.read_bytes())
-        sidecar = Sidecar(
-            stage="quantize",
-            inputs=[input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else [],
-            outputs=[
-                {"path": paths["onnx"].name, "bytes": len(onnx_bytes), "sha256": digest},
-                {"path": stem_ckpt.name, "bytes": t_ckpt.stat().st_size, "sha256": ckpt_sha},
-            ],
-            config={
-                **qcfg.to_dict(),
-                "method": "qat",
-                "qat": cfg.to_dict(),
-                "img_size": int(loaded.preprocess.img_size),
-                "preprocess": loaded.preprocess.to_dict(),
-                "opset": 17,
+        ckpt = {
+            "path": paths["checkpoint"].name,
+            "bytes": t_ckpt.stat().st_size,
+            "sha256": _sha256(t_ckpt.read_bytes()),
+        }
+        t_side.write_text(_sidecar(s, placement, kept, ex, train_summary, ckpt, seconds).to_json())
+    return seconds
+
+
+def _keeps_fp32(s: _Session, kept: _Kept) -> bool:
+    """Whether OUT.fp32.onnx is written (--fp32-baseline, and rank 0 has the baseline)."""
+    return bool(s.qcfg.keep_fp32 and kept.fp32)
+
+
+def _sidecar(
+    s: _Session,
+    placement: list[policy_mod.Placement],
+    kept: _Kept,
+    ex: _Exported,
+    train_summary: dict[str, Any],
+    ckpt: dict[str, Any],
+    seconds: float,
+) -> Sidecar:
+    """OUT.onnx.json: inputs, outputs, the resolved configuration and what was measured."""
+    import torch
+
+    cfg, qcfg, loaded, paths, report = s.cfg, s.qcfg, s.loaded, s.paths, ex.report
+    return Sidecar(
+        stage="quantize",
+        inputs=[input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else [],
+        outputs=[{"path": paths["onnx"].name, "bytes": len(ex.onnx_bytes), "sha256": ex.digest}, ckpt],
+        config={
+            **qcfg.to_dict(),
+            "method": "qat",
+            "qat": cfg.to_dict(),
+            "img_size": int(loaded.preprocess.img_size),
+            "preprocess": loaded.preprocess.to_dict(),
+            "opset": 17,
+        },
+        environment=environment(device=cfg.device),
+        timings={"total_s": round(seconds, 3)},
+        details={
+            "method": "qat",
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False) of torch.fake_quantize_per_*_affine",
+            "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
+            "source": {
+                "path": str(loaded.source) if loaded.source else None,
+                "sha256": loaded.source_sha256,
+                "format": loaded.source_format,
             },
-            environment=environment(device=cfg.device),
-            timings={"total_s": round(seconds, 3)},
-            details={
-                "method": "qat",
-                "exporter": "torch.onnx.export (TorchScript, dynamo=False) of torch.fake_quantize_per_*_affine",
-                "arch": {"name": loaded.arch.name, "version": loaded.arch.version},
-                "source": {
-                    "path": str(loaded.source) if loaded.source else None,
-                    "sha256": loaded.source_sha256,
-                    "format": loaded.source_format,
-                },
-                "fake_quant": {
-                    "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
-                    "scales": str(cfg.scales),
-                    "scales_note": "frozen: the calibrated PTQ scales, not trained"
-                    if cfg.scales == "frozen"
-                    else "learned: LSQ step sizes trained with the weights",
-                    "activations": "per tensor, int8 [-128, 127], zero point 0",
-                    "weights": "per output channel, int8 [-128, 127], zero point 0",
-                    "gradients": "straight-through",
-                },
-                "training": train_summary,
-                "placement": {
-                    "int8_layers": sum(p.int8 for p in placement),
-                    "layers": len(placement),
-                    "int8_macs_share": policy_mod.int8_macs_share(placement),
-                    "table": policy_mod.table(placement),
-                    "layers_detail": [p.to_dict() for p in placement],
-                },
-                "calibration": kept.ptq_summary.get("calibration"),
-                "ptq": kept.ptq_summary,
-                "start_vs_ptq": kept.start_vs_ptq,
-                "parity_onnx_vs_torch": parity,
-                "agreement_vs_fp32": agreement,
-                "fp32_baseline": {"path": paths["fp32"].name} if t_fp is not None else None,
-                "qat_checkpoint": {"path": stem_ckpt.name, "sha256": ckpt_sha},
-                "trt_check": {
-                    "ok": report.ok,
-                    "opset": report.opset,
-                    "n_quantize": report.n_quantize,
-                    "n_dequantize": report.n_dequantize,
-                    "warnings": report.warnings,
-                },
-                "notes": list(getattr(loaded, "notes", []) or []) + notes,
+            "fake_quant": {
+                "library": f"torch {torch.__version__} (fake_quantize_per_tensor/per_channel_affine)",
+                "scales": str(cfg.scales),
+                "scales_note": "frozen: the calibrated PTQ scales, not trained"
+                if cfg.scales == "frozen"
+                else "learned: LSQ step sizes trained with the weights",
+                "activations": "per tensor, int8 [-128, 127], zero point 0",
+                "weights": "per output channel, int8 [-128, 127], zero point 0",
+                "gradients": "straight-through",
             },
-        )
-        t_side.write_text(sidecar.to_json())
-    if paths["state"].exists():
-        paths["state"].unlink()
-    d.barrier()
-    log.info("QAT %s: %d epochs, best %d", loaded.arch.name, len(history), best["epoch"])
+            "training": train_summary,
+            "placement": policy_mod.details(placement),
+            "calibration": kept.ptq_summary.get("calibration"),
+            "ptq": kept.ptq_summary,
+            "start_vs_ptq": kept.start_vs_ptq,
+            "parity_onnx_vs_torch": ex.parity,
+            "agreement_vs_fp32": ex.agreement,
+            "fp32_baseline": {"path": paths["fp32"].name} if _keeps_fp32(s, kept) else None,
+            "qat_checkpoint": {"path": ckpt["path"], "sha256": ckpt["sha256"]},
+            "trt_check": report.check_details(),
+            "notes": list(getattr(loaded, "notes", []) or []) + s.notes,
+        },
+    )
+
+
+def _result(
+    s: _Session, tr: _Training, placement: list[policy_mod.Placement], kept: _Kept, ex: _Exported, seconds: float
+) -> QatResult:
+    paths = s.paths
     return QatResult(
         path=paths["onnx"],
         sidecar=paths["sidecar"],
         manifest=paths["manifest"],
-        checkpoint=stem_ckpt,
-        fp32_path=paths["fp32"] if t_fp is not None else None,
-        config=cfg,
-        quant=qcfg,
-        mode=train.mode,
+        checkpoint=paths["checkpoint"],
+        fp32_path=paths["fp32"] if _keeps_fp32(s, kept) else None,
+        config=s.cfg,
+        quant=s.qcfg,
+        mode=s.data.train.mode,
         placement=placement,
-        report=report,
-        history=history,
-        best_epoch=best["epoch"],
+        report=ex.report,
+        history=tr.history,
+        best_epoch=tr.best["epoch"],
         start_vs_ptq=kept.start_vs_ptq,
-        parity=parity,
-        agreement=agreement,
+        parity=ex.parity,
+        agreement=ex.agreement,
         fp32_val_top1=tr.fp32_val_top1,
         ptq_val_top1=tr.ptq_val_top1,
         ptq_val_agreement=tr.ptq_val_agreement,
-        world_size=d.world_size,
+        world_size=s.d.world_size,
         seconds=seconds,
-        size_bytes=len(onnx_bytes),
-        notes=list(getattr(loaded, "notes", []) or []) + notes,
+        size_bytes=len(ex.onnx_bytes),
+        notes=list(getattr(s.loaded, "notes", []) or []) + s.notes,
     )
 
 
