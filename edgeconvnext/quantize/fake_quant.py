@@ -4,7 +4,10 @@ Input: a float ConvNeXt and the PTQ placement (layer name -> INT8 or not) with t
 same model where each INT8 layer (``nn.Linear`` / ``nn.Conv2d``) is a :class:`QuantLinear` /
 :class:`QuantConv2d` that fake-quantizes its activation input (per tensor) and its weight (per output
 channel), signed INT8 [-128, 127], zero point 0, straight-through gradients. Nothing else is quantized, as in
-the ONNX: LayerNorm, GELU, GRN and the residual stream stay float.
+the ONNX: LayerNorm, GELU, GRN and the residual stream stay float, with one exception that follows the PTQ
+graph: an INT8 depthwise conv (``--policy all``) reads the block's input, which the residual Add reads too,
+and the PTQ ONNX carries one Q/DQ on that tensor for both; so the block's input is fake-quantized once (a
+forward pre-hook of the block, with the conv's scale) and the shortcut gets the quantized values as well.
 
 Scales are either ``frozen`` (the calibrated PTQ values, as ModelOpt and pytorch-quantization train) or
 ``learned`` (LSQ: the scale is a parameter with the gradient scaled by 1/sqrt(numel * 127), as NNCF trains).
@@ -154,12 +157,25 @@ class QuantConv2d(_QuantMixin):
         self.bias = conv.bias
         self._init_quant(act_scale, w_scale, learned)
 
+    #: the input arrives quantized (:func:`_quant_block_input`): the block's shortcut shares the conv's Q/DQ
+    input_quantized: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.quant_weight(self.weight, 0)
-        return F.conv2d(self.quant_input(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x = x if self.input_quantized else self.quant_input(x)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 QUANT_TYPES = (QuantLinear, QuantConv2d)
+
+
+def _quant_block_input(block: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook of a block whose depthwise conv is INT8: its input quantized once with the conv's
+    scale, for the conv and the shortcut (the one Q/DQ the PTQ ONNX puts on that tensor). Looks the conv up on
+    the block it is called with, so a deep copy of the model uses its own quantizer."""
+    conv = block.conv_dw
+    assert isinstance(conv, QuantConv2d)  # wrap registers this hook only then
+    return (conv.quant_input(args[0]), *args[1:])
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -190,6 +206,9 @@ def wrap(
         else:
             raise ValueError(f"{name} is not a Linear or Conv2d layer of the model ({type(layer).__name__})")
         setattr(parent, leaf, q)
+        if leaf == "conv_dw" and isinstance(q, QuantConv2d):  # (N, C, H, W) block input, also the shortcut
+            q.input_quantized = True
+            parent.register_forward_pre_hook(_quant_block_input)
     return m
 
 
