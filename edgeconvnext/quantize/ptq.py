@@ -13,12 +13,16 @@ Input: a :class:`~edgeconvnext.models.checkpoint.LoadedModel`, calibration image
   step), peak RSS, INT8-vs-FP32 agreement on calibration images, TensorRT check;
 - ``OUT.calib.json``: the calibration manifest (calibration/README.md);
 - ``OUT.fp32.onnx`` (+ its export sidecar): the FP32 model the INT8 one was made from, kept by default as
-  the baseline for ``validate --baseline`` (same export, same graph: the fair comparison);
-  ``keep_fp32=False`` skips it.
+  the baseline for ``validate --baseline`` (same export, same graph: the fair comparison; with smoothing, the
+  smoothed graph, which computes the export's function); ``keep_fp32=False`` skips it.
 
-Steps: check options -> calibration set (fails fast on data) -> export FP32 (verified against torch) ->
-placement (policy) -> backend quantizes -> metadata -> TensorRT rules check (a violation is a RuleViolation
-and nothing is written) -> placement verified on the result -> INT8/FP32 agreement -> atomic write.
+Steps: check options -> calibration set (fails fast on data) -> [smoothing statistics, torch] -> export FP32
+(verified against torch) -> placement (policy) -> backend quantizes -> metadata -> TensorRT rules check (a
+violation is a RuleViolation and nothing is written) -> placement verified on the result -> INT8/FP32
+agreement -> atomic write. Smoothing (quantize/smooth.py, on by default) with ``--backend ort`` and minmax
+takes its statistics from the calibration pass and folds into the exported graph (quantize/smooth_graph.py:
+one forward over the images instead of two); the other methods and backends calibrate an export of the model
+smoothed on the first calibration images in torch.
 
 Usage::
 
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
     from edgeconvnext.onnx.trt_rules import TrtReport
     from edgeconvnext.quantize.budget import Budget, BudgetResult
     from edgeconvnext.quantize.smooth import SmoothReport
+    from edgeconvnext.quantize.smooth_graph import GraphSmoothing
     from edgeconvnext.quantize.valset import ValSet
     from edgeconvnext.recipes import Recipe
 
@@ -147,6 +152,8 @@ class QuantizeResult:
     agreement: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     smoothing: dict[str, Any] | None = None  # quantize/smooth.py's report (None with --no-smooth)
+    #: the folded s by LayerNorm name (smooth.with_scales redoes the fold on the torch model: QAT's float start)
+    smooth_scales: dict[str, Any] | None = None
     budget: BudgetResult | None = None  # the --max-drop search (quantize/budget.py)
 
     def table(self, compress: bool = True) -> list[dict[str, Any]]:
@@ -421,10 +428,9 @@ def _quantize_with(
 ) -> QuantizeResult:
     output = paths["onnx"]
     with temp_dir_beside(output) as tmp:  # removed on errors, Ctrl-C and SIGTERM; a killed run's by the next
-        t_smooth = time.perf_counter()
-        loaded, smoothing = _smooth(loaded, images, cfg, step)
-        smooth_s = time.perf_counter() - t_smooth
-        exp, fp32_model, placement = _export_and_place(loaded, cfg, tmp / paths["fp32"].name, step)
+        exp, fp32_model, placement, smoothing, fold, smooth_s = _smooth_and_export(
+            loaded, images, cfg, tmp / paths["fp32"].name, step
+        )
         if smoothing is not None:
             policy_mod.mark_smoothed(placement, smoothing.layers)
         if not images.done:
@@ -442,8 +448,12 @@ def _quantize_with(
         q_path = tmp / "quantized.onnx"
         fp32_logits: list[Any] = []  # FP32 logits of the calibration batches, when the backend gives them
         settings, calib_s = _calibrate(
-            loaded, exp.path, q_path, cs, cfg, placement, step, on_progress, fp32_model, fp32_logits
+            loaded, exp.path, q_path, cs, cfg, placement, step, on_progress, fp32_model, fp32_logits, fold
         )
+        if fold is not None:  # the FP32 graph the Q/DQ went into: the export with the smoothing folded in
+            assert fold.folded is not None and fold.report is not None  # set by the calibration
+            fp32_model, smoothing = fold.folded, fold.report
+            policy_mod.mark_smoothed(placement, smoothing.layers)
         budget_result = None
         if val is not None and budget is not None:
             placement, budget_result = _budget_search(q_path, fp32_model, placement, val, budget, step)
@@ -453,7 +463,12 @@ def _quantize_with(
         data = q.SerializeToString()
 
         step(f"comparing INT8 with FP32 on {min(AGREEMENT_IMAGES, len(cs))} calibration images")
-        fp32_bytes = exp.path.read_bytes()
+        if fold is not None:
+            fp32_bytes = fp32_model.SerializeToString()
+            fp32_sidecar = _folded_baseline_sidecar(exp, fp32_bytes, smoothing)
+        else:
+            fp32_bytes, fp32_sidecar = exp.path.read_bytes(), exp.sidecar.read_bytes()
+        fp32_ref: dict[str, Any] = {"bytes": len(fp32_bytes), "sha256": _sha256_bytes(fp32_bytes)}
         n_agree = min(AGREEMENT_IMAGES, len(cs))
         agreement = _agreement(fp32_bytes, data, cs.images[:n_agree], _first_rows(fp32_logits, n_agree))
 
@@ -470,7 +485,7 @@ def _quantize_with(
             t_man.write_bytes(manifest_bytes)
             if t_fp is not None and t_fps is not None:
                 t_fp.write_bytes(fp32_bytes)
-                t_fps.write_bytes(exp.sidecar.read_bytes())
+                t_fps.write_bytes(fp32_sidecar)
             rss = peak_rss_mb()
             sidecar = _quantize_sidecar(
                 loaded,
@@ -484,12 +499,14 @@ def _quantize_with(
                 placement,
                 report,
                 agreement,
+                fp32_ref=fp32_ref,
                 manifest_bytes=manifest_bytes,
                 calib_s=calib_s,
                 seconds=time.perf_counter() - t0,
                 rss=rss,
             )
             sidecar.inputs, sidecar.config = key
+            # 0 when the statistics came from the calibration pass (then in calibration_s)
             sidecar.timings["smooth_s"] = round(smooth_s, 3)
             # the images load during smoothing and export: what they cost the command is the wait for them
             sidecar.timings["load_wait_s"] = round(wait_s, 3)
@@ -498,7 +515,7 @@ def _quantize_with(
             sidecar.details["notes"] = [*sidecar.details["notes"], *notes]
             t_side.write_text(sidecar.to_json())
     if not cfg.keep_fp32:
-        _drop_stale_baseline(paths, exp.sha256)
+        _drop_stale_baseline(paths, fp32_ref["sha256"])
     log.info(
         "quantized %s: %d/%d layers INT8, calibration %.1f s",
         loaded.arch.name,
@@ -523,8 +540,57 @@ def _quantize_with(
         agreement=agreement,
         notes=[*(getattr(loaded, "notes", []) or []), *notes],
         smoothing=smoothing.to_dict() if smoothing is not None else None,
+        smooth_scales=dict(smoothing.scales) if smoothing is not None else None,
         budget=budget_result,
     )
+
+
+def _smooth_and_export(
+    loaded: LoadedModel, images: _Prefetch, cfg: QuantizeConfig, fp32_path: Path, step: Callable[[str], None]
+) -> tuple[
+    ExportResult, onnx.ModelProto, list[policy_mod.Placement], SmoothReport | None, GraphSmoothing | None, float
+]:
+    """The FP32 export to calibrate, its placement and the smoothing: (export, its graph, placement, the torch
+    smoothing's report, the fold to apply in the calibration pass, seconds of the torch smoothing). With
+    :func:`smooth_in_calibration` the unsmoothed model is exported and the fold located in its graph; a graph
+    the fold does not recognise is smoothed in torch and exported again (same result, one more pass)."""
+    if smooth_in_calibration(cfg):
+        from edgeconvnext.quantize.smooth_graph import match
+
+        exp, fp32_model, placement = _export_and_place(loaded, cfg, fp32_path, step)
+        fold = match(fp32_model, loaded.model)
+        if fold is not None:
+            return exp, fp32_model, placement, None, fold, 0.0
+        for f in (exp.path, exp.sidecar):
+            f.unlink()
+    t_smooth = time.perf_counter()
+    loaded, smoothing = _smooth(loaded, images, cfg, step)
+    smooth_s = time.perf_counter() - t_smooth
+    exp, fp32_model, placement = _export_and_place(loaded, cfg, fp32_path, step)
+    return exp, fp32_model, placement, smoothing, None, smooth_s
+
+
+def smooth_in_calibration(cfg: QuantizeConfig) -> bool:
+    """Whether the smoothing statistics come from the calibration pass itself (quantize/smooth_graph.py): the
+    ort backend's minmax pass can collect them; the histogram methods and NNCF calibrate a smoothed export,
+    for which a torch forward measures them first (:func:`_smooth`)."""
+    return cfg.smooth and cfg.backend == "ort" and cfg.calib_method == "minmax"
+
+
+def _folded_baseline_sidecar(exp: ExportResult, data: bytes, report: SmoothReport | None) -> bytes:
+    """The export's sidecar for the FP32 baseline with the smoothing folded in (``data``): its output is the
+    folded graph, and it says what was folded after the export's parity check."""
+    sc = Sidecar.from_dict(json.loads(exp.sidecar.read_text()))
+    sc.outputs[0] = {**sc.outputs[0], "bytes": len(data), "sha256": _sha256_bytes(data)}
+    sc.details["smoothing"] = {
+        "folded": "after calibration: LayerNorm scale and bias / s, the next layer's input channels x s "
+        "(quantize/smooth_graph.py)",
+        "function": "unchanged: the parity above is of the export before the fold",
+        "pairs": len(report.pairs) if report else 0,
+        "alpha": report.alpha if report else None,
+        "statistics": report.statistics if report else None,
+    }
+    return sc.to_json().encode()
 
 
 def _smooth(
@@ -587,15 +653,17 @@ def _calibrate(
     on_progress: Callable[[int, int], None] | None,
     model: onnx.ModelProto | None = None,
     fp32_logits: list[Any] | None = None,
+    fold: GraphSmoothing | None = None,
 ) -> tuple[dict[str, Any], float]:
     """The backend's calibration and Q/DQ insertion into ``q_path``: its settings and wall seconds.
     ``model`` is ``fp32_path`` already loaded; the ort backend appends the FP32 logits of the calibration
-    batches to ``fp32_logits`` (minmax)."""
+    batches to ``fp32_logits`` (minmax) and, with ``fold``, smooths in the same pass."""
     int8_nodes = [p.node for p in placement if p.int8]
     fp_nodes = [p.node for p in placement if not p.int8]
     step(
         f"calibrating {len(cs)} images with {cfg.backend} ({cfg.calib_method}), "
         f"{len(int8_nodes)}/{len(placement)} layers INT8"
+        + (", equalising LayerNorm outlier channels from the same pass" if fold is not None else "")
     )
     t_cal = time.perf_counter()
     try:
@@ -612,6 +680,7 @@ def _calibrate(
                     on_progress=on_progress,
                     model=model,
                     logits=fp32_logits,
+                    fold=fold,
                 )
             else:
                 from edgeconvnext.quantize.nncf_backend import quantize_nncf
@@ -692,12 +761,14 @@ def _quantize_sidecar(
     report: TrtReport,
     agreement: dict[str, float],
     *,
+    fp32_ref: dict[str, Any],
     manifest_bytes: bytes,
     calib_s: float,
     seconds: float,
     rss: float,
 ) -> Sidecar:
-    """What ``OUT.onnx.json`` records of a quantization (the caller adds inputs and config)."""
+    """What ``OUT.onnx.json`` records of a quantization (the caller adds inputs and config). ``fp32_ref``: bytes
+    and sha256 of the FP32 baseline (the export, or the export with the smoothing folded in)."""
     from edgeconvnext.onnx.metadata import decode_metadata
 
     manifest_sha = _sha256_bytes(manifest_bytes)
@@ -707,7 +778,7 @@ def _quantize_sidecar(
         {"path": paths["manifest"].name, "bytes": len(manifest_bytes), "sha256": manifest_sha},
     ]
     if cfg.keep_fp32:
-        outputs.append({"path": paths["fp32"].name, "bytes": exp.size_bytes, "sha256": exp.sha256})
+        outputs.append({"path": paths["fp32"].name, **fp32_ref})
     return Sidecar(
         stage="quantize",
         outputs=outputs,
@@ -740,7 +811,7 @@ def _quantize_sidecar(
                 "method": cfg.calib_method,
                 "wall_s": round(calib_s, 3),
             },
-            "fp32_baseline": ({"path": paths["fp32"].name, "sha256": exp.sha256} if cfg.keep_fp32 else None),
+            "fp32_baseline": ({"path": paths["fp32"].name, "sha256": fp32_ref["sha256"]} if cfg.keep_fp32 else None),
             "agreement_vs_fp32": agreement,
             "trt_check": report.check_details(),
             "peak_rss_mb": round(rss, 1),

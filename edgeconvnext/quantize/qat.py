@@ -315,13 +315,14 @@ def checked_parity(reference: np.ndarray, candidate: np.ndarray, failure: str, t
 
 def prepare_float(loaded: LoadedModel, ptq_result: Any, images: np.ndarray) -> LoadedModel:
     """The float model PTQ quantized. PTQ may transform the float model before quantizing it (an exact
-    LayerNorm -> next-layer equalisation, ``smoothing`` in its result, computed on the calibration images):
+    LayerNorm -> next-layer equalisation, ``smoothing`` in its result, its scales in ``smooth_scales``):
     QAT must start from those same float weights. :func:`start_from_ptq` compares the logits with the PTQ
     ONNX, so a transform missed here cannot pass unseen."""
-    if getattr(ptq_result, "smoothing", None):
-        from edgeconvnext.quantize.smooth import smoothed_copy  # type: ignore[import-not-found,import-untyped]
+    scales = getattr(ptq_result, "smooth_scales", None)
+    if scales:  # the s PTQ folded (from the calibration pass or a torch forward: the result carries them)
+        from edgeconvnext.quantize.smooth import with_scales  # type: ignore[import-not-found,import-untyped]
 
-        loaded, _ = smoothed_copy(loaded, images)
+        return with_scales(loaded, scales)
     return loaded
 
 

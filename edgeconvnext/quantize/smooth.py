@@ -25,6 +25,7 @@ Usage::
 
     report = smooth(model, channel_absmax(model, images))     # in place; torch model, FP32
     smoothed = smoothed_copy(loaded, images)                   # a LoadedModel copy, for export
+    scales, report = plan_scales(model, absmax)                # s only (quantize/smooth_graph.py folds it in ONNX)
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ class SmoothReport:
     """What :func:`smooth` did (the sidecar's ``smoothing`` section)."""
 
     alpha: float
-    statistics: str  # "calibration images (N)" or "LayerNorm affine (data-free)"
+    statistics: str  # "calibration images (N)[, from the calibration session]" or "LayerNorm affine (data-free)"
     pairs: list[PairReport]
+    #: the folded s per LayerNorm name (float32 tensors; not in the sidecar): :func:`with_scales` redoes the fold
+    scales: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[str]:
@@ -202,6 +205,30 @@ def _ratio(a: torch.Tensor) -> float:
     return float(a.max()) / med if med > 0 else float("inf")
 
 
+def plan_scales(
+    model: nn.Module, absmax: dict[str, torch.Tensor] | None = None, alpha: float = DEFAULT_ALPHA
+) -> tuple[dict[str, torch.Tensor], SmoothReport]:
+    """The per-channel scale ``s`` (float32, one per input channel) of every fold pair of ``model``, by
+    LayerNorm name, and the report of what folding them does; ``model`` is not changed (see :func:`smooth`)."""
+    import torch
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    reports: list[PairReport] = []
+    scales: dict[str, torch.Tensor] = {}
+    for p in fold_pairs(model):
+        act = absmax[p.norm].to(torch.float64) if absmax is not None else _affine_absmax(p).to(torch.float64)
+        w = _weight_in_absmax(p.layer_module).to(torch.float64)
+        ok = (act > 0) & (w > 0)
+        s = torch.ones_like(act)
+        s[ok] = act[ok].pow(alpha) / w[ok].pow(1.0 - alpha)
+        s = s.clamp(_MIN_S, _MAX_S)
+        scales[p.norm] = s.float()
+        reports.append(PairReport(p.norm, p.layer, _ratio(act), _ratio(act / s), float(s.min()), float(s.max())))
+    stats = "LayerNorm affine (data-free)" if absmax is None else "calibration images"
+    return scales, SmoothReport(alpha=alpha, statistics=stats, pairs=reports, scales=scales)
+
+
 def smooth(
     model: nn.Module, absmax: dict[str, torch.Tensor] | None = None, alpha: float = DEFAULT_ALPHA
 ) -> SmoothReport:
@@ -211,23 +238,16 @@ def smooth(
     are estimated from the LayerNorm's affine. ``alpha`` in [0, 1]: 0 leaves activations alone, 1 moves all of
     their range into the weights.
     """
-    import torch
+    scales, report = plan_scales(model, absmax, alpha)
+    fold_all(model, scales)
+    return report
 
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
-    reports: list[PairReport] = []
+
+def fold_all(model: nn.Module, scales: dict[str, torch.Tensor]) -> None:
+    """:func:`fold_scales` of ``scales`` (by LayerNorm name, from :func:`plan_scales`) into ``model``, in place;
+    a pair without a scale is a KeyError naming it."""
     for p in fold_pairs(model):
-        act = absmax[p.norm].to(torch.float64) if absmax is not None else _affine_absmax(p).to(torch.float64)
-        w = _weight_in_absmax(p.layer_module).to(torch.float64)
-        ok = (act > 0) & (w > 0)
-        s = torch.ones_like(act)
-        s[ok] = act[ok].pow(alpha) / w[ok].pow(1.0 - alpha)
-        s = s.clamp(_MIN_S, _MAX_S)
-        before = _ratio(act)
-        fold_scales(p, s.float())
-        reports.append(PairReport(p.norm, p.layer, before, _ratio(act / s), float(s.min()), float(s.max())))
-    stats = "LayerNorm affine (data-free)" if absmax is None else "calibration images"
-    return SmoothReport(alpha=alpha, statistics=stats, pairs=reports)
+        fold_scales(p, scales[p.norm])
 
 
 def smoothed_copy(
@@ -245,6 +265,14 @@ def smoothed_copy(
         report.statistics = f"calibration images ({n})"
     log.info("smoothing: %s", report.summary())
     return replace(loaded, model=model), report
+
+
+def with_scales(loaded: LoadedModel, scales: dict[str, torch.Tensor]) -> LoadedModel:
+    """A copy of ``loaded`` with ``scales`` (a :class:`SmoothReport`'s) folded in: the float model a smoothed
+    quantization was made from, whichever way its statistics were collected."""
+    model = copy.deepcopy(loaded.model).float().eval()
+    fold_all(model, scales)
+    return replace(loaded, model=model)
 
 
 def inject_outliers(
