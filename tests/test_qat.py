@@ -567,3 +567,26 @@ def test_epoch0_equals_ptq_with_int8_depthwise(world, tmp_path):
 
     exported, ptq = shared(onnx.load_from_string(data)), shared(onnx.load_from_string(start.ptq_bytes))
     assert ("Add", "Conv") in ptq and exported == ptq
+
+
+def test_parity_failure_names_coarse_steps_when_the_model_itself_moves():
+    """A failed parity check on a model whose fake-quant logits move by themselves under a 1e-6 input change
+    (coarse outlier-set scales) says so and names the fix; otherwise the caller's hint stands. rounding_noise of
+    a fake-quant model with a fine scale is ~0 (the caller's hint); 0.2 stands for a coarse model (measured on
+    the 50x-outlier atto with --policy all --no-smooth: 0.05-0.08)."""
+    from edgeconvnext.errors import ExportError
+    from edgeconvnext.quantize.fake_quant import wrap
+    from edgeconvnext.quantize.qat import checked_parity, rounding_noise
+
+    teacher = _teacher()
+    torch.manual_seed(4)
+    x = torch.randn(16, 3, 32, 32).numpy()
+    name = "stem.0"
+    w = dict(teacher.named_modules())[name].weight.detach()
+    fine = wrap(teacher, {name: (torch.tensor(4.0 / 127), w.abs().amax((1, 2, 3)) / 127)}, "frozen").eval()
+    assert rounding_noise(fine, x) < 1e-3
+    a = torch_logits(fine, x)
+    with pytest.raises(ExportError, match="a hint of the caller"):
+        checked_parity(a, a * 1.5, "differs", "; a hint of the caller", noise=lambda: rounding_noise(fine, x))
+    with pytest.raises(ExportError, match=r"itself moves by 0.2 relative .* drop --no-smooth"):
+        checked_parity(a, a * 1.5, "differs", "; a hint of the caller", noise=lambda: 0.2)
