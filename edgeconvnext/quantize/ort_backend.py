@@ -338,7 +338,8 @@ def _quantize_ort(
                 f"min/max per channel of {len(fold.channels)} tensors in the same pass; the ranges of "
                 f"{len(changed)} rescaled tensors derived from them"
             )
-        ranges = TensorsData(method, {t: v for t, v in stats.items() if t in set(tensors)})
+        wanted = set(tensors)
+        ranges = TensorsData(method, {t: v for t, v in stats.items() if t in wanted})
     else:
         ranges, stride = _collect_histograms(fp32_path, calib, tensors, calib_method, input_name, on_progress)
         feed = {"batch": BATCH, "chunk_batches": stride}

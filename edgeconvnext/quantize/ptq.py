@@ -431,8 +431,6 @@ def _quantize_with(
         exp, fp32_model, placement, smoothing, fold, smooth_s = _smooth_and_export(
             loaded, images, cfg, tmp / paths["fp32"].name, step
         )
-        if smoothing is not None:
-            policy_mod.mark_smoothed(placement, smoothing.layers)
         if not images.done:
             step("waiting for the calibration images")
         t_wait = time.perf_counter()
@@ -453,6 +451,7 @@ def _quantize_with(
         if fold is not None:  # the FP32 graph the Q/DQ went into: the export with the smoothing folded in
             assert fold.folded is not None and fold.report is not None  # set by the calibration
             fp32_model, smoothing = fold.folded, fold.report
+        if smoothing is not None:  # torch-smoothed export or the fold of the calibration pass
             policy_mod.mark_smoothed(placement, smoothing.layers)
         budget_result = None
         if val is not None and budget is not None:
