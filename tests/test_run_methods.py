@@ -105,6 +105,22 @@ def test_budget_search_is_the_int8_stage(budget_run, capsys):
     assert cfg["budget"]["max_drop"] == BUDGET and cfg["budget"]["subset_size"] == 64
 
 
+def test_bundle_recipe_rebuilds_the_searched_graph(budget_run):
+    """The bundle's recipe.yaml loads as a recipe, and its quantize.exclude holds the layers the search kept in
+    higher precision (recipes have no budget section: the recipe reproduces the result, its header the search)."""
+    from edgeconvnext.recipes import load_recipe
+
+    path = budget_run / "bundle" / "recipe.yaml"
+    text = path.read_text()
+    s = _report(budget_run)["budget_search"]
+    reverted = [r["layer"] for r in s["reverted"]]
+    assert f"# accuracy budget --max-drop {BUDGET:g}: the search kept {len(reverted)} layer(s)" in text
+    rec = load_recipe(path)
+    exclude = rec.sections["quantize"]["exclude"]
+    assert reverted and set(reverted) <= set(exclude)
+    assert "qat" not in rec.sections
+
+
 def test_budget_table_in_markdown_and_html(budget_run):
     rep = _report(budget_run)
     n = len(rep["budget_search"]["reverted"])
@@ -173,12 +189,23 @@ def test_run_with_qat_replaces_the_int8_stage(budget_run, data, tmp_path, capsys
     out = tmp_path / "copy"
     shutil.copytree(budget_run, out)
     capsys.readouterr()
+    recipe = tmp_path / "qat.yaml"  # the recipe's qat: section is honoured, the options win over it
+    recipe.write_text("qat:\n  temperature: 3.0\n  steps: 7\n  lr: 2.0e-5\n")
     args = _args(data, out, "--method", "qat", "--train-data", str(data / "calib"), "--epochs", "1", "--steps", "2")
+    args += ["--recipe", str(recipe)]
     args.remove("--no-smooth")  # QAT starts from the smoothed PTQ (its start check fails on 200x outliers unsmoothed)
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "export: skipped" in text and "quantize: m.int8.onnx: QAT" in text
     assert (out / "onnx" / "m.int8.qat.pt").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["qat"]["temperature"] == 3.0 and cfg["qat"]["lr"] == 2e-5 and cfg["qat"]["steps"] == 2
+    assert cfg["sources"]["qat"]["temperature"] == "recipe" and cfg["sources"]["qat"]["steps"] == "cli"
+    from edgeconvnext.recipes import load_recipe
+
+    bundled = load_recipe(out / "bundle" / "recipe.yaml")  # the bundle carries what trained, loadable again
+    assert bundled.sections["qat"]["temperature"] == 3.0 and bundled.sections["qat"]["steps"] == 2
+    assert bundled.sections["quantize"]["method"] == "qat" and "train_data" not in bundled.sections["qat"]
     rep = _report(out)
     assert rep["config"]["quantize"]["method"] == "qat" and rep["budget_search"] is None and rep["sensitivity"] is None
     assert "sensitivity" not in rep["figures"] and "Accuracy-budget search" not in (out / "report.md").read_text()

@@ -3,7 +3,8 @@
 Input: a finished run (:class:`~edgeconvnext.pipeline.run.Pipeline`). Output: ``RUN/bundle/``::
 
     onnx/NAME.{fp32,fp16,int8,int8.fp16}.onnx   the artifacts the engines are built from
-    recipe.yaml                                 the resolved settings (build profile, workspace, latency batches)
+    recipe.yaml                                 the resolved settings, loadable as a recipe (quantize, with an accuracy
+                                                budget's reverted layers in exclude; qat; build; validate)
     images/CLASS/FILE (+ labels.txt)            with --bundle-images N: a seeded subset of the validation images
     trtexec.sh                                  the exact trtexec commands (strongly typed, the recipe's profile)
     report.json, report.md                      the workstation's report; device-check appends its section
@@ -126,7 +127,8 @@ def write_bundle(p: Pipeline) -> list[Path]:
         onnx.append({"key": key, "path": f"onnx/{path.name}"})
     with atomic_output(dest / "recipe.yaml") as tmp:
         exp = p.results.get("export") or {}
-        tmp.write_text(p.cfg.recipe_yaml(exp.get("arch"), exp.get("img_size")))
+        budget = (p.results.get("quantize") or {}).get("budget")
+        tmp.write_text(p.cfg.recipe_yaml(exp.get("arch"), exp.get("img_size"), budget))
     files.append(dest / "recipe.yaml")
     imgs, images = _images(p, dest)
     files += imgs

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from edgeconvnext.models.checkpoint import LoadedModel
     from edgeconvnext.quantize.budget import Budget
     from edgeconvnext.quantize.config import QuantizeConfig
+    from edgeconvnext.quantize.qat_config import QatConfig
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,17 @@ class Resolved:
     sources: dict[str, dict[str, str]]
     budget: Budget | None = None  # the accuracy-budget search of the quantize stage (--max-drop ...)
     min_val_size: int | None = None  # its --min-val-size (None: quantize.valset's default)
+    qat: QatConfig | None = None  # --method qat: defaults < the recipe's qat: section < the options
+
+    def qat_settings(self) -> dict[str, Any] | None:
+        """The QAT hyperparameters (the recipe's ``qat:`` keys: not the paths or the machine), or None."""
+        if self.qat is None:
+            return None
+        from edgeconvnext.config import recipe_keys
+        from edgeconvnext.quantize.qat_config import QatConfig
+
+        d = self.qat.to_dict()
+        return {k: d[k] for k in recipe_keys(QatConfig)}
 
     def budget_dict(self) -> dict[str, Any] | None:
         if self.budget is None:
@@ -243,28 +255,52 @@ class Resolved:
             "img_size": self.img_size,
             "quantize": q,
             "budget": self.budget_dict(),
+            "qat": self.qat_settings(),
             "build": dict(self.build),
             "validate": dict(self.validate),
             "latency_batches": self.latency_batches,
             "sources": self.sources,
         }
 
-    def recipe_yaml(self, model: str | None = None, img_size: int | None = None) -> str:
-        """The resolved settings as a recipe file (what the bundle carries); ``model``/``img_size``: what the
-        checkpoint turned out to be when neither the options nor the recipe said."""
+    def recipe_yaml(
+        self, model: str | None = None, img_size: int | None = None, budget: dict[str, Any] | None = None
+    ) -> str:
+        """The resolved settings as a recipe file (what the bundle carries; ``load_recipe`` reads it back).
+
+        ``model``/``img_size``: what the checkpoint turned out to be when neither the options nor the recipe
+        said. ``budget``: the accuracy-budget search's result (``BudgetResult.to_dict``), whose reverted layers
+        become ``quantize.exclude``: the recipe rebuilds the searched graph without searching again (recipes have
+        no budget section; the search's settings are in the header). With ``--method qat`` the ``qat:`` section
+        holds the training hyperparameters that ran.
+        """
         import yaml
 
         q = {k: v for k, v in self.to_dict()["quantize"].items() if k != "keep_fp32"}
+        head = [f"# resolved by edgeconvnext run from {self.recipe.path.name if self.recipe else 'defaults'}"]
+        if budget is not None and self.budget is not None:
+            added = [e for e in budget.get("exclude") or [] if e not in q.get("exclude", [])]
+            q["exclude"] = [*q.get("exclude", []), *added]
+            limit = " ".join(
+                f"{opt} {v:g}"
+                for opt, v in (("--max-drop", self.budget.max_drop), ("--max-disagree", self.budget.max_disagree))
+                if v is not None
+            )
+            head.append(
+                f"# accuracy budget {limit}: the search kept {len(added)} layer(s) in higher precision "
+                f"({'met' if budget.get('met') else 'NOT met'}); they are in quantize.exclude"
+            )
         data = {
             "model": self.model or model,
             "target": getattr(self.recipe, "target", None),
-            "description": f"resolved by edgeconvnext run from {self.recipe.path.name if self.recipe else 'defaults'}",
+            "description": head[0][2:],
             "img_size": self.img_size or img_size,
             "quantize": q,
+            "qat": self.qat_settings(),
             "build": self.build,
             "validate": self.validate,
         }
-        return yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)
+        body = yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)
+        return "\n".join(head) + "\n" + body
 
 
 def resolve_options(opts: RunOptions) -> Resolved:
@@ -278,6 +314,12 @@ def resolve_options(opts: RunOptions) -> Resolved:
     method = _check_method(opts)
     budget = check_budget(opts, method)
     rec = load_recipe(opts.recipe) if opts.recipe else None
+    qat = None
+    if method == "qat":
+        from edgeconvnext.quantize.qat_config import resolve_sources as resolve_qat
+
+        qat, qat_src = resolve_qat(rec, {**opts.qat, "train_data": opts.train_data, "device": opts.device})
+        qat = qat.validated()
     q_cli = {k: v for k, v in opts.quantize.items() if v is not None}
     q_cli["method"] = method
     if "exclude" in q_cli:
@@ -325,9 +367,10 @@ def resolve_options(opts: RunOptions) -> Resolved:
         build=build,
         validate=vcfg.to_dict(),
         latency_batches=batches,
-        sources={"quantize": q_src, "build": b_src, "validate": v_src},
+        sources={"quantize": q_src, "build": b_src, "validate": v_src, **({"qat": qat_src} if qat else {})},
         budget=budget,
         min_val_size=opts.budget.get("min_val_size"),
+        qat=qat,
     )
 
 
@@ -502,7 +545,9 @@ class Pipeline:
             **self._model_config(),
             **cfg,
             "calib_data": folder_fingerprint(self.opts.calib_data),
-            "qat": {**self.opts.qat, "train_data": folder_fingerprint(self.opts.train_data)} if qat else None,
+            "qat": {**(self.cfg.qat_settings() or {}), "train_data": folder_fingerprint(self.opts.train_data)}
+            if qat
+            else None,
         }
         if (budget := self.cfg.budget_dict()) is not None:  # the search's settings and its images (a run without
             # a budget keeps the key it had before the search landed)
@@ -586,13 +631,10 @@ class Pipeline:
 
     def _qat(self) -> Any:
         """Quantization-aware training (edgeconvnext.quantize.qat) to the same INT8 ONNX path as PTQ."""
-        from edgeconvnext.quantize.qat import QatConfig, qat
+        from edgeconvnext.quantize.qat import qat
 
-        qcfg = QatConfig(
-            train_data=self.opts.train_data,
-            device=self.opts.device,
-            **{k: v for k, v in self.opts.qat.items() if v is not None},
-        )
+        qcfg = self.cfg.qat
+        assert qcfg is not None  # resolve_options resolves it for --method qat
         cs = getattr(self.ev, "progress", None)
         return qat(
             self.loaded(),
