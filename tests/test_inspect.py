@@ -37,6 +37,7 @@ DESCRIBE_KEYS = {
     "metadata_props",
     "norm_input_dtypes",
     "onnx_version",
+    "sidecar",
 }
 
 
@@ -166,6 +167,32 @@ def test_cli_inspect_trt(fp16_onnx, tmp_path, capsys):
     assert main(["inspect", str(bad), "--trt"]) == 6
     cap = capsys.readouterr()
     assert "violation" in cap.out and cap.err.startswith("error: ") and "TensorRT rule violation" in cap.err
+
+
+def test_cli_inspect_shows_the_sidecar_and_whether_it_describes_the_file(fp16_onnx, tmp_path, capsys):
+    import shutil
+
+    src, _ = fp16_onnx
+    path = tmp_path / "v2.onnx"
+    shutil.copy(src, path)
+    shutil.copy(src.with_name(src.name + ".json"), tmp_path / "v2.onnx.json")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sidecar v2.onnx.json (export, " in out and "): describes this file" in out
+    assert "export parity vs torch" in out and "checkpoint: " not in out  # a checkpoint-less export: no input
+    side = json.loads((tmp_path / "v2.onnx.json").read_text())
+    side["outputs"][0]["sha256"] = "0" * 64  # the sidecar of another file (the ONNX was replaced after)
+    (tmp_path / "v2.onnx.json").write_text(json.dumps(side))
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sidecar"]["status"] == "changed"
+    assert main(["inspect", str(path)]) == 0
+    assert "the file changed after it was written" in capsys.readouterr().out
+    (tmp_path / "v2.onnx.json").write_text("{not json")
+    assert main(["inspect", str(path)]) == 0  # a broken sidecar is reported, never a failure of inspect
+    assert "unreadable (not an edgeconvnext sidecar)" in capsys.readouterr().out
+    (tmp_path / "v2.onnx.json").unlink()
+    assert main(["inspect", str(path)]) == 0
+    assert "sidecar: none beside it" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("make", ["missing", "text"])

@@ -283,6 +283,21 @@ def test_run_exports_what_trt_and_ptq_expect(world, full_run):
 
 def test_validate_inspect_build_engine_take_the_qat_onnx(world, full_run, capsys):
     assert main(["-q", "inspect", str(full_run.path), "--trt"]) == 0
+    from edgeconvnext.onnx.info import sidecar_summary
+
+    sc = sidecar_summary(full_run.path)
+    assert sc is not None and sc["status"] == "matches" and sc["lines"][0].startswith("QAT (")
+    assert any(x.startswith("ONNX vs the torch fake-quant model") for x in sc["lines"])
+    # the FP32 baseline and the manifest were made by the PTQ start under another name: the sidecars name the
+    # files they are written as
+    fp32 = sidecar_summary(full_run.fp32_path)
+    assert fp32 is not None and fp32["stage"] == "export" and fp32["status"] == "matches"
+    side = json.loads(full_run.sidecar.read_text())
+    assert side["details"]["calibration"]["manifest"] == full_run.manifest.name
+    assert (
+        json.loads(full_run.fp32_path.with_name(full_run.fp32_path.name + ".json").read_text())["outputs"][0]["path"]
+        == full_run.fp32_path.name
+    )
     assert main(["-q", "build-engine", str(full_run.path), "--fp16", "--dry-run"]) == 0  # needs no TensorRT
     assert (
         main(["-q", "validate", str(full_run.path), "--data", str(world["val"]), "--baseline", str(full_run.fp32_path)])

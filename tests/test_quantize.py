@@ -203,6 +203,16 @@ def test_policy_all_and_exclude(tmp_path, images):
     assert side["details"]["fp32_baseline"] is None and side["config"]["calib_method"] == "entropy"
     excluded = [r for r in side["details"]["placement"]["layers_detail"] if r["reason"].startswith("--exclude")]
     assert {r["layer"] for r in excluded} == {"stages.2.blocks.0.mlp.fc2", "stages.2.blocks.1.mlp.fc2", "head.fc"}
+    # inspect reads the sidecar back: what was asked and what was measured, in words
+    from edgeconvnext.onnx.info import sidecar_summary
+
+    sc = sidecar_summary(out)
+    assert sc is not None and sc["stage"] == "quantize" and sc["status"] == "matches"
+    assert sc["inputs"]["calib_data"] == str(images)
+    n_int8 = sum(layers.values())
+    assert sc["lines"][0].startswith("PTQ (ort, entropy, policy all, smoothing on), ")
+    assert any(f"INT8 on {n_int8}/{len(layers)} layers" in x and "excluded by the user: " in x for x in sc["lines"])
+    assert any(x.startswith("vs FP32 on ") for x in sc["lines"]) and "TensorRT rules when written: OK" in sc["lines"]
 
 
 def test_manifest_reuse_gives_the_same_model(tmp_path, images):

@@ -1,4 +1,5 @@
-"""``edgeconvnext inspect MODEL.onnx``: ops, opset, inputs/outputs, metadata, weights, Q/DQ count."""
+"""``edgeconvnext inspect MODEL.onnx``: ops, opset, inputs/outputs, metadata, weights, Q/DQ count, and what the
+provenance sidecar beside it (``MODEL.onnx.json``) records."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def _print(info: dict[str, Any], report: Any = None) -> None:
         c.print(t)
     else:
         c.print("  metadata: none (not written by edgeconvnext)")
+
+    sc = info.get("sidecar")
+    if sc is None:
+        c.print("  sidecar: none beside it (provenance unknown)")
+    else:
+        status = {
+            "matches": "describes this file",
+            "changed": "[bold red]the file changed after it was written: it describes another file[/]",
+            "unreadable": "[bold red]unreadable (not an edgeconvnext sidecar)[/]",
+        }[sc["status"]]
+        when = f", {sc['created'][:19].replace('T', ' ')}" if sc.get("created") else ""
+        c.print(f"  sidecar {escape(sc['file'])} ({escape(str(sc['stage']))}{escape(when)}): {status}")
+        for role, src in sc["inputs"].items():
+            c.print(f"          {escape(role)}: {escape(str(src))}")
+        for line in sc["lines"]:
+            c.print(f"          {escape(line)}")
 
     t = Table(title=f"ops ({info['nodes']} nodes)", title_justify="left")
     t.add_column("op", no_wrap=True)

@@ -120,7 +120,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     (name, dtype, shape with symbolic dims by name), nodes, ops (histogram), initializers, params,
     initializer_bytes, external_data, qdq ({QuantizeLinear, DequantizeLinear, total}), metadata (decoded
     edgeconvnext keys that are present), metadata_props (every raw key/value), norm_input_dtypes
-    ({op: {dtype: count}} for LayerNormalization/ReduceL2/ReduceSumSquare; None if shape inference fails).
+    ({op: {dtype: count}} for LayerNormalization/ReduceL2/ReduceSumSquare; None if shape inference fails),
+    sidecar (:func:`sidecar_summary`: what the provenance file beside it records; None without one).
     """
     from edgeconvnext.onnx.metadata import decode_metadata
 
@@ -158,4 +159,129 @@ def describe(path: str | Path) -> dict[str, Any]:
         "metadata_props": props,
         "norm_input_dtypes": norm,
         "onnx_version": onnx.__version__,
+        "sidecar": sidecar_summary(p),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# the provenance sidecar beside an ONNX (``x.onnx.json``, edgeconvnext.artifacts.Sidecar)
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "?"
+
+
+def _quantize_lines(cfg: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    lines = []
+    cal = d.get("calibration") or {}
+    if d.get("method") == "qat":
+        tr = d.get("training") or {}
+        hist = tr.get("history") or []
+        lines.append(
+            f"QAT ({tr.get('mode', '?')}, {tr.get('scales', '?')} scales), {len(hist)} epoch(s) of "
+            f"{tr.get('steps_per_epoch', '?')} steps, kept epoch {tr.get('best_epoch', '?')}; started from PTQ on "
+            f"{cal.get('images', '?')} calibration images"
+        )
+        par = d.get("parity_onnx_vs_torch") or {}
+        if par:
+            lines.append(
+                f"ONNX vs the torch fake-quant model on {par.get('images', '?')} images: top-1 agreement "
+                f"{_pct(par.get('top1_agreement'))}, max logit diff {par.get('max_abs_diff', float('nan')):.3g}"
+            )
+    else:
+        smooth = cfg.get("smooth")
+        lines.append(
+            f"PTQ ({cfg.get('backend', '?')}, {cfg.get('calib_method', '?')}, policy {cfg.get('policy', '?')}"
+            + ("" if smooth is None else f", smoothing {'on' if smooth else 'off'}")
+            + f"), {cal.get('images', '?')} calibration images"
+        )
+    pl = d.get("placement") or {}
+    if pl:
+        share = pl.get("int8_macs_share")
+        lines.append(
+            f"INT8 on {pl.get('int8_layers', '?')}/{pl.get('layers', '?')} layers"
+            + (f" ({_pct(share)} of MACs)" if share is not None else "")
+            + (f", excluded by the user: {', '.join(cfg['exclude'])}" if cfg.get("exclude") else "")
+        )
+    agr = d.get("agreement_vs_fp32") or {}
+    if agr:
+        lines.append(
+            f"vs FP32 on {agr.get('images', '?')} calibration images: top-1 agreement "
+            f"{_pct(agr.get('top1_agreement'))}, min cosine {agr.get('cosine_min', float('nan')):.4f}"
+        )
+    b = d.get("budget")
+    if b:
+        lines.append(
+            f"accuracy budget ({b.get('metric')} <= {b.get('limit')}): {'met' if b.get('met') else 'NOT met'} at "
+            f"{b.get('value')}, {len(b.get('reverted') or [])} layer group(s) kept in higher precision"
+            + (f": {', '.join(b['reverted'])}" if b.get("reverted") else "")
+        )
+    sm = d.get("smoothing") or {}
+    if sm.get("pairs"):
+        ratio = (sm.get("outlier_ratio_before_max"), sm.get("outlier_ratio_after_max"))
+        lines.append(
+            f"smoothing: {sm['pairs']} LayerNorm -> layer pairs equalised (alpha {sm.get('alpha', '?')})"
+            + (f", worst channel outlier ratio {ratio[0]:.1f} -> {ratio[1]:.1f}" if None not in ratio else "")
+        )
+    trt = d.get("trt_check") or {}
+    if trt:
+        lines.append("TensorRT rules when written: " + ("OK" if trt.get("ok") else "violations (run inspect --trt)"))
+    return lines
+
+
+def _export_lines(d: dict[str, Any]) -> list[str]:
+    par, sm = d.get("parity") or {}, d.get("smoothing") or {}
+    lines = []
+    if par:
+        lines.append(
+            f"export parity vs {par.get('reference', 'torch')}: max |diff| {par.get('max_abs_diff', float('nan')):.2e}"
+            f" (relative {par.get('rel_diff', float('nan')):.1e}), top-1 agreement {_pct(par.get('top1_agreement'))}"
+        )
+    if sm.get("folded"):
+        lines.append(f"smoothing folded into the weights after the parity check ({sm.get('pairs', '?')} pairs)")
+    return lines
+
+
+def sidecar_summary(path: str | Path) -> dict[str, Any] | None:
+    """What the sidecar beside ``path`` (``x.onnx.json``) says, for ``inspect``; None when there is none.
+
+    Keys: file (the sidecar's name), stage, created, status ("matches": the file is the one the sidecar
+    describes, by sha256; "changed": it was modified or replaced after; "unreadable": not a sidecar), inputs
+    (role -> path), lines (what the stage measured, in words: method, calibration, placement, agreement,
+    budget, parity). Never raises on a foreign or older sidecar: missing fields read "?".
+    """
+    import json
+
+    from edgeconvnext.artifacts import sha256_file, sidecar_path
+
+    p = Path(path)
+    sc = sidecar_path(p)
+    if not sc.is_file():
+        return None
+    out: dict[str, Any] = {"file": sc.name, "stage": None, "created": None, "status": "unreadable", "inputs": {}}
+    try:
+        data = json.loads(sc.read_text())
+        outputs = data["outputs"]
+        stage = data["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        out["lines"] = []
+        return out
+    want = outputs[0].get("sha256") if outputs and isinstance(outputs[0], dict) else None  # the artifact first
+    out.update(
+        stage=stage,
+        created=data.get("created"),
+        status="matches" if want is not None and want == sha256_file(p) else "changed",
+        inputs={i.get("role", "?"): i.get("path") for i in data.get("inputs") or [] if isinstance(i, dict)},
+    )
+    cfg, details = data.get("config") or {}, data.get("details") or {}
+    try:
+        out["lines"] = (
+            _quantize_lines(cfg, details)
+            if stage == "quantize"
+            else _export_lines(details)
+            if stage == "export"
+            else []
+        )
+    except (TypeError, ValueError, AttributeError):  # a field of another shape (older or foreign sidecar)
+        out["lines"] = []
+    return out

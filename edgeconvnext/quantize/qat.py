@@ -1557,7 +1557,7 @@ def _write_outputs(
         t_man.write_bytes(kept.manifest)
         if t_fp is not None and t_fps is not None:
             t_fp.write_bytes(kept.fp32)
-            t_fps.write_bytes(kept.fp32_sidecar)
+            t_fps.write_bytes(_renamed_sidecar(kept.fp32_sidecar, paths["fp32"].name))
         save_checkpoint(
             t_ckpt, plain, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess, extra=extra
         )
@@ -1623,7 +1623,8 @@ def _sidecar(
             },
             "training": train_summary,
             "placement": policy_mod.details(placement),
-            "calibration": kept.ptq_summary.get("calibration"),
+            # the PTQ start ran under another name (ptq.*): its files are written here as OUT.calib.json ...
+            "calibration": _renamed_manifest(kept.ptq_summary.get("calibration"), paths["manifest"].name),
             "ptq": kept.ptq_summary,
             "start_vs_ptq": kept.start_vs_ptq,
             "parity_onnx_vs_torch": ex.parity,
@@ -1634,6 +1635,22 @@ def _sidecar(
             "notes": list(getattr(loaded, "notes", []) or []) + s.notes,
         },
     )
+
+
+def _renamed_manifest(calibration: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """The PTQ start's calibration details with the manifest named as it is written beside the QAT ONNX."""
+    if not calibration or "manifest" not in calibration:
+        return calibration
+    return {**calibration, "manifest": name}
+
+
+def _renamed_sidecar(sidecar: bytes, name: str) -> bytes:
+    """The FP32 baseline's sidecar (written by the PTQ start as ptq.fp32.onnx.json) naming the file it sits
+    beside: its first output is the artifact, matched by name and sha256 by inspect and the up-to-date checks."""
+    data = json.loads(sidecar)
+    if data.get("outputs"):
+        data["outputs"][0]["path"] = name
+    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def _result(
