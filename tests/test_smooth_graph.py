@@ -172,8 +172,39 @@ def test_quantize_smooths_in_the_calibration_pass_and_keeps_the_torch_route(tmp_
     assert side["details"]["fp32_baseline"]["sha256"] == digest
     base_side = json.loads((tmp_path / "one.fp32.onnx.json").read_text())
     assert base_side["outputs"][0]["sha256"] == digest and base_side["details"]["smoothing"]["pairs"] == 9
+    check = base_side["details"]["smoothing"]["fold_check"]  # the folded graph run against the unfolded one
+    assert check["images"] == 2 and check["rel_diff"] < 1e-5 and check["tolerance_rel"] == 1e-4
     hist_side = json.loads((tmp_path / "hist.onnx.json").read_text())
     assert hist_side["details"]["smoothing"]["statistics"] == "calibration images (32)"
     for out in (one, hist):
         r = _validate(out, outlier_data)
         assert r["baseline_top1"] == 100.0 and r["drop"] <= 2.0 and r["cosine_min"] > 0.99, (out.name, r)
+
+
+def test_a_fold_that_changes_the_function_is_refused(tmp_path, outlier_data, monkeypatch, capsys):
+    """The folded FP32 graph is run against the calibration pass's unfolded logits before anything is written:
+    a fold that scaled the LayerNorm but not the next layer (a broken fold) exits with one line, no files."""
+    import edgeconvnext.quantize.smooth_graph as sg
+
+    real = sg.fold_graph
+
+    def broken(model, pairs, scales):  # every pair's LayerNorm / s, the first pair's layer not x s
+        out = real(model, pairs, scales)
+        first = pairs[0]
+        layer = next(n for n in out.graph.node if n.name == first.layer_node)
+        init = next(t for t in out.graph.initializer if t.name == layer.input[1])
+        from onnx import numpy_helper
+
+        s = np.asarray(scales[first.norm], np.float32)
+        shape = [1] * len(init.dims)
+        shape[first.axis] = -1
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / s.reshape(shape), init.name))
+        return out
+
+    monkeypatch.setattr(sg, "fold_graph", broken)
+    out = tmp_path / "bad.onnx"
+    args = ["quantize", "-c", str(outlier_data / "m.safetensors"), "--calib-data", str(outlier_data / "calib")]
+    code = main([*args, "--calib-size", "32", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("error: the smoothing fold changed the FP32 model") and "--no-smooth" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.iterdir())

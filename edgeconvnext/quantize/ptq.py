@@ -84,6 +84,9 @@ log = logging.getLogger(__name__)
 
 #: calibration images the INT8 model is compared with FP32 on, after quantization (sidecar: agreement)
 AGREEMENT_IMAGES = 32
+#: calibration images the folded FP32 graph (smoothing from the calibration pass) is run on and compared with the
+#: unfolded graph's logits of the same pass: the fold must not change the function (export's FP32 tolerance)
+FOLD_CHECK_IMAGES = 2
 
 
 def prepare(
@@ -464,7 +467,9 @@ def _quantize_with(
         step(f"comparing INT8 with FP32 on {min(AGREEMENT_IMAGES, len(cs))} calibration images")
         if fold is not None:
             fp32_bytes = fp32_model.SerializeToString()
-            fp32_sidecar = _folded_baseline_sidecar(exp, fp32_bytes, smoothing)
+            n_fold = min(FOLD_CHECK_IMAGES, len(cs))
+            fold_check = _check_fold(fp32_bytes, cs.images[:n_fold], _first_rows(fp32_logits, n_fold))
+            fp32_sidecar = _folded_baseline_sidecar(exp, fp32_bytes, smoothing, fold_check)
         else:
             fp32_bytes, fp32_sidecar = exp.path.read_bytes(), exp.sidecar.read_bytes()
         fp32_ref: dict[str, Any] = {"bytes": len(fp32_bytes), "sha256": _sha256_bytes(fp32_bytes)}
@@ -576,15 +581,48 @@ def smooth_in_calibration(cfg: QuantizeConfig) -> bool:
     return cfg.smooth and cfg.backend == "ort" and cfg.calib_method == "minmax"
 
 
-def _folded_baseline_sidecar(exp: ExportResult, data: bytes, report: SmoothReport | None) -> bytes:
+def _check_fold(fp32: bytes, images: Any, unfolded_logits: Any) -> dict[str, Any] | None:
+    """The folded FP32 graph (``fp32``) against the unfolded graph's logits of the same calibration images (the
+    calibration pass's): max |diff| / max |logit| must stay within the export's FP32 tolerance, else ExportError
+    (a fold that changed the function would hide behind every later check, which all compare with it). None
+    when the pass kept no logits."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeconvnext.export.onnx_export import PARITY_REL_TOL
+
+    if unfolded_logits is None:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(fp32, opts, providers=["CPUExecutionProvider"])
+    got = np.asarray(sess.run(None, {"input": images})[0], np.float64)
+    ref = np.asarray(unfolded_logits, np.float64)
+    diff = float(np.abs(got - ref).max()) if np.isfinite(got).all() else float("inf")
+    rel = diff / max(float(np.abs(ref).max()), 1e-12)
+    tol = PARITY_REL_TOL["fp32"]
+    if not rel <= tol:
+        raise ExportError(
+            f"the smoothing fold changed the FP32 model: on {len(ref)} calibration images its logits differ from "
+            f"the unfolded graph's by {diff:.3g} (rel {rel:.3g} > {tol:g}); nothing was written. Quantize with "
+            "--no-smooth, and report this graph (rerun with --debug)"
+        )
+    return {"images": int(len(ref)), "max_abs_diff": diff, "rel_diff": rel, "tolerance_rel": tol}
+
+
+def _folded_baseline_sidecar(
+    exp: ExportResult, data: bytes, report: SmoothReport | None, check: dict[str, Any] | None = None
+) -> bytes:
     """The export's sidecar for the FP32 baseline with the smoothing folded in (``data``): its output is the
-    folded graph, and it says what was folded after the export's parity check."""
+    folded graph, and it says what was folded after the export's parity check and how the fold was checked."""
     sc = Sidecar.from_dict(json.loads(exp.sidecar.read_text()))
     sc.outputs[0] = {**sc.outputs[0], "bytes": len(data), "sha256": _sha256_bytes(data)}
     sc.details["smoothing"] = {
         "folded": "after calibration: LayerNorm scale and bias / s, the next layer's input channels x s "
         "(quantize/smooth_graph.py)",
-        "function": "unchanged: the parity above is of the export before the fold",
+        "function": "unchanged: the parity above is of the export before the fold; fold_check: the folded graph vs "
+        "the unfolded one on calibration images (onnxruntime)",
+        "fold_check": check,
         "pairs": len(report.pairs) if report else 0,
         "alpha": report.alpha if report else None,
         "statistics": report.statistics if report else None,
