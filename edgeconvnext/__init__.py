@@ -2,8 +2,8 @@
 
 One sub-package per pipeline stage, imports following the data flow: models (architectures, checkpoints),
 data, train -> export -> quantize -> engine -> runtime -> evaluate, over onnx (graph index, metadata, FP16,
-TensorRT rules) and env (machine probes); pipeline and cli on top; errors, config, artifacts and recipes are
-shared by all. onnx, engine and runtime never import models, train or export; engine never imports torch.
+TensorRT rules) and env (machine probes); pipeline and cli on top; errors, config, artifacts, signals and
+recipes are shared by all. onnx, engine and runtime never import models, train or export; engine never imports torch.
 Importing the package is cheap: heavy libraries are imported inside the functions that need them.
 """
 

@@ -166,48 +166,6 @@ def remove_stale_temps(dest: str | Path) -> list[Path]:
     return removed
 
 
-# ---------------------------------------------------------------------------------------------------
-# termination signals: SIGTERM (timeout, kill, systemd) and SIGHUP (a closed terminal) take Ctrl-C's path, so
-# every atomic_output / temp_dir_beside cleans up; the CLI exits 128 + the signal number.
-
-_RECEIVED: list[int] = []
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    _RECEIVED.append(signum)
-    if len(_RECEIVED) == 1:  # a second signal must not break the cleanup the first one started
-        raise KeyboardInterrupt(signal_name(signum))
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-@contextlib.contextmanager
-def terminate_like_interrupt() -> Iterator[list[int]]:
-    """Within the block SIGTERM and SIGHUP raise KeyboardInterrupt (as SIGINT does); yields the list of the
-    signals received. The previous handlers come back on exit. A no-op outside the main thread."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield []
-        return
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    previous = {s: signal.signal(s, _raise_interrupt) for s in wanted}
-    _RECEIVED.clear()
-    try:
-        yield _RECEIVED
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _cannot_write(dest: Path, e: OSError, folder: Path | None = None) -> UsageError:
     blocker = next((a for a in dest.parents if a.exists() and not a.is_dir()), None)
     reason = (

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from edgeconvnext.cli import app, main
+from edgeconvnext.cli._common import COMMANDS
 
 
 @pytest.mark.parametrize(
@@ -173,3 +177,69 @@ def test_quiet_shows_no_warnings_only_the_final_line(tmp_path, capsys):
     )
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.count("\n") == 1 and "1 unreadable skipped" in r.stdout
+
+
+def _fresh_cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m edgeconvnext ARGS`` in a fresh interpreter; ``code`` runs after it, with ``rc`` its exit code."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['edgeconvnext', *{list(args)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('edgeconvnext', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    rc = e.code\n" + code
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_root_help_lists_every_command_without_importing_any(monkeypatch):
+    # the root --help imported every command module (and typer built all of them): ~0.3 s before any output
+    monkeypatch.setenv("COLUMNS", "80")
+    done = _fresh_cli("--help", code="print(*sorted(sys.modules), sep='\\n', file=sys.stderr)\nsys.exit(rc)")
+    assert done.returncode == 0, done.stderr
+    modules = set(done.stderr.split())
+    assert not {"torch", "onnx", "onnxruntime"} & modules
+    assert {m for m in modules if m.startswith("edgeconvnext.cli.")} == {
+        "edgeconvnext.cli._common",
+        "edgeconvnext.cli._lazy",
+    }
+    listing = done.stdout.split("\nCommands:\n")[1].splitlines()
+    assert [line.split()[0] for line in listing] == [row[0] for row in COMMANDS]
+    for line, (name, _, _, summary) in zip(listing, COMMANDS, strict=True):
+        shown = line.split(None, 1)[1].removesuffix("...")
+        assert len(shown) > 20 and summary.startswith(shown), (name, line)
+
+
+def test_a_subcommand_help_imports_no_pydantic():
+    # typer built a pydantic TypeAdapter for the unset --help flag's None: importing pydantic was a third of
+    # 'quantize --help'
+    done = _fresh_cli("quantize", "--help", code="print('pydantic' in sys.modules, file=sys.stderr)\nsys.exit(rc)")
+    assert done.returncode == 0 and "--calib-data" in done.stdout, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("name,module,function,summary", COMMANDS, ids=[row[0] for row in COMMANDS])
+def test_the_command_table_says_what_each_command_does(name, module, function, summary):
+    # the root --help shows the table's summaries: they must be the commands' own, at any terminal width
+    import importlib
+    import inspect
+
+    from typer._click.utils import make_default_short_help
+
+    from edgeconvnext.cli import _click_exceptions, _command
+
+    callback = getattr(importlib.import_module(f"edgeconvnext.cli.{module}"), function)
+    assert summary == inspect.getdoc(callback).splitlines()[0]
+    built = _command(_click_exceptions()).get_command(None, name)
+    assert built is not None and built.callback.__wrapped__ is callback
+    for limit in range(30, 75):
+        assert make_default_short_help(summary, limit).strip() == built.get_short_help_str(limit)
+
+
+def test_an_unknown_command_is_one_error_line():
+    done = _fresh_cli("nosuch", code="sys.exit(rc)")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "error: No such command 'nosuch'. (see 'edgeconvnext --help')\n"
+    done = _fresh_cli("quantiz", code="sys.exit(rc)")  # a name of the table, none of whose commands is built yet
+    assert done.returncode == 2
+    assert done.stderr == "error: No such command 'quantiz'. Did you mean 'quantize'? (see 'edgeconvnext --help')\n"

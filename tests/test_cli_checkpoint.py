@@ -14,7 +14,7 @@ from edgeconvnext.cli import _common, main
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 export = pytest.importorskip("edgeconvnext.export.onnx_export")
-if not any(name == "export" for name, _, _ in _common.COMMANDS):
+if not any(row[0] == "export" for row in _common.COMMANDS):
     pytest.skip("the export command is not registered", allow_module_level=True)
 
 from test_checkpoint import make_model, plain_sd, to_hf, to_official  # noqa: E402

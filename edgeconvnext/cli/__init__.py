@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -16,12 +15,20 @@ from typing import Any
 import typer
 
 from edgeconvnext.cli import _common
-from edgeconvnext.cli.demo import demo_cmd
-from edgeconvnext.cli.models import models_cmd
+from edgeconvnext.cli._lazy import LazyGroup
 from edgeconvnext.errors import EdgeError
+
+
+class _Group(LazyGroup):
+    """The commands of ``_common.COMMANDS``, each imported and built when it runs or shows its help."""
+
+    def prepare(self, command: Any) -> None:
+        _finite_floats(command, _click_exceptions())
+
 
 app = typer.Typer(
     name="edgeconvnext",
+    cls=_Group,
     help="ConvNeXt V1/V2: checkpoint -> INT8 Q/DQ ONNX -> TensorRT engine -> validated accuracy and latency.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -50,18 +57,14 @@ def _root(
 ) -> None:
     _common.STATE.debug = debug
     _common.STATE.quiet = quiet
+    import logging  # here, not at the top: a bare --help has no use for it
+
     # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-app.command("models")(models_cmd)
-app.command("demo")(demo_cmd)
-for _name, _mod, _fn in _common.COMMANDS:
-    app.command(_name)(getattr(__import__(f"{__name__}.{_mod}", fromlist=[_fn]), _fn))
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
@@ -103,7 +106,7 @@ def _bare_force(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
-    from edgeconvnext.artifacts import terminate_like_interrupt
+    from edgeconvnext.signals import terminate_like_interrupt
 
     if hasattr(sys.stdout, "reconfigure"):  # any other text holding a non-UTF-8 file name: escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -140,9 +143,10 @@ def _warnings_to_logging(debug: bool) -> Iterator[None]:
     warning's source line; --debug adds the whole message and where it was raised. Restored on return."""
     import warnings
 
-    logger = logging.getLogger("py.warnings")
-
     def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
+        import logging  # on the first warning: a bare --help imports no logging
+
+        logger = logging.getLogger("py.warnings")
         text = str(message).strip()
         if debug:
             logger.warning("%s: %s (%s:%d)", category.__name__, text, filename, lineno)
@@ -207,9 +211,9 @@ _COMMAND: dict[tuple[Any, ...], Any] = {}  # the click command typer built from 
 
 
 def _command(cx: Any) -> Any:
-    """The click command of ``app``, built once per set of registered commands: typer inspects every command's
-    signature to build it (about 0.3 s, paid again by every main() call of a process that runs many, such as
-    the tests)."""
+    """The click group of ``app``, built once per set of commands registered on ``app`` itself (the tests' hidden
+    ones; the table's are built by the group when used, once per process: typer inspects a command's signature
+    to build it, which a process that runs many main() calls, such as the tests, would pay again)."""
     key = tuple(app.registered_commands)  # the objects themselves (by identity): a command added later rebuilds
     if key not in _COMMAND:
         command = typer.main.get_command(app)
@@ -219,10 +223,18 @@ def _command(cx: Any) -> Any:
     return _COMMAND[key]
 
 
+def _click_exceptions() -> Any:
+    try:
+        from typer._click import exceptions as cx  # typer >= 0.2x vendors click
+    except ImportError:  # older typer runs on click itself
+        from click import exceptions as cx  # type: ignore[no-redef]
+    return cx
+
+
 def _interrupted(signals: list[int]) -> int:
     """The line and exit code of an interrupted run: 130 for Ctrl-C, 128 + N for signal N (SIGTERM: 143)."""
     if signals:
-        from edgeconvnext.artifacts import signal_name
+        from edgeconvnext.signals import signal_name
 
         _common.err(f"terminated by {signal_name(signals[0])}; nothing half-written was kept")
         return 128 + signals[0]
@@ -231,10 +243,7 @@ def _interrupted(signals: list[int]) -> int:
 
 
 def _main(args: list[str], signals: list[int]) -> int:
-    try:
-        from typer._click import exceptions as cx  # typer >= 0.2x vendors click
-    except ImportError:  # older typer runs on click itself
-        from click import exceptions as cx  # type: ignore[no-redef]
+    cx = _click_exceptions()
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
     debug = "--debug" in args

@@ -21,18 +21,82 @@ class _State:
 
 STATE = _State()
 
-# (command name, module in edgeconvnext.cli, function), in pipeline order (as --help lists them).
-COMMANDS: list[tuple[str, str, str]] = [
-    ("run", "run", "run_cmd"),
-    ("finetune", "finetune", "finetune_cmd"),
-    ("export", "export", "export_cmd"),
-    ("quantize", "quantize", "quantize_cmd"),
-    ("sensitivity", "sensitivity", "sensitivity_cmd"),
-    ("inspect", "inspect", "inspect_cmd"),
-    ("build-engine", "build_engine", "build_engine_cmd"),
-    ("validate", "validate", "validate_cmd"),
-    ("doctor", "doctor", "doctor_cmd"),
-    ("device-check", "device_check", "device_check_cmd"),
+# (command name, module in edgeconvnext.cli, function, summary), in pipeline order (as --help lists them). The
+# summary is the first line of the function's docstring (tests/test_cli.py checks it): the root --help lists the
+# commands from this table without importing their modules (edgeconvnext.cli._lazy).
+COMMANDS: list[tuple[str, str, str, str]] = [
+    (
+        "models",
+        "models",
+        "models_cmd",
+        "List architectures: params (M) and GMACs at 224 px computed from the model, default preprocessing.",
+    ),
+    (
+        "demo",
+        "demo",
+        "demo_cmd",
+        "Run checkpoint -> INT8 ONNX (TensorRT rules checked) -> validation vs FP32 on the bundled Fashion-MNIST demo.",
+    ),
+    (
+        "run",
+        "run",
+        "run_cmd",
+        "Checkpoint to device bundle in one command: FP32, FP16 and INT8 ONNX, TensorRT rules, engines where",
+    ),
+    (
+        "finetune",
+        "finetune",
+        "finetune_cmd",
+        "Fine-tune (or train) a ConvNeXt: AdamW, warm-up + cosine, label smoothing, mild augmentation.",
+    ),
+    (
+        "export",
+        "export",
+        "export_cmd",
+        "Export a checkpoint (or random weights) to ONNX, checked by onnx.checker and verified in onnxruntime.",
+    ),
+    (
+        "quantize",
+        "quantize",
+        "quantize_cmd",
+        "Quantize a checkpoint to INT8 ONNX with explicit Q/DQ that follows TensorRT's rules, calibrated on images.",
+    ),
+    (
+        "sensitivity",
+        "sensitivity",
+        "sensitivity_cmd",
+        "Rank the INT8 layer groups by harm on validation images (each alone in INT8; calibrated once).",
+    ),
+    (
+        "inspect",
+        "inspect",
+        "inspect_cmd",
+        "Describe an ONNX file: ops, opset, inputs/outputs, edgeconvnext metadata, weights, Q/DQ nodes.",
+    ),
+    (
+        "build-engine",
+        "build_engine",
+        "build_engine_cmd",
+        "Build a TensorRT engine (TensorRT 10.x or 11.x, strongly typed) from an ONNX model.",
+    ),
+    (
+        "validate",
+        "validate",
+        "validate_cmd",
+        "Top-1/top-5 of MODEL on labelled images; with a baseline (--baseline ONNX or --checkpoint) the drop,",
+    ),
+    (
+        "doctor",
+        "doctor",
+        "doctor_cmd",
+        "Report GPU, driver, CUDA, TensorRT (bindings and trtexec), Jetson model, JetPack, power mode, clocks,",
+    ),
+    (
+        "device-check",
+        "device_check",
+        "device_check_cmd",
+        "Build each engine of BUNDLE (strongly typed, the recipe's profile and workspace), validate accuracy and",
+    ),
 ]
 
 

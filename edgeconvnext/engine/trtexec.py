@@ -86,7 +86,7 @@ def _failure(done: subprocess.CompletedProcess, plan: BuildPlan, dest: Path, log
     """What a failed trtexec run says: how it ended (its exit status, or the signal that killed it), the engine
     it was building and the ONNX it read (not the temporary files, which are deleted with the failed build),
     and the last lines of its stderr (TensorRT's logger writes errors there), else of its stdout."""
-    from edgeconvnext.artifacts import signal_name
+    from edgeconvnext.signals import signal_name
 
     rc = done.returncode
     if rc < 0:
