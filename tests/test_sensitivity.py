@@ -183,3 +183,141 @@ def test_missing_val_data_is_refused_before_the_model_loads(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 4 and err == [f"error: --val-data folder not found: {tmp_path / 'nope'}"]
+
+
+@pytest.fixture(scope="module")
+def quantized(data, tmp_path_factory):
+    """(all-INT8 model, FP32 model, placement, validation set) of the tiny outlier model, ``--no-smooth``."""
+    from edgeconvnext.models.checkpoint import load_model
+    from edgeconvnext.quantize import QuantizeConfig, quantize
+    from edgeconvnext.quantize.valset import load_valset
+
+    loaded = load_model("convnextv2_test", data / "m.safetensors")
+    out = tmp_path_factory.mktemp("q") / "all.int8.onnx"
+    cfg = QuantizeConfig(calib_size=32, smooth=False, keep_fp32=True)
+    res = quantize(loaded, out, calib_data=data / "calib", config=cfg)
+    val = load_valset(data / "val", loaded.preprocess, loaded.class_names, loaded.num_classes)
+    return onnx.load(str(res.path)), onnx.load(str(res.fp32_path)), res.placement, val
+
+
+@pytest.mark.parametrize("mode", ["isolate", "revert"])
+def test_variants_in_one_session_score_exactly_as_one_session_each(quantized, mode):
+    # combine(): the group variants side by side in one graph, one session; the scores (every metric, hence the
+    # ranking) must equal those of a session per variant, and the image-passes count each variant
+    from edgeconvnext.quantize import sensitivity as sens
+
+    q, fp32, placement, val = quantized
+    groups = sens.groups_of(placement)
+    assert sens.variants_per_session(fp32, len(groups)) == (len(groups), sens.BATCH)  # 40 px: all in one
+    got = {}
+    for per in (None, 1, 5):  # all in one, one each, in chunks (the last one short)
+        ev = sens.Evaluator(fp32.SerializeToString(), val.images, val.labels)
+        base = ev.run(q)
+        subset = ev.subset(base, 64)
+        scores = sens.rank(ev, q, fp32, groups, subset, base, mode=mode, per_session=per)
+        got[per] = [s.to_dict() for s in scores]
+        assert ev.images_run == 2 * len(ev) + len(groups) * len(subset)
+    assert got[None] == got[1] == got[5]
+    assert len(got[None]) == INT8_LAYERS
+
+
+def test_variants_per_session_bounds_the_activation_memory(quantized):
+    from edgeconvnext.quantize import sensitivity as sens
+
+    _, fp32, _, _ = quantized
+    largest = sens.largest_activation(fp32)
+    assert largest is not None and largest > 0
+    per_iv = 16 * largest  # the estimate's bytes per image and variant
+    for n in (1, 3, 13, 1000):
+        v, b = sens.variants_per_session(fp32, n)
+        assert 1 <= v <= n
+        assert v == 1 or v * b * per_iv <= sens.VARIANT_MEMORY
+    old = sens.VARIANT_MEMORY
+    try:  # a budget for 2 variants at the smallest batch: 2 variants, the batch cut to fit
+        sens.VARIANT_MEMORY = 2 * sens.MIN_VARIANT_BATCH * per_iv
+        assert sens.variants_per_session(fp32, 13) == (2, sens.MIN_VARIANT_BATCH)
+        sens.VARIANT_MEMORY = per_iv  # not even one variant at the smallest batch: a session each, full batch
+        assert sens.variants_per_session(fp32, 13) == (1, sens.BATCH)
+    finally:
+        sens.VARIANT_MEMORY = old
+
+
+@pytest.mark.parametrize(
+    "budget, f, stops, failed_checks, stopped_check, retry",
+    [
+        (10.0, 64, True, False, False, False),
+        (10.0, 20, False, True, True, False),  # 20 images: one batch, no stop on the subset; a check stops
+        # a check fails with nothing lost on the subset: "outside losses stay" then holds every estimate over
+        # budget, and the search goes on anchored on all-INT8 from that check, where it is met
+        (0.5, 64, True, True, False, True),
+    ],
+)
+def test_budget_search_early_stops_only_steps_over_budget_and_counts_its_images(
+    quantized, budget, f, stops, failed_checks, stopped_check, retry
+):
+    # every step's estimate is anchored on the last model checked on every image (budget.py's doc); a step
+    # stopped early must be over budget on the whole subset too (its complete run is redone here), and the
+    # images counted must be exactly: FP32 + all-INT8 + the ranking + what each step ran + the re-checks'
+    # images outside the subset
+    import numpy as np
+
+    from edgeconvnext.quantize import sensitivity as sens
+    from edgeconvnext.quantize.budget import Budget, search
+
+    q, fp32, placement, val = quantized
+    model, placement2, r = search(q, fp32, placement, val, Budget(max_drop=budget, subset_size=f))
+    assert r.met and r.steps[-1].checked and r.steps[-1].value <= budget
+    assert (r.retry_from is not None) == retry
+    n = len(val)
+    ev = sens.Evaluator(fp32.SerializeToString(), val.images, val.labels)
+    base = ev.run(q)
+    subset = ev.subset(base, f)
+    outside = np.setdiff1d(np.arange(n), subset)
+    by_layer = {g.layer: g for g in sens.groups_of(placement)}
+    anchor_sub, anchor_out = ev.lost(base[subset].argmax(1), subset), ev.lost(base[outside].argmax(1), outside)
+    base_anchor = (anchor_sub, anchor_out)
+
+    def estimate(sub_lost: int) -> float:
+        ratio = max(0, sub_lost) / anchor_sub if anchor_sub > 0 else 1.0
+        return 100.0 * (sub_lost + anchor_out * ratio) / n
+
+    images = 2 * n + len(by_layer) * f
+    reverted: list[str] = []
+    stopped = failed = 0
+    first_failed: int | None = None
+    for i, s in enumerate(r.steps[1:], 1):
+        if i == r.retry_from:  # on from the first failed check, anchored on all-INT8
+            assert first_failed is not None
+            reverted = reverted[:first_failed]
+            anchor_sub, anchor_out = base_anchor
+        anchored = r.retry_from is None or i < r.retry_from
+        if s.checked:
+            images += n - f if s.stopped_at is None else s.stopped_at
+            if s.value > budget:  # a failed check: the new anchor
+                failed += 1
+                first_failed = len(reverted) if first_failed is None else first_failed
+                full = ev.run(sens.revert(q, fp32, [x for la in reverted for x in by_layer[la].nodes]))
+                assert 100.0 * ev.lost(full.argmax(1)) / n > budget  # fails on every image too
+                if anchored:
+                    anchor_sub = ev.lost(full[subset].argmax(1), subset)
+                    anchor_out = ev.lost(full[outside].argmax(1), outside)
+                if s.stopped_at is not None:  # stopped: the anchor is the lower bound of its outside losses
+                    assert 0 < s.stopped_at < n - f and s.value <= 100.0 * ev.lost(full.argmax(1)) / n + 1e-9
+                    if anchored:
+                        anchor_out = round(s.value * n / 100.0) - anchor_sub
+            continue
+        reverted.append(s.layer)
+        logits = ev.run(sens.revert(q, fp32, [x for la in reverted for x in by_layer[la].nodes]), subset)
+        est = estimate(ev.lost(logits.argmax(1), subset))
+        if s.stopped_at is None:
+            assert s.value == pytest.approx(est, abs=1e-9)
+            images += f
+        else:  # stopped: a lower bound, over budget, and the whole subset says over budget too
+            stopped += 1
+            assert 0 < s.stopped_at < f and budget < s.value <= est + 1e-9
+            images += s.stopped_at
+    assert reverted == r.reverted and (stopped > 0) == stops and (failed > 0) == failed_checks
+    assert any(s.checked and s.stopped_at is not None for s in r.steps) == stopped_check
+    assert r.cost["image_passes"] == pytest.approx(images / n, abs=0.006)
+    assert sum(not p.int8 for p in placement2) == sum(not p.int8 for p in placement) + len(r.reverted)
+    assert model is not None
