@@ -147,7 +147,12 @@ def subset_folder(train: Path, per_class: int, dest: Path, skip: int = 0) -> Pat
     return dest
 
 
-def load_test(test: Path, ckpt: Path, limit: int | None):
+def load_test(test: Path, ckpt: Path, limit: int | None, cache: Path | None = None):
+    """The (seeded subset of the) test images, preprocessed as ``ckpt`` says, and their labels; with ``cache``
+    (a .npz path) decoded once and reused by later invocations (a sweep: 10k PNGs take minutes on a loaded machine)."""
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        return z["x"], z["y"]
     from edgeconvnext.data.folders import LabelledImages, load_images
     from edgeconvnext.models.checkpoint import load_model
 
@@ -158,13 +163,18 @@ def load_test(test: Path, ckpt: Path, limit: int | None):
         idx = np.random.default_rng(0).permutation(len(idx))[:limit]
     x, used, _ = load_images([ds.paths[i] for i in idx], loaded.preprocess)
     lab = dict(zip(ds.paths, ds.labels, strict=False))
-    return x, np.asarray([lab[p] for p in used])
+    y = np.asarray([lab[p] for p in used])
+    if cache is not None:
+        np.savez(cache, x=x, y=y)
+    return x, y
 
 
-def logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+def logits(onnx_path: Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
+    """onnxruntime logits: its default session (fused int8 kernels, as outliers.py measures) or, ``exact``, the
+    Q/DQ graph as written (graph optimizations off: the integer arithmetic TensorRT carries out)."""
     from edgeconvnext.quantize.qat import ort_logits
 
-    return ort_logits(onnx_path.read_bytes(), x, batch=256, exact=False)  # as outliers.py measures
+    return ort_logits(onnx_path.read_bytes(), x, batch=256, exact=exact)
 
 
 def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -226,14 +236,18 @@ def accuracy_row(
     x, y = data
     tag = f"{model}_{policy}_{'lab' if labels else 'free'}_{scales}" + (f"_ddp{ddp}" if ddp else "")
     if a.val is not None:
-        tag += f"_val{a.val_per_class}_e{a.epochs}s{a.steps}"
+        tag += f"_val{a.val_per_class or a.val.name}_e{a.epochs}s{a.steps}"
+    if a.sweep:  # every setting of the run in the folder name: rows of a sweep never reuse each other's QAT
+        tag += "_" + settings_tag(a)
     if magnitude is not None:
         tag += f"_x{magnitude:g}" + ("" if smooth else "_nosmooth")
         ckpt = stressed_checkpoint(ckpt, magnitude, x, work)
     out = work / tag
     common = ["-c", str(ckpt), "--calib-data", str(a.train), "--calib-size", str(a.calib_size), "--policy", policy]
     common += [] if smooth else ["--no-smooth"]
-    ptq = out / "ptq.onnx"
+    # the PTQ model depends only on the checkpoint, policy and smoothing: one per such triple, shared by rows
+    ptq_dir = out if not a.sweep else work / f"ptq_{ckpt.stem}_{policy}{'' if smooth else '_nosmooth'}"
+    ptq = ptq_dir / "ptq.onnx"
     c0 = children_cpu()
     if not ptq.exists():
         cli("quantize", *common, "-o", str(ptq))
@@ -244,13 +258,23 @@ def accuracy_row(
     qat_args += [] if labels else ["--no-labels"]
     qat_args += [] if a.workers is None else ["--workers", str(a.workers)]
     qat_args += [] if a.val is None else ["--val-data", str(a.val)]
+    qat_args += [] if a.temperature is None else ["--temperature", str(a.temperature)]
+    qat_args += [] if a.ema_decay is None else ["--ema-decay", str(a.ema_decay)]
+    qat_args += [] if a.distill_weight is None else ["--distill-weight", str(a.distill_weight)]
+    qat_args += a.qat_args.replace(",", " ").split() if a.qat_args else []
     t0, c0 = time.perf_counter(), children_cpu()
     if not q.exists():
         cli("quantize", *common, *qat_args, "-o", str(q), torchrun=ddp)
     wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     side = json.loads((out / "qat.onnx.json").read_text())
-    fp32 = logits(out / "ptq.fp32.onnx", x)
+    fp32 = logits(ptq_dir / "ptq.fp32.onnx", x)
     r_ptq, r_qat = compare(fp32, logits(ptq, x), y), compare(fp32, logits(q, x), y)
+    if a.exact:  # the Q/DQ graph as written too (the PTQ model's once per PTQ folder and test set)
+        memo = ptq_dir / f"exact_{len(y)}.json"
+        if not memo.exists():
+            memo.write_text(json.dumps(compare(fp32, logits(ptq, x, exact=True), y)))
+        r_ptq["exact"] = json.loads(memo.read_text())
+        r_qat["exact"] = compare(fp32, logits(q, x, exact=True), y)
     hist = side["details"]["training"]["history"]
     return {
         "model": model,
@@ -267,10 +291,51 @@ def accuracy_row(
         "img_s": sum(h["images_per_s"] for h in hist) / len(hist),
         "images_per_epoch": hist[0]["images"],
         "best_epoch": side["details"]["training"]["best_epoch"],
+        "history": hist,
         "wall": wall,
         "qat_cpu": cpu,  # CPU s of the whole quantize --method qat process (PTQ start, training, export); 0: reused
         "ptq_cpu": ptq_cpu,
     }
+
+
+def settings_tag(a) -> str:
+    """The QAT settings of this invocation, short (folder names and the sweep table's settings column)."""
+    parts = [f"s{a.steps}", f"e{a.epochs}", f"lr{a.lr:g}", f"pc{a.per_class}"]
+    parts += [] if a.temperature is None else [f"T{a.temperature:g}"]
+    parts += [] if a.ema_decay is None else [f"ema{a.ema_decay:g}"]
+    parts += [] if a.distill_weight is None else [f"dw{a.distill_weight:g}"]
+    parts += [] if not a.qat_args else [a.qat_args.replace("--", "").replace(" ", "").replace(",", "_")]
+    return "_".join(parts)
+
+
+def sweep_table(a, ckpts: dict[str, Path], data) -> None:
+    """One row per model x policy x label mode x scales at this invocation's settings (a sweep is several
+    invocations): FP32 / PTQ / QAT top-1, drop, agreement, min cosine, CPU s, the exported epoch."""
+    for m in a.models:
+        for p in a.policies:
+            for mode in a.modes:
+                for sc in a.sweep_scales:
+                    r = accuracy_row(m, ckpts[m], p, mode == "labels", sc, 0, a, data, a.work)
+                    hist = " ".join(
+                        f"{h['epoch']}:{h['val_top1']:.1f}/{h['val_agreement']:.2f}"
+                        for h in r["history"]
+                        if h.get("val_top1") is not None
+                    )
+                    ex = (
+                        f" (exact {r['ptq']['exact']['agreement']:.2f}% / {r['qat']['exact']['agreement']:.2f}%, "
+                        f"QAT top-1 {r['qat']['exact']['top1']:.2f}, min cos {r['ptq']['exact']['cos_min']:.4f} / "
+                        f"{r['qat']['exact']['cos_min']:.4f})"
+                        if a.exact
+                        else ""
+                    )
+                    print(
+                        f"| {m} | {p} | {r['mode']} | {sc} {settings_tag(a)} | {r['fp32']:.2f} | "
+                        f"{r['ptq']['top1']:.2f} | {r['qat']['top1']:.2f} | {r['fp32'] - r['ptq']['top1']:+.2f} | "
+                        f"{r['fp32'] - r['qat']['top1']:+.2f} | {r['ptq']['agreement']:.2f}% | "
+                        f"{r['qat']['agreement']:.2f}% | {r['ptq']['cos_min']:.4f} | {r['qat']['cos_min']:.4f} | "
+                        f"{r['qat_cpu']:.0f} | {r['best_epoch']} | {hist or '-'} |{ex}",
+                        flush=True,
+                    )
 
 
 def stress_table(a, ckpts: dict[str, Path], data) -> None:
@@ -332,6 +397,13 @@ def main() -> int:
         default=0,
         help="QAT --val-data: this many train images per class that the training subset does not hold (0: none)",
     )
+    ap.add_argument(
+        "--val-folder",
+        type=Path,
+        default=None,
+        help="QAT --val-data: this labelled folder (e.g. the test set itself, to read every epoch's test "
+        "top-1 and agreement from the sidecar's history); instead of --val-per-class",
+    )
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -339,6 +411,29 @@ def main() -> int:
     ap.add_argument("--calib-size", type=int, default=512)
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate a seeded subset of the 10k test images")
     ap.add_argument("--skip-plain", action="store_true", help="skip the unstressed accuracy table")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of the plain table: one row per model x policy x mode x --sweep-scales at these settings, "
+        "each in a folder named by its settings, the PTQ model shared",
+    )
+    ap.add_argument("--sweep-scales", nargs="+", default=["frozen"], choices=["frozen", "learned"])
+    ap.add_argument("--sweep-header", action="store_true", help="print the sweep table's header")
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="sweep rows: also evaluate PTQ and QAT with the Q/DQ graph as written (onnxruntime graph "
+        "optimizations off, TensorRT's arithmetic; its default session's fused int8 CPU kernels differ)",
+    )
+    ap.add_argument("--temperature", type=float, default=None, help="QAT --temperature (default: QAT's)")
+    ap.add_argument("--ema-decay", type=float, default=None, help="QAT --ema-decay (default: off)")
+    ap.add_argument("--distill-weight", type=float, default=None, help="QAT --distill-weight (default: QAT's)")
+    ap.add_argument(
+        "--qat-args",
+        default="",
+        help="further `quantize --method qat` options, one string, commas or spaces between them "
+        "(--qat-args=--logit-mse=1,--warmup-steps=0)",
+    )
     ap.add_argument("--workers", type=int, default=None, help="QAT data-loading processes (default: QAT's)")
     ap.add_argument("--stress", nargs="*", type=float, default=[], help="outlier magnitudes (e.g. 50 200)")
     ap.add_argument("--stress-policies", nargs="+", default=["convnext"])
@@ -385,7 +480,7 @@ def main() -> int:
     a.val = (
         subset_folder(a.train, a.val_per_class, a.work / f"val_{a.val_per_class}_after_{a.per_class}", a.per_class)
         if a.val_per_class
-        else None
+        else a.val_folder
     )
     demo = HERE.parent / "edgeconvnext" / "demo" / "convnextv2_atto_fmnist.safetensors"
     ckpts = {"convnextv2_atto": a.v2_checkpoint or (demo if a.stress else None), "convnext_atto": a.v1_checkpoint}
@@ -408,15 +503,25 @@ def main() -> int:
                     "--epochs",
                     "2",
                 )
-    data = load_test(a.data / "test", ckpts[a.models[0]], a.test_limit)
+    cache = a.work / f"test_{ckpts[a.models[0]].stem}_{a.test_limit or 'all'}.npz" if a.sweep else None
+    data = load_test(a.data / "test", ckpts[a.models[0]], a.test_limit, cache)
     print(
         f"FP32 / PTQ / QAT top-1 on {len(data[1])} Fashion-MNIST test images (onnxruntime CPU); PTQ and QAT "
         f"start: {a.calib_size} calibration images from train, minmax; QAT: {a.epochs} epoch(s) of at most "
         f"{a.steps} steps x batch {a.batch_size} on a {a.per_class}-per-class train subset, AdamW lr {a.lr:g}, "
-        "cosine, distillation T=2 (+ labels 0.5/0.5)\n"
+        "cosine, distillation (QAT's defaults unless a sweep row says otherwise; + labels 0.5/0.5)\n"
     )
     if a.stress:
         stress_table(a, ckpts, data)
+    if a.sweep:
+        if a.sweep_header:
+            print(
+                "| model | policy | training | settings | FP32 | PTQ | QAT | PTQ drop | QAT drop | PTQ agree "
+                "| QAT agree | PTQ min cos | QAT min cos | QAT CPU s | best epoch | val top-1/agree per epoch |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        sweep_table(a, ckpts, data)
+        return 0
     if a.skip_plain:
         return 0
     print(

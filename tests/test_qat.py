@@ -238,6 +238,33 @@ def test_teacher_logits_cache_returns_what_the_teacher_computes():
     loss_a.backward()  # the cached logits take part in autograd as constants
 
 
+def test_logit_mse_adds_a_weighted_logit_error_to_the_distillation_term():
+    """--logit-mse W: the distillation term is KD + W x MSE(student, teacher logits); with labels the mix is
+    distill_weight x that + (1 - distill_weight) x cross-entropy; 0 (the default) is the plain KD loss."""
+    import torch.nn.functional as F
+
+    from edgeconvnext.quantize.qat import make_loss
+
+    teacher = _teacher()
+    torch.manual_seed(4)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        t = teacher(x)
+    student = copy.deepcopy(teacher).train()
+    with torch.no_grad():
+        student.head.fc.bias.add_(torch.tensor([0.3, -0.2, 0.1]))  # a student that differs from the teacher
+        s = student(x)
+        kd, mse = distill_loss(s, t, 2.0), F.mse_loss(s, t)
+        free, _ = make_loss(teacher, 1.0, 2.0, False, logit_mse=0.7)(student, x, y)
+        lab, _ = make_loss(teacher, 0.5, 2.0, True, logit_mse=0.7)(student, x, y)
+        off, _ = make_loss(teacher, 1.0, 2.0, False)(student, x, y)
+    assert float(mse) > 1e-3
+    assert float(free) == pytest.approx(float(kd + 0.7 * mse), rel=1e-5)
+    assert float(lab) == pytest.approx(float(0.5 * (kd + 0.7 * mse) + 0.5 * F.cross_entropy(s, y)), rel=1e-5)
+    assert float(off) == pytest.approx(float(kd), rel=1e-5)
+
+
 # ---- a run, resumed ---------------------------------------------------------------------------------
 
 
@@ -433,6 +460,7 @@ def _err(capsys) -> str:
         (["--threads", "-2"], 2, "--threads must be >= 1, got -2"),
         (["--hflip", "1.5"], 2, "--hflip must be in [0, 1], got 1.5"),
         (["--hflip", "0.5", "--no-augment"], 2, "--hflip 0.5: flips are part of the augmentation"),
+        (["--logit-mse", "-1"], 2, "--logit-mse must be >= 0, got -1"),
     ],
 )
 def test_bad_input(world, tmp_path, capsys, args, code, needle):

@@ -43,6 +43,14 @@ DistillOpt = Annotated[
 TemperatureOpt = Annotated[
     float | None, typer.Option("--temperature", help="qat: distillation temperature (default 2.0).")
 ]
+LogitMseOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--logit-mse",
+        help="qat: weight of a mean-squared error between student and teacher logits, added to the KL "
+        "(default 10; 0: KL only).",
+    ),
+]
 OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="qat: adamw (default) or sgd.")]
 WarmupOpt = Annotated[int | None, typer.Option("--warmup-steps", help="qat: linear warm-up steps (default 5%).")]
 ClipOpt = Annotated[float | None, typer.Option("--clip-grad", help="qat: gradient-norm clip (default 1.0; 0 off).")]
@@ -127,6 +135,7 @@ def qat_given(values: dict[str, Any]) -> list[str]:
         "steps": "--steps",
         "distill_weight": "--distill-weight",
         "temperature": "--temperature",
+        "logit_mse": "--logit-mse",
         "optimizer": "--optimizer",
         "warmup_steps": "--warmup-steps",
         "clip_grad": "--clip-grad",

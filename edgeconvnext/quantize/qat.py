@@ -14,9 +14,10 @@ the last finished epoch (``resume=True`` continues from it); it is removed when 
 Steps: PTQ exactly as ``quantize --method ptq`` (rank 0; same policy, exclude list, calibration) -> its
 Q/DQ scales installed as fake quantizers on the torch model (checked: same logits as the PTQ ONNX) -> train
 (AdamW/SGD, warm-up + cosine, gradient clipping, optional EMA; KL(teacher || student) on logits softened by
-``temperature``, times T^2, plus cross-entropy with labels) -> validate each epoch (fake-quant top-1 and
-agreement with FP32), keep the best epoch -> export (TorchScript, opset 17) -> TensorRT rules -> parity of
-onnxruntime against the torch fake-quant model -> atomic write.
+``temperature``, times T^2, plus ``logit_mse`` x the logits' mean-squared error, plus cross-entropy with
+labels) -> validate each epoch (fake-quant top-1 and agreement with FP32), keep the best epoch -> export
+(TorchScript, opset 17) -> TensorRT rules -> parity of onnxruntime against the torch fake-quant model ->
+atomic write.
 
 Under ``torchrun`` (see :mod:`edgeconvnext.train.distributed`) rank 0 calibrates and broadcasts the scales,
 every rank trains its DistributedSampler shard under DDP, only rank 0 validates and writes.
@@ -619,8 +620,14 @@ class TeacherLogits:
 
 
 def make_loss(
-    teacher: torch.nn.Module | TeacherLogits, weight: float, temperature: float, labelled: bool
+    teacher: torch.nn.Module | TeacherLogits,
+    weight: float,
+    temperature: float,
+    labelled: bool,
+    *,
+    logit_mse: float = 0.0,
 ) -> Callable[..., Any]:
+    """``weight * (KD + logit_mse * MSE(logits)) + (1 - weight) * CE`` (CE only with labels and weight < 1)."""
     import torch.nn.functional as F
 
     logits_of = teacher if isinstance(teacher, TeacherLogits) else TeacherLogits(teacher)
@@ -629,6 +636,8 @@ def make_loss(
         t = logits_of(x)
         s = model(x)
         loss = distill_loss(s, t, temperature)
+        if logit_mse:
+            loss = loss + logit_mse * F.mse_loss(s, t)
         if labelled and weight < 1:
             loss = weight * loss + (1 - weight) * F.cross_entropy(s, y)
         return loss, s
@@ -1309,7 +1318,13 @@ def _train_epochs(
 
         model = DDP(qmodel, device_ids=[d.local_rank] if cfg.device == "cuda" else None)
     # without random augmentation an image is the same tensor every epoch: its teacher logits are computed once
-    loss_fn = make_loss(teacher_logits, data.weight, cfg.temperature, train.labelled)
+    loss_fn = make_loss(
+        teacher_logits,
+        data.weight,
+        cfg.temperature,
+        train.labelled,
+        logit_mse=cfg.logit_mse,
+    )
     train_tf: Any = (
         TrainTransform(s.loaded.preprocess, hflip=cfg.hflip)
         if cfg.augment
@@ -1499,6 +1514,7 @@ def _train_summary(s: _Session, tr: _Training, teacher_logits: TeacherLogits) ->
         "images": len(train.paths),
         "distill_weight": s.data.weight,
         "temperature": cfg.temperature,
+        "logit_mse": cfg.logit_mse,
         "scales": str(cfg.scales),
         "world_size": d.world_size,
         "backend": d.backend,

@@ -54,6 +54,11 @@ class QatConfig:
         None, help="weight of the distillation loss (None: 1.0 without labels, 0.5 with labels)"
     )
     temperature: float = setting(2.0, help="distillation temperature")
+    logit_mse: float = setting(
+        10.0,
+        help="weight of a mean-squared error between the student's and the teacher's logits, added to the KL "
+        "(0: KL only; it holds the student to the teacher where the label loss pulls it away)",
+    )
     scales: Scales = setting(Scales.FROZEN, help="frozen (the calibrated PTQ scales) or learned (LSQ)")
     labels: bool = setting(True, help="false: distillation only even when train_data has class folders")
     hflip: float = setting(0.5, help="horizontal flip probability of the augmentation")
@@ -96,6 +101,10 @@ class QatConfig:
                 f"--distill-weight must be in [0, 1], got {cfg.distill_weight}",
             ),
             (cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}"),
+            (
+                math.isfinite(cfg.logit_mse) and cfg.logit_mse >= 0,
+                f"--logit-mse must be >= 0, got {cfg.logit_mse}",
+            ),
             (0 <= cfg.hflip <= 1, f"--hflip must be in [0, 1], got {cfg.hflip}"),
             (cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
             (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
