@@ -406,12 +406,15 @@ def _ptq(
     calib_manifest: Path | None,
     on_step: Callable[[str], None] | None,
     on_progress: Callable[[int, int], None] | None,
+    name: str = "ptq.onnx",
 ) -> _Ptq:
-    """``quantize --method ptq`` into ``workdir`` and its calibration images, as the manifest lists them."""
+    """``quantize --method ptq`` into ``workdir / name`` and its calibration images, as the manifest lists them.
+    ``name``: the QAT output's, so the manifest and FP32 baseline (and their sidecars) carry the names they are
+    written under beside it."""
     from edgeconvnext.data.calibration import load_manifest
     from edgeconvnext.quantize.ptq import quantize
 
-    out = workdir / "ptq.onnx"
+    out = workdir / name
     res = quantize(
         loaded, out, calib_data=calib_data, config=config, calib_manifest=calib_manifest, on_step=on_step,
         on_progress=on_progress,
@@ -436,6 +439,7 @@ def start_from_ptq(
     workdir: Path,
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    name: str = "ptq.onnx",
 ) -> Start:
     """Run PTQ exactly as ``quantize --method ptq`` into ``workdir``, read its Q/DQ scales, install them on the
     torch model and check that the fake-quant torch model computes what the PTQ ONNX computes."""
@@ -444,7 +448,7 @@ def start_from_ptq(
     from edgeconvnext.quantize.fake_quant import wrap
 
     ptq = _ptq(loaded, replace(quant, method=Method.PTQ, keep_fp32=True), workdir, calib_data, calib_manifest,
-               on_step, on_progress)  # fmt: skip
+               on_step, on_progress, name)  # fmt: skip
     res, paths, ptq_bytes = ptq.result, ptq.paths, ptq.onnx_bytes
     scales = scales_from_onnx(onnx.load_from_string(ptq_bytes), res.placement)
     if on_step:
@@ -507,6 +511,7 @@ def start_from_qat_checkpoint(
     workdir: Path,
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    name: str = "ptq.onnx",
 ) -> Start:
     """Continue from a QAT checkpoint: its weights (already equalised when its run smoothed) and its quantizer
     state, not a fresh calibration. The calibration images still give the manifest, the FP32 baseline and the
@@ -519,7 +524,7 @@ def start_from_qat_checkpoint(
     assert info is not None
     src = loaded.source
     ptq = _ptq(loaded, replace(quant, method=Method.PTQ, keep_fp32=True, smooth=False), workdir, calib_data,
-               calib_manifest, on_step, on_progress)  # fmt: skip
+               calib_manifest, on_step, on_progress, name)  # fmt: skip
     res = ptq.result
     int8 = {p.layer for p in res.placement if p.int8}
     if int8 != set(info["quantizers"]):
@@ -1168,6 +1173,7 @@ def _start(
                     workdir=workdir,
                     on_step=s.step_msg,
                     on_progress=on_progress,
+                    name=s.paths["onnx"].name,  # the manifest and baseline named as written beside the output
                 )
             finally:
                 import shutil
@@ -1573,7 +1579,7 @@ def _write_outputs(
         t_man.write_bytes(kept.manifest)
         if t_fp is not None and t_fps is not None:
             t_fp.write_bytes(kept.fp32)
-            t_fps.write_bytes(_renamed_sidecar(kept.fp32_sidecar, paths["fp32"].name))
+            t_fps.write_bytes(kept.fp32_sidecar)
         save_checkpoint(
             t_ckpt, plain, loaded.arch, class_names=loaded.class_names, preprocess=loaded.preprocess, extra=extra
         )
@@ -1639,8 +1645,7 @@ def _sidecar(
             },
             "training": train_summary,
             "placement": policy_mod.details(placement),
-            # the PTQ start ran under another name (ptq.*): its files are written here as OUT.calib.json ...
-            "calibration": _renamed_manifest(kept.ptq_summary.get("calibration"), paths["manifest"].name),
+            "calibration": kept.ptq_summary.get("calibration"),
             "ptq": kept.ptq_summary,
             "start_vs_ptq": kept.start_vs_ptq,
             "parity_onnx_vs_torch": ex.parity,
@@ -1651,22 +1656,6 @@ def _sidecar(
             "notes": list(getattr(loaded, "notes", []) or []) + s.notes,
         },
     )
-
-
-def _renamed_manifest(calibration: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    """The PTQ start's calibration details with the manifest named as it is written beside the QAT ONNX."""
-    if not calibration or "manifest" not in calibration:
-        return calibration
-    return {**calibration, "manifest": name}
-
-
-def _renamed_sidecar(sidecar: bytes, name: str) -> bytes:
-    """The FP32 baseline's sidecar (written by the PTQ start as ptq.fp32.onnx.json) naming the file it sits
-    beside: its first output is the artifact, matched by name and sha256 by inspect and the up-to-date checks."""
-    data = json.loads(sidecar)
-    if data.get("outputs"):
-        data["outputs"][0]["path"] = name
-    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def _result(
