@@ -100,6 +100,15 @@ def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """``logits`` with NaN/inf replaced (a warning says so): a broken quantized variant scores as harmful, never
+    crashes the ranking."""
+    if np.isfinite(logits).all():
+        return logits
+    log.warning("non-finite logits from a quantized model")
+    return np.nan_to_num(logits, nan=0.0, posinf=1e30, neginf=-1e30)
+
+
 class Evaluator:
     """Validation images, their FP32 logits (computed once), and a cost meter.
 
@@ -166,14 +175,14 @@ class Evaluator:
         b = batch or self.batch
         outs = [sess.run(None, {"input": np.ascontiguousarray(x[i : i + b])}) for i in range(0, len(x), b)]
         logits = [np.concatenate([o[k] for o in outs]) for k in range(count)]
+        self._count(t0, c0, len(x) * count)
+        return [_finite(z) for z in logits]
+
+    def _count(self, t0: float, c0: float, images: int) -> None:
+        """Add a run that started at ``t0`` / ``c0`` (perf_counter / process_time) over ``images`` to the meter."""
         self.seconds += time.perf_counter() - t0
         self.cpu_seconds += time.process_time() - c0
-        self.images_run += len(x) * count
-        for k, z in enumerate(logits):
-            if not np.isfinite(z).all():
-                log.warning("non-finite logits from a quantized model")
-                logits[k] = np.nan_to_num(z, nan=0.0, posinf=1e30, neginf=-1e30)
-        return logits
+        self.images_run += images
 
     def run(
         self, model: Any, idx: np.ndarray | None = None, known: tuple[np.ndarray, np.ndarray] | None = None
@@ -198,13 +207,8 @@ class Evaluator:
             full[run_idx] = logits
             full[known[0]] = known[1]
             logits = full if idx is None else full[np.asarray(idx)]
-        self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.process_time() - c0
-        self.images_run += len(x)
-        if not np.isfinite(logits).all():
-            log.warning("non-finite logits from a quantized model")
-            logits = np.nan_to_num(logits, nan=0.0, posinf=1e30, neginf=-1e30)
-        return logits
+        self._count(t0, c0, len(x))
+        return _finite(logits)
 
     def metrics(self, logits: np.ndarray, idx: np.ndarray | None = None, base: np.ndarray | None = None) -> Metrics:
         """Metrics of ``logits`` measured on ``idx`` (all images when None). With ``idx``, ``base`` (the
