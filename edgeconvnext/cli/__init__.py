@@ -224,10 +224,8 @@ def _command(cx: Any) -> Any:
 
 
 def _click_exceptions() -> Any:
-    try:
-        from typer._click import exceptions as cx  # typer >= 0.2x vendors click
-    except ImportError:  # older typer runs on click itself
-        from click import exceptions as cx  # type: ignore[no-redef]
+    from typer._click import exceptions as cx  # the pinned typer vendors click (cli/_lazy.py builds on it too)
+
     return cx
 
 
