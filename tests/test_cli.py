@@ -243,3 +243,52 @@ def test_an_unknown_command_is_one_error_line():
     done = _fresh_cli("quantiz", code="sys.exit(rc)")  # a name of the table, none of whose commands is built yet
     assert done.returncode == 2
     assert done.stderr == "error: No such command 'quantiz'. Did you mean 'quantize'? (see 'edgeconvnext --help')\n"
+
+
+PTQ_COMMANDS = ["quantize", "sensitivity", "run"]
+
+
+@pytest.mark.parametrize("name", PTQ_COMMANDS)
+def test_the_ptq_options_are_the_shared_declarations(name):
+    # cli/_options.py declares the PTQ options once; each command takes all of them (ptq_values reads every key)
+    from dataclasses import fields
+
+    from edgeconvnext.cli import _click_exceptions, _command
+    from edgeconvnext.cli._options import PTQ_KEYS
+    from edgeconvnext.quantize.config import QuantizeConfig
+
+    assert set(PTQ_KEYS) <= {f.name for f in fields(QuantizeConfig)}
+    group = _command(_click_exceptions())
+
+    def declared(cmd: str) -> dict[str, tuple[list[str], list[str], str | None]]:
+        return {p.name: (p.opts, p.secondary_opts, p.help) for p in group.get_command(None, cmd).params}
+
+    mine, quantize = declared(name), declared("quantize")
+    assert {k: mine[k] for k in PTQ_KEYS} == {k: quantize[k] for k in PTQ_KEYS}
+
+
+def test_ptq_values_are_quantize_config_overrides():
+    from edgeconvnext.cli._options import PTQ_KEYS, ptq_values
+
+    params = dict.fromkeys(PTQ_KEYS) | {"exclude": ("stem.*", "head.*"), "seed": 0, "smooth": False, "other": 1}
+    values = ptq_values(params)
+    assert list(values) == list(PTQ_KEYS)  # the command's other parameters stay out
+    assert values["exclude"] == ["stem.*", "head.*"] and values["seed"] == 0 and values["smooth"] is False
+    assert ptq_values(dict.fromkeys(PTQ_KEYS) | {"exclude": ()})["exclude"] is None  # not given
+
+
+@pytest.mark.parametrize("name", PTQ_COMMANDS)
+def test_each_ptq_command_passes_the_options_to_the_config(name, tmp_path, capsys):
+    from pathlib import Path
+
+    import edgeconvnext
+
+    demo = Path(edgeconvnext.__file__).parent / "demo" / "convnextv2_atto_fmnist.safetensors"
+    args = {
+        "quantize": ["quantize", "-o", str(tmp_path / "q.onnx"), "-m", "convnextv2_test"],
+        "sensitivity": ["sensitivity", "--val-data", str(tmp_path), "-m", "convnextv2_test"],
+        "run": ["run", "-o", str(tmp_path / "run"), "-c", str(demo)],
+    }[name]
+    rc = main([*args, "--calib-data", str(tmp_path), "--policy", "nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: unknown --policy 'nope' (choose from convnext, all)"]

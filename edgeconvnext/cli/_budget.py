@@ -1,39 +1,10 @@
-"""Shared pieces of the accuracy-budget options (``quantize --max-drop``, ``sensitivity``): option types,
-their checks, and the printed search."""
+"""Shared pieces of the accuracy-budget options (``quantize --max-drop``, ``sensitivity``): their checks and
+the printed search (the option types are in :mod:`edgeconvnext.cli._options`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
-
-MaxDropOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-drop",
-        help="Accuracy budget in top-1 points vs FP32 on --val-data: keep the most harmful layers in higher "
-        "precision until the drop is within it (exit 7 if it cannot be met).",
-    ),
-]
-MaxDisagreeOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-disagree",
-        help="Budget as % of images whose top-1 differs from FP32 (default 0.5 when --val-data has no labels).",
-    ),
-]
-MinValOpt = Annotated[
-    int | None, typer.Option("--min-val-size", help="Refuse fewer usable validation images than this (default 100).")
-]
-SubsetOpt = Annotated[
-    int | None,
-    typer.Option("--subset-size", help="Validation images the layer ranking runs on (the hardest; default 300)."),
-]
-MinShareOpt = Annotated[
-    float | None,
-    typer.Option("--min-int8-share", help="The budget search may not go below this % of MACs in INT8 (default 0)."),
-]
+from typing import Any
 
 
 def budget_from_options(

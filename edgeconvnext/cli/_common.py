@@ -1,13 +1,11 @@
-"""Shared CLI pieces: the command table, console output, option types declared once."""
+"""Shared CLI pieces: the command table, console output and progress displays (the shared option types are in
+:mod:`edgeconvnext.cli._options`)."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
-
-import typer
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from edgeconvnext.artifacts import Skipped
@@ -133,36 +131,6 @@ def info(msg: str) -> None:
 def done(msg: str) -> None:
     """The one line each stage ends with: output path, size, time."""
     console().print(readable(msg))
-
-
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="Architecture (timm name or alias: v2_nano, v1_tiny).")
-]
-CheckpointOpt = Annotated[
-    Path | None,
-    typer.Option("--checkpoint", "-c", help="Checkpoint file (official, timm, HuggingFace or edgeconvnext)."),
-]
-NumClassesOpt = Annotated[
-    int | None, typer.Option("--num-classes", help="Replace a classifier of another size with N outputs.")
-]
-ImgSizeOpt = Annotated[
-    int | None, typer.Option("--img-size", help="Input size in pixels (default: the checkpoint's, else 224).")
-]
-UnsafeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-unsafe-pickle", help="Allow full unpickling of a trusted checkpoint that weights_only loading refuses."
-    ),
-]
-EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights of an official training checkpoint.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ForceOpt = Annotated[
-    bool,
-    typer.Option(
-        "--force",
-        help="Redo the stage even when its output's sidecar matches (same inputs, config and library versions).",
-    ),
-]
 
 
 def print_skipped(result: Skipped) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, ForceOpt, JsonOpt, console, done, human_size, info, print_skipped
+from edgeconvnext.cli._common import STATE, console, done, human_size, info, print_skipped
+from edgeconvnext.cli._options import ForceOpt, JsonOpt
 
 
 def build_engine_cmd(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from edgeconvnext.cli._common import STATE, console, done
+from edgeconvnext.cli._options import LatencyItersOpt, LatencyWarmupOpt
 
 
 def device_check_cmd(
@@ -23,8 +24,8 @@ def device_check_cmd(
     latency_batch: Annotated[
         str | None, typer.Option("--latency-batch", help="Batch sizes to time (default: the bundle's, else 1,32).")
     ] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed iterations per batch size.")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Timed iterations per batch size.")] = None,
+    warmup: LatencyWarmupOpt = None,
+    iters: LatencyItersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild engines even when they are up to date.")] = False,
 ) -> None:
     """Build each engine of BUNDLE (strongly typed, the recipe's profile and workspace), validate accuracy and

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import JsonOpt, console
+from edgeconvnext.cli._common import console
+from edgeconvnext.cli._options import JsonOpt
 
 
 def doctor_cmd(

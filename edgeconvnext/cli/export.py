@@ -11,21 +11,8 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import (
-    STATE,
-    CheckpointOpt,
-    EmaOpt,
-    ForceOpt,
-    ImgSizeOpt,
-    ModelOpt,
-    NumClassesOpt,
-    UnsafeOpt,
-    console,
-    done,
-    human_size,
-    live_progress,
-    print_skipped,
-)
+from edgeconvnext.cli._common import STATE, console, done, human_size, live_progress, print_skipped
+from edgeconvnext.cli._options import CheckpointOpt, EmaOpt, ForceOpt, ImgSizeOpt, ModelOpt, NumClassesOpt, UnsafeOpt
 from edgeconvnext.export.config import ExportConfig
 
 PrecisionOpt = Annotated[

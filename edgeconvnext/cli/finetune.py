@@ -7,21 +7,8 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import (
-    STATE,
-    CheckpointOpt,
-    EmaOpt,
-    EpochProgress,
-    ForceOpt,
-    ImgSizeOpt,
-    ModelOpt,
-    UnsafeOpt,
-    console,
-    done,
-    human_size,
-    live_progress,
-    print_skipped,
-)
+from edgeconvnext.cli._common import STATE, EpochProgress, console, done, human_size, live_progress, print_skipped
+from edgeconvnext.cli._options import CheckpointOpt, EmaOpt, ForceOpt, ImgSizeOpt, ModelOpt, UnsafeOpt
 from edgeconvnext.train.config import FinetuneConfig
 
 

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._common import JsonOpt, console, human_size
+from edgeconvnext.cli._common import console, human_size
+from edgeconvnext.cli._options import JsonOpt
 
 TrtOpt = Annotated[
     bool,

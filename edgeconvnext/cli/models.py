@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgeconvnext.cli._common import JsonOpt, console
+from edgeconvnext.cli._common import console
+from edgeconvnext.cli._options import JsonOpt
 
 
 def models_cmd(json_out: JsonOpt = False) -> None:

@@ -8,30 +8,34 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._budget import (
-    MaxDisagreeOpt,
-    MaxDropOpt,
-    MinShareOpt,
-    MinValOpt,
-    SubsetOpt,
-    budget_from_options,
-    print_budget,
-)
-from edgeconvnext.cli._common import (
-    STATE,
+from edgeconvnext.cli._budget import budget_from_options, print_budget
+from edgeconvnext.cli._common import STATE, StepProgress, console, done, human_size, live_progress, print_skipped
+from edgeconvnext.cli._options import (
+    BackendOpt,
+    CalibDataOpt,
+    CalibMethodOpt,
+    CalibSizeOpt,
     CheckpointOpt,
     EmaOpt,
+    ExcludeOpt,
     ForceOpt,
     ImgSizeOpt,
+    JsonResultOpt,
+    ManifestOpt,
+    MaxDisagreeOpt,
+    MaxDropOpt,
+    MinCalibOpt,
+    MinShareOpt,
+    MinValOpt,
     ModelOpt,
     NumClassesOpt,
-    StepProgress,
+    PolicyOpt,
+    RecipeOpt,
+    SeedOpt,
+    SmoothOpt,
+    SubsetOpt,
     UnsafeOpt,
-    console,
-    done,
-    human_size,
-    live_progress,
-    print_skipped,
+    ptq_values,
 )
 from edgeconvnext.cli.qat import (
     AugmentOpt,
@@ -66,56 +70,9 @@ OutputOpt = Annotated[
         help="INT8 ONNX to write; OUT.onnx.json, OUT.calib.json and OUT.fp32.onnx go beside it.",
     ),
 ]
-CalibDataOpt = Annotated[
-    Path | None,
-    typer.Option("--calib-data", help="Folder of calibration images (searched recursively; jpg/png/webp/bmp/tif)."),
-]
-CalibSizeOpt = Annotated[
-    int | None,
-    typer.Option("--calib-size", help="Images to calibrate on (default 512; ~500 recommended).", show_default=False),
-]
-# Options a recipe can set default to None ("not given"), so defaults < recipe < command line holds; the
-# built-in defaults live in edgeconvnext.quantize.config.QuantizeConfig and are named in the help texts.
-MinCalibOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--min-calib-size",
-        help="Refuse fewer calibration images than this (default 32; lower it only for smoke tests).",
-    ),
-]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Chooses the calibration subset (default 0).", show_default=False)
-]
 MethodOpt = Annotated[
     str | None,
     typer.Option("--method", help="ptq (post-training quantization, default) or qat (quantization-aware training)."),
-]
-BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="ort (onnxruntime, default: ~2x faster calibration) or nncf.")
-]
-CalibMethodOpt = Annotated[
-    str | None, typer.Option("--calib-method", help="ort: minmax (default), percentile, entropy; nncf: minmax, mse.")
-]
-PolicyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--policy",
-        help="convnext (default): INT8 on fc1/fc2 and "
-        "downsample convs, stem, depthwise and classifier in float; "
-        "all: every conv/matmul.",
-    ),
-]
-ExcludeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--exclude",
-        help="Keep layers matching this fnmatch pattern out of INT8 (repeatable), e.g. 'stages.2.blocks.*.mlp.fc2'.",
-        metavar="PATTERN",
-    ),
-]
-ManifestOpt = Annotated[
-    Path | None,
-    typer.Option("--calib-manifest", help="Reuse the exact images of a manifest (OUT.calib.json), hash-checked."),
 ]
 Fp32Opt = Annotated[
     bool | None,
@@ -124,27 +81,10 @@ Fp32Opt = Annotated[
         help="Keep the FP32 ONNX the INT8 model was made from as OUT.fp32.onnx (for validate --baseline; default on).",
     ),
 ]
-SmoothOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--smooth/--no-smooth",
-        help="Equalise LayerNorm outlier channels into the next layer's weights before calibrating "
-        "(exact, no extra nodes; default on). --no-smooth to compare.",
-    ),
-]
-RecipeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--recipe",
-        help="Recipe name or YAML file (recipes/): its model, "
-        "img_size and quantize section set defaults the options "
-        "given here override.",
-    ),
-]
-JsonOutOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the table.")]
 
 
 def quantize_cmd(
+    ctx: typer.Context,
     output: OutputOpt,
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -169,7 +109,7 @@ def quantize_cmd(
     num_classes: NumClassesOpt = None,
     allow_unsafe_pickle: UnsafeOpt = False,
     ema: EmaOpt = False,
-    json_out: JsonOutOpt = False,
+    json_out: JsonResultOpt = False,
     recipe: RecipeOpt = None,
     train_data: TrainDataOpt = None,
     val_data: ValDataOpt = None,
@@ -203,18 +143,7 @@ def quantize_cmd(
     rec = load_recipe(recipe) if recipe else None
     cfg = prepare(
         rec,
-        {
-            "method": method,
-            "backend": backend,
-            "calib_method": calib_method,
-            "policy": policy,
-            "exclude": list(exclude) if exclude else None,
-            "calib_size": calib_size,
-            "seed": seed,
-            "min_calib_size": min_calib_size,
-            "keep_fp32": fp32_baseline,
-            "smooth": smooth,
-        },
+        {"method": method, **ptq_values(ctx.params), "keep_fp32": fp32_baseline},
         calib_data=calib_data,
         calib_manifest=calib_manifest,
     )

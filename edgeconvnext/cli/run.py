@@ -8,36 +8,38 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._budget import MaxDisagreeOpt, MaxDropOpt, MinShareOpt, MinValOpt, SubsetOpt
-from edgeconvnext.cli._common import (
-    STATE,
-    CheckpointOpt,
-    EmaOpt,
-    ImgSizeOpt,
-    ModelOpt,
-    NumClassesOpt,
-    StepProgress,
-    UnsafeOpt,
-    console,
-    done,
-    live_progress,
-)
-from edgeconvnext.cli.quantize import (
+from edgeconvnext.cli._common import STATE, StepProgress, console, done, live_progress
+from edgeconvnext.cli._options import (
     BackendOpt,
     CalibDataOpt,
     CalibMethodOpt,
     CalibSizeOpt,
+    CheckpointOpt,
+    EmaOpt,
     ExcludeOpt,
+    ImgSizeOpt,
+    LatencyItersOpt,
+    LatencyWarmupOpt,
     ManifestOpt,
+    MaxDisagreeOpt,
+    MaxDropOpt,
     MinCalibOpt,
+    MinShareOpt,
+    MinValOpt,
+    ModelOpt,
+    NumClassesOpt,
     PolicyOpt,
     RecipeOpt,
     SeedOpt,
     SmoothOpt,
+    SubsetOpt,
+    UnsafeOpt,
+    ptq_values,
 )
 
 
 def run_cmd(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", show_default=False, help="Run folder (runs/NAME).")],
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
@@ -83,8 +85,8 @@ def run_cmd(
         str | None,
         typer.Option("--latency-batch", help="Batch sizes to time, e.g. 1,8 (default: the recipe's, else 1,8 on CPU)."),
     ] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed iterations per batch size.")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Timed iterations per batch size.")] = None,
+    warmup: LatencyWarmupOpt = None,
+    iters: LatencyItersOpt = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Accuracy only, no latency runs.")] = False,
     val_batch: Annotated[int | None, typer.Option("--val-batch", help="Images per inference batch (accuracy).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Validate a seeded subset of N images.")] = None,
@@ -135,16 +137,7 @@ def run_cmd(
             "min_int8_share": min_int8_share,
             "min_val_size": min_val_size,
         },
-        quantize={
-            "backend": backend,
-            "calib_method": calib_method,
-            "policy": policy,
-            "exclude": list(exclude) if exclude else None,
-            "calib_size": calib_size,
-            "seed": seed,
-            "min_calib_size": min_calib_size,
-            "smooth": smooth,
-        },
+        quantize=ptq_values(ctx.params),
         validate={"batch": val_batch, "limit": limit, "warmup": warmup, "iters": iters},
         latency_batches=parse_batches(latency_batch) if latency_batch else None,
         latency=not no_latency,

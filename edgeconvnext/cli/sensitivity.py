@@ -7,31 +7,28 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._budget import MinValOpt, SubsetOpt
-from edgeconvnext.cli._common import (
-    STATE,
-    CheckpointOpt,
-    EmaOpt,
-    ImgSizeOpt,
-    ModelOpt,
-    NumClassesOpt,
-    StepProgress,
-    UnsafeOpt,
-    console,
-    done,
-    live_progress,
-)
-from edgeconvnext.cli.quantize import (
+from edgeconvnext.cli._common import STATE, StepProgress, console, done, live_progress
+from edgeconvnext.cli._options import (
     BackendOpt,
     CalibDataOpt,
     CalibMethodOpt,
     CalibSizeOpt,
+    CheckpointOpt,
+    EmaOpt,
     ExcludeOpt,
+    ImgSizeOpt,
+    JsonResultOpt,
     ManifestOpt,
     MinCalibOpt,
+    MinValOpt,
+    ModelOpt,
+    NumClassesOpt,
     PolicyOpt,
     SeedOpt,
     SmoothOpt,
+    SubsetOpt,
+    UnsafeOpt,
+    ptq_values,
 )
 
 ValOpt = Annotated[
@@ -46,7 +43,6 @@ PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Write a PNG bar chart of the ranking (needs the 'plot' extra).")
 ]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write the ranking as Markdown.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the table.")]
 ModeOpt = Annotated[
     str,
     typer.Option(
@@ -58,6 +54,7 @@ JsonFileOpt = Annotated[Path | None, typer.Option("--json-file", help="Also writ
 
 
 def sensitivity_cmd(
+    ctx: typer.Context,
     val_data: ValOpt,
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -80,7 +77,7 @@ def sensitivity_cmd(
     ema: EmaOpt = False,
     plot: PlotOpt = None,
     report: ReportOpt = None,
-    json_out: JsonOpt = False,
+    json_out: JsonResultOpt = False,
     json_file: JsonFileOpt = None,
 ) -> None:
     """Rank the INT8 layer groups by harm on validation images (each alone in INT8; calibrated once)."""
@@ -92,16 +89,7 @@ def sensitivity_cmd(
 
     cfg = prepare(
         None,
-        {
-            "backend": backend,
-            "calib_method": calib_method,
-            "policy": policy,
-            "exclude": list(exclude) if exclude else None,
-            "calib_size": calib_size,
-            "seed": seed,
-            "min_calib_size": min_calib_size,
-            "smooth": smooth,
-        },
+        ptq_values(ctx.params),
         calib_data=calib_data,
         calib_manifest=calib_manifest,
     )

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from edgeconvnext.cli._common import STATE, ImgSizeOpt, ModelOpt, UnsafeOpt, console, done, live_progress, print_skipped
+from edgeconvnext.cli._common import STATE, console, done, live_progress, print_skipped
+from edgeconvnext.cli._options import ImgSizeOpt, ModelOpt, UnsafeOpt
 
 
 def _table(rep) -> None:
