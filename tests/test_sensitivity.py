@@ -321,3 +321,35 @@ def test_budget_search_early_stops_only_steps_over_budget_and_counts_its_images(
     assert r.cost["image_passes"] == pytest.approx(images / n, abs=0.006)
     assert sum(not p.int8 for p in placement2) == sum(not p.int8 for p in placement) + len(r.reverted)
     assert model is not None
+
+
+def test_the_printed_search_says_where_each_step_was_measured_as_the_json_does():
+    # cli/_budget.print_budget's "measured on" column is Step.where (report.json's measured_on), naming the subset
+    import io
+
+    from rich.console import Console
+
+    from edgeconvnext.cli._budget import print_budget
+    from edgeconvnext.quantize.budget import BudgetResult, Step
+    from edgeconvnext.quantize.sensitivity import Metrics
+
+    steps = [
+        Step(None, 1.5, 0.9, 20, checked=True),
+        Step("stages.0.blocks.0.mlp.fc1", 0.9, 0.85, 19, checked=False, stopped_at=40),
+        Step("stages.1.blocks.0.mlp.fc1", 0.2, 0.8, 18, checked=False),
+        Step(None, 0.6, 0.8, 18, checked=True, stopped_at=7),
+    ]
+    m = Metrics(n=500, top1=80.0, agreement=98.0, kl=0.01, cos_min=0.9, cos_mean=0.99, measured_on=500)
+    b = BudgetResult("top1_drop", 0.3, False, [steps[2].layer], steps, m, m, subset=120, groups=24)
+    out = io.StringIO()
+    print_budget(Console(file=out, width=400), b)
+    cells = [line.split("│")[-2].strip() for line in out.getvalue().splitlines() if line.startswith("│")]
+    steps_json = b.to_dict()["steps"]
+    assert cells == [s["measured_on"] for s in steps_json]
+    assert cells == [
+        "all images",
+        "120 hardest, stopped after 40 (over budget)",
+        "120 hardest (estimate)",
+        "all images, stopped after 7 outside the subset (over budget)",
+    ]
+    assert [s["stopped_at"] for s in steps_json] == [None, 40, None, 7]

@@ -53,14 +53,8 @@ def print_budget(c: Any, b: Any) -> None:
         t.add_column(col, justify="left" if col.startswith("kept") or col == "measured on" else "right")
     for i, s in enumerate(b.steps):
         share = f"{100 * s.int8_share:.1f}%" if s.int8_share is not None else "-"
-        if s.checked:
-            where = "all images" + (f", stopped after {s.stopped_at} (over budget)" if s.stopped_at is not None else "")
-        elif s.stopped_at is not None:
-            where = f"{b.subset} hardest, stopped after {s.stopped_at} (over budget)"
-        else:
-            where = f"{b.subset} hardest (estimate)"
         label = escape(s.layer) if s.layer else ("all INT8" if i == 0 else "re-check")
-        t.add_row(str(i), label, f"{s.value:.2f}", str(s.int8_layers), share, where)
+        t.add_row(str(i), label, f"{s.value:.2f}", str(s.int8_layers), share, s.where(b.subset))
     c.print(t)
     cost = b.cost
     c.print(

@@ -112,23 +112,26 @@ class Step:
     # bound, over budget
     stopped_at: int | None = None
 
-    @property
-    def where(self) -> str:
+    def where(self, subset: int) -> str:
+        """The images ``value`` was measured on (``subset``: the ranking subset's size), as report.json's
+        ``measured_on`` and the printed search's "measured on" column say it. Stopped over budget: ``value`` is a
+        lower bound."""
         if self.checked and self.stopped_at is not None:
-            return f"all images, stopped after {self.stopped_at} outside the subset (over budget: a lower bound)"
+            return f"all images, stopped after {self.stopped_at} outside the subset (over budget)"
         if self.checked:
             return "all images"
         if self.stopped_at is not None:
-            return f"ranking subset, stopped after {self.stopped_at} images (over budget: value is a lower bound)"
-        return "ranking subset (estimate)"
+            return f"{subset} hardest, stopped after {self.stopped_at} (over budget)"
+        return f"{subset} hardest (estimate)"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, subset: int) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "value": round(self.value, 4),
             "int8_macs_share": None if self.int8_share is None else round(self.int8_share, 5),
             "int8_layers": self.int8_layers,
-            "measured_on": self.where,
+            "measured_on": self.where(subset),
+            "stopped_at": self.stopped_at,
         }
 
 
@@ -165,7 +168,7 @@ class BudgetResult:
             "value": round(value(self.metric, self.final, self.fp32), 4),
             "reverted": list(self.reverted),
             "exclude": self.exclude_patterns(),
-            "steps": [s.to_dict() for s in self.steps],
+            "steps": [s.to_dict(self.subset) for s in self.steps],
             "fp32": self.fp32.to_dict(),
             "final": self.final.to_dict(),
             "ranking": [s.to_dict() for s in self.ranking],
