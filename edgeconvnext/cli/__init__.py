@@ -59,11 +59,14 @@ def _root(
     _common.STATE.quiet = quiet
     import logging  # here, not at the top: a bare --help has no use for it
 
-    # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line)
+    from edgeconvnext.cli._live import LogHandler
+
+    # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line);
+    # stderr, or above a progress bar while one is drawn (cli/_live.py)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[LogHandler(sys.stderr)],
     )
 
 

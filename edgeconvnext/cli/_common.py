@@ -99,10 +99,10 @@ COMMANDS: list[tuple[str, str, str, str]] = [
 
 
 def console():
-    from rich.console import Console
+    from edgeconvnext.cli._console import CliConsole  # log records print through it while it draws a progress display
 
     # soft_wrap: a final "wrote X" line stays one line when piped (rich wraps at 80 columns otherwise).
-    return Console(stderr=False, highlight=False, soft_wrap=True)
+    return CliConsole(stderr=False, highlight=False, soft_wrap=True)
 
 
 def live_progress() -> bool:
