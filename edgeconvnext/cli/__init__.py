@@ -246,7 +246,6 @@ def _interrupted(signals: list[int]) -> int:
 def _main(args: list[str], signals: list[int]) -> int:
     cx = _click_exceptions()
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
-    NoArgsIsHelpError = getattr(cx, "NoArgsIsHelpError", ())  # click < 8.2 prints the help and exits itself
     debug = "--debug" in args
     try:
         # not standalone: option-parsing errors come back here and become one 'error:' line like the library's
@@ -258,7 +257,7 @@ def _main(args: list[str], signals: list[int]) -> int:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         return code
-    except NoArgsIsHelpError as e:  # no command: the help (click's plain formatter leaves printing it to us)
+    except cx.NoArgsIsHelpError as e:  # no command: the help (click's plain formatter leaves printing it to us)
         print(e.format_message())
         return e.exit_code
     except ClickException as e:
