@@ -292,3 +292,34 @@ def test_each_ptq_command_passes_the_options_to_the_config(name, tmp_path, capsy
     rc = main([*args, "--calib-data", str(tmp_path), "--policy", "nope"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["error: unknown --policy 'nope' (choose from convnext, all)"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_library_warning_is_one_log_line(capsys, caplog, debug):
+    # torch's notices (a FutureWarning with a multi-line text) go through the hook that tests/test_hardening.py
+    # checks with Pillow's DecompressionBombWarning: one py.warnings record, the first line; --debug: all of it
+    # and where it was raised
+    import logging
+    import warnings
+
+    previous = warnings.showwarning
+
+    @app.command("_warn_test", hidden=True)
+    def _warn() -> None:
+        warnings.warn("TorchScript is deprecated.\nUse torch.export instead.", FutureWarning, stacklevel=1)
+
+    try:
+        with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+            warnings.simplefilter("always")  # the registry of the first run would hide the second's
+            assert main([*(["--debug"] if debug else []), "_warn_test"]) == 0
+    finally:
+        app.registered_commands.pop()
+    (rec,) = [r for r in caplog.records if r.name == "py.warnings"]
+    if debug:
+        text, where = rec.getMessage().rsplit(" (", 1)
+        assert text == "FutureWarning: TorchScript is deprecated.\nUse torch.export instead."
+        assert where.startswith(__file__) and where.endswith(")")
+    else:
+        assert rec.getMessage() == "FutureWarning: TorchScript is deprecated."
+    assert "warnings.warn" not in capsys.readouterr().err  # not Python's two lines ending in the source line
+    assert warnings.showwarning is previous  # the hook is undone on return
