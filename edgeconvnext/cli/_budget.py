@@ -40,6 +40,22 @@ def budget_from_options(
     ).validated()
 
 
+def load_validation(prog: Any, val_data: Path, loaded: Any, min_val_size: int | None) -> Any:
+    """The validation images of the budget search or the sensitivity ranking (``--val-data``, at least
+    ``--min-val-size``), loaded with the model's preprocessing while ``prog`` (a StepProgress) shows it."""
+    from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset
+
+    prog.step(f"loading validation images from {val_data}")
+    return load_valset(
+        val_data,
+        loaded.preprocess,
+        loaded.class_names,
+        loaded.num_classes,
+        min_size=min_val_size if min_val_size is not None else MIN_VAL_IMAGES,
+        on_progress=prog.advance,
+    )
+
+
 def print_budget(c: Any, b: Any) -> None:
     """The budget search, step by step (the layer kept in higher precision, the metric after, INT8 share)."""
     from rich.markup import escape

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeconvnext.cli._budget import budget_from_options, print_budget
+from edgeconvnext.cli._budget import budget_from_options, load_validation, print_budget
 from edgeconvnext.cli._common import STATE, StepProgress, console, done, human_size, live_progress, print_skipped
 from edgeconvnext.cli._options import (
     BackendOpt,
@@ -238,17 +238,7 @@ def quantize_cmd(
             )
         val = None
         if budget is not None and val_data is not None:
-            from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset
-
-            prog.step(f"loading validation images from {val_data}")
-            val = load_valset(
-                val_data,
-                loaded.preprocess,
-                loaded.class_names,
-                loaded.num_classes,
-                min_size=min_val_size if min_val_size is not None else MIN_VAL_IMAGES,
-                on_progress=prog.advance,
-            )
+            val = load_validation(prog, val_data, loaded, min_val_size)
         result = quantize(
             loaded,
             output,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeconvnext.cli._budget import load_validation
 from edgeconvnext.cli._common import STATE, StepProgress, console, done, live_progress
 from edgeconvnext.cli._options import (
     BackendOpt,
@@ -85,7 +86,7 @@ def sensitivity_cmd(
     from edgeconvnext.errors import BackendMissing, UsageError
     from edgeconvnext.quantize.ptq import prepare
     from edgeconvnext.quantize.sensitivity import DEFAULT_SUBSET, check_mode
-    from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, check_root
+    from edgeconvnext.quantize.valset import check_root
 
     cfg = prepare(
         None,
@@ -113,22 +114,13 @@ def sensitivity_cmd(
 
     from edgeconvnext.models.checkpoint import load_model
     from edgeconvnext.quantize.sensitivity import analyse, plot_png
-    from edgeconvnext.quantize.valset import load_valset
 
     with StepProgress(enabled=live_progress() and not json_out) as prog:
         prog.step("loading the model")
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
-        prog.step(f"loading validation images from {val_data}")
-        val = load_valset(
-            val_data,
-            loaded.preprocess,
-            loaded.class_names,
-            loaded.num_classes,
-            min_size=min_val_size if min_val_size is not None else MIN_VAL_IMAGES,
-            on_progress=prog.advance,
-        )
+        val = load_validation(prog, val_data, loaded, min_val_size)
         result = analyse(
             loaded,
             val,
