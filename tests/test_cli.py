@@ -323,3 +323,16 @@ def test_a_library_warning_is_one_log_line(capsys, caplog, debug):
         assert rec.getMessage() == "FutureWarning: TorchScript is deprecated."
     assert "warnings.warn" not in capsys.readouterr().err  # not Python's two lines ending in the source line
     assert warnings.showwarning is previous  # the hook is undone on return
+
+
+def test_every_qat_option_of_quantize_is_in_the_qat_table():
+    # quantize hands run_qat the values of QAT_FLAGS' parameters and refuses them by those flags with --method ptq
+    from edgeconvnext.cli import _click_exceptions, _command
+    from edgeconvnext.cli.qat import QAT_FLAGS
+
+    params = {p.name: p for p in _command(_click_exceptions()).get_command(None, "quantize").params}
+    for name, flag in QAT_FLAGS.items():
+        p = params[name]
+        assert flag == "/".join(p.opts + p.secondary_opts), (name, flag)
+    qat_only = {n for n, p in params.items() if (p.help or "").startswith("qat:")}
+    assert qat_only == set(QAT_FLAGS)  # an option added with a "qat:" help is in the table

@@ -124,33 +124,36 @@ class _QatProgress(EpochProgress):
         )
 
 
+# the QAT options: quantize_cmd's parameter -> its flag
+QAT_FLAGS = {
+    "train_data": "--train-data",
+    "val_data": "--val-data",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "batch_size": "--batch-size",
+    "steps": "--steps",
+    "distill_weight": "--distill-weight",
+    "temperature": "--temperature",
+    "logit_mse": "--logit-mse",
+    "optimizer": "--optimizer",
+    "warmup_steps": "--warmup-steps",
+    "clip_grad": "--clip-grad",
+    "ema_decay": "--ema-decay",
+    "scales": "--scales",
+    "labels": "--labels/--no-labels",
+    "augment": "--augment/--no-augment",
+    "hflip": "--hflip",
+    "threads": "--threads",
+    "workers": "--workers",
+    "device": "--device",
+    "resume": "--resume",
+}
+
+
 def qat_given(values: dict[str, Any]) -> list[str]:
     """The QAT-only options given (for refusing them with --method ptq)."""
-    flags = {
-        "train_data": "--train-data",
-        "val_data": "--val-data",
-        "epochs": "--epochs",
-        "lr": "--lr",
-        "batch_size": "--batch-size",
-        "steps": "--steps",
-        "distill_weight": "--distill-weight",
-        "temperature": "--temperature",
-        "logit_mse": "--logit-mse",
-        "optimizer": "--optimizer",
-        "warmup_steps": "--warmup-steps",
-        "clip_grad": "--clip-grad",
-        "ema_decay": "--ema-decay",
-        "scales": "--scales",
-        "labels": "--labels/--no-labels",
-        "augment": "--augment/--no-augment",
-        "hflip": "--hflip",
-        "threads": "--threads",
-        "workers": "--workers",
-        "device": "--device",
-        "resume": "--resume",
-    }
     # `is`, not `in (None, False)`: --hflip 0 is given (0 == False)
-    return [flag for k, flag in flags.items() if values.get(k) is not None and values.get(k) is not False]
+    return [flag for k, flag in QAT_FLAGS.items() if values.get(k) is not None and values.get(k) is not False]
 
 
 def run_qat(

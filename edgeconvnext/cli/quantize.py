@@ -154,31 +154,10 @@ def quantize_cmd(
             recipe_img_size = rec.img_size
             if checkpoint is None:  # random weights: nothing was trained at another size
                 img_size = rec.img_size
-    qat_values = {
-        "train_data": train_data,
-        "val_data": val_data,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "steps": steps,
-        "distill_weight": distill_weight,
-        "temperature": temperature,
-        "logit_mse": logit_mse,
-        "optimizer": optimizer,
-        "warmup_steps": warmup_steps,
-        "clip_grad": clip_grad,
-        "ema_decay": ema_decay,
-        "scales": scales,
-        "labels": labels,
-        "augment": augment,
-        "hflip": hflip,
-        "workers": workers,
-        "threads": threads,
-        "device": device,
-        "resume": resume,
-    }
-    from edgeconvnext.cli.qat import qat_given, run_qat
+    from edgeconvnext.cli.qat import QAT_FLAGS, qat_given, run_qat
     from edgeconvnext.errors import UsageError
+
+    qat_values = {k: ctx.params[k] for k in QAT_FLAGS}  # the QAT options, as given (None: not given)
 
     budget_given = [
         o
