@@ -1,3 +1,3 @@
-from edgeconvnext.cli import main
+from edgeconvnext.cli import entry
 
-raise SystemExit(main())
+entry()

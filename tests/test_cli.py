@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -181,15 +182,51 @@ def test_quiet_shows_no_warnings_only_the_final_line(tmp_path, capsys):
 
 def _fresh_cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
     """``python -m edgeconvnext ARGS`` in a fresh interpreter; ``code`` runs after it, with ``rc`` its exit code."""
-    script = (
-        "import runpy, sys\n"
-        f"sys.argv = ['edgeconvnext', *{list(args)!r}]\n"
-        "try:\n"
-        "    runpy.run_module('edgeconvnext', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    rc = e.code\n" + code
-    )
+    # main() itself: the console script's entry() ends the process when main() returns (exit_now)
+    script = f"import sys\nfrom edgeconvnext.cli import main\nrc = main({list(args)!r})\n" + code
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_the_console_entry_exits_with_the_code_after_its_output_and_logs_are_out(tmp_path):
+    # entry() skips the interpreter's teardown (os._exit): what was printed, logged to a file and buffered in a
+    # pipe must still all arrive, with main()'s exit code
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeconvnext", "models", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)  # the whole table, to its closing bracket
+    assert len(rows) == 17 and rows[0]["name"] == "convnext_atto"
+    done = subprocess.run([sys.executable, "-m", "edgeconvnext", "no-such-command"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no-such-command" in done.stderr
+    log = tmp_path / "log.txt"
+    script = (
+        "import logging, sys, tempfile\n"
+        "from edgeconvnext.cli import exit_now\n"
+        f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+        "logging.getLogger('x').info('the last record')\n"
+        f"d = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})\n"
+        "sys.stdout.write('no newline at the end')\n"
+        "exit_now(4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (4, "no newline at the end")
+    assert "the last record" in log.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt"]  # the finalizers ran (atexit)
+
+
+def test_the_console_entry_waits_for_a_thread_that_is_still_running(tmp_path):
+    # a non-daemon thread still writing: the normal exit (SystemExit), which waits for it, not os._exit
+    out = tmp_path / "late.txt"
+    script = (
+        "import threading, time\n"
+        "from pathlib import Path\n"
+        "from edgeconvnext.cli import exit_now\n"
+        f"threading.Thread(target=lambda: (time.sleep(0.5), Path({str(out)!r}).write_text('done'))).start()\n"
+        "exit_now(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert out.read_text() == "done"
 
 
 def test_root_help_lists_every_command_without_importing_any(monkeypatch):
