@@ -1,9 +1,10 @@
 """What each CPU stage of the pipeline costs against its floor, measured side by side in one run (issue 11).
 
 Inputs, built here once into ``--work`` (default ``benchmarks/_work/pipeline_cost``): 512 synthetic 320x256
-JPEGs (smooth random RGB, 4 class folders so ``validate`` can read them as an ImageFolder) and a
-random-weight convnextv2_nano FP32 ONNX at 224 px (``edgeconvnext export``). Random weights: the cost of
-these steps does not depend on the weights.
+JPEGs (smooth random RGB, 4 class folders so ``validate`` can read them as an ImageFolder), random
+convnextv2_nano weights saved as a checkpoint (seed 0; quantize and export read it with ``-c``) and its FP32
+ONNX at 224 px (``edgeconvnext export``). Random weights: the cost of these steps does not depend on the
+weights.
 
 Rows (every step and its floor run in separate processes, back to back, so each peak RSS is its own):
 
@@ -92,10 +93,27 @@ def _cli(*args: str, check: bool = True, capture: bool = True) -> subprocess.Com
     return subprocess.run([sys.executable, "-m", "edgeconvnext", *args], capture_output=capture, text=True, check=check)
 
 
+def make_checkpoint(work: Path) -> Path:
+    """Random convnextv2_nano weights (seed 0) saved once: quantize and export read them with ``-c`` as a user's
+    run does, instead of paying a random initialisation (~1.2 s, torch's truncated-normal loop) every time."""
+    out = work / f"{MODEL}.random.safetensors"
+    if not out.is_file():
+        code = (
+            "import sys, torch\n"
+            "from edgeconvnext.models.registry import create_model\n"
+            "from edgeconvnext.models.checkpoint import save_checkpoint\n"
+            "torch.manual_seed(0)\n"
+            f"save_checkpoint(__import__('pathlib').Path(sys.argv[1]), create_model({MODEL!r}).eval(), {MODEL!r})\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True)
+    return out
+
+
 def make_fp32(work: Path) -> Path:
     out = work / f"{MODEL}.fp32.onnx"
     if not out.is_file():
-        _cli("-q", "export", "-m", MODEL, "--img-size", str(IMG_SIZE), "-o", str(out))
+        ckpt = make_checkpoint(work)
+        _cli("-q", "export", "-m", MODEL, "-c", str(ckpt), "--img-size", str(IMG_SIZE), "-o", str(out))
     return out
 
 
@@ -280,7 +298,8 @@ def _cpu(r: dict) -> float:
 def step_quantize(work: Path, images_dir: Path, n: int) -> dict:
     out = work / "out" / f"{MODEL}.int8.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = ["-q", "quantize", "-m", MODEL, "--img-size", str(IMG_SIZE), "--calib-data", str(images_dir)]
+    args = ["-q", "quantize", "-m", MODEL, "-c", str(make_checkpoint(work)), "--img-size", str(IMG_SIZE)]
+    args += ["--calib-data", str(images_dir)]
     # --force: a sidecar left by an earlier run of another build matches this one's inputs and config, so the
     # stage would be skipped and its old timings read back
     args += ["--calib-size", str(n), "--backend", "ort", "-o", str(out), "--json", "--force"]
