@@ -148,19 +148,16 @@ def exit_now(rc: int) -> NoReturn:
     """Exit with ``rc`` once the output is out, without the interpreter's teardown.
 
     After a quantize, freeing torch's and onnxruntime's modules object by object took 1.2-1.4 s of a command
-    whose work was done. The log handlers are closed, the ``atexit`` functions run (temporary folders' finalizers
-    among them) and stdout/stderr are flushed first; the normal exit (``SystemExit``) is kept while anything
-    else may still need the interpreter: a thread that is not a daemon, a multiprocessing child, or a
-    torch.distributed process group (torchrun's ranks destroy theirs on the way out).
+    whose work was done. The ``atexit`` functions run first (logging's shutdown, which flushes and closes the
+    handlers, and temporary folders' finalizers among them), then stdout/stderr are flushed; the normal exit
+    (``SystemExit``) is kept while anything else may still need the interpreter: a thread that is not a daemon,
+    a multiprocessing child, or a torch.distributed process group (torchrun's ranks destroy theirs on the way
+    out), and where Python has no ``atexit._run_exitfuncs`` (not CPython).
     """
     import atexit
-    import logging
 
-    logging.shutdown()
-    if _others_running():
-        raise SystemExit(rc)
     run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
-    if run_exitfuncs is None:  # not CPython: nothing to skip safely
+    if run_exitfuncs is None or _others_running():
         raise SystemExit(rc)
     run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
