@@ -108,6 +108,9 @@ def test_finetune_learns_and_saves_everything(data, tmp_path):
     assert res.class_names == ["blue", "green", "red"]
     assert res.preprocess.crop_pct == 1.0 and res.preprocess.img_size == 32  # 28 px images: no crop
     assert any("crop_pct 1.0" in n for n in res.notes)
+    # from scratch: a trained model, not the loader's "random weights ... not for accuracy" timing note
+    assert "trained from random weights (convnextv2_test, no --checkpoint)" in res.notes
+    assert not any("not for accuracy" in n for n in res.notes)
     h = res.history
     assert [e.epoch for e in h] == [1, 2]
     assert h[-1].val_loss < math.log(3)  # better than the uniform guess

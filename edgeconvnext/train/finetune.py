@@ -313,7 +313,10 @@ def finetune(
             allow_unsafe=cfg.allow_unsafe,
             ema=cfg.ema,
         )
-        notes.extend(getattr(loaded, "notes", []) or [])  # e.g. "replaced the 1000-class classifier ...", as export
+        if loaded.source_format == "random":  # training from scratch: the result is a trained model, not a timing one
+            notes.append(f"trained from random weights ({loaded.arch.name}, no --checkpoint)")
+        else:
+            notes.extend(getattr(loaded, "notes", []) or [])  # e.g. "replaced the 1000-class classifier ...", as export
         pp = _choose_preprocess(loaded.preprocess, cfg, train_ds.paths, notes)
     for n in notes:
         log.info("%s", n)
