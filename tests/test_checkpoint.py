@@ -646,6 +646,42 @@ def test_fp16_weights_load_as_fp32(tmp_path):
     assert torch.equal(loaded.model.stem[0].weight, src_half["stem.0.weight"].float())
 
 
+def test_loaded_weights_are_the_checkpoints_own_trainable_cpu_tensors(tmp_path):
+    # load_state_dict(assign=True) on the meta-device model: every parameter a CPU float32 tensor that trains,
+    # a slice of a larger saved tensor copied out of it (its storage not kept alive), nothing left on meta
+    src = make_model("convnext_test")
+    sd = plain_sd(src)
+    big = torch.cat([sd["head.fc.weight"].flatten(), torch.zeros(100_000)])
+    sd["head.fc.weight"] = big[: sd["head.fc.weight"].numel()].view_as(sd["head.fc.weight"])
+    f = tmp_path / "sliced.pth"
+    torch.save(sd, f)
+    loaded = load_model(None, f)
+    assert_same(loaded, src)
+    params = dict(loaded.model.named_parameters())
+    assert {p.device.type for p in params.values()} == {"cpu"} and all(p.requires_grad for p in params.values())
+    fc = params["head.fc.weight"]
+    assert fc.untyped_storage().nbytes() == fc.numel() * fc.element_size()
+    loss = loaded.model(torch.randn(2, 3, 32, 32)).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in params.values())
+
+
+def test_loading_a_checkpoint_imports_no_sympy(tmp_path):
+    # Module.to_empty from the meta device imported sympy (0.6 s) through torch's meta registrations
+    import subprocess
+    import sys
+
+    f = tmp_path / "m.safetensors"
+    save_file(plain_sd(make_model("convnext_test")), f)
+    code = (
+        "import sys\nfrom edgeconvnext.models.checkpoint import load_model\n"
+        f"load_model(None, {str(f)!r})\nprint('sympy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 # ------------------------------------------------------------------------------------------------
 # save_checkpoint refusals
 # ------------------------------------------------------------------------------------------------

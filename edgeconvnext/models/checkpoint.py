@@ -268,9 +268,13 @@ def _build_and_load(
     allow_missing = ("head.fc.weight", "head.fc.bias") if ckpt_classes is None else ()
     _check_keys(sd, net.state_dict(), source, arch, allow_missing)
     _check_values(sd, source)
-    net = net.to_empty(device="cpu")
     with torch.no_grad():
-        net.load_state_dict(sd, strict=not allow_missing)
+        # assign: the checkpoint's tensors become the parameters of the meta-device model, with no allocation
+        # and copy (Module.to_empty's first empty_like from meta imports sympy through torch's meta
+        # registrations: ~0.6 s that nothing else of a quantize needs). A tensor viewing a larger storage is
+        # copied, so the rest of that storage is not kept alive.
+        owned = {k: v.clone() if _views_more(v) else v.contiguous() for k, v in sd.items()}
+        net.load_state_dict(owned, strict=not allow_missing, assign=True)
     if ckpt_classes is None:
         net.reset_classifier(num_classes)
         notes.append(f"the checkpoint has no classifier: added a new {num_classes}-class one (train it)")
@@ -282,6 +286,11 @@ def _build_and_load(
     if dtypes:
         log.info("checkpoint weights stored as %s; loaded as float32", ", ".join(dtypes))
     return net, ckpt_classes
+
+
+def _views_more(t: Any) -> bool:
+    """Whether tensor ``t`` views only part of its storage (a slice of a larger saved tensor)."""
+    return bool(t.untyped_storage().nbytes() > t.numel() * t.element_size())
 
 
 def _names_and_preprocess(
