@@ -103,3 +103,38 @@ def test_aliases(alias, name):
 def test_unknown_name_suggests_nearest():
     with pytest.raises(UsageError, match="did you mean 'convnextv2_nano'"):
         zoo.resolve("convnextv2_nanoo")
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "convnextv2_test"])
+def test_macs_counted_on_the_onnx_graph_equal_the_models(name, tmp_path):
+    # onnx.graph.compute_macs (the placement table's MACs share) infers shapes on a skeleton of the graph: batch
+    # 1, and the weights' values left out (graph inputs of their shape); the count must be the model's own
+    import io
+
+    import onnx
+
+    from edgeconvnext.onnx.graph import _SHAPE_ONLY_ELEMENTS, _fixed_batch, compute_macs
+
+    arch = zoo.ARCHS[name]
+    model = zoo.create_model(arch, num_classes=10).eval()
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 64, 64),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    macs = compute_macs(proto)
+    assert sum(macs.values()) == round(_traced_stats(arch, 64, 10)["gmacs"] * 1e9)
+    skeleton = _fixed_batch(proto)
+    big = [t for t in proto.graph.initializer if len(t.raw_data) > 4 * _SHAPE_ONLY_ELEMENTS]
+    assert big and all(len(t.raw_data) <= 4 * _SHAPE_ONLY_ELEMENTS for t in skeleton.graph.initializer)
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in skeleton.graph.input}
+    assert all(inputs[t.name] == list(t.dims) for t in big) and inputs["input"] == [1, 3, 64, 64]
+    assert len(skeleton.SerializeToString()) < len(buf.getvalue()) / 4
