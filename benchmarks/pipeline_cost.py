@@ -99,11 +99,11 @@ def make_checkpoint(work: Path) -> Path:
     out = work / f"{MODEL}.random.safetensors"
     if not out.is_file():
         code = (
-            "import sys, torch\n"
-            "from edgeconvnext.models.registry import create_model\n"
+            "import sys\nfrom pathlib import Path\nimport torch\n"
             "from edgeconvnext.models.checkpoint import save_checkpoint\n"
+            "from edgeconvnext.models.registry import create_model\n"
             "torch.manual_seed(0)\n"
-            f"save_checkpoint(__import__('pathlib').Path(sys.argv[1]), create_model({MODEL!r}).eval(), {MODEL!r})\n"
+            f"save_checkpoint(Path(sys.argv[1]), create_model({MODEL!r}).eval(), {MODEL!r})\n"
         )
         subprocess.run([sys.executable, "-c", code, str(out)], check=True)
     return out

@@ -181,8 +181,8 @@ def test_quiet_shows_no_warnings_only_the_final_line(tmp_path, capsys):
 
 
 def _fresh_cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
-    """``python -m edgeconvnext ARGS`` in a fresh interpreter; ``code`` runs after it, with ``rc`` its exit code."""
-    # main() itself: the console script's entry() ends the process when main() returns (exit_now)
+    """``main(ARGS)`` in a fresh interpreter; ``code`` runs after it, with ``rc`` its exit code (main() itself: the
+    console script's entry() ends the process when main() returns, exit_now)."""
     script = f"import sys\nfrom edgeconvnext.cli import main\nrc = main({list(args)!r})\n" + code
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
 

@@ -1486,7 +1486,7 @@ def _export_checked(
 ) -> _Exported:
     """Export (TorchScript, opset 17) with the TensorRT rules, onnxruntime's parity with the torch model and the
     agreement with the FP32 baseline, on the validation images (else the calibration images)."""
-    from edgeconvnext.quantize.ptq import _agreement
+    from edgeconvnext.quantize.ptq import AGREEMENT_IMAGES, _agreement
 
     cfg, qcfg, val_images = s.cfg, s.qcfg, s.data.val_images
     quant_meta = {
@@ -1507,7 +1507,7 @@ def _export_checked(
     s.step_msg("comparing onnxruntime with the torch fake-quant model")
     images = val_images[:CHECK_IMAGES] if val_images is not None else kept.check_images
     parity = _parity(final, onnx_bytes, images, "validation images" if val_images is not None else "calibration images")
-    agreement = _agreement(kept.fp32, onnx_bytes, images[:32]) if kept.fp32 else {}
+    agreement = _agreement(kept.fp32, onnx_bytes, images[:AGREEMENT_IMAGES]) if kept.fp32 else {}
     return _Exported(final, onnx_bytes, report, parity, agreement, _sha256(onnx_bytes))
 
 
