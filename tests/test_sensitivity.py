@@ -210,15 +210,52 @@ def test_variants_in_one_session_score_exactly_as_one_session_each(quantized, mo
     groups = sens.groups_of(placement)
     assert sens.variants_per_session(fp32, len(groups)) == (len(groups), sens.BATCH)  # 40 px: all in one
     got = {}
-    for per in (None, 1, 5):  # all in one, one each, in chunks (the last one short)
+    for per, share in ((None, True), (1, True), (5, True), (None, False), (5, False)):
+        # all in one, one each, in chunks (the last one short); revert: the shared all-INT8 prefix run once
+        # (share) or every variant whole: the same scores
         ev = sens.Evaluator(fp32.SerializeToString(), val.images, val.labels)
         base = ev.run(q)
         subset = ev.subset(base, 64)
-        scores = sens.rank(ev, q, fp32, groups, subset, base, mode=mode, per_session=per)
-        got[per] = [s.to_dict() for s in scores]
-        assert ev.images_run == 2 * len(ev) + len(groups) * len(subset)
-    assert got[None] == got[1] == got[5]
-    assert len(got[None]) == INT8_LAYERS
+        scores = sens.rank(ev, q, fp32, groups, subset, base, mode=mode, per_session=per, share_prefix=share)
+        got[per, share] = [s.to_dict() for s in scores]
+        parts = len(subset) if (share and mode == "revert") else 0  # the all-INT8 parts between the cuts
+        assert ev.images_run == 2 * len(ev) + len(groups) * len(subset) + parts
+    assert all(g == got[None, True] for g in got.values())
+    assert len(got[None, True]) == INT8_LAYERS
+
+
+def test_the_all_int8_graph_cut_at_its_residual_stream_computes_what_the_whole_graph_does(quantized):
+    # cuts(): the tensors a graph can be cut at (everything after reads only them); the parts between them,
+    # chained, give the whole model's values there and its logits; a part that needs another input is None
+    import numpy as np
+    from onnx import helper
+
+    from edgeconvnext.onnx.session import cpu_session
+    from edgeconvnext.quantize import sensitivity as sens
+
+    q, _, _, val = quantized
+    at = sens.cuts(q)
+    tensors = list(dict.fromkeys(t for _, t in at))
+    assert at[0] == (0, "input") and len(tensors) >= 6  # the input, the stem, 5 blocks, 3 downsamples
+    probe = type(q)()
+    probe.CopyFrom(q)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors[1:])
+    x = val.images[:20]
+    want = cpu_session(probe, int8="emulated").run(None, {"input": x})
+    values = dict(zip(["logits", *tensors[1:]], want, strict=True))
+    ev = sens.Evaluator(q.SerializeToString(), x, None)
+    cur, src = x, "input"
+    for t in tensors[1:]:
+        part = sens._part(q, src, cur, t)
+        assert part is not None and len(part.graph.node) < len(q.graph.node)
+        cur, src = ev.run_part(part, cur), t
+        np.testing.assert_allclose(cur, values[t], rtol=1e-5, atol=1e-5)
+    last = sens._part(q, src, cur)
+    assert last is not None
+    np.testing.assert_allclose(ev.run_part(last, cur), values["logits"], rtol=1e-5, atol=1e-5)
+    # from the last cut, the logits need nothing of what came before it; from a tensor inside a block they do
+    inside = next(n.output[0] for n in q.graph.node if n.op_type == "LayerNormalization" and n.output[0] not in tensors)
+    assert sens._part(q, inside, cur) is None
 
 
 def test_variants_per_session_bounds_the_activation_memory(quantized):
@@ -359,3 +396,25 @@ def test_the_printed_search_says_where_each_step_was_measured_as_the_json_does()
         "all images, stopped after 7 outside the subset (over budget)",
     ]
     assert [s["stopped_at"] for s in steps_json] == [None, 40, None, 7]
+
+
+def test_the_evaluator_computes_int8_as_the_graph_is_written(quantized):
+    # INT8_MATH "emulated": Q/DQ not fused into onnxruntime's integer kernels (which saturate on CPUs without
+    # VNNI) but run as written: the logits of a session with every optimisation off, up to float rounding
+    import numpy as np
+
+    from edgeconvnext.onnx.session import cpu_session
+    from edgeconvnext.quantize import sensitivity as sens
+
+    q, fp32, _, val = quantized
+    ev = sens.Evaluator(fp32.SerializeToString(), val.images, val.labels)
+    got = ev.run(q)
+    exact = np.concatenate(
+        [cpu_session(q, int8="exact").run(None, {"input": val.images[i : i + 50]})[0] for i in range(0, len(val), 50)]
+    )
+    fp = ev.fp32_logits
+    assert np.abs(got - fp).max() > 100 * np.abs(got - exact).max()  # INT8, not FP32: the outliers cost it
+    assert np.abs(got - exact).max() <= 1e-3 * np.abs(exact).max()
+    assert (got.argmax(1) == exact.argmax(1)).all()
+    with pytest.raises(ValueError, match="int8 must be one of"):
+        cpu_session(q, int8="fast")

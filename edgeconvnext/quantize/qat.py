@@ -288,13 +288,9 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 32) ->
 def ort_logits(onnx_bytes: bytes, images: np.ndarray, batch: int = 32, *, exact: bool = True) -> np.ndarray:
     """onnxruntime CPU logits; ``exact``: graph optimizations off, so Q/DQ run as written (see PARITY_REL_TOL),
     else onnxruntime's default (fused int8 kernels, how it runs the model in production on a CPU)."""
-    import onnxruntime as ort
+    from edgeconvnext.onnx.session import cpu_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if exact:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(onnx_bytes, int8="exact" if exact else "kernels")
     out = [sess.run(["logits"], {"input": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
