@@ -443,6 +443,8 @@ def test_markdown_of_several_reports(world, tmp_path):
         ("model_name_for_onnx", 2, "--model names the architecture"),
         ("img_size_for_fixed_onnx", 2, "--img-size 64: a.onnx takes 32 px"),
         ("model_name_mismatch", 3, "is convnextv2_test, not convnext_test"),
+        ("int8_math_for_torch", 2, "--int8-math emulated applies to the onnxruntime backend"),
+        ("int8_math_unknown", 2, "unknown --int8-math 'fast'; use one of kernels, emulated, exact"),
     ],
 )
 def test_cli_refusals(world, tmp_path, capsys, case, code, message):
@@ -462,6 +464,8 @@ def test_cli_refusals(world, tmp_path, capsys, case, code, message):
         "model_name_for_onnx": [onnx, "--latency", "--model", "convnextv2_test"],
         "img_size_for_fixed_onnx": [onnx, "--latency", "--img-size", "64"],
         "model_name_mismatch": [ckpt, "--latency", "--model", "convnext_test"],
+        "int8_math_for_torch": [ckpt, "--latency", "--int8-math", "emulated"],
+        "int8_math_unknown": [onnx, "--latency", "--int8-math", "fast"],
     }[case]
     rc = main(["validate", *args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -557,3 +561,43 @@ def test_default_latency_batches_fit_the_artifact():
     assert _default_batches(SimpleNamespace(batch=4, name="b4.onnx"), "cpu", notes) == [4]
     engine = SimpleNamespace(batch=None, name="e.engine", batch_range=(1, 16))  # a TensorRT profile 1..16
     assert _default_batches(engine, "cuda", notes) == [1, 16] and "accepts batch 1..16" in notes[-1]
+
+
+def test_int8_math_computes_the_qdq_as_asked_and_says_so(world, tmp_path, monkeypatch):
+    # --int8-math: onnxruntime's int8 kernels (default), emulated in float as written (TensorRT's arithmetic), or
+    # exact (no optimisation); the runner's name says which; emulated gives exact's predictions
+    from edgeconvnext.onnx import session
+    from edgeconvnext.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(calib_size=32, min_calib_size=16)
+    q = quantize(world["loaded"], tmp_path / "a.int8.onnx", calib_data=world["root"] / "pool", config=cfg).path
+    data = image_folder(world, tmp_path / "val", world["labels"])
+    monkeypatch.setattr(session, "kernels_may_saturate", lambda: True)  # as on an x86 CPU without VNNI
+    reps = {m: validate(q, data, baseline=world["onnx"], int8_math=m) for m in session.INT8_MATHS}
+    assert reps["kernels"].model_runner == "onnxruntime-cpu:a.int8.onnx"
+    assert reps["emulated"].model_runner == "onnxruntime-cpu int8 emulated:a.int8.onnx"
+    assert reps["exact"].model_runner == "onnxruntime-cpu int8 exact:a.int8.onnx"
+    assert reps["emulated"].top1 == reps["exact"].top1
+    assert reps["emulated"].top1_agreement == reps["exact"].top1_agreement
+    assert any("saturate on this CPU" in n and "--int8-math emulated" in n for n in reps["kernels"].notes)
+    assert not any("saturate" in n for n in reps["emulated"].notes + reps["exact"].notes)
+    fp = validate(world["onnx"], data, int8_math="emulated")  # a float model: said to change nothing
+    assert fp.top1 == validate(world["onnx"], data).top1
+    assert any("is not an INT8 model; nothing to compute differently" in n for n in fp.notes)
+
+
+@pytest.mark.parametrize(
+    "machine,flags,saturates",
+    [
+        ("x86_64", "fpu sse2 avx avx2 fma", True),  # AVX2 only: VPMADDUBSW's 16-bit sums
+        ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+        ("x86_64", "fpu avx2 avx_vnni", False),
+        ("aarch64", "fp asimd asimddp", False),  # Arm: 32-bit dot products
+        ("x86_64", None, False),  # no flags line: not known to saturate
+    ],
+)
+def test_which_cpus_int8_kernels_may_saturate_on(machine, flags, saturates):
+    from edgeconvnext.onnx.session import kernels_may_saturate
+
+    cpuinfo = "processor\t: 0\n" + (f"flags\t\t: {flags}\n" if flags is not None else "")
+    assert kernels_may_saturate(cpuinfo, machine) is saturates

@@ -112,6 +112,17 @@ def validate_cmd(
     compile: Annotated[
         bool, typer.Option("--compile", help="torch only: run through torch.compile (one static graph per batch size).")
     ] = False,
+    int8_math: Annotated[
+        str,
+        typer.Option(
+            "--int8-math",
+            help=(
+                "onnxruntime only, how an INT8 model's Q/DQ are computed: kernels (default: onnxruntime's int8 "
+                "kernels, which saturate on x86 CPUs without VNNI), emulated (in float as written: TensorRT's "
+                "arithmetic), exact (no graph optimisation; slowest)."
+            ),
+        ),
+    ] = "kernels",
     arch: ModelOpt = None,
     img_size: ImgSizeOpt = None,
     allow_unsafe: UnsafeOpt = False,
@@ -243,6 +254,7 @@ def validate_cmd(
                 progress=progress,
                 on_latency_batch=on_latency_batch,
                 reuse=not force,
+                int8_math=int8_math.strip().lower(),
             )
         except AccuracyError as e:
             bar.stop()

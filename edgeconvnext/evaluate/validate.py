@@ -117,6 +117,7 @@ def _check_options(
     allow_unsafe: bool,
     latency: LatencyOptions | None,
     accuracy_opts: dict[str, Any],
+    int8_math: str = "kernels",
 ) -> tuple[str, str]:
     """Refuse what cannot be honoured before anything is loaded; returns (backend, device)."""
     if data is None and latency is None:
@@ -172,6 +173,15 @@ def _check_options(
             f"--precision {precision}: the torch backend runs fp32 or fp16 (INT8 runs from a Q/DQ "
             "ONNX on onnxruntime or TensorRT)"
         )
+    from edgeconvnext.onnx.session import INT8_MATHS
+
+    if int8_math not in INT8_MATHS:
+        raise UsageError(f"unknown --int8-math '{int8_math}'; use one of {', '.join(INT8_MATHS)}")
+    if int8_math != "kernels" and backend != "onnxruntime":
+        raise UsageError(
+            f"--int8-math {int8_math} applies to the onnxruntime backend (--backend {backend} computes INT8 "
+            "itself): drop --int8-math"
+        )
     device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
     if device not in DEVICES:
         raise UsageError(f"unknown --device '{device}'; use one of {', '.join(DEVICES)}")
@@ -218,6 +228,7 @@ def _open_model(
     allow_unsafe: bool,
     threads: int | None,
     notes: list[str],
+    int8_math: str = "kernels",
 ) -> tuple[Runner, str, str | None]:
     """The model's runner, its display name and its sha256 (None for random weights)."""
     if backend in TORCH_BACKENDS:
@@ -233,7 +244,8 @@ def _open_model(
         name = str(model) if model is not None else f"{loaded.arch.name} (random weights)"
         return runner, name, loaded.source_sha256
     assert model is not None  # _check_options refused a missing MODEL for other backends
-    runner = open_runner(Path(model), backend, device, threads=threads)
+    runner = open_runner(Path(model), backend, device, threads=threads, int8=int8_math)
+    _int8_math_note(runner, backend, device, int8_math, notes)
     if img_size is not None and runner.input_size is not None and img_size != runner.input_size:
         runner.close()
         raise UsageError(
@@ -241,6 +253,24 @@ def _open_model(
             "at export); drop --img-size"
         )
     return runner, str(model), sha256_file(model)
+
+
+def _int8_math_note(runner: Runner, backend: str, device: str, int8_math: str, notes: list[str]) -> None:
+    """Say when the accuracy onnxruntime gives an INT8 model may not be TensorRT's, or --int8-math did nothing."""
+    if backend != "onnxruntime":
+        return
+    int8 = runner.precision == "int8"
+    if int8_math != "kernels" and not int8:
+        notes.append(f"--int8-math {int8_math}: {runner.name} is not an INT8 model; nothing to compute differently")
+    elif int8 and int8_math == "kernels" and device == "cpu":
+        from edgeconvnext.onnx.session import kernels_may_saturate
+
+        if kernels_may_saturate():
+            notes.append(
+                "onnxruntime's int8 CPU kernels saturate on this CPU (x86 without VNNI): its top-1 can read "
+                "lower than TensorRT computes (0.7 point on a Fashion-MNIST V1 atto on an AVX2 EPYC); "
+                "--int8-math emulated computes the Q/DQ as written, as TensorRT does"
+            )
 
 
 def _check_latency_memory(runner: Runner, batches: list[int], size: int) -> None:
@@ -314,6 +344,7 @@ def validate(
     progress: Callable[[int, int], None] | None = None,
     on_latency_batch: Callable[[int], None] | None = None,
     reuse: bool = False,
+    int8_math: str = "kernels",
 ) -> ValidationReport | Skipped:
     """Evaluate ``model`` (and the baseline) on ``data`` and/or time it; see the module docstring.
 
@@ -326,7 +357,9 @@ def validate(
     accuracy batch, ``on_latency_batch(batch)`` before each latency batch size. The baseline runs on CPU.
     ``reuse``: with a ``report``, return :class:`~edgeconvnext.artifacts.Skipped` when the report's sidecar
     matches this run (same model, baseline, data, options and library versions; the files unchanged); a
-    report over ``max_drop`` raises its AccuracyError again.
+    report over ``max_drop`` raises its AccuracyError again. ``int8_math`` (onnxruntime): how an INT8 model's
+    Q/DQ are computed, onnxruntime's ``kernels`` (default), ``emulated`` or ``exact``
+    (:mod:`edgeconvnext.onnx.session`).
     """
     t0 = time.perf_counter()
     if baseline is not None and checkpoint is not None:
@@ -348,6 +381,7 @@ def validate(
             "--labels": labels,
             "--limit": limit,
         },
+        int8_math=int8_math,
     )
     _check_accuracy_request(model, baseline, checkpoint, labels, max_drop, batch, report, markdown)
     key_inputs = [
@@ -373,6 +407,7 @@ def validate(
         "img_size": img_size,
         "latency": asdict(latency) if latency is not None else None,
         "markdown": Path(markdown).name if markdown is not None else None,
+        **({"int8_math": int8_math} if int8_math != "kernels" else {}),  # older reports' keys stay valid
     }
     if reuse and report is not None:
         reused = reuse_if_current(report, stage="validate", inputs=key_inputs, config=key_config)
@@ -398,6 +433,7 @@ def validate(
             allow_unsafe=allow_unsafe,
             threads=threads,
             notes=notes,
+            int8_math=int8_math,
         )
         runners.append(runner)
         if data is not None:

@@ -33,8 +33,9 @@ its residual stream (:func:`cuts`), and each variant only from the last cut befo
 How many variants share a session is bounded by an activation-memory estimate (:func:`variants_per_session`),
 so large inputs fall back to fewer. Every session computes INT8 ``emulated`` (:data:`INT8_MATH`,
 :mod:`edgeconvnext.onnx.session`): the Q/DQ arithmetic as written, TensorRT's up to float rounding, rather than
-onnxruntime's fused int8 CPU kernels (they saturate without VNNI; at 32 px they cost 3.4x an FP32 pass per image
-on an AVX2 CPU, the emulation 1.2x: ``revert`` on 41 groups 29.8 -> 12.5 CPU passes).
+onnxruntime's fused int8 CPU kernels (they saturate without VNNI; on policy-all models at 32 px they cost 3.1-3.4x
+an FP32 pass per image, on a VNNI Xeon and an AVX2 EPYC, the emulation 1.2x: ``revert`` on 41 groups 29.8 -> 12.5
+CPU passes).
 
 Top-1 and agreement are estimated on the whole set: images outside the ranking subset keep the prediction of
 the reference (FP32 for ``isolate``, all-INT8 for ``revert``: those images agree with FP32 and have the

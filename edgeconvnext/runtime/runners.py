@@ -170,9 +170,17 @@ def _check_interface(session: Any, what: str) -> None:
 class OnnxRuntimeRunner(Runner):
     """onnxruntime InferenceSession on CPU (or CUDA with onnxruntime-gpu); reads input name, size, batch."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "cpu", threads: int | None = None, int8: str = "kernels"
+    ) -> None:
+        """``int8``: how Q/DQ are computed (:mod:`edgeconvnext.onnx.session`): onnxruntime's int8 kernels
+        (default), ``emulated`` in float as written (TensorRT's arithmetic), or ``exact`` (no optimisation)."""
         super().__init__()
         ort = require("onnxruntime", "the onnxruntime backend")
+        from edgeconvnext.onnx.session import INT8_MATHS, session_options
+
+        if int8 not in INT8_MATHS:
+            raise UsageError(f"unknown --int8-math '{int8}'; use one of {', '.join(INT8_MATHS)}")
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"ONNX model not found: {self.path}")
@@ -187,10 +195,7 @@ class OnnxRuntimeRunner(Runner):
             providers = ["CUDAExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(int8, threads)
         try:
             # a path onnxruntime's C++ side would misread (see native_path_ok) goes in as the file's bytes
             model: str | bytes = str(self.path) if native_path_ok(self.path) else self.path.read_bytes()
@@ -212,7 +217,9 @@ class OnnxRuntimeRunner(Runner):
 
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.precision = str(self.metadata.get("precision") or ("fp16" if self.input_dtype == np.float16 else "fp32"))
-        self.name = f"onnxruntime-{device}:{self.path.name}"
+        self.int8 = int8
+        math = f" int8 {int8}" if int8 != "kernels" else ""
+        self.name = f"onnxruntime-{device}{math}:{self.path.name}"
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         feed = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
@@ -369,17 +376,23 @@ def open_runner(
     *,
     threads: int | None = None,
     compile: bool = False,
+    int8: str = "kernels",
 ) -> Runner:
     """A runner for ``artifact``: an ONNX file, a TensorRT engine, a checkpoint file or a LoadedModel.
 
     ``backend`` None picks it from the artifact (see :func:`backend_for`); an explicit backend that
     cannot run the artifact is refused. ``device`` None is cuda for TensorRT, else cpu; TensorRT on the
     CPU is refused. ``precision`` applies to torch (fp32/fp16); ONNX and engines carry their precision
-    inside, so asking another one is refused.
+    inside, so asking another one is refused. ``int8`` (onnxruntime only): see :class:`OnnxRuntimeRunner`.
     """
     backend = backend or backend_for(artifact)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if int8 != "kernels" and backend != "onnxruntime":
+        raise UsageError(
+            f"--int8-math {int8} applies to the onnxruntime backend (--backend {backend} computes INT8 itself): "
+            "drop --int8-math"
+        )
     kind = backend_for(artifact)
     device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
     if backend in ("tensorrt", "torch-tensorrt"):
@@ -407,7 +420,7 @@ def open_runner(
         )
     assert isinstance(artifact, (str, Path))  # backend_for: a LoadedModel is "torch", handled above
     if backend == "onnxruntime":
-        runner: Runner = OnnxRuntimeRunner(artifact, device=device, threads=threads)
+        runner: Runner = OnnxRuntimeRunner(artifact, device=device, threads=threads, int8=int8)
     else:
         try:
             trt_runtime = importlib.import_module("edgeconvnext.runtime.tensorrt")
