@@ -113,7 +113,7 @@ def test_macs_counted_on_the_onnx_graph_equal_the_models(name, tmp_path):
 
     import onnx
 
-    from edgeconvnext.onnx.graph import _SHAPE_ONLY_ELEMENTS, _fixed_batch, compute_macs
+    from edgeconvnext.onnx.graph import _SHAPE_ONLY_ELEMENTS, compute_macs, shape_skeleton
 
     arch = zoo.ARCHS[name]
     model = zoo.create_model(arch, num_classes=10).eval()
@@ -132,7 +132,7 @@ def test_macs_counted_on_the_onnx_graph_equal_the_models(name, tmp_path):
     proto = onnx.load_from_string(buf.getvalue())
     macs = compute_macs(proto)
     assert sum(macs.values()) == round(_traced_stats(arch, 64, 10)["gmacs"] * 1e9)
-    skeleton = _fixed_batch(proto)
+    skeleton = shape_skeleton(proto)
     big = [t for t in proto.graph.initializer if len(t.raw_data) > 4 * _SHAPE_ONLY_ELEMENTS]
     assert big and all(len(t.raw_data) <= 4 * _SHAPE_ONLY_ELEMENTS for t in skeleton.graph.initializer)
     inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in skeleton.graph.input}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeconvnext.errors import CheckpointError, require
-from edgeconvnext.onnx.graph import QDQ_OPS
+from edgeconvnext.onnx.graph import QDQ_OPS, shape_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -83,7 +83,7 @@ def input_dtypes(proto: onnx.ModelProto, op_types: Iterable[str] = NORM_OPS) -> 
     """For each op type present, the dtype of the first (data) input of every such node, by shape inference."""
     onnx = _onnx()
     op_types = tuple(op_types)
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    inferred = onnx.shape_inference.infer_shapes(shape_skeleton(proto))  # types only: no weight values needed
     g = inferred.graph
     types: dict[str, int] = {t.name: t.data_type for t in g.initializer}
     for v in list(g.input) + list(g.output) + list(g.value_info):

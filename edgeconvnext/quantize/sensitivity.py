@@ -631,8 +631,10 @@ def largest_activation(model: onnx.ModelProto) -> int | None:
     other symbolic dimension left out), or None when no shape is known."""
     import onnx
 
+    from edgeconvnext.onnx.graph import shape_skeleton
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model))
     except Exception as e:  # noqa: BLE001 - an estimate only: fall back to one variant per session
         log.debug("shape inference failed (%s): one variant per session", e)
         return None
