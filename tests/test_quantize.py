@@ -701,3 +701,25 @@ def test_json_stdout_is_only_json(tmp_path, images, capsys, backend, method):
     out = capsys.readouterr().out
     assert rc == 0
     assert json.loads(out)["output"] == str(tmp_path / "j.onnx")
+
+
+def test_the_agreement_check_emulates_int8_where_the_kernels_may_saturate(tmp_path, images, monkeypatch, capsys):
+    # onnxruntime's int8 kernels where they compute what TensorRT does (VNNI, Arm), the Q/DQ emulated in float
+    # where they may saturate (x86 without VNNI): the sidecar and the printed line say which
+    import json
+
+    from edgeconvnext.onnx import session
+
+    sidecars = {}
+    for saturates in (False, True):
+        monkeypatch.setattr(session, "kernels_may_saturate", lambda s=saturates: s)
+        out = tmp_path / f"m{int(saturates)}.int8.onnx"
+        assert main(["quantize", "-m", "convnextv2_test", "--calib-data", str(images), "-o", str(out), *COMMON]) == 0
+        printed = capsys.readouterr().out
+        assert ("INT8 emulated in float" in printed) is saturates
+        sidecars[saturates] = json.loads(out.with_name(out.name + ".json").read_text())["details"]["agreement_vs_fp32"]
+    assert sidecars[False]["int8_math"] == "kernels" and sidecars[True]["int8_math"] == "emulated"
+    assert sidecars[True]["images"] == sidecars[False]["images"] > 0
+    assert (
+        abs(sidecars[True]["cosine_mean"] - sidecars[False]["cosine_mean"]) < 1e-3
+    )  # the same model, near-same logits

@@ -307,7 +307,12 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
         if a:
             c.print(
                 f"vs FP32 on {a['images']} calibration images: top-1 agreement {a['top1_agreement']:.1%}, "
-                f"cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})",
+                f"cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})"
+                + (
+                    " (INT8 emulated in float: this CPU's int8 kernels may saturate)"
+                    if a.get("int8_math") == "emulated"
+                    else ""
+                ),
                 soft_wrap=True,
             )
         c.print(f"TensorRT rules: {result.report.summary()}", soft_wrap=True, markup=False)

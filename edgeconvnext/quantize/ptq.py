@@ -152,7 +152,7 @@ class QuantizeResult:
     seconds: float
     peak_rss_mb: float
     size_bytes: int
-    agreement: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     smoothing: dict[str, Any] | None = None  # quantize/smooth.py's report (None with --no-smooth)
     #: the folded s by LayerNorm name (smooth.with_scales redoes the fold on the torch model: QAT's float start)
@@ -178,14 +178,25 @@ def peak_rss_mb() -> float:
 AGREEMENT_BATCH = AGREEMENT_IMAGES
 
 
-def _agreement(fp32: bytes, int8: bytes, images: Any, fp32_logits: Any = None) -> dict[str, float]:
-    """Top-1 agreement and mean cosine similarity of INT8 vs FP32 logits (onnxruntime CPU). ``fp32_logits``
-    (of ``images``, e.g. from the calibration pass) saves running the FP32 model again."""
+def agreement_math() -> str:
+    """How the agreement check computes INT8 (edgeconvnext.onnx.session): onnxruntime's int8 kernels (at 224 px
+    faster than emulating), except on a CPU where they may saturate (x86 without VNNI), where they would not show
+    what TensorRT computes: there emulated (and at 32 px also the faster)."""
+    from edgeconvnext.onnx.session import kernels_may_saturate
+
+    return "emulated" if kernels_may_saturate() else "kernels"
+
+
+def _agreement(fp32: bytes, int8: bytes, images: Any, fp32_logits: Any = None) -> dict[str, Any]:
+    """Top-1 agreement and mean cosine similarity of INT8 vs FP32 logits (onnxruntime CPU, INT8 computed as
+    :func:`agreement_math` says). ``fp32_logits`` (of ``images``, e.g. from the calibration pass) saves running
+    the FP32 model again."""
     import numpy as np
 
     from edgeconvnext.onnx.session import cpu_session
 
-    b = cpu_session(int8)  # onnxruntime's int8 kernels: at 224 px faster than emulating (edgeconvnext.onnx.session)
+    math = agreement_math()
+    b = cpu_session(int8, int8=math)
     a = None if fp32_logits is not None else cpu_session(fp32)
     ya, yb = [], []
     for i in range(0, len(images), AGREEMENT_BATCH):
@@ -204,6 +215,7 @@ def _agreement(fp32: bytes, int8: bytes, images: Any, fp32_logits: Any = None) -
         "cosine_mean": float(cos.mean()),
         "cosine_min": float(cos.min()),
         "max_abs_diff": float(np.abs(la - lb).max()),
+        "int8_math": math,
     }
 
 
@@ -800,7 +812,7 @@ def _quantize_sidecar(
     settings: dict[str, Any],
     placement: Sequence[policy_mod.Placement],
     report: TrtReport,
-    agreement: dict[str, float],
+    agreement: dict[str, Any],
     *,
     fp32_ref: dict[str, Any],
     manifest_bytes: bytes,

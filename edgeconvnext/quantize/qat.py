@@ -124,7 +124,7 @@ class QatResult:
     best_epoch: int
     start_vs_ptq: dict[str, Any]
     parity: dict[str, Any]
-    agreement: dict[str, float]
+    agreement: dict[str, Any]
     fp32_val_top1: float | None
     ptq_val_top1: float | None
     ptq_val_agreement: float | None
@@ -1441,7 +1441,7 @@ class _Exported:
     onnx_bytes: bytes
     report: TrtReport
     parity: dict[str, Any]
-    agreement: dict[str, float]
+    agreement: dict[str, Any]
     digest: str  # sha256 of onnx_bytes
 
 
