@@ -173,15 +173,9 @@ def _check_options(
             f"--precision {precision}: the torch backend runs fp32 or fp16 (INT8 runs from a Q/DQ "
             "ONNX on onnxruntime or TensorRT)"
         )
-    from edgeconvnext.onnx.session import INT8_MATHS
+    from edgeconvnext.onnx.session import check_int8_math
 
-    if int8_math not in INT8_MATHS:
-        raise UsageError(f"unknown --int8-math '{int8_math}'; use one of {', '.join(INT8_MATHS)}")
-    if int8_math != "kernels" and backend != "onnxruntime":
-        raise UsageError(
-            f"--int8-math {int8_math} applies to the onnxruntime backend (--backend {backend} computes INT8 "
-            "itself): drop --int8-math"
-        )
+    check_int8_math(int8_math, backend)
     device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
     if device not in DEVICES:
         raise UsageError(f"unknown --device '{device}'; use one of {', '.join(DEVICES)}")

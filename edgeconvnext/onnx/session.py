@@ -29,6 +29,21 @@ INT8_MATHS = ("kernels", "emulated", "exact")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+def check_int8_math(int8: str, backend: str = "onnxruntime") -> str:
+    """``int8`` when it names one of :data:`INT8_MATHS` that ``backend`` can honour, else UsageError naming
+    ``--int8-math`` and the fix (only onnxruntime computes INT8 one of these ways)."""
+    from edgeconvnext.errors import UsageError
+
+    if int8 not in INT8_MATHS:
+        raise UsageError(f"unknown --int8-math '{int8}'; use one of {', '.join(INT8_MATHS)}")
+    if int8 != "kernels" and backend != "onnxruntime":
+        raise UsageError(
+            f"--int8-math {int8} applies to the onnxruntime backend (--backend {backend} computes INT8 itself): "
+            "drop --int8-math"
+        )
+    return int8
+
+
 def session_options(int8: str = "kernels", threads: int | None = None) -> Any:
     """onnxruntime SessionOptions computing Q/DQ as ``int8`` says (see the module doc; irrelevant to a float
     model); ``threads``: intra-op threads (onnxruntime's default when None)."""

@@ -452,13 +452,25 @@ def _prune(m: onnx.ModelProto) -> None:
     m.graph.initializer.extend(keep)
 
 
+def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An empty model with ``model``'s IR version, opsets, functions, producer and graph name."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    m.producer_name = model.producer_name
+    m.graph.name = model.graph.name
+    return m
+
+
 def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
     """One graph holding ``models`` (variants of one graph, e.g. :func:`revert`'s) side by side, to run in one
     session: variant k's nodes and intermediate tensors are prefixed ``v{k}/`` and its first output is the
     graph's k-th; graph inputs and initializers are shared by name (a name must hold the same value in every
     variant, as :func:`revert`'s reverted weights and the quantized model's own initializers do). Consumed one
     variant at a time, so only the combined graph is held."""
-    import onnx
 
     out: onnx.ModelProto | None = None
     seen: dict[str, onnx.TensorProto] = {}
@@ -466,12 +478,7 @@ def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
     for k, m in enumerate(models):
         g = m.graph
         if out is None:
-            out = onnx.ModelProto()
-            out.ir_version = m.ir_version
-            out.opset_import.extend(m.opset_import)
-            out.functions.extend(m.functions)
-            out.producer_name = m.producer_name
-            out.graph.name = g.name
+            out = _shell(m)
             out.graph.input.extend(g.input)
         shared = {t.name for t in g.initializer} | {i.name for i in g.input}
         for t in g.initializer:
@@ -581,12 +588,7 @@ def _part(model: onnx.ModelProto, source: str, like: np.ndarray, target: str | N
             todo.extend(n.input)
     if not any(source in g.node[k].input for k in keep):
         return None  # ``target`` does not depend on ``source``
-    m = onnx.ModelProto()
-    m.ir_version = model.ir_version
-    m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    m.producer_name = model.producer_name
-    m.graph.name = g.name
+    m = _shell(model)
     elem = onnx.helper.np_dtype_to_tensor_dtype(like.dtype)
     m.graph.input.append(onnx.helper.make_tensor_value_info(source, elem, ["batch", *like.shape[1:]]))
     m.graph.node.extend(g.node[k] for k in sorted(keep))

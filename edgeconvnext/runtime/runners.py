@@ -177,10 +177,9 @@ class OnnxRuntimeRunner(Runner):
         (default), ``emulated`` in float as written (TensorRT's arithmetic), or ``exact`` (no optimisation)."""
         super().__init__()
         ort = require("onnxruntime", "the onnxruntime backend")
-        from edgeconvnext.onnx.session import INT8_MATHS, session_options
+        from edgeconvnext.onnx.session import check_int8_math, session_options
 
-        if int8 not in INT8_MATHS:
-            raise UsageError(f"unknown --int8-math '{int8}'; use one of {', '.join(INT8_MATHS)}")
+        check_int8_math(int8)
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"ONNX model not found: {self.path}")
@@ -388,11 +387,9 @@ def open_runner(
     backend = backend or backend_for(artifact)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
-    if int8 != "kernels" and backend != "onnxruntime":
-        raise UsageError(
-            f"--int8-math {int8} applies to the onnxruntime backend (--backend {backend} computes INT8 itself): "
-            "drop --int8-math"
-        )
+    from edgeconvnext.onnx.session import check_int8_math
+
+    check_int8_math(int8, backend)
     kind = backend_for(artifact)
     device = device or ("cuda" if backend in ("tensorrt", "torch-tensorrt") else "cpu")
     if backend in ("tensorrt", "torch-tensorrt"):
