@@ -12,6 +12,7 @@ A recipe file ``recipes/<model>-<target>.yaml``::
     quantize: {backend: ort, calib_method: minmax, policy: convnext, calib_size: 512}
     build: {fp16: true, batch: "1", workspace_mib: 1024, opt_level: 3}
     validate: {max_drop: 0.5, latency_batch: 1, warmup: 50, iters: 200, cuda_graph: true}
+    budget: {max_drop: 0.3}   # with --val-data: the accuracy-budget search of PTQ (quantize, run)
 
 Input: a recipe path or name. Output: :class:`Recipe`; :func:`resolve` merges one section with CLI values.
 
@@ -34,7 +35,7 @@ from edgeconvnext.engine.config import BuildRequest
 from edgeconvnext.errors import UsageError, nearest
 from edgeconvnext.evaluate.config import ValidateConfig
 from edgeconvnext.export.config import ExportConfig
-from edgeconvnext.quantize.config import QuantizeConfig
+from edgeconvnext.quantize.config import BudgetConfig, QuantizeConfig
 from edgeconvnext.quantize.qat_config import QatConfig
 from edgeconvnext.train.config import FinetuneConfig
 
@@ -90,6 +91,7 @@ TARGETS: dict[str, dict[str, Any]] = {
 SECTIONS: dict[str, type] = {
     "export": ExportConfig,
     "quantize": QuantizeConfig,
+    "budget": BudgetConfig,  # PTQ's accuracy-budget search: applied when the command is given --val-data
     "qat": QatConfig,
     "build": BuildRequest,
     "validate": ValidateConfig,

@@ -296,3 +296,16 @@ def test_budget_images_take_the_labels_file_of_a_flat_folder(data, tmp_path):
     by_name = dict(zip([p.name for p in tree.paths], tree.labels.tolist(), strict=True))
     assert [by_name[p.name] for p in flat.paths] == flat.labels.tolist()
     assert not load_valset(data / "plain", loaded.preprocess, loaded.class_names, loaded.num_classes).labelled
+
+
+def test_run_takes_the_budget_from_the_recipe_under_its_options(tmp_path):
+    from edgeconvnext.pipeline.run import RunOptions, resolve_options
+
+    recipe = tmp_path / "team.yaml"
+    recipe.write_text("budget:\n  max_drop: 0.5\n  subset_size: 40\n")
+    base = {"output": tmp_path / "r", "recipe": str(recipe), "model": "convnextv2_atto"}
+    r = resolve_options(RunOptions(**base, val_data=tmp_path, budget={"max_drop": None, "min_val_size": 30}))
+    assert r.budget is not None and (r.budget.max_drop, r.budget.subset_size, r.min_val_size) == (0.5, 40, 30)
+    assert r.to_dict()["budget"]["max_drop"] == 0.5  # in config.json and in the quantize stage's record
+    # without --val-data: no search (the recipe's budget is said not to apply), validation-free run as before
+    assert resolve_options(RunOptions(**base)).budget is None

@@ -418,3 +418,78 @@ def test_the_evaluator_computes_int8_as_the_graph_is_written(quantized):
     assert (got.argmax(1) == exact.argmax(1)).all()
     with pytest.raises(ValueError, match="int8 must be one of"):
         cpu_session(q, int8="fast")
+
+
+def test_a_recipes_budget_section_is_searched_with_val_data_and_said_without(tmp_path, data, capsys, caplog):
+    recipe = tmp_path / "team.yaml"
+    recipe.write_text("quantize:\n  smooth: false\nbudget:\n  max_drop: 10\n  subset_size: 64\n")
+    val = ["--val-data", str(data / "val")]
+    out = tmp_path / "b.onnx"
+    assert main(["quantize", *common(data), "--recipe", str(recipe), *val, "-o", str(out)]) == 0
+    b = json.loads((tmp_path / "b.onnx.json").read_text())["details"]["budget"]
+    assert (b["metric"], b["limit"], b["ranking_subset"]) == ("top1_drop", 10, 64) and b["met"] and b["reverted"]
+    # an option wins over the recipe's key, the recipe's other keys stand
+    loose = tmp_path / "loose.onnx"
+    assert main(["quantize", *common(data), "--recipe", str(recipe), *val, "--max-drop", "100", "-o", str(loose)]) == 0
+    b = json.loads((tmp_path / "loose.onnx.json").read_text())["details"]["budget"]
+    assert (b["limit"], len(b["steps"]), b["reverted"]) == (100, 1, [])
+    # without --val-data the recipe's budget cannot be measured: said in one line, the PTQ model written
+    plain = tmp_path / "plain.onnx"
+    caplog.clear()
+    assert main(["quantize", *common(data), "--recipe", str(recipe), "-o", str(plain)]) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "edgeconvnext.budget"]
+    assert said == [
+        "recipe team: budget (max_drop 10, subset_size 64) is measured on validation images: not applied without "
+        "--val-data DIR"
+    ]
+    assert json.loads((tmp_path / "plain.onnx.json").read_text())["details"].get("budget") is None
+
+
+@pytest.mark.parametrize(
+    "section, words",
+    [
+        ("budget:\n  max_dorp: 1\n", "unknown key 'max_dorp'; did you mean 'max_drop'?"),
+        ("budget:\n  max_drop: -1\n", "'budget.max_drop': -1.0 is below the minimum 0"),
+        ("budget:\n  max_disagree: 101\n", "'budget.max_disagree': 101.0 is above the maximum 100"),
+        ("budget:\n  subset_size: 0\n", "'budget.subset_size': 0 is below the minimum 1"),
+        ("budget:\n  subset_size: 64\n", "--val-data is for an accuracy budget: add --max-drop"),
+    ],
+)
+def test_a_bad_recipe_budget_is_one_line(tmp_path, data, capsys, section, words):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(section)
+    out = tmp_path / "o" / "x.onnx"
+    args = ["quantize", *common(data), "--recipe", str(recipe), "--val-data", str(data / "val"), "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+    assert not out.parent.exists()
+
+
+def test_resolve_budget_precedence_and_refusals():
+    from edgeconvnext.errors import UsageError
+    from edgeconvnext.quantize.config import resolve_budget
+    from edgeconvnext.recipes import validate_recipe
+
+    rec = validate_recipe({"budget": {"max_drop": 0.5, "min_int8_share": 50}}, "team.yaml")
+    none = {"max_drop": None, "subset_size": None}
+    req = resolve_budget(rec, {**none, "subset_size": 20}, val_data=True, method="ptq")
+    assert req.config is not None and req.note is None
+    assert (req.config.max_drop, req.config.subset_size, req.config.min_int8_share) == (0.5, 20, 50)
+    assert (req.sources["max_drop"], req.sources["subset_size"], req.sources["min_val_size"]) == (
+        "recipe",
+        "cli",
+        "default",
+    )
+    assert req.config.to_budget().min_int8_share == 0.5  # % of MACs -> the search's fraction
+    # QAT: the recipe's budget is said not to apply; an option for it is refused by name
+    qat = resolve_budget(rec, none, val_data=True, method="qat")
+    assert qat.config is None and "is for --method ptq: not applied to QAT" in (qat.note or "")
+    with pytest.raises(UsageError, match="--method qat and --max-drop cannot be combined"):
+        resolve_budget(rec, {"max_drop": 1.0}, val_data=True, method="qat")
+    with pytest.raises(UsageError, match="--subset-size needs --val-data DIR"):
+        resolve_budget(None, {"subset_size": 5}, val_data=False, method="ptq")
+    with pytest.raises(UsageError, match="--subset-size: only with an accuracy budget"):
+        resolve_budget(None, {"subset_size": 5}, val_data=True, method="ptq")
+    # no budget anywhere: none, and --val-data alone is fine where it has another use (run's validation rows)
+    assert resolve_budget(None, none, val_data=True, method="ptq").config is None

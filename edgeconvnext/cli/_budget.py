@@ -8,36 +8,40 @@ from typing import Any
 
 
 def budget_from_options(
+    recipe: Any,
     val_data: Path | None,
+    method: str,
     max_drop: float | None,
     max_disagree: float | None,
     subset_size: int | None,
     min_int8_share: float | None,
     min_val_size: int | None,
+    *,
+    optional: bool = True,
 ) -> Any:
-    """The accuracy budget asked for (checked now, before any heavy work), or None."""
-    from edgeconvnext.errors import UsageError
+    """The accuracy budget asked for by the options and the recipe's ``budget:`` section as a BudgetConfig
+    (its ``to_budget()`` checks the values), or None; a recipe budget that does not apply is said in one log
+    line. ``optional=False``: --val-data without a budget is refused (quantize's PTQ uses it for nothing else)."""
+    from edgeconvnext.quantize.config import resolve_budget
 
-    budget_opts = {"--max-drop": max_drop, "--max-disagree": max_disagree}
-    others = {"--subset-size": subset_size, "--min-int8-share": min_int8_share, "--min-val-size": min_val_size}
-    if val_data is None:
-        given = [k for k, v in {**budget_opts, **others}.items() if v is not None]
-        if given:
-            raise UsageError(f"{given[0]} needs --val-data DIR: the budget is measured on validation images")
-        return None
-    if max_drop is None and max_disagree is None:
-        raise UsageError("--val-data is for an accuracy budget: add --max-drop POINTS (or --max-disagree PCT)")
-    from edgeconvnext.quantize.budget import Budget
-    from edgeconvnext.quantize.sensitivity import DEFAULT_SUBSET
+    req = resolve_budget(
+        recipe,
+        {
+            "max_drop": max_drop,
+            "max_disagree": max_disagree,
+            "subset_size": subset_size,
+            "min_int8_share": min_int8_share,
+            "min_val_size": min_val_size,
+        },
+        val_data=val_data is not None,
+        method=method,
+        optional=optional,
+    )
+    if req.note:
+        import logging
 
-    if min_val_size is not None and min_val_size < 1:
-        raise UsageError(f"--min-val-size must be at least 1, got {min_val_size}")
-    return Budget(
-        max_drop=max_drop,
-        max_disagree=max_disagree,
-        subset_size=subset_size if subset_size is not None else DEFAULT_SUBSET,
-        min_int8_share=(min_int8_share or 0.0) / 100.0,
-    ).validated()
+        logging.getLogger("edgeconvnext.budget").warning(req.note)
+    return req.config
 
 
 def load_validation(prog: Any, val_data: Path, loaded: Any, min_val_size: int | None) -> Any:

@@ -159,22 +159,16 @@ def quantize_cmd(
 
     qat_values = {k: ctx.params[k] for k in QAT_FLAGS}  # the QAT options, as given (None: not given)
 
-    budget_given = [
-        o
-        for o, v in (("--max-drop", max_drop), ("--max-disagree", max_disagree), ("--subset-size", subset_size),
-                     ("--min-int8-share", min_int8_share), ("--min-val-size", min_val_size))
-        if v is not None
-    ]  # fmt: skip
-    if cfg.method == "qat":
-        if budget_given:
-            raise UsageError(f"{', '.join(budget_given)}: the accuracy budget is for --method ptq (drop them)")
-        budget = None
-    else:
+    # the accuracy budget: the options over the recipe's budget: section; refused with qat or without --val-data
+    budget_cfg = budget_from_options(
+        rec, val_data, cfg.method, max_drop, max_disagree, subset_size, min_int8_share, min_val_size, optional=False
+    )
+    budget = budget_cfg.to_budget() if budget_cfg is not None else None
+    if cfg.method != "qat":
         # --val-data is shared: qat validates each epoch, ptq measures the accuracy budget on it
         only_qat = [o for o in qat_given(qat_values) if o != "--val-data"]
         if only_qat:
             raise UsageError(f"{', '.join(only_qat)}: only with --method qat (add it, or drop them)")
-        budget = budget_from_options(val_data, max_drop, max_disagree, subset_size, min_int8_share, min_val_size)
 
     from edgeconvnext.artifacts import check_output
     from edgeconvnext.models.checkpoint import load_model
@@ -217,7 +211,7 @@ def quantize_cmd(
             )
         val = None
         if budget is not None and val_data is not None:
-            val = load_validation(prog, val_data, loaded, min_val_size)
+            val = load_validation(prog, val_data, loaded, budget_cfg.min_val_size)
         result = quantize(
             loaded,
             output,

@@ -84,8 +84,8 @@ class RunOptions:
     method: str | None = None
     train_data: Path | None = None
     qat: dict[str, Any] = field(default_factory=dict)  # QatConfig keys (epochs, steps, ...) for --method qat
-    # the accuracy-budget search (quantize/budget.py): max_drop, max_disagree, subset_size, min_int8_share (% of
-    # MACs), min_val_size; None values are not given
+    # the accuracy-budget search (quantize/config.py BudgetConfig): max_drop, max_disagree, subset_size,
+    # min_int8_share (% of MACs), min_val_size; None values are not given (the recipe's budget: or the default)
     budget: dict[str, Any] = field(default_factory=dict)
     quantize: dict[str, Any] = field(default_factory=dict)  # QuantizeConfig keys given on the command line
     build: dict[str, Any] = field(default_factory=dict)  # recipe 'build' keys given on the command line
@@ -167,52 +167,22 @@ def _check_method(opts: RunOptions) -> str:
     return method
 
 
-#: RunOptions.budget keys -> their options
-BUDGET_OPTIONS = {
-    "max_drop": "--max-drop",
-    "max_disagree": "--max-disagree",
-    "subset_size": "--subset-size",
-    "min_int8_share": "--min-int8-share",
-    "min_val_size": "--min-val-size",
-}
-
-
-def check_budget(opts: RunOptions, method: str) -> Budget | None:
-    """The accuracy budget asked for (``--max-drop`` ...), checked before anything heavy, or None.
+def check_budget(opts: RunOptions, method: str, recipe: Any = None) -> tuple[Budget | None, int | None]:
+    """The accuracy budget asked for (``--max-drop`` ... over the recipe's ``budget:`` section), checked before
+    anything heavy: (the Budget or None, its --min-val-size).
 
     Refused with ``--method qat``: the search reverts layers of the calibrated all-INT8 PTQ graph to higher
     precision; QAT trains every INT8 layer instead, and its graph is not searched (quantize refuses the pair too).
+    A recipe's budget that cannot apply (QAT, no --val-data) is said in a log line.
     """
-    unknown = sorted(set(opts.budget) - set(BUDGET_OPTIONS))
-    if unknown:
-        raise UsageError(f"unknown accuracy-budget setting(s) {unknown}; known: {', '.join(BUDGET_OPTIONS)}")
-    given = {k: v for k, v in opts.budget.items() if v is not None}
-    if not given:
-        return None
-    names = ", ".join(BUDGET_OPTIONS[k] for k in BUDGET_OPTIONS if k in given)
-    if method == "qat":
-        raise UsageError(
-            f"--method qat and {names} cannot be combined: the accuracy-budget search keeps layers of the "
-            "post-training INT8 graph in higher precision, QAT trains every INT8 layer instead; use --method ptq "
-            f"with {names}, or --method qat without it"
-        )
-    if opts.val_data is None:
-        raise UsageError(f"{names} needs --val-data DIR: the accuracy budget is measured on validation images")
-    if given.get("max_drop") is None and given.get("max_disagree") is None:
-        raise UsageError(f"{names}: only with an accuracy budget; add --max-drop POINTS (or --max-disagree PCT)")
-    min_val = given.get("min_val_size")
-    if min_val is not None and min_val < 1:
-        raise UsageError(f"--min-val-size must be at least 1, got {min_val}")
-    from edgeconvnext.quantize.budget import Budget
-    from edgeconvnext.quantize.sensitivity import DEFAULT_SUBSET
+    from edgeconvnext.quantize.config import resolve_budget
 
-    share = given.get("min_int8_share")
-    return Budget(
-        max_drop=given.get("max_drop"),
-        max_disagree=given.get("max_disagree"),
-        subset_size=given.get("subset_size", DEFAULT_SUBSET),
-        min_int8_share=(share or 0.0) / 100.0,
-    ).validated()
+    req = resolve_budget(recipe, dict(opts.budget), val_data=opts.val_data is not None, method=method)
+    if req.note:
+        log.warning(req.note)
+    if req.config is None:
+        return None, None
+    return req.config.to_budget(), req.config.min_val_size
 
 
 @dataclass
@@ -269,9 +239,10 @@ class Resolved:
 
         ``model``/``img_size``: what the checkpoint turned out to be when neither the options nor the recipe
         said. ``budget``: the accuracy-budget search's result (``BudgetResult.to_dict``), whose reverted layers
-        become ``quantize.exclude``: the recipe rebuilds the searched graph without searching again (recipes have
-        no budget section; the search's settings are in the header). With ``--method qat`` the ``qat:`` section
-        holds the training hyperparameters that ran.
+        become ``quantize.exclude``: the recipe rebuilds the searched graph without searching again (the search's
+        settings are in the header, not in a ``budget:`` section that would search again, and a recipe's own
+        ``budget:`` is dropped for the same reason). With ``--method qat`` the ``qat:`` section holds the training
+        hyperparameters that ran.
         """
         import yaml
 
@@ -312,8 +283,8 @@ def resolve_options(opts: RunOptions) -> Resolved:
     from edgeconvnext.recipes import load_recipe
 
     method = _check_method(opts)
-    budget = check_budget(opts, method)
     rec = load_recipe(opts.recipe) if opts.recipe else None
+    budget, min_val_size = check_budget(opts, method, rec)
     qat = None
     if method == "qat":
         from edgeconvnext.quantize.qat_config import resolve_sources as resolve_qat
@@ -369,7 +340,7 @@ def resolve_options(opts: RunOptions) -> Resolved:
         latency_batches=batches,
         sources={"quantize": q_src, "build": b_src, "validate": v_src, **({"qat": qat_src} if qat else {})},
         budget=budget,
-        min_val_size=opts.budget.get("min_val_size"),
+        min_val_size=min_val_size,
         qat=qat,
     )
 

@@ -60,6 +60,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# images the ranking subset holds by default (NNCF's accuracy control ranks on 300)
+from edgeconvnext.quantize.config import DEFAULT_SUBSET
+
 if TYPE_CHECKING:
     import onnx
 
@@ -67,8 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: images the ranking subset holds by default (NNCF's accuracy control ranks on 300)
-DEFAULT_SUBSET = 300
 #: how the Evaluator's sessions compute Q/DQ (edgeconvnext.onnx.session): as written, in float
 INT8_MATH = "emulated"
 BATCH = 100

@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeconvnext.errors import DataError, UsageError
+from edgeconvnext.quantize.config import MIN_VAL_IMAGES  # fewer make a budget meaningless (1 image = 1 point)
 
 if TYPE_CHECKING:
     from edgeconvnext.models.registry import Preprocess
 
 log = logging.getLogger(__name__)
-
-#: fewer validation images than this make a budget meaningless (one image is 1 point at 100)
-MIN_VAL_IMAGES = 100
 
 
 @dataclass
