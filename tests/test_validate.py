@@ -444,7 +444,7 @@ def test_markdown_of_several_reports(world, tmp_path):
         ("img_size_for_fixed_onnx", 2, "--img-size 64: a.onnx takes 32 px"),
         ("model_name_mismatch", 3, "is convnextv2_test, not convnext_test"),
         ("int8_math_for_torch", 2, "--int8-math emulated applies to the onnxruntime backend"),
-        ("int8_math_unknown", 2, "unknown --int8-math 'fast'; use one of kernels, emulated, exact"),
+        ("int8_math_unknown", 2, "unknown --int8-math 'fast'; use one of auto, kernels, emulated, exact"),
     ],
 )
 def test_cli_refusals(world, tmp_path, capsys, case, code, message):
@@ -564,8 +564,9 @@ def test_default_latency_batches_fit_the_artifact():
 
 
 def test_int8_math_computes_the_qdq_as_asked_and_says_so(world, tmp_path, monkeypatch):
-    # --int8-math: onnxruntime's int8 kernels (default), emulated in float as written (TensorRT's arithmetic), or
-    # exact (no optimisation); the runner's name says which; emulated gives exact's predictions
+    # --int8-math: onnxruntime's int8 kernels, emulated in float as written (TensorRT's arithmetic), exact (no
+    # optimisation), or auto (the default: emulated where the kernels may saturate); the runner's name says
+    # which; emulated gives exact's predictions
     from edgeconvnext.onnx import session
     from edgeconvnext.quantize import QuantizeConfig, quantize
 
@@ -581,6 +582,13 @@ def test_int8_math_computes_the_qdq_as_asked_and_says_so(world, tmp_path, monkey
     assert reps["emulated"].top1_agreement == reps["exact"].top1_agreement
     assert any("saturate on this CPU" in n and "--int8-math emulated" in n for n in reps["kernels"].notes)
     assert not any("saturate" in n for n in reps["emulated"].notes + reps["exact"].notes)
+    # auto (the default) emulates there, and says why; where the kernels do not saturate it runs them, silently
+    assert reps["auto"].model_runner == reps["emulated"].model_runner
+    assert (reps["auto"].top1, reps["auto"].top1_agreement) == (reps["emulated"].top1, reps["emulated"].top1_agreement)
+    assert any("INT8 emulated in float (--int8-math auto)" in n for n in reps["auto"].notes)
+    monkeypatch.setattr(session, "kernels_may_saturate", lambda: False)  # a VNNI x86 CPU, or an Arm one
+    vnni = validate(q, data, baseline=world["onnx"])
+    assert vnni.model_runner == reps["kernels"].model_runner and not any("int8" in n.lower() for n in vnni.notes)
     fp = validate(world["onnx"], data, int8_math="emulated")  # a float model: said to change nothing
     assert fp.top1 == validate(world["onnx"], data).top1
     assert any("is not an INT8 model; nothing to compute differently" in n for n in fp.notes)

@@ -117,12 +117,13 @@ def validate_cmd(
         typer.Option(
             "--int8-math",
             help=(
-                "onnxruntime only, how an INT8 model's Q/DQ are computed: kernels (default: onnxruntime's int8 "
-                "kernels, which saturate on x86 CPUs without VNNI), emulated (in float as written: TensorRT's "
-                "arithmetic), exact (no graph optimisation; slowest)."
+                "onnxruntime only, how an INT8 model's Q/DQ are computed: auto (default: emulated on x86 CPUs "
+                "without VNNI, where onnxruntime's int8 kernels saturate, else kernels), kernels (onnxruntime's "
+                "int8 kernels), emulated (in float as written: TensorRT's arithmetic), exact (no graph "
+                "optimisation; slowest)."
             ),
         ),
-    ] = "kernels",
+    ] = "auto",
     arch: ModelOpt = None,
     img_size: ImgSizeOpt = None,
     allow_unsafe: UnsafeOpt = False,

@@ -117,7 +117,7 @@ def _check_options(
     allow_unsafe: bool,
     latency: LatencyOptions | None,
     accuracy_opts: dict[str, Any],
-    int8_math: str = "kernels",
+    int8_math: str = "auto",
 ) -> tuple[str, str]:
     """Refuse what cannot be honoured before anything is loaded; returns (backend, device)."""
     if data is None and latency is None:
@@ -222,7 +222,8 @@ def _open_model(
     allow_unsafe: bool,
     threads: int | None,
     notes: list[str],
-    int8_math: str = "kernels",
+    int8_math: str = "auto",
+    asked_int8_math: str | None = None,
 ) -> tuple[Runner, str, str | None]:
     """The model's runner, its display name and its sha256 (None for random weights)."""
     if backend in TORCH_BACKENDS:
@@ -239,7 +240,7 @@ def _open_model(
         return runner, name, loaded.source_sha256
     assert model is not None  # _check_options refused a missing MODEL for other backends
     runner = open_runner(Path(model), backend, device, threads=threads, int8=int8_math)
-    _int8_math_note(runner, backend, device, int8_math, notes)
+    _int8_math_note(runner, backend, device, int8_math, notes, asked_int8_math or int8_math)
     if img_size is not None and runner.input_size is not None and img_size != runner.input_size:
         runner.close()
         raise UsageError(
@@ -249,11 +250,22 @@ def _open_model(
     return runner, str(model), sha256_file(model)
 
 
-def _int8_math_note(runner: Runner, backend: str, device: str, int8_math: str, notes: list[str]) -> None:
-    """Say when the accuracy onnxruntime gives an INT8 model may not be TensorRT's, or --int8-math did nothing."""
+def _int8_math_note(
+    runner: Runner, backend: str, device: str, int8_math: str, notes: list[str], asked: str | None = None
+) -> None:
+    """Say when the accuracy onnxruntime gives an INT8 model may not be TensorRT's, how ``auto`` (``asked``)
+    computed it, or that --int8-math did nothing."""
     if backend != "onnxruntime":
         return
     int8 = runner.precision == "int8"
+    if asked == "auto":
+        if int8 and int8_math == "emulated":
+            notes.append(
+                "INT8 emulated in float (--int8-math auto): onnxruntime's int8 CPU kernels saturate on this CPU "
+                "(x86 without VNNI), so the Q/DQ are computed as written, as TensorRT does (its latency rows time "
+                "that emulation; --int8-math kernels for onnxruntime's own kernels)"
+            )
+        return
     if int8_math != "kernels" and not int8:
         notes.append(f"--int8-math {int8_math}: {runner.name} is not an INT8 model; nothing to compute differently")
     elif int8 and int8_math == "kernels" and device == "cpu":
@@ -338,7 +350,7 @@ def validate(
     progress: Callable[[int, int], None] | None = None,
     on_latency_batch: Callable[[int], None] | None = None,
     reuse: bool = False,
-    int8_math: str = "kernels",
+    int8_math: str = "auto",
 ) -> ValidationReport | Skipped:
     """Evaluate ``model`` (and the baseline) on ``data`` and/or time it; see the module docstring.
 
@@ -352,8 +364,8 @@ def validate(
     ``reuse``: with a ``report``, return :class:`~edgeconvnext.artifacts.Skipped` when the report's sidecar
     matches this run (same model, baseline, data, options and library versions; the files unchanged); a
     report over ``max_drop`` raises its AccuracyError again. ``int8_math`` (onnxruntime): how an INT8 model's
-    Q/DQ are computed, onnxruntime's ``kernels`` (default), ``emulated`` or ``exact``
-    (:mod:`edgeconvnext.onnx.session`).
+    Q/DQ are computed: ``auto`` (default: ``emulated`` on an x86 CPU without VNNI, where onnxruntime's
+    int8 kernels saturate, else ``kernels``), ``kernels``, ``emulated`` or ``exact`` (:mod:`edgeconvnext.onnx.session`).
     """
     t0 = time.perf_counter()
     if baseline is not None and checkpoint is not None:
@@ -378,6 +390,15 @@ def validate(
         int8_math=int8_math,
     )
     _check_accuracy_request(model, baseline, checkpoint, labels, max_drop, batch, report, markdown)
+    from edgeconvnext.onnx.session import resolve_int8_math
+
+    # auto: emulated where onnxruntime's int8 CPU kernels may saturate, else the kernels (kept in the key as
+    # resolved: a report made on another CPU is not reused for this one's other arithmetic)
+    asked_int8_math = int8_math
+    if backend == "onnxruntime" and device == "cpu":
+        int8_math = resolve_int8_math(int8_math)
+    elif int8_math == "auto":
+        int8_math = "kernels"
     key_inputs = [
         input_ref(role, path)
         for role, path in (
@@ -428,6 +449,7 @@ def validate(
             threads=threads,
             notes=notes,
             int8_math=int8_math,
+            asked_int8_math=asked_int8_math,
         )
         runners.append(runner)
         if data is not None:

@@ -14,6 +14,8 @@
   (2.55 vs 6.41 s; FP32 2.08 s); at 224 px (nano) slower than ``kernels`` (2.42 vs 1.51 s for 64 images; FP32
   2.07 s).
 - ``exact``: every optimisation off: the nodes run one by one as written (parity checks; the slowest).
+- ``auto`` (``validate``'s default): ``emulated`` where the kernels may saturate (:func:`kernels_may_saturate`),
+  else ``kernels``; :func:`resolve_int8_math` says which.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx
 
-INT8_MATHS = ("kernels", "emulated", "exact")
+INT8_MATHS = ("auto", "kernels", "emulated", "exact")
 
 #: /proc/cpuinfo flags of the x86 dot-product instructions onnxruntime's int8 kernels use without saturating
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -36,12 +38,20 @@ def check_int8_math(int8: str, backend: str = "onnxruntime") -> str:
 
     if int8 not in INT8_MATHS:
         raise UsageError(f"unknown --int8-math '{int8}'; use one of {', '.join(INT8_MATHS)}")
-    if int8 != "kernels" and backend != "onnxruntime":
+    if int8 not in ("kernels", "auto") and backend != "onnxruntime":
         raise UsageError(
             f"--int8-math {int8} applies to the onnxruntime backend (--backend {backend} computes INT8 itself): "
             "drop --int8-math"
         )
     return int8
+
+
+def resolve_int8_math(int8: str) -> str:
+    """``int8`` with ``auto`` resolved: ``emulated`` on a CPU whose int8 kernels may saturate (what TensorRT
+    computes, which the kernels would not show there), else ``kernels`` (onnxruntime's own, the faster at 224 px)."""
+    if int8 != "auto":
+        return int8
+    return "emulated" if kernels_may_saturate() else "kernels"
 
 
 def session_options(int8: str = "kernels", threads: int | None = None) -> Any:
@@ -51,6 +61,7 @@ def session_options(int8: str = "kernels", threads: int | None = None) -> Any:
 
     if int8 not in INT8_MATHS:
         raise ValueError(f"int8 must be one of {INT8_MATHS}, got {int8!r}")
+    int8 = resolve_int8_math(int8)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:

@@ -182,9 +182,9 @@ def agreement_math() -> str:
     """How the agreement check computes INT8 (edgeconvnext.onnx.session): onnxruntime's int8 kernels (at 224 px
     faster than emulating), except on a CPU where they may saturate (x86 without VNNI), where they would not show
     what TensorRT computes: there emulated (and at 32 px also the faster)."""
-    from edgeconvnext.onnx.session import kernels_may_saturate
+    from edgeconvnext.onnx.session import resolve_int8_math
 
-    return "emulated" if kernels_may_saturate() else "kernels"
+    return resolve_int8_math("auto")
 
 
 def _agreement(fp32: bytes, int8: bytes, images: Any, fp32_logits: Any = None) -> dict[str, Any]:
