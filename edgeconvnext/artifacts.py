@@ -374,18 +374,36 @@ def output_ref(path: str | Path, data: bytes | None = None, *, relative_to: Path
 
 def folder_sha256(root: str | Path) -> str:
     """A hash of a folder's contents as listed: every non-hidden file's relative path, size and
-    modification time (reading every image of a dataset on each run would cost what skipping saves)."""
-    root = Path(root)
+    modification time (reading every image of a dataset on each run would cost what skipping saves).
+
+    Files of a folder in name order, then its sub-folders in name order (symbolic links followed, unreadable
+    folders and files left out). Strings and ``os.scandir``, not ``pathlib``: 60,000 Fashion-MNIST files took
+    0.76 s through pathlib, 4x what the listing and the stat calls themselves cost."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(f for f in filenames if not f.startswith(".")):
-            p = Path(dirpath) / name
+
+    def walk(folder: str, rel: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError:
+            return
+        dirs: list[str] = []
+        files: list[str] = []
+        for e in entries:
             try:
-                st = p.stat()
+                (dirs if e.is_dir() else files).append(e.name)
+            except OSError:
+                files.append(e.name)
+        for name in sorted(files):
+            try:
+                st = os.stat(os.path.join(folder, name))
             except OSError:
                 continue
-            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{rel}{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        for name in sorted(dirs):
+            walk(os.path.join(folder, name), f"{rel}{name}/")
+
+    walk(os.fspath(root), "")
     return h.hexdigest()
 
 

@@ -99,6 +99,38 @@ def test_up_to_date_rule(tmp_path):
     assert artifacts.reuse_if_current(out, stage="s", inputs=inputs, config=config) is None
 
 
+def test_folder_hash_is_the_one_records_were_written_with(tmp_path):
+    # the scandir walk gives the hash of the os.walk + pathlib one it replaced (4x slower on 60k files): records
+    # of earlier runs stay valid. Nested folders, a linked folder, hidden files and folders, a broken link.
+    import hashlib
+    import os
+
+    def before(root: Path) -> str:
+        h = hashlib.sha256()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(f for f in filenames if not f.startswith(".")):
+                p = Path(dirpath) / name
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    root = tmp_path / "data"
+    for rel in ("b/2.png", "b/1.png", "a/x/3.jpg", "a/y.png", "top.png", ".git/HEAD", "a/.cache/z.png", "é/n.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "o.png").write_bytes(b"o")
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    (root / "broken.png").symlink_to(tmp_path / "nowhere")
+    assert artifacts.folder_sha256(root) == before(root)
+    assert artifacts.folder_sha256(root / "top.png") == before(root / "top.png")  # a file: nothing listed
+
+
 def test_folder_hash_follows_the_listing(tmp_path):
     d = _images(tmp_path / "imgs", 3)
     h = artifacts.folder_sha256(d)

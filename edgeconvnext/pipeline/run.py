@@ -30,14 +30,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeconvnext.artifacts import Skipped, check_output, environment, sha256_file, write_json_atomic
+from edgeconvnext.artifacts import (
+    Skipped,
+    check_output,
+    environment,
+    folder_sha256,
+    sha256_file,
+    write_json_atomic,
+)
 from edgeconvnext.errors import AccuracyError, CheckpointError, DataError, EdgeError, UsageError, nearest
 from edgeconvnext.pipeline import STAGES
 from edgeconvnext.pipeline.state import Ledger, stage_key
@@ -346,24 +352,9 @@ def resolve_options(opts: RunOptions) -> Resolved:
 
 
 def folder_fingerprint(root: Path | None) -> str | None:
-    """sha256 of the sorted (relative path, size, mtime) of every file under ``root`` (None: not given);
-    cheap enough to key a stage on a folder of images without reading them."""
-    if root is None:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    root = Path(root)
-    for dirpath, dirnames, files in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for f in sorted(files):
-            p = Path(dirpath) / f
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    """:func:`edgeconvnext.artifacts.folder_sha256` of ``root`` (relative path, size and modification time of
+    every non-hidden file), None when not given: cheap enough to key a stage on a folder of images."""
+    return None if root is None else folder_sha256(root)
 
 
 # ---------------------------------------------------------------------------------------------------
