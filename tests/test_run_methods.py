@@ -309,3 +309,26 @@ def test_run_takes_the_budget_from_the_recipe_under_its_options(tmp_path):
     assert r.to_dict()["budget"]["max_drop"] == 0.5  # in config.json and in the quantize stage's record
     # without --val-data: no search (the recipe's budget is said not to apply), validation-free run as before
     assert resolve_options(RunOptions(**base)).budget is None
+
+
+def test_an_edited_labels_file_validates_again(budget_run, data, tmp_path, capsys):
+    # the validate stage keys --labels by its contents: a corrected labels file is not answered by the old rows
+    out = tmp_path / "copy"
+    shutil.copytree(budget_run, out)
+    labels = tmp_path / "val_labels.txt"
+    names = sorted((data / "val").rglob("*.png"))
+    labels.write_text("".join(f"{p.name} {p.parent.name}\n" for p in names))
+    args = [a if a != str(data / "val") else str(data / "plain") for a in _args(data, out, *SEARCH)]
+    args += ["--labels", str(labels)]
+    assert main(args) == 0
+    first = _report(out)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "validate.int8.onnxruntime: skipped, up to date" in capsys.readouterr().out
+    wrong = {"c0": "c1", "c1": "c0"}  # swap two classes' labels: every top-1 of theirs changes
+    labels.write_text("".join(f"{p.name} {wrong.get(p.parent.name, p.parent.name)}\n" for p in names))
+    assert main(args) == 0
+    assert "validate.int8.onnxruntime: skipped" not in capsys.readouterr().out
+    before = {(r["artifact"], r["backend"], r["batch"]): r["top1"] for r in first["rows"]}
+    after = {(r["artifact"], r["backend"], r["batch"]): r["top1"] for r in _report(out)["rows"]}
+    assert before.keys() == after.keys() and all(after[k] < before[k] for k in before if before[k] is not None)

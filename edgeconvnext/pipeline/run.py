@@ -806,7 +806,12 @@ class Pipeline:
             "latency": asdict(lat) if lat is not None else None,
             "img_size": self.cfg.img_size,
         }
-        inputs: dict[str, Path | None] = {"artifact": row.artifact, "baseline": row.baseline}
+        # the labels file by its contents (its path alone kept a stale row after the file was edited)
+        inputs: dict[str, Path | None] = {
+            "artifact": row.artifact,
+            "baseline": row.baseline,
+            "labels": self.opts.labels,
+        }
 
         def fn():
             from edgeconvnext.evaluate.validate import validate
