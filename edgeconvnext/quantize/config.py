@@ -190,7 +190,7 @@ def resolve_budget(
     given = {k: v for k, v in overrides.items() if v is not None}
     names = ", ".join(BUDGET_OPTIONS[k] for k in BUDGET_OPTIONS if k in given)
     section = dict(recipe.sections.get("budget") or {}) if recipe is not None else {}
-    shown = ", ".join(f"{k} {v:g}" for k, v in section.items())  # every budget setting is a number
+    shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in section.items())
     where = f"recipe {recipe.name}: budget ({shown})" if recipe is not None else ""
     if method == "qat":
         if given:
