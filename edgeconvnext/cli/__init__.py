@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # any other text holding a non-UTF-8 file name: escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
     real_stdout = sys.stdout
-    global _GUARD
-    guard = _GUARD = _GuardedStdout(real_stdout)
+    guard = _GuardedStdout(real_stdout)
     sys.stdout = guard
     try:
         # SIGTERM/SIGHUP clean up like Ctrl-C; Python warnings of the libraries become one log line each
@@ -128,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         failed = guard.failed
     finally:
         sys.stdout = real_stdout
-        _GUARD = None
     if failed is None:
         return rc
     try:  # what is still buffered would fail again at interpreter exit ("Exception ignored ...")
@@ -136,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, AttributeError):
         pass
     if failed.errno == errno.EPIPE:  # the reader closed the pipe (| head): not an error of ours
-        # the write it stopped ended the command: 0, like the table that fitted; a command's own failure stands
-        return 0 if guard.stopped_output else rc
+        return rc
     _common.err(f"cannot write to standard output: {failed.strerror or failed}; redirect it where it can be written")
     return rc if rc not in (0, 1) else 2  # a command's own error code stands; else exit 2 like any unwritable output
 
@@ -208,16 +205,12 @@ def _warnings_to_logging(debug: bool) -> Iterator[None]:
         warnings.showwarning = previous
 
 
-_GUARD: _GuardedStdout | None = None  # sys.stdout while main() runs (click may wrap it on a closed pipe)
-
-
 class _GuardedStdout:
     """sys.stdout, remembering the first write error (``> /dev/full``, a closed pipe) so it becomes one line."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.failed: OSError | None = None
-        self.stopped_output = False  # the command ended at the failed write (rather than failing on its own)
 
     def write(self, text: str) -> int:
         try:
@@ -304,8 +297,6 @@ def _main(args: list[str], signals: list[int]) -> int:
         return rv if isinstance(rv, int) else 0  # an int is an exit code (--help: 0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if code == 1 and _GUARD is not None and _GUARD.failed is not None:
-            _GUARD.stopped_output = True  # click exits 1 on a closed pipe (and wraps sys.stdout): main() says so
         return code
     except cx.NoArgsIsHelpError as e:  # no command: the help (click's plain formatter leaves printing it to us)
         print(e.format_message())
@@ -334,8 +325,6 @@ def _main(args: list[str], signals: list[int]) -> int:
         return 8
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, traceback with --debug
         if isinstance(e, OSError) and getattr(sys.stdout, "failed", None) is e:
-            if _GUARD is not None:
-                _GUARD.stopped_output = True
             return 1  # printing the result failed, not the command: main() says so
         if debug:
             raise

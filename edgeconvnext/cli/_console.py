@@ -27,10 +27,3 @@ class CliConsole(Console):
             if LIVE[i] is self:
                 del LIVE[i]
                 break
-
-    def on_broken_pipe(self) -> None:
-        """The reader closed the pipe (``| head``): rich's default exits 1 from inside the print; the error is
-        raised on instead, so the CLI ends the command the way a plain ``print`` to a closed pipe does (exit 0,
-        nothing more written)."""
-        self.quiet = True
-        raise  # noqa: PLE0704 - called by rich inside its ``except BrokenPipeError``: the error re-raised
