@@ -104,6 +104,11 @@ class CalibrationSet:
 
 
 def _rel(p: Path, root: Path) -> str:
+    """``p`` under ``root`` as a POSIX string: by string when it starts with root (no relative_to per image:
+    ordering 60,000 files by it took 0.27 s through pathlib, 0.13 s so), else relative_to, else ``p`` itself."""
+    s, prefix = str(p), str(root) + os.sep
+    if s.startswith(prefix):
+        return s[len(prefix) :].replace(os.sep, "/")
     try:
         return p.relative_to(root).as_posix()
     except ValueError:
@@ -132,17 +137,10 @@ def check_size(size: int, min_images: int = MIN_IMAGES, *, warn: bool = True) ->
 
 def selection_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
     """``paths`` ordered by sha256(f"{seed}:{relative path}"): deterministic for a seed, any listing order."""
-    prefix = str(root) + os.sep
-
-    def rel(p: Path) -> str:
-        # the string of the path under root (what _rel gives, without a relative_to per image)
-        s = str(p)
-        return s[len(prefix) :].replace(os.sep, "/") if s.startswith(prefix) else _rel(p, root)
-
     def key(p: Path) -> str:
         # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old archive) hashes as its raw
         # bytes; UTF-8 names hash exactly as before
-        return hashlib.sha256(f"{seed}:{rel(p)}".encode("utf-8", "surrogateescape")).hexdigest()
+        return hashlib.sha256(f"{seed}:{_rel(p, root)}".encode("utf-8", "surrogateescape")).hexdigest()
 
     return sorted(paths, key=key)
 
