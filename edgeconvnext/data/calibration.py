@@ -137,6 +137,7 @@ def check_size(size: int, min_images: int = MIN_IMAGES, *, warn: bool = True) ->
 
 def selection_order(paths: list[Path], root: Path, seed: int) -> list[Path]:
     """``paths`` ordered by sha256(f"{seed}:{relative path}"): deterministic for a seed, any listing order."""
+
     def key(p: Path) -> str:
         # surrogateescape: a file name that is not UTF-8 (Latin-1 from an old archive) hashes as its raw
         # bytes; UTF-8 names hash exactly as before
