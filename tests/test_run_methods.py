@@ -307,6 +307,13 @@ def test_run_takes_the_budget_from_the_recipe_under_its_options(tmp_path):
     r = resolve_options(RunOptions(**base, val_data=tmp_path, budget={"max_drop": None, "min_val_size": 30}))
     assert r.budget is not None and (r.budget.max_drop, r.budget.subset_size, r.min_val_size) == (0.5, 40, 30)
     assert r.to_dict()["budget"]["max_drop"] == 0.5  # in config.json and in the quantize stage's record
+    src = r.to_dict()["sources"]["budget"]  # config.json says where each budget value came from
+    assert (src["max_drop"], src["subset_size"], src["min_val_size"], src["max_disagree"]) == (
+        "recipe",
+        "recipe",
+        "cli",
+        "default",
+    )
     # without --val-data: no search (the recipe's budget is said not to apply), validation-free run as before
     assert resolve_options(RunOptions(**base)).budget is None
 

@@ -173,9 +173,9 @@ def _check_method(opts: RunOptions) -> str:
     return method
 
 
-def check_budget(opts: RunOptions, method: str, recipe: Any = None) -> tuple[Budget | None, int | None]:
+def check_budget(opts: RunOptions, method: str, recipe: Any = None) -> tuple[Budget | None, int | None, dict[str, str]]:
     """The accuracy budget asked for (``--max-drop`` ... over the recipe's ``budget:`` section), checked before
-    anything heavy: (the Budget or None, its --min-val-size).
+    anything heavy: (the Budget or None, its --min-val-size, where each setting came from).
 
     Refused with ``--method qat``: the search reverts layers of the calibrated all-INT8 PTQ graph to higher
     precision; QAT trains every INT8 layer instead, and its graph is not searched (quantize refuses the pair too).
@@ -187,8 +187,8 @@ def check_budget(opts: RunOptions, method: str, recipe: Any = None) -> tuple[Bud
     if req.note:
         log.warning(req.note)
     if req.config is None:
-        return None, None
-    return req.config.to_budget(), req.config.min_val_size
+        return None, None, {}
+    return req.config.to_budget(), req.config.min_val_size, req.sources
 
 
 @dataclass
@@ -290,7 +290,7 @@ def resolve_options(opts: RunOptions) -> Resolved:
 
     method = _check_method(opts)
     rec = load_recipe(opts.recipe) if opts.recipe else None
-    budget, min_val_size = check_budget(opts, method, rec)
+    budget, min_val_size, budget_src = check_budget(opts, method, rec)
     qat = None
     if method == "qat":
         from edgeconvnext.quantize.qat_config import resolve_sources as resolve_qat
@@ -344,7 +344,13 @@ def resolve_options(opts: RunOptions) -> Resolved:
         build=build,
         validate=vcfg.to_dict(),
         latency_batches=batches,
-        sources={"quantize": q_src, "build": b_src, "validate": v_src, **({"qat": qat_src} if qat else {})},
+        sources={
+            "quantize": q_src,
+            "build": b_src,
+            "validate": v_src,
+            **({"qat": qat_src} if qat else {}),
+            **({"budget": budget_src} if budget_src else {}),
+        },
         budget=budget,
         min_val_size=min_val_size,
         qat=qat,
