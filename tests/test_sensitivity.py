@@ -493,3 +493,10 @@ def test_resolve_budget_precedence_and_refusals():
         resolve_budget(None, {"subset_size": 5}, val_data=True, method="ptq")
     # no budget anywhere: none, and --val-data alone is fine where it has another use (run's validation rows)
     assert resolve_budget(None, none, val_data=True, method="ptq").config is None
+    # a recipe budget without a limit is said, not dropped in silence (quantize refuses it: test above)
+    limitless = validate_recipe({"budget": {"subset_size": 200}}, "team.yaml")
+    req = resolve_budget(limitless, none, val_data=True, method="ptq")
+    assert (
+        req.config is None
+        and req.note == "recipe team: budget (subset_size 200) sets no max_drop or max_disagree: no budget search"
+    )

@@ -215,5 +215,6 @@ def resolve_budget(
             raise UsageError(f"{names}: only with an accuracy budget; add --max-drop POINTS (or --max-disagree PCT)")
         if not optional:
             raise UsageError("--val-data is for an accuracy budget: add --max-drop POINTS (or --max-disagree PCT)")
-        return BudgetRequest(None, {})
+        note = f"{where} sets no max_drop or max_disagree: no budget search" if section else None
+        return BudgetRequest(None, {}, note)
     return BudgetRequest(BudgetConfig(**values), sources)
