@@ -312,6 +312,35 @@ def test_stdout_that_cannot_be_written_is_one_line(tmp_path):
         )
 
 
+def test_a_reader_that_closes_the_pipe_stops_the_command_with_141_and_no_line():
+    """`models | head -1`: the write the closed pipe stopped ends the command like SIGPIPE ends a coreutils
+    program (141 = 128 + 13, silent), not as an internal error (1) nor as a success it did not finish."""
+    import os
+    import subprocess
+    import sys
+
+    for args in (["models"], ["models", "--json"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first write
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "edgeconvnext", *args], stdout=write_end, stderr=subprocess.PIPE, text=True
+            )
+        finally:
+            os.close(write_end)
+        assert done.returncode == 141, (args, done.returncode, done.stderr)
+        assert done.stderr == ""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:  # a command's own error code stands whatever happens to its output
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeconvnext", "models", "--bogus"], stdout=write_end, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 2
+
+
 # --- 12: repeated manifest entries --------------------------------------------------------------------------
 
 

@@ -133,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
-    if failed.errno == errno.EPIPE:  # the reader closed the pipe (| head): not an error of ours
-        return rc
+    if failed.errno == errno.EPIPE:  # the reader closed the pipe (| head): no line, it is not an error of ours
+        # a command that had finished (only its last output was cut) keeps 0, and its own error code stands;
+        # one the closed pipe stopped exits 141 = 128 + SIGPIPE, as a coreutils program killed by it does
+        return EXIT_SIGPIPE if rc == 1 else rc
     _common.err(f"cannot write to standard output: {failed.strerror or failed}; redirect it where it can be written")
     return rc if rc not in (0, 1) else 2  # a command's own error code stands; else exit 2 like any unwritable output
+
+
+EXIT_SIGPIPE = 128 + 13  # 141: the output's reader went away before the command was done
 
 
 def entry() -> NoReturn:
