@@ -482,6 +482,25 @@ def test_resolve_budget_precedence_and_refusals():
         "default",
     )
     assert req.config.to_budget().min_int8_share == 0.5  # % of MACs -> the search's fraction
+    # a limit among the options is the budget asked for: it replaces the recipe's, it is not added to it
+    req = resolve_budget(rec, {**none, "max_disagree": 1.0}, val_data=True, method="ptq")
+    assert req.config is not None and (req.config.max_drop, req.config.max_disagree) == (None, 1.0)
+    assert (req.sources["max_drop"], req.sources["max_disagree"], req.sources["min_int8_share"]) == (
+        "cli",
+        "cli",
+        "recipe",
+    )
+    assert req.config.to_budget().criterion(labelled=True) == ("disagreement", 1.0, None)
+    # both limits (here in the recipe): the drop where the data has labels, said; disagreement where it has none
+    both = validate_recipe({"budget": {"max_drop": 0.5, "max_disagree": 2.0}}, "team.yaml")
+    b = resolve_budget(both, none, val_data=True, method="ptq").config.to_budget()
+    metric, limit, note = b.criterion(labelled=True)
+    assert (metric, limit) == ("top1_drop", 0.5)
+    assert note == (
+        "--val-data has labels: the budget is on the top-1 drop <= 0.5 point(s) (--max-drop); --max-disagree 2 "
+        "applies to validation data without labels"
+    )
+    assert b.criterion(labelled=False)[:2] == ("disagreement", 2.0)
     # QAT: the recipe's budget is said not to apply; an option for it is refused by name
     qat = resolve_budget(rec, none, val_data=True, method="qat")
     assert qat.config is None and "is for --method ptq: not applied to QAT" in (qat.note or "")

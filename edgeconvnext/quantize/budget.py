@@ -83,7 +83,13 @@ class Budget:
     def criterion(self, labelled: bool) -> tuple[str, float, str | None]:
         """(metric, limit, note): top-1 drop with labels when --max-drop is given, else disagreement."""
         if labelled and self.max_drop is not None:
-            return "top1_drop", self.max_drop, None
+            note = None
+            if self.max_disagree is not None:
+                note = (
+                    f"--val-data has labels: the budget is on the top-1 drop <= {self.max_drop:g} point(s) "
+                    f"(--max-drop); --max-disagree {self.max_disagree:g} applies to validation data without labels"
+                )
+            return "top1_drop", self.max_drop, note
         limit = self.max_disagree if self.max_disagree is not None else DEFAULT_MAX_DISAGREE
         note = None
         if not labelled and self.max_drop is not None:

@@ -173,6 +173,9 @@ class BudgetRequest:
     note: str | None = None
 
 
+LIMITS = frozenset({"max_drop", "max_disagree"})  # the budget's limits (BudgetConfig keys)
+
+
 def resolve_budget(
     recipe: Recipe | None, overrides: dict[str, Any], *, val_data: bool, method: str, optional: bool = True
 ) -> BudgetRequest:
@@ -181,7 +184,8 @@ def resolve_budget(
 
     Refused (UsageError naming the options): a budget option with ``--method qat`` or without ``--val-data``;
     a budget option without a limit (``--max-drop``/``--max-disagree``). The recipe's section alone is not
-    applied then, with a note. ``optional=False``: ``--val-data`` is only for a budget (quantize's PTQ), so
+    applied then, with a note. A limit among the options replaces the recipe's limits (``--max-disagree 1``
+    over a recipe's ``max_drop: 0.3`` is a disagreement budget, not both). ``optional=False``: ``--val-data`` is only for a budget (quantize's PTQ), so
     neither a limit given nor one in the recipe is an error.
     """
     unknown = sorted(set(overrides) - set(BUDGET_OPTIONS))
@@ -210,6 +214,9 @@ def resolve_budget(
     for k, v in {**section, **given}.items():
         values[k] = v
         sources[k] = "cli" if k in given else "recipe"
+    if given.keys() & LIMITS:  # the options' limit is the budget asked for: the recipe's other one is not added
+        for k in LIMITS - given.keys():
+            values[k], sources[k] = None, "cli"
     if values["max_drop"] is None and values["max_disagree"] is None:
         if given:
             raise UsageError(f"{names}: only with an accuracy budget; add --max-drop POINTS (or --max-disagree PCT)")
