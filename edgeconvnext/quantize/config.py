@@ -185,8 +185,8 @@ def resolve_budget(
     Refused (UsageError naming the options): a budget option with ``--method qat`` or without ``--val-data``;
     a budget option without a limit (``--max-drop``/``--max-disagree``). The recipe's section alone is not
     applied then, with a note. A limit among the options replaces the recipe's limits (``--max-disagree 1``
-    over a recipe's ``max_drop: 0.3`` is a disagreement budget, not both). ``optional=False``: ``--val-data`` is only for a budget (quantize's PTQ), so
-    neither a limit given nor one in the recipe is an error.
+    over a recipe's ``max_drop: 0.3`` is a disagreement budget, not both). ``optional=False``: ``--val-data``
+    is only for a budget (quantize's PTQ), so neither a limit given nor one in the recipe is an error.
     """
     unknown = sorted(set(overrides) - set(BUDGET_OPTIONS))
     if unknown:
