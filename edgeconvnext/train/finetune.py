@@ -238,46 +238,14 @@ def _evaluate(model: torch.nn.Module, loader, device: str, hook: ProgressHook) -
 _NOT_IN_KEY = ("train_data", "val_data", "output", "resume", "workers", "threads", "allow_unsafe")
 
 
-def finetune(
-    cfg: FinetuneConfig, progress: ProgressHook | None = None, *, reuse: bool = False
-) -> FinetuneResult | Skipped:
-    """Run (or resume) fine-tuning as ``cfg`` says; returns the summary, the checkpoint is at cfg.output.
+def _start(
+    cfg: FinetuneConfig, classes: list[str], train_paths: Sequence[Path], notes: list[str]
+) -> tuple[LoadedModel, dict[str, Any] | None, Preprocess]:
+    """The model to train, the training state ``--resume`` continues (None for a new run) and the
+    preprocessing; what was chosen is added to ``notes``. A resumed run must keep its classes and its
+    preprocessing; a new run refuses to start over an interrupted one."""
+    from edgeconvnext.models.checkpoint import load_model
 
-    ``reuse``: return :class:`~edgeconvnext.artifacts.Skipped` without training when the output's sidecar
-    matches (same train/val folders and starting checkpoint, same settings and library versions; the
-    checkpoint unchanged)."""
-    import torch
-    import torch.nn.functional as F
-
-    from edgeconvnext.models.checkpoint import load_model, save_checkpoint
-    from edgeconvnext.runtime.runners import check_device
-
-    cfg.validate()
-    # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
-    if cfg.output.suffix.lower() not in (".pt", ".pth"):
-        raise UsageError(
-            f"--output {cfg.output}: finetune writes a PyTorch checkpoint, name it .pt (e.g. "
-            f"{cfg.output.with_suffix('.pt').name}); 'edgeconvnext export' makes the .onnx from it"
-        )
-    check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
-    check_device(cfg.device)
-    inputs = [input_ref("train_data", cfg.train_data), input_ref("val_data", cfg.val_data)]
-    if cfg.checkpoint is not None:
-        inputs.append(input_ref("checkpoint", cfg.checkpoint))
-    key_config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
-    if reuse and (reused := reuse_if_current(cfg.output, stage="finetune", inputs=inputs, config=key_config)):
-        return reused
-    hook: ProgressHook = progress or LogProgress()
-    t_start = time.perf_counter()
-    notes: list[str] = []
-    cpus = cpu_count()
-    torch.set_num_threads(cfg.threads or cpus)
-    workers = min(2, cpus) if cfg.workers is None else cfg.workers
-
-    train_ds, val_ds = load_datasets(cfg.train_data, cfg.val_data)
-    classes = train_ds.class_names
-
-    torch.manual_seed(cfg.seed)  # before load_model: a new classifier's init depends on it
     state: dict[str, Any] | None = None
     if cfg.resume:
         src = _resume_source(cfg)
@@ -317,7 +285,51 @@ def finetune(
             notes.append(f"trained from random weights ({loaded.arch.name}, no --checkpoint)")
         else:
             notes.extend(getattr(loaded, "notes", []) or [])  # e.g. "replaced the 1000-class classifier ...", as export
-        pp = _choose_preprocess(loaded.preprocess, cfg, train_ds.paths, notes)
+        pp = _choose_preprocess(loaded.preprocess, cfg, train_paths, notes)
+    return loaded, state, pp
+
+
+def finetune(
+    cfg: FinetuneConfig, progress: ProgressHook | None = None, *, reuse: bool = False
+) -> FinetuneResult | Skipped:
+    """Run (or resume) fine-tuning as ``cfg`` says; returns the summary, the checkpoint is at cfg.output.
+
+    ``reuse``: return :class:`~edgeconvnext.artifacts.Skipped` without training when the output's sidecar
+    matches (same train/val folders and starting checkpoint, same settings and library versions; the
+    checkpoint unchanged)."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeconvnext.models.checkpoint import save_checkpoint
+    from edgeconvnext.runtime.runners import check_device
+
+    cfg.validate()
+    # --resume reads the run saved at --output; otherwise the starting checkpoint must survive the run
+    if cfg.output.suffix.lower() not in (".pt", ".pth"):
+        raise UsageError(
+            f"--output {cfg.output}: finetune writes a PyTorch checkpoint, name it .pt (e.g. "
+            f"{cfg.output.with_suffix('.pt').name}); 'edgeconvnext export' makes the .onnx from it"
+        )
+    check_output(cfg.output, "--output", None if cfg.resume else {"--checkpoint": cfg.checkpoint})
+    check_device(cfg.device)
+    inputs = [input_ref("train_data", cfg.train_data), input_ref("val_data", cfg.val_data)]
+    if cfg.checkpoint is not None:
+        inputs.append(input_ref("checkpoint", cfg.checkpoint))
+    key_config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
+    if reuse and (reused := reuse_if_current(cfg.output, stage="finetune", inputs=inputs, config=key_config)):
+        return reused
+    hook: ProgressHook = progress or LogProgress()
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    cpus = cpu_count()
+    torch.set_num_threads(cfg.threads or cpus)
+    workers = min(2, cpus) if cfg.workers is None else cfg.workers
+
+    train_ds, val_ds = load_datasets(cfg.train_data, cfg.val_data)
+    classes = train_ds.class_names
+
+    torch.manual_seed(cfg.seed)  # before load_model: a new classifier's init depends on it
+    loaded, state, pp = _start(cfg, classes, train_ds.paths, notes)
     for n in notes:
         log.info("%s", n)
 
