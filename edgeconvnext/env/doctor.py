@@ -113,9 +113,19 @@ def probe(trtexec: str | Path | None = None) -> Report:
 
 def build_checks(s: dict[str, Any]) -> list[Check]:
     """Table lines from probed sections (pure: tests feed sections)."""
-    checks: list[Check] = []
     jet = s.get("jetson")
     gpu = s.get("gpu") or {}
+    return [
+        *_gpu_checks(gpu, jet),
+        *_cuda_checks(s.get("cuda") or {}, gpu),
+        *_tensorrt_checks(s.get("tensorrt") or {}, s.get("trtexec") or {}, jet),
+        *_jetson_checks(jet),
+        *_library_checks(s.get("onnxruntime") or {}, gpu.get("torch") or {}),
+    ]
+
+
+def _gpu_checks(gpu: dict[str, Any], jet: dict[str, Any] | None) -> list[Check]:
+    checks: list[Check] = []
     gpus = gpu.get("gpus") or []
     if gpus:
         g = gpus[0]
@@ -136,7 +146,11 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
                 "TensorRT needs an NVIDIA GPU and its driver",
             )
         )
-    cuda = s.get("cuda") or {}
+    return checks
+
+
+def _cuda_checks(cuda: dict[str, Any], gpu: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
     cuda_desc = ", ".join(
         f"{k} {v}"
         for k, v in (
@@ -154,7 +168,11 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
             "" if cuda_desc else "TensorRT's wheels bring the CUDA runtime they need; the toolkit is optional",
         )
     )
-    trt = s.get("tensorrt") or {}
+    return checks
+
+
+def _tensorrt_checks(trt: dict[str, Any], te: dict[str, Any], jet: dict[str, Any] | None) -> list[Check]:
+    checks: list[Check] = []
     if trt.get("python_version"):
         checks.append(Check("TensorRT (Python)", "ok", trt["python_version"]))
     else:
@@ -168,7 +186,6 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
         )
     if trt.get("libnvinfer"):
         checks.append(Check("libnvinfer", "ok", trt["libnvinfer"]))
-    te = s.get("trtexec") or {}
     if te.get("error"):
         checks.append(
             Check("trtexec", "missing", te["error"], "give the trtexec of a TensorRT install: --trtexec PATH")
@@ -186,6 +203,11 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
                 "optional when the Python bindings work; else give it with --trtexec PATH",
             )
         )
+    return checks
+
+
+def _jetson_checks(jet: dict[str, Any] | None) -> list[Check]:
+    checks: list[Check] = []
     if jet:
         checks.append(
             Check("Jetson", "ok", f"{jet.get('model')}, L4T {jet.get('l4t', '?')}, JetPack {jet.get('jetpack', '?')}")
@@ -214,14 +236,17 @@ def build_checks(s: dict[str, Any]) -> list[Check]:
             checks.append(Check("clocks", "info", ", ".join(f"{k} {v:g} MHz" for k, v in clocks.items())))
     else:
         checks.append(Check("Jetson", "info", "not a Jetson"))
-    ort = s.get("onnxruntime") or {}
+    return checks
+
+
+def _library_checks(ort: dict[str, Any], tor: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
     if ort.get("installed"):
         checks.append(Check("onnxruntime", "ok", f"{ort['version']}: {', '.join(ort.get('providers', []))}"))
     else:
         checks.append(
             Check("onnxruntime", "missing", ort.get("error", "not installed"), "pip install 'edgeconvnext[onnx]'")
         )
-    tor = gpu.get("torch") or {}
     if tor.get("installed"):
         checks.append(
             Check(
