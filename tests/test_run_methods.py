@@ -339,3 +339,25 @@ def test_an_edited_labels_file_validates_again(budget_run, data, tmp_path, capsy
     before = {(r["artifact"], r["backend"], r["batch"]): r["top1"] for r in first["rows"]}
     after = {(r["artifact"], r["backend"], r["batch"]): r["top1"] for r in _report(out)["rows"]}
     assert before.keys() == after.keys() and all(after[k] < before[k] for k in before if before[k] is not None)
+
+
+def test_a_stage_record_does_not_match_after_a_library_upgrade(tmp_path, monkeypatch):
+    # the run's ledger keys on the library versions the standalone commands' sidecars compare: a run after an
+    # onnxruntime (or edgeconvnext) upgrade redoes its stages as `quantize` alone would, instead of skipping them
+    from edgeconvnext.artifacts import library_versions
+    from edgeconvnext.pipeline import state
+
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"onnx")
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"weights")
+    ledger = state.Ledger(tmp_path)
+    key = state.stage_key("quantize", {"calib_size": 64}, {"checkpoint": ckpt})
+    ledger.record("quantize", key, [out], {"int8_layers": 3})
+    assert state.stage_key("quantize", {"calib_size": 64}, {"checkpoint": ckpt}) == key
+    assert ledger.match("quantize", key).result == {"int8_layers": 3}
+    installed = library_versions()
+    assert state._libraries() == installed and "onnxruntime" in installed
+    monkeypatch.setattr(state, "_libraries", lambda: {**installed, "onnxruntime": "0.0.1"})
+    upgraded = state.stage_key("quantize", {"calib_size": 64}, {"checkpoint": ckpt})
+    assert upgraded != key and ledger.match("quantize", upgraded) is None

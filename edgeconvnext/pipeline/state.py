@@ -5,8 +5,9 @@ Input: a run folder, a stage name, the stage's key (its config and the sha256 of
 stage's outputs, so an interrupted run resumes at the first stage without a matching record, and an output
 changed or deleted since (its hash differs) makes the stage run again.
 
-This is the run's own small ledger until the shared sidecar schema (edgeconvnext.artifacts) offers a
-"skip when the sidecar matches" check; it reads nothing but its own files.
+The run's own ledger beside the stages' sidecars: a stage of a run is a set of artifacts (the quantize stage's
+ONNX, sidecar and manifest, the QAT checkpoint) and a result the report reads back, which one artifact's
+sidecar does not hold; it reads nothing but its own files.
 
 Usage::
 
@@ -19,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext.artifacts import sha256_file, write_json_atomic
+from edgeconvnext.artifacts import library_versions, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,22 @@ log = logging.getLogger(__name__)
 LEDGER_VERSION = 1
 
 
+@functools.cache
+def _libraries() -> dict[str, str]:
+    """The installed versions :func:`stage_key` keys on, read once per process (~50 ms from the metadata)."""
+    return library_versions()
+
+
 def stage_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, Path | None]) -> str:
-    """sha256 over the stage name, its config (JSON) and the sha256 of each input file (None: absent)."""
+    """sha256 over the stage name, its config (JSON), the sha256 of each input file (None: absent) and the
+    versions of the libraries that decide whether an artifact is current (edgeconvnext, torch, onnx,
+    onnxruntime, nncf, tensorrt: the standalone commands' skip rule, :func:`edgeconvnext.artifacts.up_to_date`),
+    so a run after an upgrade redoes its stages as ``quantize`` alone would."""
     files = {name: (sha256_file(p) if p is not None and Path(p).is_file() else None) for name, p in inputs.items()}
     blob = json.dumps(
-        {"v": LEDGER_VERSION, "stage": stage, "config": config, "inputs": files}, sort_keys=True, default=str
+        {"v": LEDGER_VERSION, "stage": stage, "config": config, "inputs": files, "libraries": _libraries()},
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
