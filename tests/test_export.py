@@ -3,6 +3,7 @@ FP16), dynamic/fixed batch, metadata and sidecar, atomic failure, CLI exit codes
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def _loaded(name: str, num_classes: int = 10, img_size: int = SIZE, seed: int = 
 
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _session_bytes(data: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
 def _torch_logits(loaded, x: np.ndarray) -> np.ndarray:
@@ -182,12 +187,41 @@ def test_sidecar_content(exported):
     par = sc["details"]["parity"]
     assert par["max_abs_diff"] == res.max_abs_diff and par["rel_diff"] == res.rel_diff
     assert par["tolerance_rel"] == 1e-4 and par["finite"] is True
-    assert [b["batch"] for b in par["per_batch"]] == [2] * ex.PARITY_BATCHES + [3]
+    assert [b["batch"] for b in par["per_batch"]] == [2] * ex.PARITY_BATCHES + [ex.PARITY_SECOND_BATCH]
+    assert "trace's forward" in par["reference"]  # FP32: the first batch's torch logits come from the trace
     assert {"torch", "onnx", "onnxruntime", "edgeconvnext", "python"} <= set(sc["environment"])
     assert set(sc["timings"]) == {"export_s", "check_s", "parity_s", "total_s"}
     assert sc["details"]["arch"]["depths"] == [1, 1, 2, 1] and sc["details"]["source"]["format"] == "random"
     fp16 = json.loads(exported["convnext_test", "fp16"][1].sidecar.read_text())
     assert fp16["details"]["graph"]["compute_dtype"] == "float16" and fp16["details"]["graph"]["io_dtype"] == "float32"
+    assert "trace" not in fp16["details"]["parity"]["reference"]  # the fp16 copy is traced, not the fp32 reference
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_traced_logits_are_the_eager_forward(name):
+    """The FP32 parity takes its first batch's torch logits from the trace: they must be the eager model's, and
+    taking them must leave the exported graph as it was (the hook records no op)."""
+    loaded = _loaded(name, img_size=32)
+    (x,) = ex.parity_inputs(32, 4)
+    data, traced = ex._trace(loaded.model, torch.from_numpy(x), 17, dynamic=True)
+    np.testing.assert_array_equal(traced, _torch_logits(loaded, x))
+    buf = io.BytesIO()  # the same export without the hook
+    with torch.no_grad():
+        torch.onnx.export(
+            loaded.model,
+            (torch.from_numpy(x),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    got, plain = onnx.load_from_string(data).graph, onnx.load_from_string(buf.getvalue()).graph
+    assert [n.op_type for n in got.node] == [n.op_type for n in plain.node]
+    assert not loaded.model._forward_hooks  # the hook is removed
+    y = _session_bytes(data).run(["logits"], {"input": x})[0]
+    assert np.abs(y - traced).max() / np.abs(traced).max() <= 1e-4
 
 
 def test_fixed_batch(tmp_path):

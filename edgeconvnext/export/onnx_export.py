@@ -22,9 +22,10 @@ Choices, and why:
 * INT8 is not produced here: ``edgeconvnext quantize`` writes the Q/DQ ONNX.
 
 Before the file is kept, onnx.checker runs and onnxruntime (CPU) runs the graph on seeded random
-inputs (a batch of 2, plus a batch of 3 when the batch is dynamic: 5 images, which is what a wrong export
-needs to show; the check is most of an FP32 export's time, so more images only cost) next to the fp32 torch
-model, which runs all of them in one call.
+inputs (a batch of 2, plus a batch of 1 when the batch is dynamic: the batch an edge device runs, and one the
+trace never saw) next to the fp32 torch model. An FP32 export traces the model on the first parity batch, so
+the tracer's own forward gives that batch's torch logits and torch runs only the batch of 1 again (issue 11:
+the reference forward was a sixth of the export).
 FP32 must agree within ``PARITY_REL_TOL["fp32"]`` (max |diff| / max |logit|); FP16 is compared with the
 same fp32 torch reference and fails only when something is badly wrong (non-finite outputs or a
 relative difference above ``PARITY_REL_TOL["fp16"]``).
@@ -77,10 +78,10 @@ MIN_OPSET = 17
 MAX_OPSET = 20
 #: relative parity tolerance (max |onnx - torch fp32| / max |torch fp32 logit|) per precision
 PARITY_REL_TOL: dict[str, float] = {"fp32": 1e-4, "fp16": 5e-2}
-#: parity inputs: batches of 2 (of the fixed batch); the dynamic-batch check adds one batch of 3. One batch: on
+#: parity inputs: batches of 2 (of the fixed batch); the dynamic-batch check adds one batch of 1. One batch: on
 #: convnextv2_nano at 224 px the check was 25 of quantize's 50 s of export with 4 (issue 11)
 PARITY_BATCHES = 1
-PARITY_SECOND_BATCH = 3
+PARITY_SECOND_BATCH = 1
 PARITY_SEED = 0
 #: a protobuf cannot exceed 2 GiB; a single-file ONNX above this has to be refused
 _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
@@ -259,32 +260,52 @@ def _check_graph(proto: onnx.ModelProto, model: Any, precision: str) -> None:
             )
 
 
-def _trace(module: Any, sample: Any, opset: int, dynamic: bool) -> bytes:
-    """TorchScript ONNX export of ``module`` to bytes, the exporter's warnings sent to the log."""
+def _trace(module: Any, sample: Any, opset: int, dynamic: bool) -> tuple[bytes, Any]:
+    """TorchScript ONNX export of ``module`` to bytes, the exporter's warnings sent to the log; with the
+    module's output on ``sample`` from the tracer's forward (a real tensor: the tracer runs the model eagerly)."""
     import torch
 
     buf = io.BytesIO()
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        torch.onnx.export(
-            module,
-            (sample,),
-            buf,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
-            dynamo=False,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+    seen: list[Any] = []
+    # the hook only keeps a reference: it records no op in the traced graph
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            torch.onnx.export(
+                module,
+                (sample,),
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+    finally:
+        handle.remove()
     for w in caught:
         log.debug("torch.onnx: %s", w.message)
-    return buf.getvalue()
+    # one forward per export in torch's TorchScript exporter; anything else: no traced output to reuse
+    traced = seen[0].detach().float().numpy() if len(seen) == 1 and isinstance(seen[0], torch.Tensor) else None
+    return buf.getvalue(), traced
 
 
-def _parity(onnx_bytes: bytes, reference: Any, img_size: int, batch: int | None) -> dict[str, Any]:
-    """Run the ONNX in onnxruntime (CPU) and the fp32 torch model on the same seeded inputs."""
+def parity_inputs(img_size: int, batch: int | None) -> list[Any]:
+    """The parity check's seeded standard-normal batches: ``PARITY_BATCHES`` of the batch (2 when dynamic),
+    plus one of ``PARITY_SECOND_BATCH`` when the batch is dynamic."""
+    import numpy as np
+
+    rng = np.random.default_rng(PARITY_SEED)
+    sizes = [batch or 2] * PARITY_BATCHES + ([PARITY_SECOND_BATCH] if batch is None else [])
+    return [rng.standard_normal((b, 3, img_size, img_size), dtype=np.float32) for b in sizes]
+
+
+def _parity(onnx_bytes: bytes, reference: Any, xs: list[Any], first_ref: Any = None) -> dict[str, Any]:
+    """Run the ONNX in onnxruntime (CPU) and the fp32 torch model on the parity inputs ``xs``; ``first_ref``:
+    the torch logits of ``xs[0]`` when already known (the FP32 trace's forward)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -292,11 +313,14 @@ def _parity(onnx_bytes: bytes, reference: Any, img_size: int, batch: int | None)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(PARITY_SEED)
-    sizes = [batch or 2] * PARITY_BATCHES + ([PARITY_SECOND_BATCH] if batch is None else [])
-    xs = [rng.standard_normal((b, 3, img_size, img_size), dtype=np.float32) for b in sizes]
-    with torch.no_grad():  # one torch call for every batch: rows do not depend on their batch
-        refs = np.split(reference(torch.from_numpy(np.concatenate(xs))).float().numpy(), np.cumsum(sizes)[:-1])
+    sizes = [len(x) for x in xs]
+    known = [first_ref] if first_ref is not None else []
+    rest = xs[len(known) :]
+    if rest:
+        with torch.no_grad():  # one torch call for every other batch: rows do not depend on their batch
+            out = reference(torch.from_numpy(np.concatenate(rest))).float().numpy()
+        known += np.split(out, np.cumsum(sizes[len(known) :])[:-1])
+    refs = known
     max_abs, max_logit, agree, total, finite = 0.0, 0.0, 0, 0, True
     per_batch = []
     for b, x, ref in zip(sizes, xs, refs, strict=True):
@@ -314,7 +338,8 @@ def _parity(onnx_bytes: bytes, reference: Any, img_size: int, batch: int | None)
         total += b
         per_batch.append({"batch": b, "max_abs_diff": d, "max_abs_logit": m})
     return {
-        "reference": "torch fp32, CPU",
+        "reference": "torch fp32, CPU"
+        + (" (the first batch's logits from the trace's forward)" if first_ref is not None else ""),
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "inputs": f"{len(sizes)} batches of standard normal noise (seed {PARITY_SEED}), batch sizes {sizes}",
         "max_abs_diff": max_abs,
@@ -364,8 +389,9 @@ def export_onnx(
         return reused
 
     reference = _fp32_reference(loaded, precision)
+    xs = parity_inputs(size, batch) if verify else None
     t = time.perf_counter()
-    raw = _export_bytes(loaded, reference, precision, opset, batch, size, step)
+    raw, traced = _export_bytes(loaded, reference, precision, opset, batch, size, step, xs[0] if xs else None)
     t_export = time.perf_counter() - t
 
     step("checking the graph")
@@ -382,7 +408,8 @@ def export_onnx(
         if verify:
             step("verifying in onnxruntime against the fp32 torch model")
             t = time.perf_counter()
-            parity = _verify(data, reference, loaded, precision, size, batch)
+            assert xs is not None  # made above when verifying
+            parity = _verify(data, reference, loaded, precision, xs, traced)
             t_parity = time.perf_counter() - t
         digest = hashlib.sha256(data).hexdigest()  # the bytes just written: no need to read them back
         timings = {"export_s": round(t_export, 3), "check_s": round(t_check, 3), "parity_s": round(t_parity, 3)}
@@ -440,15 +467,23 @@ def _export_bytes(
     batch: int | None,
     size: int,
     step: Callable[[str], None],
-) -> bytes:
-    """The TorchScript exporter's ONNX of the model in ``precision`` (an fp16 copy for fp16)."""
+    parity_first: Any = None,
+) -> tuple[bytes, Any]:
+    """The TorchScript exporter's ONNX of the model in ``precision`` (an fp16 copy for fp16), and for FP32 the
+    reference's logits of ``parity_first`` (the first parity batch, traced on; None without it or for fp16,
+    whose traced module is not the fp32 reference)."""
     import torch
 
     module = copy.deepcopy(reference).half().eval() if precision == "fp16" else reference
-    sample = torch.zeros(batch or 2, 3, size, size, dtype=torch.float16 if precision == "fp16" else torch.float32)
+    reuse = parity_first is not None and module is reference
+    if reuse:
+        sample = torch.from_numpy(parity_first)
+    else:
+        sample = torch.zeros(batch or 2, 3, size, size, dtype=torch.float16 if precision == "fp16" else torch.float32)
     step(f"exporting {loaded.arch.name} {precision} opset {opset} ({'dynamic' if batch is None else batch} batch)")
     try:
-        return _trace(module, sample, opset, dynamic=batch is None)
+        raw, traced = _trace(module, sample, opset, dynamic=batch is None)
+        return raw, traced if reuse else None
     except Exception as e:  # the exporter raises many types; all mean the same to the user
         raise ExportError(
             f"torch.onnx.export (TorchScript, opset {opset}) failed for {loaded.arch.name}: {type(e).__name__}: {e}"
@@ -476,20 +511,22 @@ def _finish_graph(
         f"(N, 3, {size}, {size}) float32 normalised RGB, output 'logits' float32"
     )
     set_metadata(proto, meta_props)
+    data = proto.SerializeToString()  # once: the checker takes these bytes, which are also what is written
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(data, full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape inference errors
         raise ExportError(f"onnx.checker rejected the exported {loaded.arch.name} graph: {e}") from e
     _check_graph(proto, reference, precision)
-    return proto.SerializeToString()
+    return data
 
 
 def _verify(
-    data: bytes, reference: Any, loaded: LoadedModel, precision: str, size: int, batch: int | None
+    data: bytes, reference: Any, loaded: LoadedModel, precision: str, xs: list[Any], first_ref: Any = None
 ) -> dict[str, Any]:
-    """Parity of the serialized ONNX (onnxruntime CPU) with the fp32 torch model; ExportError when its
-    logits are non-finite or further off than ``PARITY_REL_TOL[precision]``."""
-    parity = _parity(data, reference, size, batch)
+    """Parity of the serialized ONNX (onnxruntime CPU) with the fp32 torch model on ``xs`` (``first_ref``: the
+    torch logits of ``xs[0]`` when known); ExportError when its logits are non-finite or further off than
+    ``PARITY_REL_TOL[precision]``."""
+    parity = _parity(data, reference, xs, first_ref)
     tol = PARITY_REL_TOL[precision]
     parity["tolerance_rel"] = tol
     log.debug("parity %s: max abs diff %.3g, rel diff %.3g", precision, parity["max_abs_diff"], parity["rel_diff"])
