@@ -224,6 +224,40 @@ def test_variants_in_one_session_score_exactly_as_one_session_each(quantized, mo
     assert len(got[None, True]) == INT8_LAYERS
 
 
+@pytest.mark.parametrize("mode", ["isolate", "revert"])
+def test_combined_variants_hold_their_common_part_once_and_compute_each_variant(quantized, mode):
+    # combine(): a node the same as one already added (name, op, attributes, the same input tensors) is reused,
+    # so the part before each variant's first change is in the graph once (in revert the all-INT8 prefix with
+    # its DequantizeLinears, which onnxruntime's own elimination does not merge); each output is still that
+    # variant's logits, bit for bit; one Reverter gives what revert() gives
+    import numpy as np
+
+    from edgeconvnext.onnx.session import cpu_session
+    from edgeconvnext.quantize import sensitivity as sens
+
+    q, fp32, placement, val = quantized
+    groups = sens.groups_of(placement)
+    every = [n for g in groups for n in g.nodes]
+    sets = [[n for n in every if n not in g.nodes] if mode == "isolate" else g.nodes for g in groups]
+    rev = sens.Reverter(q, fp32)
+    variants = [rev(s) for s in sets]
+    for s, v in zip(sets, variants, strict=True):
+        assert v.SerializeToString() == rev(s).SerializeToString()  # planned once, the same graph again
+        fresh = sens.revert(q, fp32, s)
+        assert [n.SerializeToString() for n in fresh.graph.node] == [n.SerializeToString() for n in v.graph.node]
+        assert {t.name: t.SerializeToString() for t in fresh.graph.initializer} == {
+            t.name: t.SerializeToString() for t in v.graph.initializer
+        }
+    combined = sens.combine(variants + [variants[0]])  # the last one twice: its own output name
+    assert len(combined.graph.node) < 0.7 * sum(len(v.graph.node) for v in variants)
+    assert len({o.name for o in combined.graph.output}) == len(variants) + 1
+    x = val.images[:16]
+    together = cpu_session(combined, int8=sens.INT8_MATH).run(None, {"input": x})
+    for v, z in zip(variants + [variants[0]], together, strict=True):
+        alone = cpu_session(v, int8=sens.INT8_MATH).run(None, {"input": x})[0]
+        np.testing.assert_array_equal(z, alone)
+
+
 def test_the_all_int8_graph_cut_at_its_residual_stream_computes_what_the_whole_graph_does(quantized):
     # cuts(): the tensors a graph can be cut at (everything after reads only them); the parts between them,
     # chained, give the whole model's values there and its logits; a part that needs another input is None

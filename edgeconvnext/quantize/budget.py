@@ -225,7 +225,8 @@ def search(
     subset = ev.subset(base_logits, budget.subset_size)
     result.subset = len(subset)
     say(f"ranking {len(groups)} layer groups on {len(subset)} of {len(ev)} images (each alone in INT8)")
-    ranking = sens.rank(ev, q_model, fp32_model, groups, subset, base_logits)
+    rev = sens.Reverter(q_model, fp32_model)  # the ranking's variants and the steps: one index of the graphs
+    ranking = sens.rank(ev, q_model, fp32_model, groups, subset, base_logits, reverter=rev)
     result.ranking = ranking
     by_layer = {g.layer: g for g in groups}
     agreement = metric == "disagreement"
@@ -258,7 +259,7 @@ def search(
                 break
             reverted.append(s.layer)
             nodes = [x for layer in reverted for x in by_layer[layer].nodes]
-            current = sens.revert(q_model, fp32_model, nodes)
+            current = ev.build(rev, nodes)
             sess = ev.session(current)  # one session for the estimate and the re-check
             sub_logits, sub_lost, ran = ev.lost_within(sess, order, over, agreement)
             left = len(int8) - len(reverted)

@@ -23,13 +23,16 @@ harmless fc2s in higher precision first. ``revert`` answers "what does this laye
 when errors are small and additive; choose it with ``--mode revert``.
 
 Cost: the group variants are scored together, several to one onnxruntime session (:func:`combine`: the variants
-side by side in one graph, their initializers shared). onnxruntime's common-subexpression elimination then
-computes the part before each variant's first difference once (in ``isolate`` the FP32 prefix up to the group's
-layer) and the session is created once: on the 27-group benchmark case (``isolate``) 2.1x fewer CPU seconds
-than a session per variant, logits equal bit for bit. In ``revert`` that sharing fails (onnxruntime merges no
-DequantizeLinear, so nothing below one either): there the all-INT8 model runs once, in parts between the cuts of
-its residual stream (:func:`cuts`), and each variant only from the last cut before its reverted layer
-(:func:`_rank_suffixes`; 41 groups of V2 atto at 32 px, policy all: 12.5 -> 9.5 CPU passes, scores identical).
+side by side in one graph, their initializers shared, and every node they have in common there once, so the part
+before each variant's first difference is computed once: in ``isolate`` the FP32 prefix up to the group's layer,
+in ``revert`` the all-INT8 one up to the reverted layer). onnxruntime's own common-subexpression elimination did
+the first (not the second: it merges no DequantizeLinear, nor anything below one) but only after parsing the whole
+graph: built already merged, the 27-group benchmark case's ``isolate`` graph has 4,601 nodes instead of 9,666
+and ranks in 4.1-4.5 s instead of 6.8-7.2 (41 groups, policy all: 6.8-7.2 instead of 17.9-18.8), logits equal bit
+for bit. The variants are :class:`Reverter` calls on one index of the graphs (each weight compared once). In
+``revert`` the all-INT8 model can also run once, in parts between the cuts of its residual stream (:func:`cuts`),
+each variant only from the last cut before its reverted layer (:func:`_rank_suffixes`, the default; scores
+identical; with the merged graph it costs what the whole variants do: 8.0-8.2 vs 8.0-8.5 s on 41 groups).
 How many variants share a session is bounded by an activation-memory estimate (:func:`variants_per_session`),
 so large inputs fall back to fewer. Every session computes INT8 ``emulated`` (:data:`INT8_MATH`,
 :mod:`edgeconvnext.onnx.session`): the Q/DQ arithmetic as written, TensorRT's up to float rounding, rather than
@@ -56,7 +59,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     from edgeconvnext.quantize.policy import Placement
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: how the Evaluator's sessions compute Q/DQ (edgeconvnext.onnx.session): as written, in float
 INT8_MATH = "emulated"
@@ -122,7 +126,8 @@ def _finite(logits: np.ndarray) -> np.ndarray:
 class Evaluator:
     """Validation images, their FP32 logits (computed once), and a cost meter.
 
-    ``cost_passes``: seconds spent running models here (FP32 pass and session creation included) divided by
+    ``cost_passes``: seconds spent running models here (the FP32 pass, session creation and building the
+    variants' graphs included: :meth:`run_variants`, :meth:`build`) divided by
     the seconds of the one FP32 pass over the whole set; ``cpu_passes``: the same in process CPU seconds (steadier
     than wall time on a shared machine); ``image_passes``: images run / set size.
     """
@@ -157,6 +162,13 @@ class Evaluator:
     def labelled(self) -> bool:
         return self.labels is not None
 
+    def build(self, make: Callable[..., _T], *args: Any) -> _T:
+        """``make(*args)`` (a graph to run, e.g. a :class:`Reverter` call), its time counted in the cost."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        m = make(*args)
+        self._count(t0, c0, 0)
+        return m
+
     def session(self, model: bytes | onnx.ModelProto) -> Any:
         """An onnxruntime CPU session for ``model`` (its creation counted in the cost), to run more than once.
         INT8 is ``emulated`` (:mod:`edgeconvnext.onnx.session`): the graph's arithmetic as TensorRT computes it,
@@ -180,7 +192,9 @@ class Evaluator:
         """Logits of each of the ``count`` ``models`` (variants of one graph) on ``idx``, from one session over
         :func:`combine` of them; counted as ``count`` runs of ``idx`` in the image-passes. ``inputs``: the value
         of the models' (one) input on ``idx`` when it is not the images (a cut of the graph, :func:`cuts`)."""
-        combined = combine(models)
+        t0, c0 = time.perf_counter(), time.process_time()
+        combined = combine(models)  # building the variants (a generator) and their graph: counted too
+        self._count(t0, c0, 0)
         if len(combined.graph.output) != count:
             raise ValueError(f"{len(combined.graph.output)} variants combined, {count} expected")
         name = combined.graph.input[0].name
@@ -355,62 +369,120 @@ def revert(q_model: onnx.ModelProto, fp32_model: onnx.ModelProto, nodes: Sequenc
     Activations: the node reads the QuantizeLinear's float input again. Weights: the FP32 model's initializer
     when the INT8 weight is a quantization of it, else the dequantized value (a backend that rescaled the
     weight, e.g. NNCF's SmoothQuant, keeps its rescaling and the matching Mul); a float weight behind a
-    QuantizeLinear is used as it is. Dangling Q/DQ nodes and initializers are pruned.
+    QuantizeLinear is used as it is. Dangling Q/DQ nodes and initializers are pruned. To revert many sets of
+    the same model, use one :class:`Reverter` (it indexes the graphs and checks each weight once).
     """
-    import onnx
-    from onnx import numpy_helper
+    return Reverter(q_model, fp32_model)(nodes)
 
-    from edgeconvnext.onnx.graph import GraphIndex
 
-    m = onnx.ModelProto()
-    m.CopyFrom(q_model)
-    g = GraphIndex(m)
-    fg = GraphIndex(fp32_model)
-    fp_nodes = {n.name: n for n in fp32_model.graph.node}
-    inits = {t.name: t for t in m.graph.initializer}
-    wanted = set(nodes)
-    missing = wanted - {n.name for n in m.graph.node}
-    if missing:
-        raise ValueError(f"no node {sorted(missing)[0]!r} in the quantized model")
-    for node in m.graph.node:
-        if node.name not in wanted:
-            continue
-        for i, name in enumerate(list(node.input)):
-            dq, q = _dq_source(g, name)
+class Reverter:
+    """:func:`revert` for many node sets of one ``q_model``: the two graphs are indexed once and each node's
+    edits (the float input it reads again, the weight it gets back) are worked out once, on first use."""
+
+    def __init__(self, q_model: onnx.ModelProto, fp32_model: onnx.ModelProto) -> None:
+        import onnx
+
+        from edgeconvnext.onnx.graph import GraphIndex
+
+        self.q_model = q_model
+        self.fp32_model = fp32_model
+        self._g = GraphIndex(q_model)
+        self._skeleton = onnx.ModelProto()  # q_model without its initializers: each variant adds those it reads
+        self._skeleton.CopyFrom(q_model)
+        del self._skeleton.graph.initializer[:]
+        self._fg: Any = None  # the FP32 graph's index, built when a weight is first compared
+        self._fp_nodes: dict[str, Any] | None = None
+        self._at: dict[str, list[int]] = {}  # node name -> its positions in the graph
+        for k, n in enumerate(self._g.nodes):
+            self._at.setdefault(n.name, []).append(k)
+        self._pos = {id(n): k for k, n in enumerate(self._g.nodes)}
+        # node position -> (its input edits {input: tensor}, other nodes' edits {position: {old: new}}, new weights)
+        self._plans: dict[int, tuple[dict[int, str], dict[int, dict[str, str]], list[onnx.TensorProto]]] = {}
+
+    def __call__(self, nodes: Sequence[str]) -> onnx.ModelProto:
+        import onnx
+
+        wanted = set(nodes)
+        missing = wanted - self._at.keys()
+        if missing:
+            raise ValueError(f"no node {sorted(missing)[0]!r} in the quantized model")
+        own: dict[int, dict[int, str]] = {}
+        other: dict[int, dict[str, str]] = {}
+        weights: dict[str, onnx.TensorProto] = {}
+        for name in wanted:
+            for k in self._at[name]:
+                mine, theirs, new = self._plan(k)
+                if mine:
+                    own[k] = mine
+                for c, edits in theirs.items():
+                    other.setdefault(c, {}).update(edits)
+                for t in new:
+                    weights[t.name] = t
+        m = onnx.ModelProto()
+        m.CopyFrom(self._skeleton)
+        for k, node in enumerate(m.graph.node):
+            rewire = other.get(k)
+            if rewire:
+                node.input[:] = [rewire.get(x, x) for x in node.input]
+            for i, x in own.get(k, {}).items():
+                node.input[i] = x
+        needed = _prune_nodes(m)
+        m.graph.initializer.extend(t for t in self.q_model.graph.initializer if t.name in needed)
+        m.graph.initializer.extend(weights[k] for k in sorted(weights) if k in needed)
+        return m
+
+    def _fp32(self) -> tuple[Any, dict[str, Any]]:
+        from edgeconvnext.onnx.graph import GraphIndex
+
+        if self._fg is None:
+            self._fg = GraphIndex(self.fp32_model)
+            self._fp_nodes = {n.name: n for n in self.fp32_model.graph.node}
+        assert self._fp_nodes is not None
+        return self._fg, self._fp_nodes
+
+    def _plan(self, k: int) -> tuple[dict[int, str], dict[int, dict[str, str]], list[onnx.TensorProto]]:
+        plan = self._plans.get(k)
+        if plan is not None:
+            return plan
+        from onnx import numpy_helper
+
+        g = self._g
+        node = g.nodes[k]
+        name = node.name
+        mine: dict[int, str] = {}
+        theirs: dict[int, dict[str, str]] = {}
+        new: list[onnx.TensorProto] = []
+        for i, x in enumerate(node.input):
+            dq, q = _dq_source(g, x)
             if dq is None and i == 0:
                 # NNCF puts the downsample conv's activation Q/DQ before the NHWC -> NCHW Transpose
-                traced, producer = g.trace_back(name)
+                traced, producer = g.trace_back(x)
                 if producer is not None and producer.op_type == "DequantizeLinear":
                     dq, q = _dq_source(g, traced)
                     if q is not None and not g.is_const(q.input[0]):
                         for c in g.consumers.get(dq.output[0], []):
-                            c.input[:] = [q.input[0] if x == dq.output[0] else x for x in c.input]
+                            theirs.setdefault(self._pos[id(c)], {})[dq.output[0]] = q.input[0]
                     continue
             if dq is None:
                 continue
             src = q.input[0] if q is not None else dq.input[0]
-            if q is not None and not g.is_const(src):
-                node.input[i] = src  # activation: un-quantized
-                continue
-            if q is not None:  # float weight -> Q -> DQ
-                node.input[i] = src
+            if q is not None:  # an activation, un-quantized, or a float weight -> Q -> DQ: its float input
+                mine[i] = src
                 continue
             # int8 initializer -> DQ: the FP32 weight if this is a quantization of it, else its dequantized value
             deq = _dequantize(g, dq)
-            fp_node = fp_nodes.get(node.name)
-            fp_w = None
-            if fp_node is not None and i < len(fp_node.input):
-                fp_w = fg.const(fp_node.input[i])
+            fg, fp_nodes = self._fp32()
+            fp_node = fp_nodes.get(name)
+            fp_w = fg.const(fp_node.input[i]) if fp_node is not None and i < len(fp_node.input) else None
             # element by element within half a quantization step of its own channel: NNCF's SmoothQuant
             # rescales weights by up to a few x, which a whole-tensor tolerance would not see
             use = fp_w if fp_w is not None and _is_quantization_of(g, dq, fp_w, deq) else deq
-            new_name = f"{node.name}_reverted_w{i}"
-            t = numpy_helper.from_array(use.astype(np.float32), new_name)
-            m.graph.initializer.append(t)
-            inits[new_name] = t
-            node.input[i] = new_name
-    _prune(m)
-    return m
+            new_name = f"{name}_reverted_w{i}"
+            new.append(numpy_helper.from_array(use.astype(np.float32), new_name))
+            mine[i] = new_name
+        plan = (mine, theirs, new)
+        self._plans[k] = plan
+        return plan
 
 
 def _is_quantization_of(g: Any, dq: Any, w: np.ndarray, deq: np.ndarray) -> bool:
@@ -438,19 +510,30 @@ def _dequantize(g: Any, dq: Any, ones: bool = False) -> np.ndarray:
 
 
 def _prune(m: onnx.ModelProto) -> None:
-    """Drop nodes whose outputs nothing reads (repeatedly), then unread initializers."""
-    outputs = {o.name for o in m.graph.output}
-    while True:
-        used = {i for n in m.graph.node for i in n.input} | outputs
-        dead = [n for n in m.graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            m.graph.node.remove(n)
-    used = {i for n in m.graph.node for i in n.input} | outputs
-    keep = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    """Drop the nodes no graph output depends on, then unread initializers."""
+    needed = _prune_nodes(m)
+    inits = [t for t in m.graph.initializer if t.name in needed]
+    if len(inits) != len(m.graph.initializer):
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(inits)
+
+
+def _prune_nodes(m: onnx.ModelProto) -> set[str]:
+    """Drop the nodes no graph output depends on, in one pass from the outputs back (ONNX lists nodes in
+    topological order); the tensors the graph still reads."""
+    needed = {o.name for o in m.graph.output}
+    keep: list[bool] = []
+    for n in reversed(m.graph.node):
+        live = any(o in needed for o in n.output)
+        keep.append(live)
+        if live:
+            needed.update(x for x in n.input if x)
+    keep.reverse()
+    if not all(keep):
+        kept = [n for n, k in zip(m.graph.node, keep, strict=True) if k]
+        del m.graph.node[:]
+        m.graph.node.extend(kept)
+    return needed
 
 
 def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -468,42 +551,61 @@ def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
     """One graph holding ``models`` (variants of one graph, e.g. :func:`revert`'s) side by side, to run in one
-    session: variant k's nodes and intermediate tensors are prefixed ``v{k}/`` and its first output is the
-    graph's k-th; graph inputs and initializers are shared by name (a name must hold the same value in every
-    variant, as :func:`revert`'s reverted weights and the quantized model's own initializers do). Consumed one
-    variant at a time, so only the combined graph is held."""
+    session: variant k's first output is the graph's k-th; graph inputs and initializers are shared by name (a
+    name must hold the same value in every variant, as :func:`revert`'s reverted weights and the quantized
+    model's own initializers do). A node the same as one already added (same name, op, attributes, and inputs
+    that are the same tensors) is not added again: its outputs are that node's, so the part before a variant's
+    first difference is in the graph once (in ``isolate`` the FP32 prefix up to the group's layer, in
+    ``revert`` the all-INT8 one up to the reverted layer); the other nodes and their tensors are prefixed
+    ``v{k}/``. Consumed one variant at a time, so only the combined graph is held."""
 
     out: onnx.ModelProto | None = None
     seen: dict[str, onnx.TensorProto] = {}
+    added: dict[tuple[Any, ...], list[str]] = {}  # a node's key -> its outputs in the combined graph
+    outputs: set[str] = set()
     k = 0
     for k, m in enumerate(models):
         g = m.graph
         if out is None:
             out = _shell(m)
             out.graph.input.extend(g.input)
-        shared = {t.name for t in g.initializer} | {i.name for i in g.input}
+        alias = {t.name: t.name for t in g.initializer} | {i.name: i.name for i in g.input}
         for t in g.initializer:
             if t.name not in seen:
                 seen[t.name] = t
                 out.graph.initializer.append(t)
             elif seen[t.name] != t:
                 raise ValueError(f"initializer {t.name!r} differs between the variants combined")
-
-        def name(x: str, k: int = k, shared: set[str] = shared) -> str:
-            return x if (not x or x in shared) else f"v{k}/{x}"
-
         for n in g.node:
+            ins = [alias.get(x, x) if x else x for x in n.input]
+            key = (n.name, n.domain, n.op_type, tuple(ins), tuple(a.SerializeToString() for a in n.attribute))
+            same = added.get(key)
+            if same is not None and len(same) == len(n.output):
+                alias.update((o, c) for o, c in zip(n.output, same, strict=True) if o)
+                continue
             c = out.graph.node.add()
             c.CopyFrom(n)
             c.name = f"v{k}/{n.name}"
-            c.input[:] = [name(x) for x in n.input]
-            c.output[:] = [name(x) for x in n.output]
+            c.input[:] = ins
+            c.output[:] = [f"v{k}/{o}" if o else o for o in n.output]
+            alias.update((o, f"v{k}/{o}") for o in n.output if o)
+            added[key] = list(c.output)
         o = out.graph.output.add()
         o.CopyFrom(g.output[0])
-        o.name = name(g.output[0].name)
+        o.name = alias.get(g.output[0].name, g.output[0].name)
+        if o.name in outputs:  # a variant the same as an earlier one: its own name for the same tensor
+            o.name = f"v{k}/{g.output[0].name}"
+            out.graph.node.add().CopyFrom(_identity(alias[g.output[0].name], o.name, f"v{k}/{g.output[0].name}_same"))
+        outputs.add(o.name)
     if out is None:
         raise ValueError("no model to combine")
     return out
+
+
+def _identity(src: str, dst: str, name: str) -> onnx.NodeProto:
+    from onnx import helper
+
+    return helper.make_node("Identity", [src], [dst], name=name)
 
 
 # --- sharing the all-INT8 prefix (``revert``) -------------------------------------------------------------
@@ -740,12 +842,15 @@ def rank(
     mode: str = "isolate",
     per_session: int | None = None,
     share_prefix: bool = True,
+    reverter: Reverter | None = None,
 ) -> list[GroupScore]:
     """Score each group on ``subset`` (see the module doc for ``mode``); sorted most harmful first.
     ``base_logits``: the all-INT8 model's logits on every image. ``per_session``: group variants run in one
     onnxruntime session (default: :func:`variants_per_session`'s; 1 = a session per variant). ``share_prefix``
-    (``revert``): run the all-INT8 prefix the variants share once (:func:`_rank_suffixes`)."""
+    (``revert``): run the all-INT8 prefix the variants share once (:func:`_rank_suffixes`). ``reverter``: a
+    :class:`Reverter` of ``q_model`` to reuse (the budget search's)."""
     mode = check_mode(mode)
+    rev = reverter if reverter is not None else Reverter(q_model, fp32_model)
     base = ev.metrics(base_logits)
     base_kl = float(kl_rows(ev.fp32_logits[subset], base_logits[subset]).mean())
     every = [n for g in groups for n in g.nodes]
@@ -756,8 +861,8 @@ def rank(
 
     def variant(grp: Group) -> onnx.ModelProto:
         if mode == "isolate":
-            return revert(q_model, fp32_model, [n for n in every if n not in grp.nodes])
-        return revert(q_model, fp32_model, grp.nodes)
+            return rev([n for n in every if n not in grp.nodes])
+        return rev(grp.nodes)
 
     per, batch = (per_session, ev.batch) if per_session else variants_per_session(fp32_model, len(groups), ev.batch)
     done: dict[int, GroupScore] = {}
@@ -779,7 +884,7 @@ def rank(
         for start in range(0, len(todo), per):
             part = todo[start : start + per]
             if len(part) == 1:
-                score(part, [ev.run(variant(groups[part[0]]), subset)])
+                score(part, [ev.run(ev.build(variant, groups[part[0]]), subset)])
             else:
                 score(part, ev.run_variants((variant(groups[k]) for k in part), len(part), subset, batch))
 
@@ -822,7 +927,7 @@ def _rank_suffixes(
     for j in sorted(by_cut):
         target = at[j][1]
         if target != source:
-            seg = _part(q_model, source, x, target)
+            seg = ev.build(_part, q_model, source, x, target)
             if seg is None:  # a cut is a cut: it cannot need another input
                 raise ValueError(f"the all-INT8 graph cannot be cut at {target!r}")
             x = ev.run_part(seg, x)
@@ -832,8 +937,7 @@ def _rank_suffixes(
             continue
         todo: list[tuple[int, onnx.ModelProto]] = []
         for k in by_cut[j]:
-            v = variant(groups[k])
-            suffix = _part(v, source, x) if _cut_for(q_model, v, at) >= j else None
+            suffix = ev.build(_suffix, q_model, variant, groups[k], at, j, source, x)
             if suffix is None:
                 fallback.append(k)  # changed before this cut (or reads past it): run whole
             else:
@@ -848,6 +952,20 @@ def _rank_suffixes(
     ev.images_run += len(subset)  # the parts between the cuts: one all-INT8 run of the subset
     if fallback:
         whole(fallback)
+
+
+def _suffix(
+    q_model: onnx.ModelProto,
+    variant: Callable[[Group], onnx.ModelProto],
+    grp: Group,
+    at: list[tuple[int, str]],
+    j: int,
+    source: str,
+    x: np.ndarray,
+) -> onnx.ModelProto | None:
+    """``grp``'s variant from the cut ``source`` (the ``j``-th of ``at``) on, or None when it changes before it."""
+    v = variant(grp)
+    return _part(v, source, x) if _cut_for(q_model, v, at) >= j else None
 
 
 MODE_TEXT = {
