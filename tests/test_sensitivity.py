@@ -432,6 +432,26 @@ def test_the_printed_search_says_where_each_step_was_measured_as_the_json_does()
     assert [s["stopped_at"] for s in steps_json] == [None, 40, None, 7]
 
 
+def test_a_budget_met_by_keeping_most_macs_out_of_int8_is_said():
+    # the search may meet a tight budget only by reverting nearly everything: that result is warned about
+    # (names the option, the share, and the ways out), a result mostly in INT8 or a missed budget is not
+    from edgeconvnext.quantize import budget as bmod
+    from edgeconvnext.quantize.sensitivity import Metrics
+
+    m = Metrics(2000, 85.0, 99.7, 0.0, 1.0, 1.0, 2000)
+
+    def result(share: float, metric: str = "disagreement", met: bool = True) -> bmod.BudgetResult:
+        steps = [bmod.Step(None, 0.7, 1.0, 41, True), bmod.Step(None, 0.3, share, 1, True)]
+        return bmod.BudgetResult(metric, 0.3, met, ["a"] * 40, steps, m, m)
+
+    note = result(0.037).float_note()
+    assert note is not None
+    assert "--max-disagree 0.3" in note and "40 of 41 INT8 layers" in note and "3.7% of MACs" in note
+    assert "--min-int8-share" in note and "--fp16" in note
+    assert "--max-drop 0.3" in (result(0.2, "top1_drop").float_note() or "")
+    assert result(0.6).float_note() is None and result(0.037, met=False).float_note() is None
+
+
 def test_the_evaluator_computes_int8_as_the_graph_is_written(quantized):
     # INT8_MATH "emulated": Q/DQ not fused into onnxruntime's integer kernels (which saturate on CPUs without
     # VNNI) but run as written: the logits of a session with every optimisation off, up to float rounding

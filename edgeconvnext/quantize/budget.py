@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DISAGREE = 0.5
+#: below this share of the MACs in INT8 the search's result is said to be mostly float (:meth:`BudgetResult.float_note`)
+MOSTLY_FLOAT = 0.5
 
 
 @dataclass
@@ -165,6 +167,22 @@ class BudgetResult:
 
     def exclude_patterns(self) -> list[str]:
         return list(self.reverted)
+
+    def float_note(self) -> str | None:
+        """A warning when the search met the budget by keeping most of the model out of INT8 (INT8 on less than
+        :data:`MOSTLY_FLOAT` of the MACs): such an engine is mostly FP16/FP32 kernels with Q/DQ between them."""
+        last = self.steps[-1] if self.steps else None
+        if not self.met or not self.reverted or last is None or last.int8_share is None:
+            return None
+        if last.int8_share >= MOSTLY_FLOAT:
+            return None
+        option = "--max-drop" if self.metric == "top1_drop" else "--max-disagree"
+        return (
+            f"the accuracy budget ({option} {self.limit:g}) kept {len(self.reverted)} of "
+            f"{len(self.reverted) + last.int8_layers} INT8 layers in higher precision: INT8 on "
+            f"{100 * last.int8_share:.1f}% of MACs, an engine likely no faster than FP16; loosen {option}, "
+            "bound the search with --min-int8-share, or deploy FP16 (build-engine --fp16)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

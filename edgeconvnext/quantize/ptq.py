@@ -475,6 +475,9 @@ def _quantize_with(
         budget_result = None
         if val is not None and budget is not None:
             placement, budget_result = _budget_search(q_path, fp32_model, placement, val, budget, step)
+            note = budget_result.float_note()
+            if note:
+                notes.append(note)
 
         step("checking the result against TensorRT's explicit-quantization rules")
         q, report = _finish_graph(q_path, fp32_model, loaded, cs, cfg, placement, output)
