@@ -488,10 +488,12 @@ def _quantize_with(
             fp32_bytes = fp32_model.SerializeToString()
             n_fold = min(FOLD_CHECK_IMAGES, len(cs))
             fold_check = _check_fold(fp32_bytes, cs.images[:n_fold], _first_rows(fp32_logits, n_fold))
-            fp32_sidecar = _folded_baseline_sidecar(exp, fp32_bytes, smoothing, fold_check)
+            fp32_sha = _sha256_bytes(fp32_bytes)
+            fp32_sidecar = _folded_baseline_sidecar(exp, fp32_bytes, fp32_sha, smoothing, fold_check)
         else:
             fp32_bytes, fp32_sidecar = exp.path.read_bytes(), exp.sidecar.read_bytes()
-        fp32_ref: dict[str, Any] = {"bytes": len(fp32_bytes), "sha256": _sha256_bytes(fp32_bytes)}
+            fp32_sha = _sha256_bytes(fp32_bytes)
+        fp32_ref: dict[str, Any] = {"bytes": len(fp32_bytes), "sha256": fp32_sha}
         n_agree = min(AGREEMENT_IMAGES, len(cs))
         agreement = _agreement(fp32_bytes, data, cs.images[:n_agree], _first_rows(fp32_logits, n_agree))
 
@@ -630,12 +632,13 @@ def _check_fold(fp32: bytes, images: Any, unfolded_logits: Any) -> dict[str, Any
 
 
 def _folded_baseline_sidecar(
-    exp: ExportResult, data: bytes, report: SmoothReport | None, check: dict[str, Any] | None = None
+    exp: ExportResult, data: bytes, sha: str, report: SmoothReport | None, check: dict[str, Any] | None = None
 ) -> bytes:
-    """The export's sidecar for the FP32 baseline with the smoothing folded in (``data``): its output is the
-    folded graph, and it says what was folded after the export's parity check and how the fold was checked."""
+    """The export's sidecar for the FP32 baseline with the smoothing folded in (``data``, of SHA-256 ``sha``): its
+    output is the folded graph, and it says what was folded after the export's parity check and how the fold
+    was checked."""
     sc = Sidecar.from_dict(json.loads(exp.sidecar.read_text()))
-    sc.outputs[0] = {**sc.outputs[0], "bytes": len(data), "sha256": _sha256_bytes(data)}
+    sc.outputs[0] = {**sc.outputs[0], "bytes": len(data), "sha256": sha}
     sc.details["smoothing"] = {
         "folded": "after calibration: LayerNorm scale and bias / s, the next layer's input channels x s "
         "(quantize/smooth_graph.py)",
