@@ -98,8 +98,9 @@ class GraphIndex:
         p = self.producer.get(name)
         return p is not None and p.op_type == "Constant"
 
-    def const(self, name: str) -> np.ndarray | None:
-        """Value of an initializer or Constant-node output, else None."""
+    def const(self, name: str, cache: bool = True) -> np.ndarray | None:
+        """Value of an initializer or Constant-node output, else None; kept for the next call unless ``cache``
+        is False (a large weight read once)."""
         if name in self._cache:
             return self._cache[name]
         arr: np.ndarray | None = None
@@ -111,7 +112,7 @@ class GraphIndex:
                 for a in p.attribute:
                     if a.name == "value":
                         arr = self._numpy_helper.to_array(a.t)
-        if arr is not None:
+        if arr is not None and cache:
             self._cache[name] = arr
         return arr
 

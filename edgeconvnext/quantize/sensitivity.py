@@ -396,8 +396,9 @@ class Reverter:
         for k, n in enumerate(self._g.nodes):
             self._at.setdefault(n.name, []).append(k)
         self._pos = {id(n): k for k, n in enumerate(self._g.nodes)}
-        # node position -> (its input edits {input: tensor}, other nodes' edits {position: {old: new}}, new weights)
-        self._plans: dict[int, tuple[dict[int, str], dict[int, dict[str, str]], list[onnx.TensorProto]]] = {}
+        # node position -> (its input edits {input: tensor}, other nodes' edits {position: {old: new}}, the weights
+        # it reads instead {name: tensor}: the FP32 model's own initializer, renamed when copied, where it can)
+        self._plans: dict[int, tuple[dict[int, str], dict[int, dict[str, str]], dict[str, onnx.TensorProto]]] = {}
 
     def __call__(self, nodes: Sequence[str]) -> onnx.ModelProto:
         import onnx
@@ -416,8 +417,7 @@ class Reverter:
                     own[k] = mine
                 for c, edits in theirs.items():
                     other.setdefault(c, {}).update(edits)
-                for t in new:
-                    weights[t.name] = t
+                weights.update(new)
         m = onnx.ModelProto()
         m.CopyFrom(self._skeleton)
         for k, node in enumerate(m.graph.node):
@@ -428,7 +428,11 @@ class Reverter:
                 node.input[i] = x
         needed = _prune_nodes(m)
         m.graph.initializer.extend(t for t in self.q_model.graph.initializer if t.name in needed)
-        m.graph.initializer.extend(weights[k] for k in sorted(weights) if k in needed)
+        for name in sorted(weights):
+            if name in needed:
+                t = m.graph.initializer.add()
+                t.CopyFrom(weights[name])
+                t.name = name
         return m
 
     def _fp32(self) -> tuple[Any, dict[str, Any]]:
@@ -440,10 +444,11 @@ class Reverter:
         assert self._fp_nodes is not None
         return self._fg, self._fp_nodes
 
-    def _plan(self, k: int) -> tuple[dict[int, str], dict[int, dict[str, str]], list[onnx.TensorProto]]:
+    def _plan(self, k: int) -> tuple[dict[int, str], dict[int, dict[str, str]], dict[str, onnx.TensorProto]]:
         plan = self._plans.get(k)
         if plan is not None:
             return plan
+        import onnx
         from onnx import numpy_helper
 
         g = self._g
@@ -451,7 +456,7 @@ class Reverter:
         name = node.name
         mine: dict[int, str] = {}
         theirs: dict[int, dict[str, str]] = {}
-        new: list[onnx.TensorProto] = []
+        new: dict[str, onnx.TensorProto] = {}
         for i, x in enumerate(node.input):
             dq, q = _dq_source(g, x)
             if dq is None and i == 0:
@@ -473,12 +478,18 @@ class Reverter:
             deq = _dequantize(g, dq)
             fg, fp_nodes = self._fp32()
             fp_node = fp_nodes.get(name)
-            fp_w = fg.const(fp_node.input[i]) if fp_node is not None and i < len(fp_node.input) else None
+            fp_name = fp_node.input[i] if fp_node is not None and i < len(fp_node.input) else ""
+            fp_w = fg.const(fp_name, cache=False) if fp_name else None
             # element by element within half a quantization step of its own channel: NNCF's SmoothQuant
             # rescales weights by up to a few x, which a whole-tensor tolerance would not see
-            use = fp_w if fp_w is not None and _is_quantization_of(g, dq, fp_w, deq) else deq
+            is_fp32 = fp_w is not None and _is_quantization_of(g, dq, fp_w, deq)
             new_name = f"{name}_reverted_w{i}"
-            new.append(numpy_helper.from_array(use.astype(np.float32), new_name))
+            own_t = fg.initializers.get(fp_name) if is_fp32 else None
+            if own_t is not None and own_t.data_type == onnx.TensorProto.FLOAT:
+                new[new_name] = own_t  # no copy held here: each variant copies it under new_name
+            else:
+                use = fp_w if is_fp32 and fp_w is not None else deq
+                new[new_name] = numpy_helper.from_array(use.astype(np.float32), new_name)
             mine[i] = new_name
         plan = (mine, theirs, new)
         self._plans[k] = plan
