@@ -193,33 +193,55 @@ def _probe_writable(dest: Path) -> None:
         raise _cannot_write(dest, e, anc) from None
 
 
+#: names of the files the stages write (models, engines, their sidecars, calibration manifests, checkpoints):
+#: a report (``report=True`` in :func:`check_output`) is never written over an existing one
+ARTIFACT_SUFFIXES = (".onnx", ".onnx.json", ".engine", ".engine.json", ".calib.json", ".pt", ".safetensors")
+
+
 def check_output(
     path: str | Path,
     option: str = "--output",
     inputs: dict[str, str | Path | None] | None = None,
     suffix: str | None = None,
+    *,
+    report: bool = False,
 ) -> Path:
     """Refuse, before any slow work, an output that cannot be written or would replace one of the inputs.
 
     ``inputs`` maps an option name to the path it was given (None: not given). Raises UsageError naming
-    ``option`` when ``path`` is a folder, does not end in ``suffix``, is one of the inputs, or its folder
-    cannot be created or written to (tested by creating and removing a temporary file or folder; nothing
-    is left behind: the stage's atomic_output creates the missing folders when it writes).
+    ``option`` when ``path`` is a folder, does not end in ``suffix``, is one of the inputs or an input's sidecar,
+    is an existing file inside an input folder (an image of the data), or its folder cannot be created or written
+    to (tested by creating and removing a temporary file or folder; nothing is left behind: the stage's
+    atomic_output creates the missing folders when it writes). ``report``: also refused when it is an existing
+    model, engine, sidecar, manifest or checkpoint (:data:`ARTIFACT_SUFFIXES`).
     """
     dest = Path(path).expanduser()
     if dest.is_dir():
         raise UsageError(f"{option} {dest} is a folder; give a file name such as {dest / ('model' + (suffix or ''))}")
     if suffix is not None and dest.suffix != suffix:
         raise UsageError(f"{option} {dest} should end in {suffix}")
+    where = dest.resolve()
     for name, inp in (inputs or {}).items():
         if inp is None:
             continue
         src = Path(inp).expanduser()
-        if dest.resolve() == src.resolve() or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
+        if where == src.resolve() or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
             raise UsageError(
                 f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
                 f"choose another {option}"
             )
+        if src.is_file() and where == Path(f"{src.resolve()}.json"):
+            raise UsageError(f"{option} {dest} is the sidecar of {name} {src}: choose another {option}")
+        if src.is_dir() and dest.exists() and where.is_relative_to(src.resolve()):
+            raise UsageError(
+                f"{option} {dest} is a file inside {name} {src}: writing it would replace that file; "
+                f"choose another {option} outside the folder"
+            )
+    if report and dest.is_file() and dest.name.endswith(ARTIFACT_SUFFIXES):
+        raise UsageError(
+            f"{option} {dest} is an existing model, sidecar or manifest: writing the report there would destroy "
+            f"it; choose another {option}"
+        )
     _probe_writable(dest)
     return dest
 

@@ -118,3 +118,25 @@ def test_cli_unwritable_output_is_one_error_line(tmp_path, capsys):
     rc = main(["export", "--model", "convnext_test", "--img-size", "32", "-o", str(tmp_path / "afile" / "m.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: cannot write") and "afile is a file" in err[0]
+
+
+def test_check_output_refuses_an_inputs_sidecar_a_file_inside_an_input_folder_and_artifacts_for_reports(tmp_path):
+    # the review's cases: a report over the model's sidecar, over an image of the data folder, over the
+    # calibration manifest; a new file inside the data folder and a report elsewhere are fine
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    (tmp_path / "m.onnx.json").write_text("{}")
+    (tmp_path / "m.calib.json").write_text("{}")
+    data = tmp_path / "val"
+    (data / "bag").mkdir(parents=True)
+    (data / "bag" / "1.png").write_bytes(b"png")
+    inputs = {"MODEL": model, "--data": data}
+    with pytest.raises(UsageError, match="--report .*m.onnx.json is the sidecar of MODEL"):
+        check_output(tmp_path / "m.onnx.json", "--report", inputs)
+    with pytest.raises(UsageError, match="--report .*1.png is a file inside --data"):
+        check_output(data / "bag" / "1.png", "--report", inputs)
+    with pytest.raises(UsageError, match="--markdown .*m.calib.json is an existing model, sidecar or manifest"):
+        check_output(tmp_path / "m.calib.json", "--markdown", inputs, report=True)
+    assert check_output(data / "new.json", "--report", inputs) == data / "new.json"
+    assert check_output(tmp_path / "r.json", "--report", inputs, report=True) == tmp_path / "r.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.calib.json", "m.onnx", "m.onnx.json", "val"]

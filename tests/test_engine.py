@@ -706,3 +706,13 @@ def test_real_build_and_run_matches_onnxruntime(models, tmp_path):
         stats, how = r.benchmark(batch=2, warmup=5, iters=20)
     assert np.abs(y - ref).max() <= 1e-2 * max(1.0, float(np.abs(ref).max()))
     assert stats.iters == 20 and how in ("cuda_graph", "enqueue")
+
+
+def test_a_timing_cache_that_is_the_onnx_or_any_onnx_is_refused(models):
+    # TensorRT writes its timing cache back to --timing-cache: the input ONNX (or any .onnx) there would be lost
+    from edgeconvnext.errors import UsageError
+
+    for cache in (models["v2"], models["v2"].parent / "other.onnx"):
+        with pytest.raises(UsageError, match="--timing-cache .* is an ONNX file"):
+            _plan(models, timing_cache=cache)
+    assert _plan(models, timing_cache=Path("tc.cache")).timing_cache == Path("tc.cache")

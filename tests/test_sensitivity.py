@@ -185,6 +185,26 @@ def test_missing_val_data_is_refused_before_the_model_loads(tmp_path, capsys):
     assert rc == 4 and err == [f"error: --val-data folder not found: {tmp_path / 'nope'}"]
 
 
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--report", "same.md", "--json-file", "same.md"], "--json-file same.md is the same file as --report"),
+        (["--plot", "val/a/0.png"], "--plot val/a/0.png is a file inside --val-data"),
+        (["--json-file", "calib/0.png"], "--json-file calib/0.png is a file inside --calib-data"),
+    ],
+)
+def test_sensitivity_outputs_never_replace_an_input_or_each_other(tmp_path, capsys, monkeypatch, extra, words):
+    # refused before the (absent) checkpoint is read, and the images are still there
+    monkeypatch.chdir(tmp_path)
+    for f in ("val/a/0.png", "calib/0.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"image")
+    rc = main(["sensitivity", "-c", "absent.pt", "--calib-data", "calib", "--val-data", "val", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0]
+    assert (tmp_path / "val/a/0.png").read_bytes() == (tmp_path / "calib/0.png").read_bytes() == b"image"
+
+
 @pytest.fixture(scope="module")
 def quantized(data, tmp_path_factory):
     """(all-INT8 model, FP32 model, placement, validation set) of the tiny outlier model, ``--no-smooth``."""

@@ -100,10 +100,16 @@ def sensitivity_cmd(
         raise UsageError(f"--min-val-size must be at least 1, got {min_val_size}")
     if subset_size is not None and subset_size < 1:
         raise UsageError(f"--subset-size must be at least 1, got {subset_size}")
-    inputs: dict[str, str | Path | None] = {"--checkpoint": checkpoint}
+    inputs: dict[str, str | Path | None] = {
+        "--checkpoint": checkpoint,
+        "--val-data": val_data,
+        "--calib-data": calib_data,
+        "--calib-manifest": calib_manifest,
+    }
     for opt, path, suffix in (("--plot", plot, ".png"), ("--report", report, ".md"), ("--json-file", json_file, None)):
         if path is not None:
-            check_output(path, opt, inputs, suffix=suffix)
+            check_output(path, opt, inputs, suffix=suffix, report=True)
+            inputs[opt] = path  # the next output may not be this one either
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

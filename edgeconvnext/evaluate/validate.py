@@ -389,7 +389,7 @@ def validate(
         },
         int8_math=int8_math,
     )
-    _check_accuracy_request(model, baseline, checkpoint, labels, max_drop, batch, report, markdown)
+    _check_accuracy_request(model, baseline, checkpoint, labels, max_drop, batch, report, markdown, data)
     from edgeconvnext.onnx.session import resolve_int8_math
 
     # auto: emulated where onnxruntime's int8 CPU kernels may saturate, else the kernels (kept in the key as
@@ -531,6 +531,7 @@ def _check_accuracy_request(
     batch: int,
     report: Path | None,
     markdown: Path | None,
+    data: Path | None = None,
 ) -> None:
     """The accuracy options and output paths, checked before anything is loaded."""
     if max_drop is not None and baseline is None and checkpoint is None:
@@ -553,11 +554,12 @@ def _check_accuracy_request(
         "--baseline": baseline,
         "--checkpoint": checkpoint,
         "--labels": labels,
+        "--data": data,
     }
     if report is not None:
-        check_output(report, "--report", inputs)
+        check_output(report, "--report", inputs, report=True)
     if markdown is not None:
-        check_output(markdown, "--markdown", {**inputs, "--report": report})
+        check_output(markdown, "--markdown", {**inputs, "--report": report}, report=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
