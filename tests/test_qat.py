@@ -633,3 +633,25 @@ def test_parity_failure_names_coarse_steps_when_the_model_itself_moves():
         checked_parity(a, a * 1.5, "differs", "; a hint of the caller", noise=lambda: rounding_noise(fine, x))
     with pytest.raises(ExportError, match=r"itself moves by 0.2 relative .* drop --no-smooth"):
         checked_parity(a, a * 1.5, "differs", "; a hint of the caller", noise=lambda: 0.2)
+
+
+def test_sigterm_during_qat_exits_143_as_ptq_does(world, tmp_path, capsys, monkeypatch):
+    # QAT's own SIGTERM handling must record the signal like the CLI's: 128 + 15 and "terminated by SIGTERM",
+    # not Ctrl-C's 130 / "interrupted"; the CLI's handler comes back afterwards
+    import signal
+
+    import edgeconvnext.quantize.qat as qat_mod
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not interrupt")
+
+    monkeypatch.setattr(qat_mod, "_run", killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    args = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--calib-data", str(world["train"])]
+    args += ["--train-data", str(world["train"]), "--batch-size", "4", "--workers", "0", "-o", str(tmp_path / "q.onnx")]
+    rc = main(args)
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.strip()]
+    assert rc == 143 and err[-1].startswith("error: terminated by SIGTERM"), err
+    assert signal.getsignal(signal.SIGTERM) == previous
+    assert not (tmp_path / "q.onnx").exists()

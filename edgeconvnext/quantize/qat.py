@@ -37,11 +37,9 @@ import json
 import logging
 import math
 import random
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +52,7 @@ from edgeconvnext.quantize import policy as policy_mod
 from edgeconvnext.quantize.config import Method
 from edgeconvnext.quantize.ptq import QuantizeConfig, output_paths
 from edgeconvnext.quantize.qat_config import QatConfig
+from edgeconvnext.signals import terminate_like_interrupt
 from edgeconvnext.train.loop import NO_LABEL, EpochLog, ProgressHook, cpu_count, lr_at
 
 if TYPE_CHECKING:
@@ -842,23 +841,6 @@ class LogProgress(EpochLog):
         return f"QAT epoch {r.epoch}/{self._epochs}: loss {r.loss:.4f}{val}, {r.images_per_s:.0f} img/s"
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a killed job) unwinds like Ctrl-C, so partial outputs are removed and the state stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _evaluate(model: torch.nn.Module, images: np.ndarray, device: str, hook: ProgressHook | None) -> np.ndarray:
     """Predicted classes of ``model`` on preprocessed ``images``."""
     import torch
@@ -956,7 +938,7 @@ def qat(
     data = _load_data(cfg, loaded, rank, world)  # before joining the group: a data error stops every rank alike
     d = distributed.init(cfg.device)
     try:
-        with _sigterm_as_interrupt():
+        with terminate_like_interrupt():  # SIGTERM/SIGHUP unwind like Ctrl-C; the CLI exits 128 + signal
             return _run(loaded, cfg, qcfg, paths, d, data, calib_data, calib_manifest, progress, on_step, on_progress)
     finally:
         d.close()
