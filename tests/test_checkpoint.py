@@ -616,10 +616,12 @@ def test_random_init_and_img_size():
     assert r.model.num_classes == 1000 and r.preprocess.img_size == 224 and r.notes
     r = load_model("convnext_test", num_classes=5, img_size=64)
     assert r.model.num_classes == 5 and r.preprocess.img_size == 64
-    with pytest.raises(UsageError, match="--img-size 100 is not a multiple of 32.*use 96 or 128"):
+    with pytest.raises(UsageError, match="--img-size 100 is not a positive multiple of 32.*use 96 or 128"):
         load_model("convnext_test", img_size=100)
-    with pytest.raises(UsageError, match="--img-size 16 is not a multiple of 32.*use 32"):
+    with pytest.raises(UsageError, match="--img-size 16 is not a positive multiple of 32.*use 32"):
         load_model("convnext_test", img_size=16)
+    with pytest.raises(UsageError, match="--img-size 0 is not a positive multiple of 32.*use 32"):
+        load_model("convnext_test", img_size=0)
     with pytest.raises(UsageError, match="--num-classes must be at least 1"):
         load_model("convnext_test", num_classes=0)
     with pytest.raises(UsageError, match="give --model NAME"):

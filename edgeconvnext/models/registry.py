@@ -224,7 +224,8 @@ def check_img_size(img_size: int) -> int:
         lo, hi = max(STRIDE, img_size // STRIDE * STRIDE), max(STRIDE, -(-img_size // STRIDE) * STRIDE)
         sizes = f"{lo}" if lo == hi else f"{lo} or {hi}"
         raise UsageError(
-            f"--img-size {img_size} is not a multiple of {STRIDE} (ConvNeXt downsamples by {STRIDE}); use {sizes}"
+            f"--img-size {img_size} is not a positive multiple of {STRIDE} (ConvNeXt downsamples by {STRIDE}); "
+            f"use {sizes}"
         )
     from edgeconvnext.env.probes import check_memory
 
