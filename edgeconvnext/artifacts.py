@@ -230,7 +230,7 @@ def check_output(
                 f"{option} {dest} is the same file as {name}: writing it would destroy that file; "
                 f"choose another {option}"
             )
-        if src.is_file() and where == Path(f"{src.resolve()}.json"):
+        if src.is_file() and where == sidecar_path(src.resolve()):
             raise UsageError(f"{option} {dest} is the sidecar of {name} {src}: choose another {option}")
         if src.is_dir() and dest.exists() and where.is_relative_to(src.resolve()):
             raise UsageError(

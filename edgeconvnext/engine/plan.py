@@ -186,10 +186,7 @@ def plan_build(req: BuildRequest) -> BuildPlan:
         raise UsageError(f"{onnx_path}: build-engine takes an .onnx file")
     if req.timing_cache is not None and Path(req.timing_cache).is_dir():
         raise UsageError(f"--timing-cache {req.timing_cache} is a folder; give a file path")
-    if req.timing_cache is not None and (
-        Path(req.timing_cache).suffix.lower() == ".onnx"
-        or Path(req.timing_cache).expanduser().resolve() == onnx_path.expanduser().resolve()
-    ):
+    if req.timing_cache is not None and Path(req.timing_cache).suffix.lower() == ".onnx":  # the input is one too
         raise UsageError(
             f"--timing-cache {req.timing_cache} is an ONNX file: TensorRT writes its timing cache there, which "
             "would destroy it; give a cache file such as model.timing.cache"

@@ -176,7 +176,7 @@ class BudgetResult:
             return None
         if last.int8_share >= MOSTLY_FLOAT:
             return None
-        option = "--max-drop" if self.metric == "top1_drop" else "--max-disagree"
+        option = option_for(self.metric)
         return (
             f"the accuracy budget ({option} {self.limit:g}) kept {len(self.reverted)} of "
             f"{len(self.reverted) + last.int8_layers} INT8 layers in higher precision: INT8 on "
@@ -202,6 +202,11 @@ class BudgetResult:
             "note": self.note,
             "retry_from": self.retry_from,
         }
+
+
+def option_for(metric: str) -> str:
+    """The option that sets the budget on ``metric``."""
+    return "--max-drop" if metric == "top1_drop" else "--max-disagree"
 
 
 def _share(placement: Sequence[Placement], reverted: set[str]) -> float | None:
@@ -334,7 +339,7 @@ def search(
             f"{last.value:.2f} {unit} > {limit:g}; nothing was written (raise the budget, use --smooth, or "
             "deploy FP16)"
         )
-    option = "--max-drop" if metric == "top1_drop" else "--max-disagree"
+    option = option_for(metric)
     rank_of = {layer: i + 1 for i, layer in enumerate(reverted)}
     new_placement = [
         replace(p, int8=False, reason=f"{option}: kept in higher precision (harm rank {rank_of[p.layer]})")

@@ -192,9 +192,7 @@ class Evaluator:
         """Logits of each of the ``count`` ``models`` (variants of one graph) on ``idx``, from one session over
         :func:`combine` of them; counted as ``count`` runs of ``idx`` in the image-passes. ``inputs``: the value
         of the models' (one) input on ``idx`` when it is not the images (a cut of the graph, :func:`cuts`)."""
-        t0, c0 = time.perf_counter(), time.process_time()
-        combined = combine(models)  # building the variants (a generator) and their graph: counted too
-        self._count(t0, c0, 0)
+        combined = self.build(combine, models)  # building the variants (a generator) and their graph: counted
         if len(combined.graph.output) != count:
             raise ValueError(f"{len(combined.graph.output)} variants combined, {count} expected")
         name = combined.graph.input[0].name
@@ -390,8 +388,8 @@ class Reverter:
         self._skeleton = onnx.ModelProto()  # q_model without its initializers: each variant adds those it reads
         self._skeleton.CopyFrom(q_model)
         del self._skeleton.graph.initializer[:]
-        self._fg: Any = None  # the FP32 graph's index, built when a weight is first compared
-        self._fp_nodes: dict[str, Any] | None = None
+        self._fg = GraphIndex(fp32_model)
+        self._fp_nodes = {n.name: n for n in fp32_model.graph.node}
         self._at: dict[str, list[int]] = {}  # node name -> its positions in the graph
         for k, n in enumerate(self._g.nodes):
             self._at.setdefault(n.name, []).append(k)
@@ -435,15 +433,6 @@ class Reverter:
                 t.name = name
         return m
 
-    def _fp32(self) -> tuple[Any, dict[str, Any]]:
-        from edgeconvnext.onnx.graph import GraphIndex
-
-        if self._fg is None:
-            self._fg = GraphIndex(self.fp32_model)
-            self._fp_nodes = {n.name: n for n in self.fp32_model.graph.node}
-        assert self._fp_nodes is not None
-        return self._fg, self._fp_nodes
-
     def _plan(self, k: int) -> tuple[dict[int, str], dict[int, dict[str, str]], dict[str, onnx.TensorProto]]:
         plan = self._plans.get(k)
         if plan is not None:
@@ -476,8 +465,8 @@ class Reverter:
                 continue
             # int8 initializer -> DQ: the FP32 weight if this is a quantization of it, else its dequantized value
             deq = _dequantize(g, dq)
-            fg, fp_nodes = self._fp32()
-            fp_node = fp_nodes.get(name)
+            fg = self._fg
+            fp_node = self._fp_nodes.get(name)
             fp_name = fp_node.input[i] if fp_node is not None and i < len(fp_node.input) else ""
             fp_w = fg.const(fp_name, cache=False) if fp_name else None
             # element by element within half a quantization step of its own channel: NNCF's SmoothQuant
@@ -518,15 +507,6 @@ def _dequantize(g: Any, dq: Any, ones: bool = False) -> np.ndarray:
     shape = [1] * w.ndim
     shape[axis] = -1
     return (w - zp.reshape(shape)) * scale.reshape(shape)
-
-
-def _prune(m: onnx.ModelProto) -> None:
-    """Drop the nodes no graph output depends on, then unread initializers."""
-    needed = _prune_nodes(m)
-    inits = [t for t in m.graph.initializer if t.name in needed]
-    if len(inits) != len(m.graph.initializer):
-        del m.graph.initializer[:]
-        m.graph.initializer.extend(inits)
 
 
 def _prune_nodes(m: onnx.ModelProto) -> set[str]:
@@ -570,6 +550,8 @@ def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
     ``revert`` the all-INT8 one up to the reverted layer); the other nodes and their tensors are prefixed
     ``v{k}/``. Consumed one variant at a time, so only the combined graph is held."""
 
+    from onnx import helper
+
     out: onnx.ModelProto | None = None
     seen: dict[str, onnx.TensorProto] = {}
     added: dict[tuple[Any, ...], list[str]] = {}  # a node's key -> its outputs in the combined graph
@@ -606,17 +588,12 @@ def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
         o.name = alias.get(g.output[0].name, g.output[0].name)
         if o.name in outputs:  # a variant the same as an earlier one: its own name for the same tensor
             o.name = f"v{k}/{g.output[0].name}"
-            out.graph.node.add().CopyFrom(_identity(alias[g.output[0].name], o.name, f"v{k}/{g.output[0].name}_same"))
+            same_out = helper.make_node("Identity", [alias[g.output[0].name]], [o.name], name=f"{o.name}_same")
+            out.graph.node.append(same_out)
         outputs.add(o.name)
     if out is None:
         raise ValueError("no model to combine")
     return out
-
-
-def _identity(src: str, dst: str, name: str) -> onnx.NodeProto:
-    from onnx import helper
-
-    return helper.make_node("Identity", [src], [dst], name=name)
 
 
 # --- sharing the all-INT8 prefix (``revert``) -------------------------------------------------------------
