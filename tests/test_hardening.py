@@ -3,6 +3,7 @@ the one ``error:`` line and which files are left behind."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -748,6 +749,10 @@ def test_memory_impossible_requests_are_refused_up_front(world, tmp_path, capsys
     _one_error(err, "--img-size 100000 needs about 223.5 GiB of memory", "use a smaller --img-size")
     assert out == ""  # no progress line left before the error
     monkeypatch.setattr(ck, "load_model", real_load)
+    rc, out, err = _cli(capsys, "export", "-c", world["ckpt"], "--batch", "100000", "-o", tmp_path / "m.onnx")
+    assert rc == 2  # ran its trace and parity check on 100000 images for minutes
+    _one_error(err, "--batch 100000 at", "needs about", "use a smaller --batch, or --batch dynamic")
+    assert _files(tmp_path) == []
     calib = world["val"] / "c3"
     args = ("quantize", "-c", world["ckpt"], "--calib-data", calib, "--calib-size", "5", "--min-calib-size", "5")
     monkeypatch.setattr(probes, "available_memory", lambda: 3 * 2**20)  # 3 MiB: two images at 256 px fit...
@@ -835,6 +840,38 @@ def test_a_failed_build_keeps_no_fp16_onnx(onnx_pair, tmp_path, capsys):
     assert _files(tmp_path / "m") == ["fp32.engine.trtexec.log", "fp32.onnx"]  # no fp32.fp16.onnx
 
 
+def test_trtexec_paths_are_checked_up_front(world, onnx_pair, tmp_path, capsys, monkeypatch):
+    import os
+
+    good = _copy_to(onnx_pair[0], tmp_path / "m")
+    (tmp_path / "tools").mkdir()
+    fake = tmp_path / "tools" / "trtexec"
+    fake.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec'\n")
+    os.chmod(fake, 0o755)
+    monkeypatch.chdir(tmp_path / "tools")
+    monkeypatch.setenv("PATH", "/nonexistent")  # ./trtexec must run this file, not a trtexec looked up on PATH
+    rc, out, err = _cli(capsys, "build-engine", good, "--dry-run", "--json", "--trtexec", "./trtexec")
+    assert rc == 0, err
+    plan = json.loads(out)  # "trtexec" was looked up on PATH: the version unknown, and a build exited 8
+    assert plan["tensorrt"] == "trtexec: 10.3.0" and plan["trtexec_command"][0] == str(fake)
+    (tmp_path / "noexec").write_text("")
+    cases = {
+        str(tmp_path / "tools"): ("is a folder, not the trtexec binary", f"use --trtexec {fake}"),
+        str(tmp_path / "noexec"): ("is not executable", "chmod +x"),
+        str(tmp_path / "nowhere"): ("no such file",),
+    }
+    for bad, needles in cases.items():
+        rc, out, err = _cli(capsys, "build-engine", good, "--dry-run", "--trtexec", bad)
+        assert rc == 2, (bad, err)
+        _one_error(err, f"--trtexec {bad}", *needles)
+    run_out = tmp_path / "runs" / "x"
+    args = ("run", "-c", world["ckpt"], "--calib-data", world["val"], "-o", run_out)
+    rc, out, err = _cli(capsys, *args, "--trtexec", tmp_path / "nowhere")
+    assert rc == 2  # was accepted: the pipeline ran and exited 0
+    _one_error(err, "--trtexec", "no such file")
+    assert not run_out.exists()
+
+
 # --- 14: finetune writes .pt, and says when it replaced the classifier -------------------------------------------
 
 
@@ -844,6 +881,19 @@ def test_finetune_output_must_be_a_pt_file(world, tmp_path, capsys):
     assert rc == 2  # was a torch checkpoint named .onnx (validate then failed on protobuf)
     _one_error(err, "--output", "x.onnx: finetune writes a PyTorch checkpoint, name it .pt (e.g. x.pt)")
     assert _files(tmp_path) == []
+
+
+def test_finetune_flat_val_error_names_no_missing_option(world, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(world["val"].rglob("*.png"))[:4]:
+        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    args = ("finetune", "--train-data", world["val"], "--val-data", flat, "-c", world["ckpt"])
+    rc, out, err = _cli(capsys, *args, "-o", tmp_path / "x.pt")
+    assert rc == 4, err
+    line = _one_error(err, "holds images but no class folders and no labels file", "add one ('<file> <label>' lines)")
+    assert "--labels" not in line  # finetune has no --labels option; the message suggested one
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_finetune_prints_the_classifier_replacement_note(world, tmp_path, capsys):

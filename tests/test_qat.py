@@ -484,6 +484,19 @@ def test_labels_must_match_the_checkpoint(world, tmp_path, capsys):
     assert "['purple'] of" in _err(capsys) and not out.parent.exists()
 
 
+def test_labels_asked_on_a_folder_without_labels(world, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(world["train"].rglob("*.png"))[:8]:
+        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    out = tmp_path / "o" / "x.onnx"
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(flat), "--labels"]
+    assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out), "--batch-size", "4"]) == 2
+    err = _err(capsys)  # was a distillation-only run, the --labels asked for silently not honoured
+    assert f"--labels: --train-data {flat} has no class folders and no labels file" in err
+    assert "drop --labels to distil" in err and not out.parent.exists()
+
+
 def test_world_larger_than_batches(world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "0")

@@ -181,6 +181,7 @@ def run_qat(
             f"--hflip {qat_values['hflip']:g}: flips are part of the augmentation, which --no-augment turns off "
             "(the recipe's qat.augment false, or the option): drop --hflip, or --no-augment"
         )
+    _check_labels_asked(qat_values.get("labels"), cfg.train_data)
     rank, _, _ = env_world()
     show = rank == 0 and not STATE.quiet and not json_out
     with _QatProgress(enabled=show) as prog:
@@ -200,6 +201,20 @@ def run_qat(
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     _print(result, loaded, json_out)
+
+
+def _check_labels_asked(asked: bool | None, train_data: Path | None) -> None:
+    """``--labels`` given on a --train-data folder without labels is refused (QAT silently distilled only)."""
+    from edgeconvnext.data.folders import LABEL_FILES, class_folders, find_labels_file
+
+    if asked is not True or train_data is None or not Path(train_data).is_dir():
+        return
+    if find_labels_file(Path(train_data)) is None and not class_folders(Path(train_data)):
+        raise UsageError(
+            f"--labels: --train-data {train_data} has no class folders and no labels file "
+            f"({' / '.join(LABEL_FILES)}), so there are no labels to train on; drop --labels to distil from "
+            "the FP32 model only, or give an ImageFolder with the checkpoint's classes"
+        )
 
 
 def _pct(v: float | None) -> str:

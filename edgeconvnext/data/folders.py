@@ -250,9 +250,17 @@ class LabelledImages:
 
     @classmethod
     def discover(
-        cls, root: str | Path, labels_file: str | Path | None = None, class_names: Sequence[str] | None = None
+        cls,
+        root: str | Path,
+        labels_file: str | Path | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        labels_option: str | None = None,
     ) -> LabelledImages:
         """Read ``root`` as an ImageFolder, or as a flat folder with a labels file.
+
+        ``labels_option``: the command's option for a labels file (validate's and run's ``--labels``), named in
+        the error for a flat folder without one; None where the command has no such option (finetune, QAT).
 
         ``class_names`` (e.g. stored in the model) fixes the label order; folder classes that are not in
         it are an error naming them, never a silent mismatch.
@@ -267,9 +275,9 @@ class LabelledImages:
         subdirs = class_folders(root)
         if not subdirs:
             if list_images(root, recursive=False):
+                fix = f"add one, or pass {labels_option} FILE" if labels_option else "add one ('<file> <label>' lines)"
                 raise DataError(
-                    f"{root} holds images but no class folders and no labels file "
-                    f"({' / '.join(LABEL_FILES)}): add one, or pass --labels FILE"
+                    f"{root} holds images but no class folders and no labels file ({' / '.join(LABEL_FILES)}): {fix}"
                 )
             raise DataError(f"no images found in {root} (image files end in {_EXTS}, any case)")
         folder_classes = [d.name for d in subdirs]

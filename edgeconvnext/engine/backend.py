@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeconvnext.errors import BackendMissing, UsageError
+from edgeconvnext.errors import BackendMissing
 
 MIN_TRT_MAJOR = 10
 
@@ -66,12 +66,10 @@ def trtexec_version(path: Path) -> tuple[int, ...] | None:
 
 def select_backend(trtexec: Path | None = None) -> Backend:
     """``--trtexec`` if given, else the Python bindings, else a trtexec found on PATH or in JetPack."""
-    from edgeconvnext.env.probes import find_trtexec, install_hint, parse_version, probe_jetson
+    from edgeconvnext.env.probes import check_trtexec, find_trtexec, install_hint, parse_version, probe_jetson
 
     if trtexec is not None:
-        path = find_trtexec(trtexec)
-        if path is None:
-            raise UsageError(f"--trtexec {trtexec}: no such file")
+        path = check_trtexec(trtexec)
         return Backend("trtexec", trtexec_version(path), path)
     trt, why = import_tensorrt()
     if trt is not None:

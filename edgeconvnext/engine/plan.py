@@ -18,6 +18,7 @@ from typing import Any
 from edgeconvnext.artifacts import sha256_file, sidecar_path
 from edgeconvnext.engine.config import DEFAULT_OPT_LEVEL, OPT_LEVELS, BuildRequest
 from edgeconvnext.engine.profile import BatchProfile, resolve_profile
+from edgeconvnext.env.probes import check_trtexec
 from edgeconvnext.errors import CheckpointError, UsageError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -228,6 +229,6 @@ def plan_build(req: BuildRequest) -> BuildPlan:
         workspace_mib=req.workspace_mib,
         opt_level=req.opt_level,
         timing_cache=Path(req.timing_cache) if req.timing_cache else None,
-        trtexec=Path(req.trtexec) if req.trtexec else None,
+        trtexec=check_trtexec(req.trtexec) if req.trtexec else None,
         notes=notes,
     )

@@ -387,14 +387,35 @@ def probe_tensorrt() -> dict[str, Any]:
 
 
 def find_trtexec(explicit: str | Path | None = None) -> Path | None:
-    """``explicit`` if given (must exist), else trtexec on PATH, else JetPack's /usr/src/tensorrt/bin/trtexec."""
+    """``explicit`` if given (must be a file; returned absolute, so ``./trtexec`` runs that file and is not
+    looked up on PATH as ``trtexec``), else trtexec on PATH, else JetPack's /usr/src/tensorrt/bin/trtexec."""
     if explicit is not None:
         p = Path(explicit)
-        return p if p.is_file() else None
+        return p.absolute() if p.is_file() else None
     on_path = shutil.which("trtexec")
     if on_path:
         return Path(on_path)
     return TRTEXEC_JETSON if TRTEXEC_JETSON.is_file() else None
+
+
+def check_trtexec(explicit: str | Path, option: str = "--trtexec") -> Path:
+    """The absolute path of an explicit trtexec when it is an executable file; else UsageError with the reason
+    (no such file, a folder, not executable). Checked when the command starts: ``run --trtexec missing`` used
+    to run the whole pipeline and ``doctor --trtexec missing`` exited 0."""
+    from edgeconvnext.errors import UsageError
+
+    p = Path(explicit)
+    if p.is_dir():
+        inside = next((c for c in (p / "trtexec", p / "bin" / "trtexec") if c.is_file()), None)
+        fix = f"use {option} {inside}" if inside else f"pass the trtexec file itself (e.g. {p / 'bin' / 'trtexec'})"
+        raise UsageError(f"{option} {explicit} is a folder, not the trtexec binary: {fix}")
+    if not p.exists():
+        raise UsageError(f"{option} {explicit}: no such file; pass the path of TensorRT's trtexec binary")
+    if not p.is_file():
+        raise UsageError(f"{option} {explicit} is not a regular file; pass the path of TensorRT's trtexec binary")
+    if not os.access(p, os.X_OK):
+        raise UsageError(f"{option} {explicit} is not executable: chmod +x {explicit}, or pass another trtexec")
+    return p.absolute()
 
 
 def probe_trtexec(explicit: str | Path | None = None) -> dict[str, Any]:

@@ -166,6 +166,24 @@ def check_options(precision: str, opset: int, batch: str | int | None) -> tuple[
     return check_precision(precision), check_opset(opset), parse_batch(batch)
 
 
+#: a fixed-batch export holds the batch's activations twice (torch's trace, then onnxruntime's parity run):
+#: convnextv2_atto at 32 px, --batch 5000 peaked at 1.7 GB, twice registry.forward_bytes' estimate
+_EXPORT_FORWARDS = 2
+
+
+def _check_batch_memory(loaded: Any, batch: int, size: int) -> None:
+    """Refuse a fixed ``--batch`` whose trace and parity run cannot fit in this machine's memory (--batch
+    100000 of atto at 32 px ran for minutes towards a ~34 GB peak before anything said so)."""
+    from edgeconvnext.env.probes import check_memory
+    from edgeconvnext.models.registry import forward_bytes
+
+    check_memory(
+        _EXPORT_FORWARDS * forward_bytes(loaded.arch, size, batch),
+        f"--batch {batch} at {size} px ({loaded.arch.name}: the trace and the parity check run the whole batch)",
+        "use a smaller --batch, or --batch dynamic and set the engine's batch at build-engine --batch",
+    )
+
+
 def require_backends() -> None:
     for mod in ("onnx", "onnxruntime"):
         require(mod, "ONNX export")
@@ -383,6 +401,8 @@ def export_onnx(
     output = Path(output)
     check_output(output, "--output", {"--checkpoint": loaded.source}, suffix=".onnx")
     size = check_img_size(img_size if img_size is not None else loaded.preprocess.img_size)
+    if batch is not None:
+        _check_batch_memory(loaded, batch, size)
     preprocess = loaded.preprocess if loaded.preprocess.img_size == size else replace(loaded.preprocess, img_size=size)
     inputs, config = _export_key(loaded, precision, opset, batch, size, preprocess, verify)
     if reuse and (reused := reuse_if_current(output, stage="export", inputs=inputs, config=config)):

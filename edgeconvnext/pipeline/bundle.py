@@ -74,7 +74,7 @@ def _images(p: Pipeline, dest: Path) -> tuple[list[Path], dict[str, Any] | None]
     from edgeconvnext.data.folders import LabelledImages
 
     try:
-        ds = LabelledImages.discover(p.opts.val_data, p.opts.labels)  # type: ignore[arg-type]
+        ds = LabelledImages.discover(p.opts.val_data, p.opts.labels, labels_option="--labels")  # type: ignore[arg-type]
     except DataError as e:
         raise DataError(f"--bundle-images {n}: {e}") from None
     if n > len(ds):

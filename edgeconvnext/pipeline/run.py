@@ -414,6 +414,10 @@ class Pipeline:
             raise UsageError("--bundle-images copies validation images: add --val-data DIR")
         if o.device not in ("cpu", "cuda"):
             raise UsageError(f"unknown --device '{o.device}'; use cpu or cuda")
+        if o.trtexec is not None:
+            from edgeconvnext.env.probes import check_trtexec
+
+            check_trtexec(o.trtexec)
         out = Path(o.output).expanduser()
         if out.exists() and not out.is_dir():
             raise UsageError(f"--output {out} is a file; give a folder (runs/NAME)")
@@ -725,7 +729,7 @@ class Pipeline:
         from edgeconvnext.data.folders import LabelledImages
 
         try:
-            LabelledImages.discover(val, self.opts.labels)
+            LabelledImages.discover(val, self.opts.labels, labels_option="--labels")
         except DataError as e:
             if "no class folders and no labels file" in str(e):
                 return None, str(e)
