@@ -69,8 +69,8 @@ def select_backend(trtexec: Path | None = None) -> Backend:
     from edgeconvnext.env.probes import check_trtexec, find_trtexec, install_hint, parse_version, probe_jetson
 
     if trtexec is not None:
-        path = check_trtexec(trtexec)
-        return Backend("trtexec", trtexec_version(path), path)
+        given = check_trtexec(trtexec)
+        return Backend("trtexec", trtexec_version(given), given)
     trt, why = import_tensorrt()
     if trt is not None:
         return Backend("python", parse_version(str(trt.__version__)), module=trt)
