@@ -185,6 +185,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
+    if p.is_dir():
+        raise UsageError(f"--recipe {name_or_path} is a folder; give a recipe YAML file or a recipe name")
     for cand in (RECIPES_DIR / f"{name_or_path}.yaml", RECIPES_DIR / f"{name_or_path}.yml"):
         if cand.is_file():
             return cand

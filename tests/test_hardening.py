@@ -875,6 +875,50 @@ def test_trtexec_paths_are_checked_up_front(world, onnx_pair, tmp_path, capsys, 
 # --- 14: finetune writes .pt, and says when it replaced the classifier -------------------------------------------
 
 
+def test_run_checks_its_data_before_the_first_stage(world, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "runs" / "x"
+    base = ("run", "-c", world["ckpt"], "--calib-data", world["val"], "-o", out, "--no-latency")
+    cases = {  # each failed after the export and quantize stages had run
+        ("--val-data", tmp_path / "empty"): (4, "--val-data", "no images found"),
+        ("--val-data", world["ckpt"]): (4, "is a file; give the folder of images"),
+        ("--val-data", world["val"], "--labels", tmp_path / "nowhere.txt"): (4, "--labels", "not found"),
+        ("--labels", tmp_path / "nowhere.txt"): (2, "labels a flat --val-data folder: add --val-data DIR"),
+    }
+    for extra, (code, *needles) in cases.items():
+        rc, _, err = _cli(capsys, *base, *extra)
+        assert rc == code, (extra, err)
+        _one_error(err, *needles)
+        assert not out.exists(), extra
+
+
+def test_a_file_where_a_folder_belongs_and_back_says_so(world, tmp_path, capsys):
+    ck, val = world["ckpt"], world["val"]
+    onnx_file = tmp_path / "m.onnx"
+    cases = {  # each said "not found" of a path that exists
+        ("validate", ck, "--data", ck): (f"--data {ck} is a file, not a folder of images",),
+        ("finetune", "-c", ck, "--train-data", ck, "--val-data", val, "-o", tmp_path / "f.pt"): (
+            f"--train-data {ck} is a file",
+        ),
+        ("finetune", "-c", ck, "--train-data", val, "--val-data", ck, "-o", tmp_path / "f.pt"): (
+            f"--val-data {ck} is a file",
+        ),
+        ("sensitivity", "-c", ck, "--calib-data", val, "--val-data", ck): (f"--val-data {ck} is a file",),
+        ("quantize", "-c", ck, "--calib-manifest", val, "-o", onnx_file): (
+            f"calibration manifest {val} is a folder",
+            "give the manifest's JSON file, or the folder as --calib-data",
+        ),
+        ("quantize", "-c", ck, "--calib-data", val, "--recipe", val, "-o", onnx_file): (
+            f"--recipe {val} is a folder; give a recipe YAML file or a recipe name",
+        ),
+    }
+    for args, needles in cases.items():
+        rc, _, err = _cli(capsys, *args)
+        assert rc in (2, 4), (args, err)
+        _one_error(err, *needles)
+    assert _files(tmp_path) == []
+
+
 def test_finetune_output_must_be_a_pt_file(world, tmp_path, capsys):
     args = ("finetune", "--train-data", world["val"], "--val-data", world["val"], "-c", world["ckpt"])
     rc, out, err = _cli(capsys, *args, "-o", tmp_path / "x.onnx")

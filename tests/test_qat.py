@@ -497,6 +497,18 @@ def test_labels_asked_on_a_folder_without_labels(world, tmp_path, capsys):
     assert "drop --labels to distil" in err and not out.parent.exists()
 
 
+def test_resume_with_nothing_to_resume_is_said_first(world, tmp_path, capsys):
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(world["train"].rglob("*.png"))[:3]:
+        (few / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    out = tmp_path / "o" / "x.onnx"
+    argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(few), "--resume"]
+    assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]) == 3
+    assert "--resume: nothing to resume" in _err(capsys)  # was "fewer than one batch"
+    assert not out.parent.exists()
+
+
 def test_world_larger_than_batches(world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "0")

@@ -168,6 +168,14 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, data, capsys, monkeyp
     assert not png.exists()
 
 
+def test_too_few_val_images_names_the_ranking(data, capsys):
+    args = ["sensitivity", *common(data), "--val-data", str(data / "val"), "--min-val-size", "100000"]
+    assert main(args) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a sensitivity ranking measured on so few is noise" in err[0]
+    assert "budget" not in err[0]  # sensitivity has no budget; the message said one
+
+
 def test_missing_val_data_is_refused_before_the_model_loads(tmp_path, capsys):
     # the checkpoint does not exist either: the --val-data line (exit 4) shows the folder is checked first
     rc = main(

@@ -44,7 +44,7 @@ def budget_from_options(
     return req.config
 
 
-def load_validation(prog: Any, val_data: Path, loaded: Any, min_val_size: int | None) -> Any:
+def load_validation(prog: Any, val_data: Path, loaded: Any, min_val_size: int | None, purpose: str = "a budget") -> Any:
     """The validation images of the budget search or the sensitivity ranking (``--val-data``, at least
     ``--min-val-size``), loaded with the model's preprocessing while ``prog`` (a StepProgress) shows it."""
     from edgeconvnext.quantize.valset import MIN_VAL_IMAGES, load_valset
@@ -57,6 +57,7 @@ def load_validation(prog: Any, val_data: Path, loaded: Any, min_val_size: int | 
         loaded.num_classes,
         min_size=min_val_size if min_val_size is not None else MIN_VAL_IMAGES,
         on_progress=prog.advance,
+        purpose=purpose,
     )
 
 

@@ -126,7 +126,7 @@ def sensitivity_cmd(
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
-        val = load_validation(prog, val_data, loaded, min_val_size)
+        val = load_validation(prog, val_data, loaded, min_val_size, purpose="a sensitivity ranking")
         result = analyse(
             loaded,
             val,

@@ -260,6 +260,10 @@ def write_manifest(cs: CalibrationSet, path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Parse and validate a manifest file; a missing, malformed or foreign file is a DataError."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"calibration manifest {path} is a folder; give the manifest's JSON file, or the folder as --calib-data"
+        )
     if not path.is_file():
         raise DataError(f"calibration manifest not found: {path}")
     try:

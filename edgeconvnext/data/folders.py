@@ -256,18 +256,23 @@ class LabelledImages:
         class_names: Sequence[str] | None = None,
         *,
         labels_option: str | None = None,
+        option: str | None = None,
     ) -> LabelledImages:
         """Read ``root`` as an ImageFolder, or as a flat folder with a labels file.
 
         ``labels_option``: the command's option for a labels file (validate's and run's ``--labels``), named in
         the error for a flat folder without one; None where the command has no such option (finetune, QAT).
+        ``option``: the option that named ``root`` (``--data``), for the error when it is not a folder.
 
         ``class_names`` (e.g. stored in the model) fixes the label order; folder classes that are not in
         it are an error naming them, never a silent mismatch.
         """
         root = Path(root)
+        named = f"{option} {root}" if option else str(root)
+        if root.is_file():
+            raise DataError(f"{named} is a file, not a folder of images (class folders, or images and a labels file)")
         if not root.is_dir():
-            raise DataError(f"data folder not found: {root}")
+            raise DataError(f"{named}: folder not found" if option else f"data folder not found: {root}")
         if labels_file is None:
             labels_file = find_labels_file(root)
         if labels_file is not None:

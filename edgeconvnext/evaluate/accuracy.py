@@ -169,7 +169,7 @@ def labelled_dataset(
     data: Path, labels: Path | None, class_names: list[str] | None, num_classes: int, what: str, notes: list[str]
 ) -> LabelledImages:
     """Labelled images whose label indices are the model's outputs; mismatches are errors."""
-    ds = LabelledImages.discover(data, labels, class_names=class_names, labels_option="--labels")
+    ds = LabelledImages.discover(data, labels, class_names=class_names, labels_option="--labels", option="--data")
     if class_names is not None:
         return ds  # discover mapped every folder/label name onto the model's classes or refused
     index_labels = ds.class_names == [str(i) for i in range(len(ds.class_names))]

@@ -158,7 +158,8 @@ def _images(bundle: Path, manifest: dict[str, Any], val_data: Path | None) -> tu
         if not Path(val_data).is_dir():
             from edgeconvnext.errors import DataError
 
-            raise DataError(f"--val-data {val_data}: folder not found")
+            what = "is a file; give the folder of validation images" if Path(val_data).is_file() else "folder not found"
+            raise DataError(f"--val-data {val_data}: {what}")
         return Path(val_data), None
     if manifest.get("images"):
         return bundle / manifest["images"]["folder"], None

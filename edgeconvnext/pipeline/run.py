@@ -376,6 +376,7 @@ class Pipeline:
         self.force = check_force(opts.force)
         self._check_inputs()
         self.cfg = resolve_options(opts)
+        self._check_data()
         self.out = Path(opts.output).expanduser()
         self.ledger = Ledger(self.out)
         stem = Path(opts.checkpoint).name.split(".")[0] if opts.checkpoint else "model"
@@ -404,8 +405,18 @@ class Pipeline:
         if o.calib_data is None and o.calib_manifest is None:
             raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
         for p, opt in ((o.calib_data, "--calib-data"), (o.val_data, "--val-data")):
-            if p is not None and not Path(p).is_dir():
+            if p is None:
+                continue
+            if Path(p).is_file():
+                raise DataError(f"{opt} {p} is a file; give the folder of images")
+            if not Path(p).is_dir():
                 raise DataError(f"{opt} {p}: folder not found")
+        if o.labels is not None:
+            if o.val_data is None:
+                raise UsageError(f"--labels {o.labels} labels a flat --val-data folder: add --val-data DIR")
+            if not Path(o.labels).is_file():
+                what = "is a folder" if Path(o.labels).is_dir() else "not found"
+                raise DataError(f"--labels {o.labels}: {what}; give the labels file ('<file> <label>' lines)")
         if o.val_data is None and not o.latency:
             raise UsageError("nothing to validate: give --val-data DIR, or keep the latency measurement on")
         if o.bundle_images < 0:
@@ -426,6 +437,15 @@ class Pipeline:
             from edgeconvnext.runtime.runners import check_device
 
             check_device("cuda")
+
+    def _check_data(self) -> None:
+        """Image folders without an image, found when the command starts (after the options are checked), not
+        after the export and quantize stages have run."""
+        from edgeconvnext.data.folders import list_images
+
+        for p, opt in ((self.opts.calib_data, "--calib-data"), (self.opts.val_data, "--val-data")):
+            if p is not None and not list_images(p):
+                raise DataError(f"{opt} {p}: no images found (image files end in .jpg .png .webp ...)")
 
     # -- helpers -------------------------------------------------------------------------------------
 

@@ -193,6 +193,8 @@ def load_train_data(root: Path, loaded: LoadedModel, labels: bool) -> TrainData:
     from edgeconvnext.data.folders import LabelledImages, list_images
 
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"--train-data {root} is a file; give the folder of training images")
     if not root.is_dir():
         raise DataError(f"--train-data folder not found: {root}")
     if labels and _has_labels(root):
@@ -934,6 +936,10 @@ def qat(
     check_output(paths["checkpoint"], "--output", {"--checkpoint": loaded.source})
     policy_mod.check_excludes(qcfg.exclude, policy_mod.torch_layer_names(loaded.model))
     check_qat_checkpoint(loaded, qcfg)  # continuing a QAT checkpoint: its placement options, before any work
+    if cfg.resume and not paths["state"].is_file():  # before the data: "fewer than one batch" hid this
+        raise CheckpointError(
+            f"--resume: nothing to resume, {paths['state']} does not exist; run without --resume to start"
+        )
     rank, world, _ = distributed.env_world()
     data = _load_data(cfg, loaded, rank, world)  # before joining the group: a data error stops every rank alike
     d = distributed.init(cfg.device)
@@ -1084,11 +1090,7 @@ def _setup(
         t_start=t_start,
         notes=list(data.notes),
     )
-    if cfg.resume:
-        if not paths["state"].is_file():
-            raise CheckpointError(
-                f"--resume: nothing to resume, {paths['state']} does not exist; run without --resume to start"
-            )
+    if cfg.resume:  # qat() checked that the state exists
         s.state = load_state(paths["state"])
         _check_resume_args(s.state["args"], s.args, paths["state"])
         s.notes.append(f"resumed from {paths['state'].name} after epoch {s.state['epoch']}")

@@ -50,6 +50,8 @@ class ValSet:
 def check_root(root: str | Path, option: str = "--val-data") -> Path:
     """``root`` as a Path; DataError when it is not a folder (commands call it before loading the model)."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{option} {root} is a file; give the folder of validation images")
     if not root.is_dir():
         raise DataError(f"{option} folder not found: {root}")
     return root
@@ -65,6 +67,7 @@ def load_valset(
     option: str = "--val-data",
     labels_file: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    purpose: str = "a budget",
 ) -> ValSet:
     """Load and check ``root`` (see the module doc); DataError for data that cannot give a fair budget.
     ``labels_file``: a ``--labels FILE`` for a flat ``root`` (else a labels file inside it is found)."""
@@ -103,7 +106,7 @@ def load_valset(
         raise DataError(
             f"{option} {root} has {len(images)} usable images"
             + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
-            + f", fewer than {min_size}: a budget measured on so few is noise; add images or lower --min-val-size"
+            + f", fewer than {min_size}: {purpose} measured on so few is noise; add images or lower --min-val-size"
         )
     if skipped:
         log.warning("%s: %d unreadable images skipped", root, len(skipped))

@@ -125,7 +125,7 @@ def last_state_path(output: Path) -> Path:
 
 def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImages]:
     """Train classes from the train folder (its class sub-folders or labels file); val must hold the same."""
-    train_ds = LabelledImages.discover(train)
+    train_ds = LabelledImages.discover(train, option="--train-data")
     if len(train_ds.class_names) < 2:
         raise DataError(f"{train} holds {len(train_ds.class_names)} class; a classifier needs at least 2")
     counts = np.bincount(np.asarray(train_ds.labels, dtype=np.int64), minlength=len(train_ds.class_names))
@@ -151,7 +151,7 @@ def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImage
                 )
                 + ": both need the same class folders"
             )
-    val_ds = LabelledImages.discover(val, class_names=train_ds.class_names)
+    val_ds = LabelledImages.discover(val, class_names=train_ds.class_names, option="--val-data")
     return train_ds, val_ds
 
 
