@@ -218,8 +218,6 @@ def check_output(
     dest = Path(path).expanduser()
     if dest.is_dir():
         raise UsageError(f"{option} {dest} is a folder; give a file name such as {dest / ('model' + (suffix or ''))}")
-    if suffix is not None and dest.suffix != suffix:
-        raise UsageError(f"{option} {dest} should end in {suffix}")
     where = dest.resolve()
     for name, inp in (inputs or {}).items():
         if inp is None:
@@ -242,6 +240,8 @@ def check_output(
             f"{option} {dest} is an existing model, sidecar or manifest: writing the report there would destroy "
             f"it; choose another {option}"
         )
+    if suffix is not None and dest.suffix != suffix:  # after the inputs: "would destroy that file" says more
+        raise UsageError(f"{option} {dest} should end in {suffix}")
     _probe_writable(dest)
     return dest
 

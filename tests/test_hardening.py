@@ -919,6 +919,17 @@ def test_a_file_where_a_folder_belongs_and_back_says_so(world, tmp_path, capsys)
     assert _files(tmp_path) == []
 
 
+def test_validate_report_names_say_their_format(world, tmp_path, capsys):
+    base = ("validate", world["ckpt"], "--data", world["val"])
+    rc, _, err = _cli(capsys, *base, "--report", tmp_path / "r.txt")
+    assert rc == 2  # a JSON report named .txt was written (sensitivity's --report already insisted on .md)
+    _one_error(err, "--report", "r.txt should end in .json")
+    rc, _, err = _cli(capsys, *base, "--report", tmp_path / "r.json", "--markdown", tmp_path / "r.txt")
+    assert rc == 2
+    _one_error(err, "--markdown", "r.txt should end in .md")
+    assert _files(tmp_path) == []
+
+
 def test_finetune_output_must_be_a_pt_file(world, tmp_path, capsys):
     args = ("finetune", "--train-data", world["val"], "--val-data", world["val"], "-c", world["ckpt"])
     rc, out, err = _cli(capsys, *args, "-o", tmp_path / "x.onnx")

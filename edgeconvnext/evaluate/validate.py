@@ -557,9 +557,9 @@ def _check_accuracy_request(
         "--data": data,
     }
     if report is not None:
-        check_output(report, "--report", inputs, report=True)
+        check_output(report, "--report", inputs, suffix=".json", report=True)  # JSON: r.txt was accepted
     if markdown is not None:
-        check_output(markdown, "--markdown", {**inputs, "--report": report}, report=True)
+        check_output(markdown, "--markdown", {**inputs, "--report": report}, suffix=".md", report=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
