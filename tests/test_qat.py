@@ -507,6 +507,9 @@ def test_resume_with_nothing_to_resume_is_said_first(world, tmp_path, capsys):
     assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]) == 3
     assert "--resume: nothing to resume" in _err(capsys)  # was "fewer than one batch"
     assert not out.parent.exists()
+    assert main([*argv[:-1], "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]) == 4
+    captured = capsys.readouterr()  # piped: the progress bar is not drawn, and left an empty line before the error
+    assert "fewer than one batch" in captured.err and captured.out.strip("\n") == captured.out
 
 
 def test_world_larger_than_batches(world, tmp_path, capsys, monkeypatch):

@@ -215,7 +215,8 @@ class StepProgress:
 class EpochProgress:
     """A training ProgressHook on one rich progress line: a bar per epoch (loss, images/s and lr beside it),
     one while validating, and ``line`` for what stays printed above it. Subclasses print their epoch's
-    summary in ``end_epoch``. ``enabled=False`` draws nothing (rich's ``disable``)."""
+    summary in ``end_epoch``. ``enabled=False`` draws nothing (rich's ``disable``); the bar itself is drawn
+    only on a terminal."""
 
     def __init__(self, enabled: bool, *, epoch_label: str = "epoch", remaining: bool = False) -> None:
         from rich import progress as rp
@@ -229,7 +230,10 @@ class EpochProgress:
         ]
         if remaining:
             columns.append(rp.TimeRemainingColumn())
-        self.progress = rp.Progress(*columns, console=console(), transient=True, disable=not enabled)
+        out = console()
+        # the bar only on a terminal (piped, its transient line left an empty line before the error); the epoch
+        # summaries (``line``) print either way
+        self.progress = rp.Progress(*columns, console=out, transient=True, disable=not (enabled and out.is_terminal))
         self.enabled = enabled
         self.epoch_label = epoch_label
         self.task: Any = None
