@@ -160,6 +160,6 @@ def build_engine_cmd(
     done(
         escape(
             f"{built.engine} ({human_size(built.engine_bytes)}, {built.precision}, batch {built.profile}, "
-            f"TensorRT {built.tensorrt_version or '?'} via {built.backend}) in {built.seconds:.1f} s"
+            f"TensorRT {built.tensorrt_version or 'version unknown'} via {built.backend}) in {built.seconds:.1f} s"
         )
     )

@@ -63,7 +63,8 @@ def device_check_cmd(
     dev = sec["device"]
     done(
         escape(
-            f"{bundle / 'report.md'}: device section for {dev['name']} (TensorRT {dev.get('tensorrt') or '?'}), "
+            f"{bundle / 'report.md'}: device section for {dev['name']} "
+            f"(TensorRT {dev.get('tensorrt') or 'version unknown'}), "
             f"{len(res.engines)} engines, {len(sec['rows'])} rows  {res.seconds:.1f} s"
         )
     )

@@ -224,7 +224,8 @@ def _build(
     if plan.convert_fp16 and plan.onnx.has_qdq:
         trt_check = _check_qdq_rules(plan.build_onnx)  # the conversion kept the rules (checked again: cheap)
     step(
-        f"building {plan.precision} engine with TensorRT {backend.version_str or '?'} ({backend.kind}), "
+        f"building {plan.precision} engine with TensorRT {backend.version_str or '(version unknown)'} "
+        f"({backend.kind}), "
         f"batch {plan.profile}, workspace {plan.workspace_mib} MiB, opt level {plan.opt_level}"
     )
     log_file = plan.output.with_name(plan.output.name + ".trtexec.log") if backend.kind == "trtexec" else None

@@ -169,7 +169,10 @@ def _check_method(opts: RunOptions) -> str:
     else:
         given = [o for o, v in (("--train-data", opts.train_data), *((f"--{k}", v) for k, v in opts.qat.items())) if v]
         if given:
-            raise UsageError(f"{', '.join(given)}: only with --method qat (add it, or drop them)")
+            raise UsageError(
+                f"{', '.join(given)}: only with --method qat (add --method qat, or drop "
+                + ("it)" if len(given) == 1 else "them)")
+            )
     return method
 
 
