@@ -442,16 +442,21 @@ def test_doctor_does_not_take_any_file_for_trtexec(tmp_path, capsys):
     import json
     import os
 
+    # the report is printed whatever it found; a --trtexec asked for that does not work exits 8 (it exited 0)
     rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", "/etc/passwd")
-    assert rc == 0
+    assert rc == 8
     te = json.loads(out)["trtexec"]
     assert te["ok"] is False and "does not run" in te["error"]  # not executable
+    _one_error(err, "/etc/passwd does not run")
     fake = tmp_path / "trtexec"
     fake.write_text("#!/bin/sh\necho 'usage: something else'\n")
     os.chmod(fake, 0o755)
     rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", fake)
     te = json.loads(out)["trtexec"]
-    assert te["ok"] is False and "printed no TensorRT banner" in te["error"]
+    assert rc == 8 and te["ok"] is False and "printed no TensorRT banner" in te["error"]
+    rc, out, err = _cli(capsys, "doctor", "--trtexec", tmp_path / "nowhere" / "trtexec")
+    assert rc == 8 and "can build engines here: no" in out
+    _one_error(err, "no such file")
     rc, out, err = _cli(capsys, "doctor", "--json", "--trtexec", tmp_path / "nowhere" / "trtexec")
     data = json.loads(out)
     assert data["trtexec"] == {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,7 @@ def doctor_cmd(
     report = probe(trtexec)
     if json_out:
         print(json.dumps(report.to_dict(), indent=2, default=str))
+        _exit_if_trtexec_failed(report, trtexec)
         return
     from rich.markup import escape
     from rich.table import Table
@@ -45,3 +46,15 @@ def doctor_cmd(
         "can build engines here: "
         + ("yes" if not blockers else f"no ({'; '.join(blockers)}; build-engine --dry-run works anyway)")
     )
+    _exit_if_trtexec_failed(report, trtexec)
+
+
+def _exit_if_trtexec_failed(report: Any, trtexec: Path | None) -> None:
+    """The report is printed whatever it found; a --trtexec that was asked for and does not work also makes the
+    exit status 8 (a missing one exited 0, so `doctor --trtexec X && build-engine ...` went on)."""
+    from edgeconvnext.cli._common import err
+
+    te = report.to_dict().get("trtexec") or {}
+    if trtexec is not None and not te.get("ok"):
+        err(te.get("error") or f"--trtexec {trtexec} does not work")
+        raise typer.Exit(8)
