@@ -484,11 +484,16 @@ def test_labels_must_match_the_checkpoint(world, tmp_path, capsys):
     assert "['purple'] of" in _err(capsys) and not out.parent.exists()
 
 
+def _flat(src: Path, dest: Path, n: int) -> Path:
+    """The first ``n`` images of the ImageFolder ``src`` in one folder without labels."""
+    dest.mkdir()
+    for p in sorted(src.rglob("*.png"))[:n]:
+        (dest / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    return dest
+
+
 def test_labels_asked_on_a_folder_without_labels(world, tmp_path, capsys):
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for p in sorted(world["train"].rglob("*.png"))[:8]:
-        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    flat = _flat(world["train"], tmp_path / "flat", 8)
     out = tmp_path / "o" / "x.onnx"
     argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(flat), "--labels"]
     assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out), "--batch-size", "4"]) == 2
@@ -498,10 +503,7 @@ def test_labels_asked_on_a_folder_without_labels(world, tmp_path, capsys):
 
 
 def test_resume_with_nothing_to_resume_is_said_first(world, tmp_path, capsys):
-    few = tmp_path / "few"
-    few.mkdir()
-    for p in sorted(world["train"].rglob("*.png"))[:3]:
-        (few / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    few = _flat(world["train"], tmp_path / "few", 3)
     out = tmp_path / "o" / "x.onnx"
     argv = ["quantize", "--method", "qat", "-c", str(world["ckpt"]), "--train-data", str(few), "--resume"]
     assert main([*argv, "--calib-data", str(world["train"]), *CALIB, "-o", str(out)]) == 3
