@@ -205,6 +205,7 @@ def check_output(
     suffix: str | None = None,
     *,
     report: bool = False,
+    example_suffix: str | None = None,
 ) -> Path:
     """Refuse, before any slow work, an output that cannot be written or would replace one of the inputs.
 
@@ -213,11 +214,13 @@ def check_output(
     is an existing file inside an input folder (an image of the data), or its folder cannot be created or written
     to (tested by creating and removing a temporary file or folder; nothing is left behind: the stage's
     atomic_output creates the missing folders when it writes). ``report``: also refused when it is an existing
-    model, engine, sidecar, manifest or checkpoint (:data:`ARTIFACT_SUFFIXES`).
+    model, engine, sidecar, manifest or checkpoint (:data:`ARTIFACT_SUFFIXES`). ``example_suffix``: the ending
+    of the file name suggested for a folder when ``suffix`` is not enforced (``--json-file DIR``: DIR/model.json).
     """
     dest = Path(path).expanduser()
     if dest.is_dir():
-        raise UsageError(f"{option} {dest} is a folder; give a file name such as {dest / ('model' + (suffix or ''))}")
+        example = dest / ("model" + (suffix or example_suffix or ""))
+        raise UsageError(f"{option} {dest} is a folder; give a file name such as {example}")
     where = dest.resolve()
     for name, inp in (inputs or {}).items():
         if inp is None:

@@ -199,6 +199,7 @@ def test_missing_val_data_is_refused_before_the_model_loads(tmp_path, capsys):
         (["--report", "same.md", "--json-file", "same.md"], "--json-file same.md is the same file as --report"),
         (["--plot", "val/a/0.png"], "--plot val/a/0.png is a file inside --val-data"),
         (["--json-file", "calib/0.png"], "--json-file calib/0.png is a file inside --calib-data"),
+        (["--json-file", "val"], "--json-file val is a folder; give a file name such as val/model.json"),
     ],
 )
 def test_sensitivity_outputs_never_replace_an_input_or_each_other(tmp_path, capsys, monkeypatch, extra, words):

@@ -108,7 +108,7 @@ def sensitivity_cmd(
     }
     for opt, path, suffix in (("--plot", plot, ".png"), ("--report", report, ".md"), ("--json-file", json_file, None)):
         if path is not None:
-            check_output(path, opt, inputs, suffix=suffix, report=True)
+            check_output(path, opt, inputs, suffix=suffix, report=True, example_suffix=".json")
             inputs[opt] = path  # the next output may not be this one either
     if plot is not None:
         try:
