@@ -886,7 +886,7 @@ def test_run_checks_its_data_before_the_first_stage(world, tmp_path, capsys):
     base = ("run", "-c", world["ckpt"], "--calib-data", world["val"], "-o", out, "--no-latency")
     cases = {  # each failed after the export and quantize stages had run
         ("--val-data", tmp_path / "empty"): (4, "--val-data", "no images found"),
-        ("--val-data", world["ckpt"]): (4, "is a file; give the folder of images"),
+        ("--val-data", world["ckpt"]): (4, "is a file, not a folder of images"),
         ("--val-data", world["val"], "--labels", tmp_path / "nowhere.txt"): (4, "--labels", "not found"),
         ("--labels", tmp_path / "nowhere.txt"): (2, "labels a flat --val-data folder: add --val-data DIR"),
     }

@@ -54,7 +54,7 @@ def _exit_if_trtexec_failed(report: Any, trtexec: Path | None) -> None:
     exit status 8 (a missing one exited 0, so `doctor --trtexec X && build-engine ...` went on)."""
     from edgeconvnext.cli._common import err
 
-    te = report.to_dict().get("trtexec") or {}
+    te = report.sections.get("trtexec") or {}
     if trtexec is not None and not te.get("ok"):
         err(te.get("error") or f"--trtexec {trtexec} does not work")
         raise typer.Exit(8)

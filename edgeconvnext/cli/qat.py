@@ -205,11 +205,11 @@ def run_qat(
 
 def _check_labels_asked(asked: bool | None, train_data: Path | None) -> None:
     """``--labels`` given on a --train-data folder without labels is refused (QAT silently distilled only)."""
-    from edgeconvnext.data.folders import LABEL_FILES, class_folders, find_labels_file
+    from edgeconvnext.data.folders import LABEL_FILES, has_labels
 
     if asked is not True or train_data is None or not Path(train_data).is_dir():
         return
-    if find_labels_file(Path(train_data)) is None and not class_folders(Path(train_data)):
+    if not has_labels(Path(train_data)):
         raise UsageError(
             f"--labels: --train-data {train_data} has no class folders and no labels file "
             f"({' / '.join(LABEL_FILES)}), so there are no labels to train on; drop --labels to distil from "

@@ -168,10 +168,9 @@ def quantize_cmd(
         # --val-data is shared: qat validates each epoch, ptq measures the accuracy budget on it
         only_qat = [o for o in qat_given(qat_values) if o != "--val-data"]
         if only_qat:
-            raise UsageError(
-                f"{', '.join(only_qat)}: only with --method qat (add --method qat, or drop "
-                + ("it)" if len(only_qat) == 1 else "them)")
-            )
+            from edgeconvnext.quantize.qat_config import only_with_qat
+
+            raise only_with_qat(only_qat)
 
     from edgeconvnext.artifacts import check_output
     from edgeconvnext.models.checkpoint import load_model

@@ -143,6 +143,22 @@ def _is_header(file: str, label: str, root: Path | None) -> bool:
     return Path(file).suffix.lower() not in IMAGE_EXTS and not (root is not None and (root / file).is_file())
 
 
+def check_folder(root: str | Path, option: str | None, what: str = "images") -> Path:
+    """``root`` as a Path when it is a folder; else the one DataError every command gives, naming ``option``
+    (the option that gave it; None: none to name): a file where a folder of ``what`` belongs, or not found."""
+    root = Path(root)
+    if root.is_file():
+        raise DataError(f"{option + ' ' if option else ''}{root} is a file, not a folder of {what}")
+    if not root.is_dir():
+        raise DataError(f"{option} folder not found: {root}" if option else f"data folder not found: {root}")
+    return root
+
+
+def has_labels(root: Path) -> bool:
+    """Whether ``root`` is labelled: class folders (ImageFolder), or images with a labels file."""
+    return find_labels_file(root) is not None or bool(class_folders(root))
+
+
 def class_folders(root: Path) -> list[Path]:
     """The sub-folders of ``root`` that are classes in the ImageFolder layout (hidden ones left out), sorted."""
     return sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
@@ -267,12 +283,7 @@ class LabelledImages:
         ``class_names`` (e.g. stored in the model) fixes the label order; folder classes that are not in
         it are an error naming them, never a silent mismatch.
         """
-        root = Path(root)
-        named = f"{option} {root}" if option else str(root)
-        if root.is_file():
-            raise DataError(f"{named} is a file, not a folder of images (class folders, or images and a labels file)")
-        if not root.is_dir():
-            raise DataError(f"{named}: folder not found" if option else f"data folder not found: {root}")
+        root = check_folder(root, option)
         if labels_file is None:
             labels_file = find_labels_file(root)
         if labels_file is not None:

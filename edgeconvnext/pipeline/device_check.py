@@ -155,12 +155,9 @@ def _runtime_missing() -> str | None:
 
 def _images(bundle: Path, manifest: dict[str, Any], val_data: Path | None) -> tuple[Path | None, str | None]:
     if val_data is not None:
-        if not Path(val_data).is_dir():
-            from edgeconvnext.errors import DataError
+        from edgeconvnext.data.folders import check_folder
 
-            what = "is a file; give the folder of validation images" if Path(val_data).is_file() else "folder not found"
-            raise DataError(f"--val-data {val_data}: {what}")
-        return Path(val_data), None
+        return check_folder(val_data, "--val-data", "validation images"), None
     if manifest.get("images"):
         return bundle / manifest["images"]["folder"], None
     return None, "the bundle carries no validation images (run with --bundle-images N, or give --val-data DIR)"

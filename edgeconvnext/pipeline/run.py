@@ -169,10 +169,9 @@ def _check_method(opts: RunOptions) -> str:
     else:
         given = [o for o, v in (("--train-data", opts.train_data), *((f"--{k}", v) for k, v in opts.qat.items())) if v]
         if given:
-            raise UsageError(
-                f"{', '.join(given)}: only with --method qat (add --method qat, or drop "
-                + ("it)" if len(given) == 1 else "them)")
-            )
+            from edgeconvnext.quantize.qat_config import only_with_qat
+
+            raise only_with_qat(given)
     return method
 
 
@@ -407,13 +406,11 @@ class Pipeline:
             raise CheckpointError(f"checkpoint not found: {o.checkpoint}")
         if o.calib_data is None and o.calib_manifest is None:
             raise UsageError("give --calib-data DIR (a folder of images) or --calib-manifest FILE")
+        from edgeconvnext.data.folders import check_folder
+
         for p, opt in ((o.calib_data, "--calib-data"), (o.val_data, "--val-data")):
-            if p is None:
-                continue
-            if Path(p).is_file():
-                raise DataError(f"{opt} {p} is a file; give the folder of images")
-            if not Path(p).is_dir():
-                raise DataError(f"{opt} {p}: folder not found")
+            if p is not None:
+                check_folder(p, opt)
         if o.labels is not None:
             if o.val_data is None:
                 raise UsageError(f"--labels {o.labels} labels a flat --val-data folder: add --val-data DIR")

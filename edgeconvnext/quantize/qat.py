@@ -165,12 +165,6 @@ class TrainData:
         return "labels+distillation" if self.labelled else "distillation only"
 
 
-def _has_labels(root: Path) -> bool:
-    from edgeconvnext.data.folders import class_folders, find_labels_file
-
-    return find_labels_file(root) is not None or bool(class_folders(root))
-
-
 def _check_classes(names: list[str], loaded: LoadedModel, where: Path) -> None:
     """Labels must name the checkpoint's classes (by name when it has names, else by count)."""
     if loaded.class_names is not None:
@@ -190,14 +184,10 @@ def _check_classes(names: list[str], loaded: LoadedModel, where: Path) -> None:
 
 def load_train_data(root: Path, loaded: LoadedModel, labels: bool) -> TrainData:
     """Labelled (ImageFolder / labels file) or unlabelled (any images, recursively) training images."""
-    from edgeconvnext.data.folders import LabelledImages, list_images
+    from edgeconvnext.data.folders import LabelledImages, check_folder, has_labels, list_images
 
-    root = Path(root)
-    if root.is_file():
-        raise DataError(f"--train-data {root} is a file; give the folder of training images")
-    if not root.is_dir():
-        raise DataError(f"--train-data folder not found: {root}")
-    if labels and _has_labels(root):
+    root = check_folder(root, "--train-data", "training images")
+    if labels and has_labels(root):
         folder = LabelledImages.discover(root)
         _check_classes(folder.class_names, loaded, root)
         names = loaded.class_names or folder.class_names

@@ -119,6 +119,14 @@ class QatConfig:
         return as_dict(self)
 
 
+def only_with_qat(options: list[str]) -> UsageError:
+    """The error for QAT-only options given without ``--method qat`` (quantize's and run's)."""
+    return UsageError(
+        f"{', '.join(options)}: only with --method qat (add --method qat, or drop "
+        + ("it)" if len(options) == 1 else "them)")
+    )
+
+
 def resolve_sources(recipe: Recipe | None, overrides: dict[str, Any] | None = None) -> tuple[QatConfig, dict[str, str]]:
     """defaults < the recipe's ``qat:`` section < ``overrides`` (None values: not given), validated; and, per
     key, where its value came from ("default", "recipe", "cli")."""

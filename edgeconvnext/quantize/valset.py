@@ -49,12 +49,9 @@ class ValSet:
 
 def check_root(root: str | Path, option: str = "--val-data") -> Path:
     """``root`` as a Path; DataError when it is not a folder (commands call it before loading the model)."""
-    root = Path(root)
-    if root.is_file():
-        raise DataError(f"{option} {root} is a file; give the folder of validation images")
-    if not root.is_dir():
-        raise DataError(f"{option} folder not found: {root}")
-    return root
+    from edgeconvnext.data.folders import check_folder
+
+    return check_folder(root, option, "validation images")
 
 
 def load_valset(
@@ -71,12 +68,12 @@ def load_valset(
 ) -> ValSet:
     """Load and check ``root`` (see the module doc); DataError for data that cannot give a fair budget.
     ``labels_file``: a ``--labels FILE`` for a flat ``root`` (else a labels file inside it is found)."""
-    from edgeconvnext.data.folders import LabelledImages, class_folders, find_labels_file, list_images, load_images
+    from edgeconvnext.data.folders import LabelledImages, has_labels, list_images, load_images
 
     if min_size < 1:
         raise UsageError(f"--min-val-size must be at least 1, got {min_size}")
     root = check_root(root, option)
-    labelled = labels_file is not None or bool(class_folders(root)) or find_labels_file(root) is not None
+    labelled = labels_file is not None or has_labels(root)
     if labelled:
         ds = LabelledImages.discover(root, labels_file, class_names=list(class_names) if class_names else None)
         if not class_names and len(ds.class_names) != num_classes:
