@@ -62,7 +62,10 @@ ScalesOpt = Annotated[
 ]
 LabelsOpt = Annotated[
     bool | None,
-    typer.Option("--labels/--no-labels", help="qat: --no-labels distils only, even from a folder with classes."),
+    typer.Option(
+        "--labels/--no-labels",
+        help="qat: labels are used when --train-data has them (--labels: required); --no-labels distils only.",
+    ),
 ]
 AugmentOpt = Annotated[
     bool | None,
