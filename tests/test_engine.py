@@ -716,3 +716,21 @@ def test_a_timing_cache_that_is_the_onnx_or_any_onnx_is_refused(models):
         with pytest.raises(UsageError, match="--timing-cache .* is an ONNX file"):
             _plan(models, timing_cache=cache)
     assert _plan(models, timing_cache=Path("tc.cache")).timing_cache == Path("tc.cache")
+
+
+def test_compatibility_jetson_board_name_vs_cuda_name():
+    # the build records the board model (nvidia-smi lists no GPU on a Jetson); CUDA at run time says "Orin"
+    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin")
+    assert c.ok and not c.warnings, c.warnings
+    c = trt_runtime.check_compatibility(
+        _sidecar(name="Orin (nvgpu)"), trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin"
+    )
+    assert c.ok and not c.warnings, c.warnings
+    # two dGPUs of one compute capability still warn
+    c = trt_runtime.check_compatibility(
+        _sidecar(cc="9.0", name="NVIDIA H100 80GB HBM3"),
+        trt_version="10.3.0",
+        compute_capability="9.0",
+        gpu_name="NVIDIA H100 PCIe",
+    )
+    assert c.ok and "H100 80GB HBM3" in c.warnings[0] and "H100 PCIe" in c.warnings[0]

@@ -478,6 +478,62 @@ def test_cuda_device_choice_and_messages():
             dev.close()
 
 
+def test_torch_cuda_device_sets_its_device_and_replays_on_its_stream():
+    """The torch fallback of the runner's CUDA device (no GPU here: torch's CUDA namespace stands in, the class
+    takes it as an argument). A replay must run on the device's own stream, which synchronize() waits for
+    (CUDAGraph.replay launches on the current one), and cuda:N must become the current device, where TensorRT
+    puts its engine and context."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgeconvnext.runtime.cuda import TorchCudaDevice
+
+    calls: list[tuple[str, object]] = []
+    current: list[object] = [None]
+
+    class Stream:
+        cuda_stream = 7
+
+        def __init__(self, device: object = None) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            calls.append(("sync", self))
+
+    @contextlib.contextmanager
+    def stream(s: object):
+        prev, current[0] = current[0], s
+        try:
+            yield
+        finally:
+            current[0] = prev
+
+    class Graph:
+        def replay(self) -> None:
+            calls.append(("replay", current[0]))
+
+    fake_cuda = SimpleNamespace(
+        set_device=lambda d: calls.append(("set_device", str(d))),
+        get_device_name=lambda d: "Fake GPU",
+        get_device_capability=lambda d: (8, 7),
+        Stream=Stream,
+        stream=stream,
+        CUDAGraph=Graph,
+        graph=lambda g, stream=None, capture_error_mode=None: contextlib.nullcontext(),
+    )
+    fake = SimpleNamespace(device=torch.device, cuda=fake_cuda)
+    dev = TorchCudaDevice(fake, "cuda:1")
+    assert ("set_device", "cuda:1") in calls
+    replay = dev.capture(lambda: None)
+    replay()  # called outside any stream context, as the runner's warm-up loop does
+    assert calls[-1] == ("replay", dev.stream)
+    calls.clear()
+    TorchCudaDevice(fake, "cuda")  # no index: the current device stays as it is
+    assert not [c for c in calls if c[0] == "set_device"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Torch-TensorRT as a validate backend (not installable here: the refusals are tested, the real run skips)
 

@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,19 @@ class Compatibility:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _name_words(name: str) -> set[str]:
+    words = re.sub(r"\(.*?\)", " ", name.lower())  # "Orin (nvgpu)": the driver's note, not the model
+    return set(re.findall(r"[a-z0-9]+", words)) - {"nvidia"}
+
+
+def same_gpu_name(a: str, b: str) -> bool:
+    """Whether two names of a GPU may be the same GPU: the words of one (case, "NVIDIA" and parenthesised notes
+    left out) are all in the other. The build records nvidia-smi's name, or on a Jetson its board model
+    ("NVIDIA Jetson AGX Orin Developer Kit"), where CUDA at run time says "Orin": one model, two names."""
+    wa, wb = _name_words(a), _name_words(b)
+    return a.strip() == b.strip() or (bool(wa and wb) and (wa <= wb or wb <= wa))
 
 
 def check_compatibility(
@@ -121,7 +135,7 @@ def check_compatibility(
             f"and this GPU is {compute_capability} ({gpu_name or 'unknown'}): its kernels cannot run "
             f"here; {rebuild}"
         )
-    elif built_name and gpu_name and built_name != gpu_name:
+    elif built_name and gpu_name and not same_gpu_name(built_name, gpu_name):
         res.warnings.append(
             f"{engine} was built on {built_name} and runs on {gpu_name} (same compute capability "
             f"{compute_capability}): it runs, but its kernels were timed on the other GPU; "

@@ -374,7 +374,7 @@ def probe_tensorrt() -> dict[str, Any]:
         out["python_version"] = str(trt.__version__)
     except Exception as e:  # noqa: BLE001 - ImportError, OSError from a broken libnvinfer
         out["python_error"] = f"{type(e).__name__}: {e}"
-        for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_bindings"):
+        for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings", "tensorrt-cu13-bindings"):
             try:
                 out["python_package"] = f"{dist} {md.version(dist)} (installed but not importable)"
                 break

@@ -280,6 +280,10 @@ class TorchCudaDevice(CudaDevice):
     def __init__(self, torch: Any, device: str = "cuda") -> None:
         self.torch = torch
         self.device = torch.device(device)
+        if self.device.index is not None:
+            # TensorRT's runtime, engine and context go to the current device: make it this one (as cuda-python's
+            # cudaSetDevice does), else --device cuda:1 would put the buffers on 1 and the engine on 0
+            torch.cuda.set_device(self.device)
         self.name = torch.cuda.get_device_name(self.device)
         self.compute_capability = "{}.{}".format(*torch.cuda.get_device_capability(self.device))
         self.stream = torch.cuda.Stream(device=self.device)
@@ -329,7 +333,15 @@ class TorchCudaDevice(CudaDevice):
         with self.torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             fn()
         self._graphs.append(graph)
-        return graph.replay
+        torch, stream = self.torch, self.stream
+
+        def replay() -> None:
+            # CUDAGraph.replay launches on the *current* stream: on this device's stream, so that synchronize()
+            # waits for it and no replay overlaps another one (warm-up and timed ones alike)
+            with torch.cuda.stream(stream):
+                graph.replay()
+
+        return replay
 
     def close(self) -> None:
         self._tensors, self._graphs = [], []

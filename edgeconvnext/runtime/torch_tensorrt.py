@@ -77,7 +77,9 @@ class TorchTensorRTRunner(TorchRunner):
             MAX_BATCH,
         )
         try:
-            with torch.inference_mode():
+            # no_grad, not inference_mode: Torch-TensorRT's examples compile under no_grad, and torch.export /
+            # torch.compile have failed on inference tensors (pytorch/pytorch#101151)
+            with torch.no_grad():
                 # precision from the module's dtype (strongly typed): no enabled_precisions (removed in 2.13)
                 self.model = tt.compile(self.model, ir="dynamo", arg_inputs=[spec], min_block_size=1)
         except Exception as e:  # noqa: BLE001 - the compiler raises many types; one message
