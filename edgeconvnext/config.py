@@ -255,12 +255,15 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     *,
     fixed: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[T, dict[str, str]]:
     """``cls`` built from defaults < ``recipe_section`` < ``overrides`` (None = not given).
 
     ``fixed`` are values that are not settings with defaults in the recipe sense (paths of this run,
-    required fields): passed to the constructor as they are. Unknown override keys are errors naming the
-    nearest key. Returns the config and, per recipe key, its source ("default", "recipe" or "cli").
+    required fields): passed to the constructor as they are. ``labels``: the option that gave an override
+    where the command calls it otherwise (``run``'s ``--val-batch`` for validate's ``batch``), for the
+    messages. Unknown override keys are errors naming the nearest key. Returns the config and, per recipe
+    key, its source ("default", "recipe" or "cli").
     """
     all_specs = specs(typing.cast(type, cls))
     values: dict[str, Any] = {}
@@ -278,7 +281,7 @@ def resolve_config(
             raise unknown_key(f"{section} options", k, list(all_specs))
         if v is None:
             continue
-        values[k] = check_value(all_specs[k].label, all_specs[k], v)
+        values[k] = check_value((labels or {}).get(k, all_specs[k].label), all_specs[k], v)
         if k in sources:
             sources[k] = "cli"
     return cls(**{**values, **(fixed or {})}), sources

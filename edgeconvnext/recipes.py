@@ -158,6 +158,33 @@ class Recipe:
     def name(self) -> str:
         return self.path.stem
 
+    def model_to_load(self, model: str | None, checkpoint: str | Path | None) -> str | None:
+        """The architecture to load with this recipe: ``--model`` (refused when the recipe is for another
+        one), else the recipe's ``model:`` for random weights; with a checkpoint and no ``--model``, None:
+        the checkpoint says, and :meth:`check_loaded` then compares it with ``model:`` (so a mismatch names
+        the recipe, not a --model the user never gave)."""
+        if self.model is None:
+            return model
+        if model is not None:
+            from edgeconvnext.models.registry import resolve as resolve_arch
+
+            name = resolve_arch(model).name
+            if name != self.model:
+                raise UsageError(
+                    f"--model {model} but --recipe {self.name} is for {self.model}: its settings were made for "
+                    f"another model; choose the recipe for {name} or drop --model"
+                )
+            return model
+        return None if checkpoint is not None else self.model
+
+    def check_loaded(self, arch: str, checkpoint: str | Path | None) -> None:
+        """A checkpoint of another architecture than the recipe's ``model:`` is refused, naming both."""
+        if self.model is not None and arch != self.model:
+            raise UsageError(
+                f"--recipe {self.name} is for {self.model} but {checkpoint} holds a {arch}: use a recipe for "
+                f"{arch} (recipes/) or the {self.model} checkpoint"
+            )
+
 
 def validate_recipe(data: Any, where: str = "recipe") -> Recipe:
     """Check a parsed YAML mapping against the schema; unknown keys name the nearest valid one."""

@@ -1281,3 +1281,48 @@ def test_python_warnings_are_one_log_line(world, tmp_path, capsys, caplog, monke
     assert rec.getMessage().startswith("DecompressionBombWarning: Image size (1600 pixels) exceeds limit")
     assert "\n" not in rec.getMessage() and ".py:" not in rec.getMessage()
     assert "warnings.warn" not in err and "DecompressionBombWarning" not in err  # Python's two lines with source
+
+
+# --- run's options that its stages could not honour; messages naming run's own options -------------------------
+
+
+def test_run_refuses_what_its_stages_would_ignore(world, tmp_path, capsys):
+    m = tmp_path / "calib.json"
+    m.write_text("{}")
+    base = ("run", "-c", world["ckpt"], "--val-data", world["val"], "-o", tmp_path / "r")
+    # a manifest fixes the images: --calib-size/--seed were ignored and still written into the bundle's recipe
+    rc, out, err = _cli(capsys, *base, "--calib-manifest", m, "--calib-size", "20", "--seed", "5")
+    assert rc == 2
+    _one_error(err, "--calib-manifest fixes the calibration images", "drop --calib-size/--seed")
+    # --no-latency and a latency setting: the setting was dropped without a word
+    for extra in (["--latency-batch", "1,8"], ["--iters", "5"], ["--warmup", "2"]):
+        rc, out, err = _cli(capsys, *base, "--calib-data", world["val"], "--no-latency", *extra)
+        assert rc == 2
+        _one_error(err, f"{extra[0]} sets up the latency measurement", "--no-latency")
+    # the message names run's --val-batch, not validate's --batch (run has none)
+    rc, out, err = _cli(capsys, *base, "--calib-data", world["val"], "--val-batch", "0")
+    assert rc == 2
+    _one_error(err, "--val-batch: 0 is below the minimum 1")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_recipe_for_another_model_names_the_recipe_not_model(world, tmp_path, capsys):
+    # the recipe's model: convnextv2_nano; the checkpoint is convnextv2_test; no --model was given
+    args = ("-c", world["ckpt"], "--calib-data", world["val"], "--recipe", "convnextv2_nano-orin_nano")
+    rc, out, err = _cli(capsys, "quantize", *args, "--img-size", "32", "-o", tmp_path / "q.onnx")
+    assert rc == 2
+    line = _one_error(err, "--recipe convnextv2_nano-orin_nano is for convnextv2_nano", "holds a convnextv2_test")
+    assert "--model" not in line  # it said 'drop --model', an option the user never gave
+    rc, out, err = _cli(capsys, "quantize", *args, "-m", "convnextv2_atto", "-o", tmp_path / "q.onnx")
+    assert rc == 2
+    _one_error(err, "--model convnextv2_atto but --recipe convnextv2_nano-orin_nano is for convnextv2_nano")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensorrt_missing_names_the_command_that_has_dry_run(world, onnx_pair, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no trtexec on PATH
+    rc, out, err = _cli(capsys, "build-engine", onnx_pair[0], "-o", tmp_path / "m.engine")
+    if rc == 0:
+        pytest.skip("TensorRT is installed here")
+    assert rc == 8
+    _one_error(err, "'edgeconvnext build-engine MODEL.onnx --dry-run' prints the trtexec command")

@@ -190,6 +190,8 @@ def run_qat(
     with _QatProgress(enabled=show) as prog:
         prog.on_step("loading the model")
         loaded = load_model(model, checkpoint, **load_kwargs)
+        if recipe is not None:
+            recipe.check_loaded(loaded.arch.name, checkpoint)
         result = qat(
             loaded,
             output,

@@ -149,7 +149,7 @@ def quantize_cmd(
     )
     recipe_img_size = None  # the recipe's size, when --img-size does not set one: checked against the checkpoint
     if rec is not None:
-        model = model or rec.model
+        model = rec.model_to_load(model, checkpoint)
         if img_size is None and rec.img_size is not None:
             recipe_img_size = rec.img_size
             if checkpoint is None:  # random weights: nothing was trained at another size
@@ -204,6 +204,8 @@ def quantize_cmd(
         loaded = load_model(
             model, checkpoint, num_classes=num_classes, img_size=img_size, allow_unsafe=allow_unsafe_pickle, ema=ema
         )
+        if rec is not None:
+            rec.check_loaded(loaded.arch.name, checkpoint)
         if checkpoint is not None and recipe_img_size is not None and recipe_img_size != loaded.preprocess.img_size:
             have = loaded.preprocess.img_size
             raise UsageError(

@@ -80,5 +80,5 @@ def select_backend(trtexec: Path | None = None) -> Backend:
     raise BackendMissing(
         f"TensorRT is not available: no Python bindings ({why}) and no trtexec (not on PATH, "
         f"not at /usr/src/tensorrt/bin/trtexec); {install_hint(probe_jetson() is not None)}; "
-        "--dry-run prints the trtexec command without TensorRT"
+        "'edgeconvnext build-engine MODEL.onnx --dry-run' prints the trtexec command without TensorRT"
     )

@@ -120,7 +120,8 @@ def build_with_trtexec(backend: Backend, plan: BuildPlan, dest: Path, log_file: 
     ):
         raise BackendMissing(
             f"trtexec found no usable NVIDIA GPU (see {log_file}): TensorRT needs an NVIDIA GPU "
-            "with a working driver; --dry-run prints the command to run on the target"
+            "with a working driver; 'edgeconvnext build-engine MODEL.onnx --dry-run' prints the command to run "
+            "on the target"
         )
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         raise BuildError(_failure(done, plan, dest, log_file))

@@ -63,10 +63,11 @@ def resolve(recipe: Recipe | None, overrides: dict[str, Any] | None = None) -> V
 
 
 def resolve_sources(
-    recipe: Recipe | None, overrides: dict[str, Any] | None = None
+    recipe: Recipe | None, overrides: dict[str, Any] | None = None, labels: dict[str, str] | None = None
 ) -> tuple[ValidateConfig, dict[str, str]]:
+    """:func:`resolve` and each key's source; ``labels``: option names that differ from validate's own."""
     section = recipe.sections.get("validate", {}) if recipe is not None else {}
-    cfg, sources = resolve_config(ValidateConfig, "validate", section, overrides)
+    cfg, sources = resolve_config(ValidateConfig, "validate", section, overrides, labels=labels)
     if cfg.latency_batch is not None:
         cfg.latency_options()  # '1,x' is refused now, naming --latency-batch
     return cfg, sources

@@ -291,6 +291,18 @@ def resolve_options(opts: RunOptions) -> Resolved:
     from edgeconvnext.recipes import load_recipe
 
     method = _check_method(opts)
+    if opts.calib_manifest is not None:
+        fixed = [f"--{k.replace('_', '-')}" for k in ("calib_size", "seed") if opts.quantize.get(k) is not None]
+        if fixed:
+            raise UsageError(
+                f"--calib-manifest fixes the calibration images: drop {'/'.join(fixed)}, or drop --calib-manifest "
+                "to choose a new set"
+            )
+    if not opts.latency:
+        given = [k for k, v in (("--latency-batch", opts.latency_batches), ("--warmup", opts.validate.get("warmup")),
+                                ("--iters", opts.validate.get("iters"))) if v is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{given[0]} sets up the latency measurement: drop it, or drop --no-latency")
     rec = load_recipe(opts.recipe) if opts.recipe else None
     budget, min_val_size, budget_src = check_budget(opts, method, rec)
     qat = None
@@ -310,18 +322,8 @@ def resolve_options(opts: RunOptions) -> Resolved:
     v_cli = {k: v for k, v in opts.validate.items() if v is not None}
     if opts.latency_batches is not None:
         v_cli["latency_batch"] = ",".join(map(str, opts.latency_batches))
-    vcfg, v_src = resolve_validate(rec, v_cli)
-    model = opts.model
-    if rec is not None and rec.model is not None:
-        if model is not None:
-            from edgeconvnext.models.registry import resolve as resolve_arch
-
-            if resolve_arch(model).name != rec.model:
-                raise UsageError(
-                    f"--model {model} but --recipe {rec.name} is for {rec.model}: its settings were made for "
-                    f"another model; choose the recipe for {resolve_arch(model).name} or drop --model"
-                )
-        model = model or rec.model
+    vcfg, v_src = resolve_validate(rec, v_cli, labels={"batch": "--val-batch"})
+    model = rec.model_to_load(opts.model, None) if rec is not None else opts.model
     img_size = opts.img_size if opts.img_size is not None else (rec.img_size if rec is not None else None)
     if breq.dla_core is not None:
         from edgeconvnext.engine.build import check_dla
@@ -465,12 +467,8 @@ class Pipeline:
                 allow_unsafe=o.allow_unsafe,
                 ema=o.ema,
             )
-            rec = self.cfg.recipe
-            if rec is not None and rec.model is not None and loaded.arch.name != rec.model:
-                raise UsageError(
-                    f"--recipe {rec.name} is for {rec.model} but {o.checkpoint} holds a {loaded.arch.name}: "
-                    f"use a recipe for {loaded.arch.name} (recipes/) or the {rec.model} checkpoint"
-                )
+            if self.cfg.recipe is not None:
+                self.cfg.recipe.check_loaded(loaded.arch.name, o.checkpoint)
             self._loaded = loaded
         return self._loaded
 
