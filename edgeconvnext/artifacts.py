@@ -243,10 +243,35 @@ def check_output(
             f"{option} {dest} is an existing model, sidecar or manifest: writing the report there would destroy "
             f"it; choose another {option}"
         )
+    if report and dest.is_file() and not written_by_us(dest):
+        raise UsageError(
+            f"{option} {dest} exists and was not written by edgeconvnext: writing the report there would replace "
+            f"it; choose another {option}, or delete the file first"
+        )
     if suffix is not None and dest.suffix != suffix:  # after the inputs: "would destroy that file" says more
         raise UsageError(f"{option} {dest} should end in {suffix}")
     _probe_writable(dest)
     return dest
+
+
+#: how much of a file :func:`written_by_us` reads
+_MARK_BYTES = 1 << 16
+
+
+def written_by_us(path: str | Path) -> bool:
+    """Whether an existing file may be replaced by a report: empty, or with an edgeconvnext sidecar (validate's
+    JSON report), or naming edgeconvnext in its first 64 KiB (the reports' footer or ``tool`` key, the plots'
+    PNG Software text). A user's notes.md or README is not, so ``--markdown README.md`` is refused."""
+    p = Path(path)
+    sc = read_sidecar(p)
+    if isinstance(sc, dict) and sc.get("format") == SIDECAR_FORMAT:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(_MARK_BYTES)
+    except OSError:
+        return False
+    return not head or b"edgeconvnext" in head
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

@@ -1326,3 +1326,25 @@ def test_tensorrt_missing_names_the_command_that_has_dry_run(world, onnx_pair, t
         pytest.skip("TensorRT is installed here")
     assert rc == 8
     _one_error(err, "'edgeconvnext build-engine MODEL.onnx --dry-run' prints the trtexec command")
+
+
+def test_reports_never_replace_a_file_edgeconvnext_did_not_write(world, tmp_path, capsys):
+    notes, settings = tmp_path / "notes.md", tmp_path / "settings.json"
+    notes.write_text("# my notes\n")
+    settings.write_text('{"name": "my config"}\n')
+    base = ("validate", world["ckpt"], "--data", world["val"])
+    for opt, path in (("--markdown", notes), ("--report", settings)):
+        rc, out, err = _cli(capsys, *base, opt, path)
+        assert rc == 2
+        _one_error(err, f"{opt} {path} exists and was not written by edgeconvnext", "delete the file first")
+    assert notes.read_text() == "# my notes\n" and settings.read_text() == '{"name": "my config"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md", "settings.json"]  # no sidecar either
+    # its own reports are written again (validate's JSON by its sidecar, the Markdown by its footer)
+    md, js = tmp_path / "r.md", tmp_path / "r.json"
+    for _ in range(2):
+        rc, out, err = _cli(capsys, *base, "--markdown", md, "--report", js, "--force")
+        assert rc == 0, err
+    empty = tmp_path / "empty.md"
+    empty.write_text("")
+    rc, out, err = _cli(capsys, *base, "--markdown", empty)
+    assert rc == 0, err  # nothing to lose

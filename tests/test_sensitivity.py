@@ -57,6 +57,12 @@ def test_sensitivity_ranks_every_group_sorted_by_harm(tmp_path, data, capsys):
     assert r["cost"]["image_passes"] <= r["cost"]["bound_fp32_passes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png.read_bytes()[16:24])[1] > 200
     assert md.read_text().count("\n| ") == INT8_LAYERS + 1
+    # each output says it is ours, so the next run may write over it (and over nobody else's file)
+    from edgeconvnext.artifacts import check_output, written_by_us
+
+    for p in (js, md, png):
+        assert written_by_us(p), p
+        check_output(p, "--x", report=True)
 
 
 def test_budget_search_stops_at_the_budget_and_passes_trt(tmp_path, data, capsys):

@@ -988,7 +988,10 @@ class SensitivityResult:
         return len(self.scores) * self.subset / max(1, self.fp32.n) + 3
 
     def to_dict(self) -> dict[str, Any]:
+        from edgeconvnext import __version__
+
         return {
+            "tool": f"edgeconvnext {__version__}",  # also what lets a later run write over this file
             "arch": self.arch,
             "mode": self.mode,
             "mode_text": MODE_TEXT[self.mode].format(what="points"),
@@ -1064,6 +1067,10 @@ class SensitivityResult:
             )
         lines += ["", self.cost_line() + ".", ""]
         lines += [f"note: {n}" for n in self.notes]
+        from edgeconvnext import __version__
+
+        lines += [""] if self.notes else []
+        lines.append(f"edgeconvnext {__version__}.")
         return "\n".join(lines) + "\n"
 
 
@@ -1181,5 +1188,8 @@ def plot_png(result: SensitivityResult, path: Any) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(str(path), format="png", dpi=110)
+    from edgeconvnext import __version__
+
+    # the PNG's Software text names us: a later run may write over this file, not over another program's
+    fig.savefig(str(path), format="png", dpi=110, metadata={"Software": f"edgeconvnext {__version__} (matplotlib)"})
     plt.close(fig)
