@@ -1348,3 +1348,30 @@ def test_reports_never_replace_a_file_edgeconvnext_did_not_write(world, tmp_path
     empty.write_text("")
     rc, out, err = _cli(capsys, *base, "--markdown", empty)
     assert rc == 0, err  # nothing to lose
+
+
+def test_a_baseline_of_another_network_is_said(world, tmp_path, capsys, caplog):
+    import logging
+
+    from edgeconvnext.export.onnx_export import export_onnx
+    from edgeconvnext.models.checkpoint import load_model
+
+    own = export_onnx(load_model(None, world["ckpt"]), tmp_path / "own.fp32.onnx").path
+    torch.manual_seed(1)
+    rand = load_model("convnextv2_test", num_classes=len(NAMES), img_size=32)
+    rand.class_names = list(NAMES)
+    other = export_onnx(rand, tmp_path / "random.fp32.onnx").path
+    base = ("validate", world["ckpt"], "--data", world["val"], "--baseline")
+    with caplog.at_level(logging.WARNING):
+        rc, out, err = _cli(capsys, *base, own)
+    assert rc == 0, err
+    assert not [r for r in caplog.records if "different networks" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rc, out, err = _cli(capsys, *base, other, "--report", tmp_path / "r.json")
+    assert rc == 0, err  # a warning, not a refusal: the numbers are still what they are
+    (rec,) = [r for r in caplog.records if "different networks" in r.getMessage()]
+    assert "random.fp32.onnx has random weights" in rec.getMessage()
+    import json
+
+    assert any("different networks" in n for n in json.loads((tmp_path / "r.json").read_text())["notes"])

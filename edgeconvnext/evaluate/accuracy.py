@@ -128,6 +128,9 @@ def model_info(runner: Runner) -> dict[str, Any]:
             "class_names": loaded.class_names,
             "preprocess": loaded.preprocess.to_dict(),
             "num_classes": loaded.num_classes,
+            "arch": loaded.arch.name,
+            "source_sha256": loaded.source_sha256,
+            "source_format": loaded.source_format,
         }
     return {}
 
@@ -202,7 +205,11 @@ def check_baseline(
     pp: Preprocess,
     what: str,
     notes: list[str],
+    model_meta: dict[str, Any] | None = None,
 ) -> None:
+    """Refuse a baseline that cannot be compared with the model (classes, their order, input size); warn when it
+    is another network (architecture, random weights, another checkpoint: the drop is then not what the model's
+    own quantization cost)."""
     n = num_classes_of(base, base_meta, what)
     if n != num_classes:
         raise UsageError(
@@ -218,12 +225,35 @@ def check_baseline(
         )
     if base.input_size is not None and base.input_size != pp.img_size:
         raise UsageError(f"the baseline {what} takes {base.input_size} px inputs, the model {pp.img_size} px")
+    _warn_if_other_network(base_meta, model_meta or {}, what, notes)
     raw = base_meta.get("preprocess")
     if isinstance(raw, dict) and Preprocess.from_dict(raw, f"the metadata of the baseline {what}") != pp:
         notes.append(
             f"the baseline's stored preprocessing differs from the model's; both were fed the model's ({pp.to_dict()})"
         )
         log.warning("%s", notes[-1])
+
+
+def _warn_if_other_network(base_meta: dict[str, Any], model_meta: dict[str, Any], what: str, notes: list[str]) -> None:
+    """One warning when the baseline's metadata says it is not the model's own network in FP32: another
+    architecture, random weights, or exported from another checkpoint (foreign ONNX files say nothing: no
+    warning)."""
+    ba, ma = base_meta.get("arch"), model_meta.get("arch")
+    bs, ms = base_meta.get("source_sha256"), model_meta.get("source_sha256")
+    why = None
+    if ba and ma and ba != ma:
+        why = f"is a {ba} and the model a {ma}"
+    elif base_meta.get("source_format") == "random" and model_meta.get("source_format") not in (None, "random"):
+        why = "has random weights"
+    elif bs and ms and bs != ms:
+        why = f"comes from another checkpoint (sha256 {str(bs)[:12]}... vs the model's {str(ms)[:12]}...)"
+    if why is None:
+        return
+    notes.append(
+        f"the baseline {what} {why}: the drop compares two different networks, not what quantization cost; use the "
+        "FP32 model of the same checkpoint as --baseline (quantize's OUT.fp32.onnx) or --checkpoint"
+    )
+    log.warning("%s", notes[-1])
 
 
 def _warn_if_quantized(path: Path, base: Runner, notes: list[str]) -> None:
@@ -290,7 +320,7 @@ def accuracy_pass(
     if base is not None:
         assert base_path is not None  # base is opened from one of them
         runners.append(base)
-        check_baseline(base, model_info(base), num_classes, class_names, pp, Path(base_path).name, notes)
+        check_baseline(base, model_info(base), num_classes, class_names, pp, Path(base_path).name, notes, meta)
 
     active = [runner] + ([base] if base is not None else [])
     scores = [Scores(num_classes) for _ in active]
