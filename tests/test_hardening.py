@@ -1375,3 +1375,34 @@ def test_a_baseline_of_another_network_is_said(world, tmp_path, capsys, caplog):
     import json
 
     assert any("different networks" in n for n in json.loads((tmp_path / "r.json").read_text())["notes"])
+
+
+def test_flat_labelled_folder_says_what_it_read(world, tmp_path, capsys, caplog):
+    import json
+    import logging
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = []
+    for i, c in enumerate(NAMES):
+        shutil.copy(world["val"] / c / "0.png", flat / f"img {i}.png")
+        rows.append(f"img {i}.png {c}")
+    (flat / "labels.txt").write_text("\n".join(rows) + "\n")
+    shutil.copy(world["val"] / NAMES[0] / "1.png", flat / "unlabelled.png")
+    report = tmp_path / "r.json"
+    with caplog.at_level(logging.WARNING):
+        rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat, "--report", report)
+    assert rc == 0, err
+    (rec,) = [r for r in caplog.records if "have no label" in r.getMessage()]
+    assert "1 image(s)" in rec.getMessage() and "unlabelled.png" in rec.getMessage()
+    rep = json.loads(report.read_text())
+    assert rep["images"] == len(NAMES)
+    assert f"labels read from {flat / 'labels.txt'}" in rep["notes"]
+    # two labels files may disagree: refused, naming both and --labels
+    (flat / "val.txt").write_text("\n".join(rows[::-1]) + "\n")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat)
+    assert rc != 0
+    _one_error(err, "holds 2 labels files (labels.txt, val.txt)", "pass --labels FILE")
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat, "--labels", flat / "val.txt")
+    assert rc == 0, err

@@ -164,18 +164,24 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
 
 
-def find_labels_file(root: Path) -> Path | None:
-    """The labels file (:data:`LABEL_FILES`) that makes ``root`` a flat labelled folder, or None.
+def find_labels_file(root: Path, labels_option: str | None = None) -> Path | None:
+    """The labels file (:data:`LABEL_FILES`) that makes ``root`` a flat labelled folder, or None; two or more
+    of them are refused (they may disagree), the fix naming ``labels_option`` (``--labels``) where there is one.
 
     A folder of class sub-folders and no images of its own is an ImageFolder even when it holds a file of
     such a name: image-retraining tools write ``labels.txt`` as a plain list of class names.
     """
-    found = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
+    present = [root / n for n in LABEL_FILES if (root / n).is_file()]
+    found = present[0] if present else None
     if found is not None and class_folders(root) and not list_images(root, recursive=False):
         log.info(
             "%s has class folders: reading it as an ImageFolder, not by %s (pass --labels to use it)", root, found.name
         )
         return None
+    if len(present) > 1:
+        names = ", ".join(p.name for p in present)
+        fix = f"pass {labels_option} FILE to choose one" if labels_option else "keep the one that is right"
+        raise DataError(f"{root} holds {len(present)} labels files ({names}): which labels are right? {fix}")
     return found
 
 
@@ -260,6 +266,7 @@ class LabelledImages:
     class_names: list[str]
     root: Path | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a report should say of how the images were read
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -285,7 +292,7 @@ class LabelledImages:
         """
         root = check_folder(root, option)
         if labels_file is None:
-            labels_file = find_labels_file(root)
+            labels_file = find_labels_file(root, labels_option)
         if labels_file is not None:
             return cls._from_labels_file(root, Path(labels_file), class_names)
         subdirs = class_folders(root)
@@ -354,7 +361,17 @@ class LabelledImages:
             raise DataError(
                 f"{len(missing)} files named in {labels_file} are missing from {root} (first: {missing[0]})"
             )
-        return cls(paths, labels, names, root)
+        listed = {os.path.normcase(os.path.abspath(q)) for q in paths}
+        unlisted = [q for q in list_images(root) if os.path.normcase(os.path.abspath(q)) not in listed]
+        notes = [f"labels read from {labels_file}"]
+        if unlisted:
+            first = unlisted[0].relative_to(root).as_posix()
+            notes.append(
+                f"{len(unlisted)} image(s) in {root} have no label in {labels_file.name} and are not evaluated "
+                f"(first: {first})"
+            )
+            log.warning("%s", notes[-1])
+        return cls(paths, labels, names, root, notes=notes)
 
     def batches(self, pp: Preprocess, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images (B,3,S,S) float32, labels (B,) int64); unreadable files are skipped and recorded.

@@ -173,6 +173,7 @@ def labelled_dataset(
 ) -> LabelledImages:
     """Labelled images whose label indices are the model's outputs; mismatches are errors."""
     ds = LabelledImages.discover(data, labels, class_names=class_names, labels_option="--labels", option="--data")
+    notes.extend(ds.notes)  # which labels file was read, images it does not label
     if class_names is not None:
         return ds  # discover mapped every folder/label name onto the model's classes or refused
     index_labels = ds.class_names == [str(i) for i in range(len(ds.class_names))]
