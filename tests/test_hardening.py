@@ -1406,3 +1406,25 @@ def test_flat_labelled_folder_says_what_it_read(world, tmp_path, capsys, caplog)
     _one_error(err, "holds 2 labels files (labels.txt, val.txt)", "pass --labels FILE")
     rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", flat, "--labels", flat / "val.txt")
     assert rc == 0, err
+
+
+def test_json_mode_prints_the_error_as_json_too(world, tmp_path, capsys):
+    import json
+
+    cases = [
+        (
+            ("quantize", "--json", "-c", world["ckpt"], "--calib-data", world["val"], "--calib-size", "0"),
+            2,
+            "UsageError",
+        ),
+        (("inspect", "--json", world["val"] / NAMES[0] / "0.png"), 3, "CheckpointError"),
+        (("quantize", "--json", "--calib-size", "abc"), 2, "UsageError"),  # option parsing (click)
+    ]
+    for args, code, kind in cases:
+        rc, out, err = _cli(capsys, *args)
+        assert rc == code, err
+        line = _one_error(err)  # stderr keeps its one line
+        data = json.loads(out)  # stdout: one JSON object, nothing else
+        assert data == {"error": line.removeprefix("error: "), "kind": kind, "exit_code": code}
+    rc, out, err = _cli(capsys, "quantize", "-c", world["ckpt"], "--calib-size", "0")
+    assert rc == 2 and out == ""  # without --json stdout stays empty

@@ -289,7 +289,30 @@ def _interrupted(signals: list[int]) -> int:
     return 130
 
 
+def _json_error(args: list[str], message: str, code: int, kind: str) -> None:
+    """With ``--json`` (before any ``--``), a failed command also prints its error as one JSON object on stdout,
+    so a script that decodes stdout gets the error, its kind and the exit code instead of nothing; the
+    'error:' line on stderr stays."""
+    head = args[: args.index("--")] if "--" in args else args
+    if "--json" not in head or code == 0:
+        return
+    import json
+
+    try:
+        print(json.dumps({"error": message, "kind": kind, "exit_code": code}), flush=True)
+    except OSError:  # stdout itself failed: main() says so
+        pass
+
+
 def _main(args: list[str], signals: list[int]) -> int:
+    rc, error = _run(args, signals)
+    if error is not None:
+        _json_error(args, error[0], rc, error[1])
+    return rc
+
+
+def _run(args: list[str], signals: list[int]) -> tuple[int, tuple[str, str] | None]:
+    """The command's exit code, and (message, kind) when it failed with an error line."""
     cx = _click_exceptions()
     ClickException, ClickUsageError = cx.ClickException, cx.UsageError
     debug = "--debug" in args
@@ -298,44 +321,45 @@ def _main(args: list[str], signals: list[int]) -> int:
         command = _command(cx)
         rv = command(args=args, standalone_mode=False, prog_name="edgeconvnext")
         if rv == 130:  # typer turns Ctrl-C into exit code 130
-            return _interrupted(signals)
-        return rv if isinstance(rv, int) else 0  # an int is an exit code (--help: 0)
+            return _interrupted(signals), None
+        return (rv if isinstance(rv, int) else 0), None  # an int is an exit code (--help: 0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        return code
+        return code, None
     except cx.NoArgsIsHelpError as e:  # no command: the help (click's plain formatter leaves printing it to us)
         print(e.format_message())
-        return e.exit_code
+        return e.exit_code, None
     except ClickException as e:
         ctx = getattr(e, "ctx", None) if isinstance(e, ClickUsageError) else None
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _common.err(e.format_message() + hint)
-        return e.exit_code
+        return e.exit_code, (e.format_message() + hint, "UsageError")
     except typer.Abort:  # end of input at a prompt, or Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
-        return _interrupted(signals)
+        return _interrupted(signals), None
     except EdgeError as e:
         if debug:
             raise
         _common.err(str(e))
-        return e.exit_code
+        return e.exit_code, (str(e), type(e).__name__)
     except KeyboardInterrupt:
-        return _interrupted(signals)
+        return _interrupted(signals), None
     except MemoryError as e:  # an allocation the estimates did not foresee: one line, like the refusals
         if debug:
             raise
-        _common.err(
+        msg = (
             f"out of memory{f' ({e})' if str(e) else ''}: the request needs more memory than this machine has; "
             "use a smaller batch or image size"
         )
-        return 8
+        _common.err(msg)
+        return 8, (msg, "MemoryError")
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, traceback with --debug
         if isinstance(e, OSError) and getattr(sys.stdout, "failed", None) is e:
-            return 1  # printing the result failed, not the command: main() says so
+            return 1, None  # printing the result failed, not the command: main() says so
         if debug:
             raise
-        _common.err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
-        return 1
-    return 0
+        msg = f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+        _common.err(msg)
+        return 1, (msg, "InternalError")
 
 
 if __name__ == "__main__":
