@@ -229,13 +229,36 @@ def list_recipes() -> list[Path]:
     return sorted(RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
 
 
+def _unique_keys_loader(yaml: Any, path: Path) -> Any:
+    """yaml.SafeLoader that refuses a key given twice in one mapping (``calib_size: 32`` then ``calib_size: 64``:
+    SafeLoader keeps the last without a word), naming the key and its line."""
+
+    class UniqueKeys(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise UsageError(
+                    f"{path}: '{key}' is given twice (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}; the last would win without a word): keep one"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeys
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Read and validate a recipe file (YAML)."""
     import yaml
 
     path = find_recipe(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_unique_keys_loader(yaml, path))  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise UsageError(f"{path} is not valid YAML: {e}") from None
     rec = validate_recipe(data, str(path))

@@ -373,3 +373,18 @@ def test_every_qat_option_of_quantize_is_in_the_qat_table():
         assert flag == "/".join(p.opts + p.secondary_opts), (name, flag)
     qat_only = {n for n, p in params.items() if (p.help or "").startswith("qat:")}
     assert qat_only == set(QAT_FLAGS)  # an option added with a "qat:" help is in the table
+
+
+def test_library_info_lines_only_with_debug(capsys):
+    import logging
+
+    from edgeconvnext.cli._live import ours_or_warning
+
+    def rec(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    # torch's fake-tensor cache statistics are INFO, logged at exit: not one of our lines
+    assert not ours_or_warning(rec("torch._subclasses.fake_tensor", logging.INFO))
+    assert ours_or_warning(rec("torch._subclasses.fake_tensor", logging.WARNING))
+    assert ours_or_warning(rec("edgeconvnext.quantize.ptq", logging.INFO))
+    assert ours_or_warning(rec("py.warnings", logging.WARNING))

@@ -313,3 +313,17 @@ def test_cli_empty_train_folder(tmp_path, capsys):
         ]
     )
     assert rc == 4 and "no images" in capsys.readouterr().err
+
+
+def test_validation_images_that_are_training_images_are_said(data, caplog):
+    import logging
+
+    from edgeconvnext.train.finetune import load_datasets
+
+    with caplog.at_level(logging.WARNING):
+        load_datasets(data[0], data[1])
+    assert not [r for r in caplog.records if "are --train-data images" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        train_ds, val_ds = load_datasets(data[0], data[0])  # the same folder twice
+    (rec,) = [r for r in caplog.records if "are --train-data images" in r.getMessage()]
+    assert rec.getMessage().startswith(f"{len(val_ds.paths)} of the {len(val_ds.paths)} --val-data images")

@@ -184,3 +184,14 @@ def test_a_wheel_install_finds_the_recipes_among_its_data_files(tmp_path, monkey
     monkeypatch.setattr(recipes, "__file__", str(site / "edgeconvnext" / "recipes.py"))
     monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Dist())
     assert recipes._recipes_dir() == share.resolve()
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    from edgeconvnext.errors import UsageError
+
+    r = tmp_path / "dup.yaml"
+    r.write_text("model: convnextv2_atto\nquantize:\n  calib_size: 32\n  calib_size: 64\n")
+    with pytest.raises(UsageError, match=r"'calib_size' is given twice \(lines 3 and 4; .*\): keep one"):
+        recipes.load_recipe(r)
+    r.write_text("model: convnextv2_atto\nquantize:\n  calib_size: 32\nvalidate:\n  batch: 8\n")
+    assert recipes.load_recipe(r).sections["quantize"]["calib_size"] == 32  # the same key in two sections is fine

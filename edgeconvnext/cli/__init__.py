@@ -59,14 +59,17 @@ def _root(
     _common.STATE.quiet = quiet
     import logging  # here, not at the top: a bare --help has no use for it
 
-    from edgeconvnext.cli._live import LogHandler
+    from edgeconvnext.cli._live import LogHandler, ours_or_warning
 
     # --quiet: "only errors and the final line" (warnings such as skipped images are counted in that line);
     # stderr, or above a progress bar while one is drawn (cli/_live.py)
+    handler = LogHandler(sys.stderr)
+    if not debug:
+        handler.addFilter(ours_or_warning)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
-        handlers=[LogHandler(sys.stderr)],
+        handlers=[handler],
     )
 
 

@@ -28,6 +28,13 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
+def ours_or_warning(record: logging.LogRecord) -> bool:
+    """The log filter without --debug: our INFO lines (and py.warnings'), the libraries' warnings and errors; the
+    libraries' INFO lines only with --debug (torch's fake-tensor cache statistics, logged at exit, came out after
+    an interrupted export had left torch's log levels changed)."""
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in ("edgeconvnext", "py")
+
+
 class LogHandler(logging.StreamHandler):
     """Log records on ``stream`` (stderr), or above the live display while one is drawn on the terminal that
     ``stream`` also is."""

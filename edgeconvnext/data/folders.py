@@ -257,6 +257,23 @@ def _dedupe(rows: list[tuple[str, str]], labels_file: Path) -> list[tuple[str, s
     return out
 
 
+def warn_overlap(train: Sequence[Path], val: Sequence[Path], train_root: Path, val_root: Path) -> int:
+    """One warning when validation images are also training images (the same files, by real path): the
+    validation top-1 and the best epoch it picks then measure memory, not accuracy. Returns how many."""
+    seen = {os.path.realpath(p) for p in train}
+    shared = sum(os.path.realpath(p) in seen for p in val)
+    if shared:
+        log.warning(
+            "%d of the %d --val-data images (%s) are --train-data images (%s): the validation top-1 and the best "
+            "epoch it picks say little; give a held-out folder",
+            shared,
+            len(val),
+            val_root,
+            train_root,
+        )
+    return shared
+
+
 @dataclass
 class LabelledImages:
     """Image paths with integer labels and the class names they index."""

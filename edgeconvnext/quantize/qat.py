@@ -863,7 +863,7 @@ class _Data:
 def _load_data(cfg: QatConfig, loaded: LoadedModel, rank: int, world: int) -> _Data:
     """Training images (every rank: the same checks, the same error everywhere) and, on rank 0, the
     preprocessed validation images."""
-    from edgeconvnext.data.folders import LabelledImages, load_images
+    from edgeconvnext.data.folders import LabelledImages, load_images, warn_overlap
 
     notes: list[str] = []
     train = load_train_data(Path(cfg.train_data), loaded, cfg.labels)  # type: ignore[arg-type]
@@ -882,6 +882,7 @@ def _load_data(cfg: QatConfig, loaded: LoadedModel, rank: int, world: int) -> _D
             _check_classes(folder.class_names, loaded, Path(cfg.val_data))
             names = folder.class_names
         val = LabelledImages.discover(cfg.val_data, class_names=names)
+        warn_overlap(train.paths, val.paths, Path(cfg.train_data), Path(cfg.val_data))  # type: ignore[arg-type]
         val_images, used, skipped = load_images(val.paths, loaded.preprocess)
         if len(used) == 0:
             raise DataError(f"no readable validation images in {cfg.val_data}")

@@ -41,7 +41,7 @@ from edgeconvnext.artifacts import (
     write_json_atomic,
 )
 from edgeconvnext.data.augment import TrainTransform
-from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden
+from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidden, warn_overlap
 from edgeconvnext.data.preprocess import eval_transform
 from edgeconvnext.errors import CheckpointError, DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
@@ -152,6 +152,7 @@ def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImage
                 + ": both need the same class folders"
             )
     val_ds = LabelledImages.discover(val, class_names=train_ds.class_names, option="--val-data")
+    warn_overlap(train_ds.paths, val_ds.paths, train, val)
     return train_ds, val_ds
 
 
