@@ -245,18 +245,16 @@ def test_variants_in_one_session_score_exactly_as_one_session_each(quantized, mo
     groups = sens.groups_of(placement)
     assert sens.variants_per_session(fp32, len(groups)) == (len(groups), sens.BATCH)  # 40 px: all in one
     got = {}
-    for per, share in ((None, True), (1, True), (5, True), (None, False), (5, False)):
-        # all in one, one each, in chunks (the last one short); revert: the shared all-INT8 prefix run once
-        # (share) or every variant whole: the same scores
+    for per in (None, 1, 5):
+        # all in one, one each, in chunks (the last one short): the same scores
         ev = sens.Evaluator(fp32.SerializeToString(), val.images, val.labels)
         base = ev.run(q)
         subset = ev.subset(base, 64)
-        scores = sens.rank(ev, q, fp32, groups, subset, base, mode=mode, per_session=per, share_prefix=share)
-        got[per, share] = [s.to_dict() for s in scores]
-        parts = len(subset) if (share and mode == "revert") else 0  # the all-INT8 parts between the cuts
-        assert ev.images_run == 2 * len(ev) + len(groups) * len(subset) + parts
-    assert all(g == got[None, True] for g in got.values())
-    assert len(got[None, True]) == INT8_LAYERS
+        scores = sens.rank(ev, q, fp32, groups, subset, base, mode=mode, per_session=per)
+        got[per] = [s.to_dict() for s in scores]
+        assert ev.images_run == 2 * len(ev) + len(groups) * len(subset)
+    assert all(g == got[None] for g in got.values())
+    assert len(got[None]) == INT8_LAYERS
 
 
 @pytest.mark.parametrize("mode", ["isolate", "revert"])
@@ -291,40 +289,6 @@ def test_combined_variants_hold_their_common_part_once_and_compute_each_variant(
     for v, z in zip(variants + [variants[0]], together, strict=True):
         alone = cpu_session(v, int8=sens.INT8_MATH).run(None, {"input": x})[0]
         np.testing.assert_array_equal(z, alone)
-
-
-def test_the_all_int8_graph_cut_at_its_residual_stream_computes_what_the_whole_graph_does(quantized):
-    # cuts(): the tensors a graph can be cut at (everything after reads only them); the parts between them,
-    # chained, give the whole model's values there and its logits; a part that needs another input is None
-    import numpy as np
-    from onnx import helper
-
-    from edgeconvnext.onnx.session import cpu_session
-    from edgeconvnext.quantize import sensitivity as sens
-
-    q, _, _, val = quantized
-    at = sens.cuts(q)
-    tensors = list(dict.fromkeys(t for _, t in at))
-    assert at[0] == (0, "input") and len(tensors) >= 6  # the input, the stem, 5 blocks, 3 downsamples
-    probe = type(q)()
-    probe.CopyFrom(q)
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in tensors[1:])
-    x = val.images[:20]
-    want = cpu_session(probe, int8="emulated").run(None, {"input": x})
-    values = dict(zip(["logits", *tensors[1:]], want, strict=True))
-    ev = sens.Evaluator(q.SerializeToString(), x, None)
-    cur, src = x, "input"
-    for t in tensors[1:]:
-        part = sens._part(q, src, cur, t)
-        assert part is not None and len(part.graph.node) < len(q.graph.node)
-        cur, src = ev.run_part(part, cur), t
-        np.testing.assert_allclose(cur, values[t], rtol=1e-5, atol=1e-5)
-    last = sens._part(q, src, cur)
-    assert last is not None
-    np.testing.assert_allclose(ev.run_part(last, cur), values["logits"], rtol=1e-5, atol=1e-5)
-    # from the last cut, the logits need nothing of what came before it; from a tensor inside a block they do
-    inside = next(n.output[0] for n in q.graph.node if n.op_type == "LayerNormalization" and n.output[0] not in tensors)
-    assert sens._part(q, inside, cur) is None
 
 
 def test_variants_per_session_bounds_the_activation_memory(quantized):

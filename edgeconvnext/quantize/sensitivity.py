@@ -29,10 +29,11 @@ in ``revert`` the all-INT8 one up to the reverted layer). onnxruntime's own comm
 the first (not the second: it merges no DequantizeLinear, nor anything below one) but only after parsing the whole
 graph: built already merged, the 27-group benchmark case's ``isolate`` graph has 4,601 nodes instead of 9,666
 and ranks in 4.1-4.5 s instead of 6.8-7.2 (41 groups, policy all: 6.8-7.2 instead of 17.9-18.8), logits equal bit
-for bit. The variants are :class:`Reverter` calls on one index of the graphs (each weight compared once). In
-``revert`` the all-INT8 model can also run once, in parts between the cuts of its residual stream (:func:`cuts`),
-each variant only from the last cut before its reverted layer (:func:`_rank_suffixes`, the default; scores
-identical; with the merged graph it costs what the whole variants do: 8.0-8.2 vs 8.0-8.5 s on 41 groups).
+for bit. The variants are :class:`Reverter` calls on one index of the graphs (each weight compared once). Cutting
+the graphs at their residual stream instead, so that a shared prefix (``revert``) or the variants' common FP32
+suffix (``isolate``, batched over the variants) runs once per segment, gave the same scores at the same cost or
+more: small sessions cost what one merged session of the same nodes does (RESULTS.md, thirteenth and fourteenth
+passes), so it is not done.
 How many variants share a session is bounded by an activation-memory estimate (:func:`variants_per_session`),
 so large inputs fall back to fewer. Every session computes INT8 ``emulated`` (:data:`INT8_MATH`,
 :mod:`edgeconvnext.onnx.session`): the Q/DQ arithmetic as written, TensorRT's up to float rounding, rather than
@@ -187,11 +188,9 @@ class Evaluator:
         count: int,
         idx: np.ndarray,
         batch: int | None = None,
-        inputs: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """Logits of each of the ``count`` ``models`` (variants of one graph) on ``idx``, from one session over
-        :func:`combine` of them; counted as ``count`` runs of ``idx`` in the image-passes. ``inputs``: the value
-        of the models' (one) input on ``idx`` when it is not the images (a cut of the graph, :func:`cuts`)."""
+        :func:`combine` of them; counted as ``count`` runs of ``idx`` in the image-passes."""
         combined = self.build(combine, models)  # building the variants (a generator) and their graph: counted
         if len(combined.graph.output) != count:
             raise ValueError(f"{len(combined.graph.output)} variants combined, {count} expected")
@@ -199,24 +198,12 @@ class Evaluator:
         sess = self.session(combined)
         del combined
         t0, c0 = time.perf_counter(), time.process_time()
-        x = self.images[np.asarray(idx)] if inputs is None else inputs
+        x = self.images[np.asarray(idx)]
         b = batch or self.batch
         outs = [sess.run(None, {name: np.ascontiguousarray(x[i : i + b])}) for i in range(0, len(x), b)]
         logits = [np.concatenate([o[k] for o in outs]) for k in range(count)]
         self._count(t0, c0, len(x) * count)
         return [_finite(z) for z in logits]
-
-    def run_part(self, model: onnx.ModelProto, x: np.ndarray, images: int = 0) -> np.ndarray:
-        """``model``'s (one) output for the values ``x`` of its (one) input (a part of a graph, :func:`_part`),
-        counted as ``images`` images in the image-passes (its time always)."""
-        name = model.graph.input[0].name
-        sess = self.session(model)
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = [
-            sess.run(None, {name: np.ascontiguousarray(x[i : i + self.batch])})[0] for i in range(0, len(x), self.batch)
-        ]
-        self._count(t0, c0, images)
-        return np.concatenate(out)
 
     def _count(self, t0: float, c0: float, images: int) -> None:
         """Add a run that started at ``t0`` / ``c0`` (perf_counter / process_time) over ``images`` to the meter."""
@@ -596,123 +583,6 @@ def combine(models: Iterable[onnx.ModelProto]) -> onnx.ModelProto:
     return out
 
 
-# --- sharing the all-INT8 prefix (``revert``) -------------------------------------------------------------
-
-
-def _constant_tensors(model: onnx.ModelProto) -> set[str]:
-    """Initializers, Constant outputs, and the outputs of nodes that read only those (in graph order)."""
-    const = {t.name for t in model.graph.initializer}
-    for n in model.graph.node:
-        if all((not x) or x in const for x in n.input):
-            const.update(o for o in n.output if o)
-    return const
-
-
-#: ops whose output is not a float tensor: never a cut (between a QuantizeLinear and its DequantizeLinear the
-#: single live tensor is INT8)
-_NOT_FLOAT = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "Cast", "Shape", "Size", "ArgMax", "ArgMin"})
-
-
-def cuts(model: onnx.ModelProto) -> list[tuple[int, str]]:
-    """The places a graph can be cut in two: (node position i, tensor t) where t is the only non-constant tensor
-    computed before node i (or a graph input) that node i or a later one reads: in a ConvNeXt, the residual
-    stream between blocks. Position 0 is the graph input. Graph order (ONNX's: topological); float tensors only
-    (:data:`_NOT_FLOAT`)."""
-    nodes = list(model.graph.node)
-    const = _constant_tensors(model)
-    born: dict[str, int] = {i.name: -1 for i in model.graph.input if i.name not in const}
-    last: dict[str, int] = {}
-    for k, n in enumerate(nodes):
-        for x in n.input:
-            if x and x not in const:
-                last[x] = k
-        for o in n.output:
-            if o and o not in const:
-                born.setdefault(o, k)
-    for o in model.graph.output:
-        last[o.name] = len(nodes)
-    starts: dict[int, list[str]] = {}
-    ends: dict[int, list[str]] = {}
-    for t, b in born.items():
-        if t in last and last[t] > b:
-            starts.setdefault(b + 1, []).append(t)  # live at positions b+1 .. last[t]
-            ends.setdefault(last[t] + 1, []).append(t)
-    producer = {o: n.op_type for n in nodes for o in n.output if o}
-    live: set[str] = set()
-    out = []
-    for k in range(len(nodes)):
-        live.update(starts.get(k, ()))
-        live.difference_update(ends.get(k, ()))
-        if len(live) == 1:
-            t = next(iter(live))
-            if producer.get(t) not in _NOT_FLOAT:
-                out.append((k, t))
-    return out
-
-
-def _part(model: onnx.ModelProto, source: str, like: np.ndarray, target: str | None = None) -> onnx.ModelProto | None:
-    """The part of ``model`` computing ``target`` (default: its first output) from the tensor ``source`` (of the
-    type and shape of ``like``, the batch left free) and constants alone, as a model with input ``source``; None
-    when ``target`` needs another input."""
-    import onnx
-
-    g = model.graph
-    target = target or g.output[0].name
-    producer = {o: n for n in g.node for o in n.output if o}
-    inits = {t.name for t in g.initializer}
-    inputs = {i.name for i in g.input}
-    keep: set[int] = set()
-    index = {id(n): k for k, n in enumerate(g.node)}
-    seen, todo = set(), [target]
-    while todo:
-        x = todo.pop()
-        if x in seen or not x or x == source or x in inits:
-            continue
-        seen.add(x)
-        n = producer.get(x)
-        if n is None:
-            if x in inputs:
-                return None  # reads the graph's input (or another) other than through ``source``
-            continue
-        if index[id(n)] not in keep:
-            keep.add(index[id(n)])
-            todo.extend(n.input)
-    if not any(source in g.node[k].input for k in keep):
-        return None  # ``target`` does not depend on ``source``
-    m = _shell(model)
-    elem = onnx.helper.np_dtype_to_tensor_dtype(like.dtype)
-    m.graph.input.append(onnx.helper.make_tensor_value_info(source, elem, ["batch", *like.shape[1:]]))
-    m.graph.node.extend(g.node[k] for k in sorted(keep))
-    used = {x for k in keep for x in g.node[k].input}
-    m.graph.initializer.extend(t for t in g.initializer if t.name in used)
-    outs = [o for o in g.output if o.name == target]
-    if outs:
-        m.graph.output.extend(outs)
-    else:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None))
-    return m
-
-
-def _first_change(q_model: onnx.ModelProto, variant: onnx.ModelProto) -> int:
-    """Position in ``q_model`` of the first node whose inputs ``variant`` changed (len(nodes) when none)."""
-    inputs = {n.name: list(n.input) for n in variant.graph.node}
-    for k, n in enumerate(q_model.graph.node):
-        if n.name in inputs and inputs[n.name] != list(n.input):
-            return k
-    return len(q_model.graph.node)
-
-
-def _cut_for(q_model: onnx.ModelProto, variant: onnx.ModelProto, at: Sequence[tuple[int, str]]) -> int:
-    """Index into ``at`` (:func:`cuts` of ``q_model``) of the latest cut before ``variant``'s first change: the
-    prefix up to it is all-INT8's, so its value can be shared."""
-    first = _first_change(q_model, variant)
-    best = 0
-    for j, (k, _) in enumerate(at):
-        if k <= first:
-            best = j
-    return best
-
-
 #: activation memory (bytes) the variants sharing one session may hold, by :func:`variants_per_session`'s estimate
 VARIANT_MEMORY = 1 << 30
 #: the smallest batch :func:`variants_per_session` gives a session of several variants
@@ -829,13 +699,11 @@ def rank(
     on_group: Callable[[int, int, GroupScore], None] | None = None,
     mode: str = "isolate",
     per_session: int | None = None,
-    share_prefix: bool = True,
     reverter: Reverter | None = None,
 ) -> list[GroupScore]:
     """Score each group on ``subset`` (see the module doc for ``mode``); sorted most harmful first.
     ``base_logits``: the all-INT8 model's logits on every image. ``per_session``: group variants run in one
-    onnxruntime session (default: :func:`variants_per_session`'s; 1 = a session per variant). ``share_prefix``
-    (``revert``): run the all-INT8 prefix the variants share once (:func:`_rank_suffixes`). ``reverter``: a
+    onnxruntime session (default: :func:`variants_per_session`'s; 1 = a session per variant). ``reverter``: a
     :class:`Reverter` of ``q_model`` to reuse (the budget search's)."""
     mode = check_mode(mode)
     rev = reverter if reverter is not None else Reverter(q_model, fp32_model)
@@ -876,84 +744,10 @@ def rank(
             else:
                 score(part, ev.run_variants((variant(groups[k]) for k in part), len(part), subset, batch))
 
-    if mode == "revert" and share_prefix:
-        _rank_suffixes(ev, q_model, groups, subset, variant, per, batch, score, whole)
-    else:
-        whole(range(len(groups)))
+    whole(range(len(groups)))
     scores = [done[k] for k in range(len(groups))]
     scores.sort(key=lambda s: (-round(s.harm, 6), -s.kl_harm))
     return scores
-
-
-def _rank_suffixes(
-    ev: Evaluator,
-    q_model: onnx.ModelProto,
-    groups: Sequence[Group],
-    subset: np.ndarray,
-    variant: Callable[[Group], onnx.ModelProto],
-    per: int,
-    batch: int,
-    score: Callable[[Sequence[int], Sequence[np.ndarray]], None],
-    whole: Callable[[Sequence[int]], None],
-) -> None:
-    """``revert``'s variants share the all-INT8 model up to their reverted layer: run that prefix once, cut at
-    the residual stream (:func:`cuts`), and each variant only from the last cut before its first change. The
-    values at the cuts are computed in graph order by the all-INT8 model's parts between them (one INT8 pass
-    over ``subset`` in all), one cut held at a time."""
-    at = cuts(q_model)
-    position = {n.name: k for k, n in enumerate(q_model.graph.node)}
-    by_cut: dict[int, list[int]] = {}
-    for k, grp in enumerate(groups):
-        first = min((position[n] for n in grp.nodes if n in position), default=0)
-        by_cut.setdefault(max([j for j, (p, _) in enumerate(at) if p <= first], default=0), []).append(k)
-    if not at or at[0][0] != 0:  # no cut at the input: nothing computed before a change can be shared
-        whole([k for ks in by_cut.values() for k in ks])
-        return
-    x = ev.images[np.asarray(subset)]
-    source = at[0][1]
-    fallback: list[int] = []
-    for j in sorted(by_cut):
-        target = at[j][1]
-        if target != source:
-            seg = ev.build(_part, q_model, source, x, target)
-            if seg is None:  # a cut is a cut: it cannot need another input
-                raise ValueError(f"the all-INT8 graph cannot be cut at {target!r}")
-            x = ev.run_part(seg, x)
-            source = target
-        if j == 0:
-            whole(by_cut[j])
-            continue
-        todo: list[tuple[int, onnx.ModelProto]] = []
-        for k in by_cut[j]:
-            suffix = ev.build(_suffix, q_model, variant, groups[k], at, j, source, x)
-            if suffix is None:
-                fallback.append(k)  # changed before this cut (or reads past it): run whole
-            else:
-                todo.append((k, suffix))
-        for start in range(0, len(todo), per):
-            part = todo[start : start + per]
-            idx = [k for k, _ in part]
-            if len(part) == 1:
-                score(idx, [_finite(ev.run_part(part[0][1], x, len(x)))])
-            else:
-                score(idx, ev.run_variants((m for _, m in part), len(part), subset, batch, inputs=x))
-    ev.images_run += len(subset)  # the parts between the cuts: one all-INT8 run of the subset
-    if fallback:
-        whole(fallback)
-
-
-def _suffix(
-    q_model: onnx.ModelProto,
-    variant: Callable[[Group], onnx.ModelProto],
-    grp: Group,
-    at: list[tuple[int, str]],
-    j: int,
-    source: str,
-    x: np.ndarray,
-) -> onnx.ModelProto | None:
-    """``grp``'s variant from the cut ``source`` (the ``j``-th of ``at``) on, or None when it changes before it."""
-    v = variant(grp)
-    return _part(v, source, x) if _cut_for(q_model, v, at) >= j else None
 
 
 MODE_TEXT = {
