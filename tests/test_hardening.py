@@ -1428,3 +1428,20 @@ def test_json_mode_prints_the_error_as_json_too(world, tmp_path, capsys):
         assert data == {"error": line.removeprefix("error: "), "kind": kind, "exit_code": code}
     rc, out, err = _cli(capsys, "quantize", "-c", world["ckpt"], "--calib-size", "0")
     assert rc == 2 and out == ""  # without --json stdout stays empty
+
+
+def test_run_checks_bundle_images_before_any_stage(world, tmp_path, capsys):
+    import shutil
+
+    flat = tmp_path / "flat"  # images, no class folders, no labels file: latency-only validation data
+    flat.mkdir()
+    for i, c in enumerate(NAMES):
+        shutil.copy(world["val"] / c / "0.png", flat / f"{i}.png")
+    base = ("run", "-c", world["ckpt"], "--calib-data", world["val"], "-o", tmp_path / "r")
+    rc, out, err = _cli(capsys, *base, "--val-data", flat, "--bundle-images", "2")
+    assert rc == 4
+    _one_error(err, "--bundle-images 2 copies labelled validation images", "no class folders and no labels file")
+    rc, out, err = _cli(capsys, *base, "--val-data", world["val"], "--bundle-images", "999")
+    assert rc == 2
+    _one_error(err, "--bundle-images 999", "holds 20 images; give at most 20")
+    assert not (tmp_path / "r").exists()  # refused before the export stage: no half-built run or bundle

@@ -45,10 +45,12 @@ Made by `edgeconvnext run` on {machine}, {date} (edgeconvnext {version}). It hol
 ({onnx}), the resolved recipe (`recipe.yaml`: batch profile {batch}, workspace {workspace} MiB),
 {images} and `manifest.json` (sha256 of every file, checked before anything is built).
 
-On the device (TensorRT, CUDA and Python with numpy, Pillow and onnx; torch is not needed):
+On the device (TensorRT, CUDA and Python with numpy, Pillow and onnx; torch is not needed, and a plain
+`pip install edgeconvnext` would pull it: install without dependencies, then what the device side uses):
 
 ```bash
-pip install edgeconvnext 'cuda-python>=12'      # once; JetPack already ships TensorRT's Python bindings
+pip install --no-deps edgeconvnext              # once; JetPack already ships TensorRT's Python bindings
+pip install numpy pillow pyyaml 'typer>=0.29.2,<0.30' rich onnx==1.23.2 'ml_dtypes>=0.5.4,<0.7' 'cuda-python>=12.6'
 edgeconvnext device-check .                     # from this folder: build, validate and time each engine
 ```
 
