@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -254,24 +255,63 @@ def check_output(
     return dest
 
 
-#: how much of a file :func:`written_by_us` reads
-_MARK_BYTES = 1 << 16
+#: the last line of our Markdown reports: "... edgeconvnext 0.1.0."
+_FOOTER = re.compile(rb"edgeconvnext \d+\.\d+\S*\.\s*$")
+#: a JSON report larger than this is not parsed to find out whose it is
+_MAX_JSON = 64 << 20
 
 
 def written_by_us(path: str | Path) -> bool:
-    """Whether an existing file may be replaced by a report: empty, or with an edgeconvnext sidecar (validate's
-    JSON report), or naming edgeconvnext in its first 64 KiB (the reports' footer or ``tool`` key, the plots'
-    PNG Software text). A user's notes.md or README is not, so ``--markdown README.md`` is refused."""
+    """Whether an existing file may be replaced by a report: empty; with an edgeconvnext sidecar (validate's
+    JSON report); a JSON object whose ``tool`` is edgeconvnext (sensitivity), or with the keys of validate's
+    report or of sensitivity's before it had ``tool``; Markdown whose last line is our footer ("...,
+    edgeconvnext 0.1.0.") or that opens with sensitivity's heading; a PNG whose Software text names
+    edgeconvnext. A user's notes.md, README or settings.json is not, even where it mentions edgeconvnext."""
     p = Path(path)
     sc = read_sidecar(p)
     if isinstance(sc, dict) and sc.get("format") == SIDECAR_FORMAT:
         return True
     try:
+        size = p.stat().st_size
+        if size == 0:
+            return True
         with open(p, "rb") as f:
-            head = f.read(_MARK_BYTES)
-    except OSError:
+            head = f.read(8)
+            if head == b"\x89PNG\r\n\x1a\n":
+                return b"edgeconvnext" in _png_software(f)
+            if head.lstrip().startswith(b"{"):
+                if size > _MAX_JSON:
+                    return False
+                f.seek(0)
+                data = json.loads(f.read())
+                keys = set(data) if isinstance(data, dict) else set()
+                tool = data.get("tool") if isinstance(data, dict) else None
+                return (isinstance(tool, str) and tool.startswith("edgeconvnext")) or (
+                    {"mode_text", "groups"} <= keys or {"model", "model_sha256", "model_runner"} <= keys
+                )
+            f.seek(0)
+            first = f.readline(256)
+            f.seek(max(0, size - 4096))
+            tail = f.read().rstrip().rsplit(b"\n", 1)[-1]
+    except (OSError, ValueError):  # unreadable, or a JSON that does not parse: not known to be ours
         return False
-    return not head or b"edgeconvnext" in head
+    return bool(_FOOTER.search(tail)) or first.startswith(b"# INT8 sensitivity:")
+
+
+def _png_software(f: Any) -> bytes:
+    """The Software text of a PNG (its tEXt chunks before the image data), read from ``f`` after the signature."""
+    import struct
+
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            return b""
+        n, kind = struct.unpack(">I4s", hdr)
+        if kind == b"IDAT" or n > 1 << 20:
+            return b""
+        data = f.read(n + 4)[:n]  # the chunk and its CRC
+        if kind == b"tEXt" and data.startswith(b"Software\0"):
+            return data[len(b"Software\0") :]
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

@@ -239,7 +239,13 @@ def _unique_keys_loader(yaml: Any, path: Path) -> Any:
     def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges: only explicit keys repeat
+                continue
             key = loader.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # '? [a, b]': construct_mapping says what YAML says of it
+                continue
             if key in seen:
                 raise UsageError(
                     f"{path}: '{key}' is given twice (lines {seen[key]} and "

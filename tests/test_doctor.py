@@ -126,6 +126,10 @@ def test_probe_jetson_reads_sample_tree(tmp_path):
     assert jet["dla_cores"] == 0
     assert jet["clocks_mhz"]["gpu (17000000.gpu)"] == 1020.0 and jet["clocks_mhz"]["cpu max"] == 1728.0
     assert doctor.probe_jetson(tmp_path / "empty") is None
+    from edgeconvnext.env.probes import jetson_board
+
+    assert jetson_board(tmp_path) == jet["model"]  # the engine runtime's light probe: the device tree alone
+    assert jetson_board(tmp_path / "empty") is None
 
 
 def test_checks_for_a_jetson_and_for_a_bare_host():
@@ -164,7 +168,11 @@ def test_checks_for_a_jetson_and_for_a_bare_host():
 
 def test_gpu_summary_falls_back_to_jetson_model():
     rep = doctor.Report(sections={"gpu": {"gpus": []}, "jetson": {"model": "NVIDIA Jetson AGX Orin", "family": "orin"}})
-    assert doctor.gpu_summary(rep) == {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"}
+    assert doctor.gpu_summary(rep) == {
+        "name": "NVIDIA Jetson AGX Orin",
+        "compute_capability": "8.7",
+        "board": "NVIDIA Jetson AGX Orin",  # what tells an AGX Orin from an Orin Nano (CUDA calls both "Orin")
+    }
     rep = doctor.Report(
         sections={"gpu": {"gpus": [{"name": "NVIDIA L4", "compute_capability": "8.9"}]}, "jetson": None}
     )

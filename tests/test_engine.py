@@ -718,19 +718,39 @@ def test_a_timing_cache_that_is_the_onnx_or_any_onnx_is_refused(models):
     assert _plan(models, timing_cache=Path("tc.cache")).timing_cache == Path("tc.cache")
 
 
-def test_compatibility_jetson_board_name_vs_cuda_name():
-    # the build records the board model (nvidia-smi lists no GPU on a Jetson); CUDA at run time says "Orin"
-    c = trt_runtime.check_compatibility(_sidecar(), trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin")
+def test_compatibility_gpu_names_and_jetson_boards():
+    # an older sidecar recorded the board model as the name (nvidia-smi lists no GPU on a Jetson); CUDA at run time
+    # says "Orin", the device tree the board
+    nano = "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super"
+    c = trt_runtime.check_compatibility(
+        _sidecar(), trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin", board=nano
+    )
     assert c.ok and not c.warnings, c.warnings
     c = trt_runtime.check_compatibility(
         _sidecar(name="Orin (nvgpu)"), trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin"
     )
     assert c.ok and not c.warnings, c.warnings
-    # two dGPUs of one compute capability still warn
+    # with the board recorded on both sides, an AGX Orin is not an Orin Nano although CUDA calls both "Orin"
+    sc = _sidecar(name="Orin (nvgpu)")
+    sc["gpu"]["board"] = nano
+    c = trt_runtime.check_compatibility(sc, trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin", board=nano)
+    assert c.ok and not c.warnings, c.warnings
+    agx = "NVIDIA Jetson AGX Orin Developer Kit"
+    c = trt_runtime.check_compatibility(sc, trt_version="10.3.0", compute_capability="8.7", gpu_name="Orin", board=agx)
+    assert c.ok and nano in c.warnings[0] and agx in c.warnings[0]
+    # dGPUs of one compute capability warn unless the names are the same words
+    for built, here in (
+        ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"),
+        ("NVIDIA GeForce RTX 3060", "NVIDIA GeForce RTX 3060 Ti"),
+    ):
+        c = trt_runtime.check_compatibility(
+            _sidecar(cc="8.6", name=built), trt_version="10.3.0", compute_capability="8.6", gpu_name=here
+        )
+        assert c.ok and built in c.warnings[0] and here in c.warnings[0]
     c = trt_runtime.check_compatibility(
-        _sidecar(cc="9.0", name="NVIDIA H100 80GB HBM3"),
+        _sidecar(cc="8.6", name="NVIDIA GeForce RTX 3060"),
         trt_version="10.3.0",
-        compute_capability="9.0",
-        gpu_name="NVIDIA H100 PCIe",
+        compute_capability="8.6",
+        gpu_name="nvidia geforce rtx 3060",
     )
-    assert c.ok and "H100 80GB HBM3" in c.warnings[0] and "H100 PCIe" in c.warnings[0]
+    assert c.ok and not c.warnings

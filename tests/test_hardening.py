@@ -1372,6 +1372,22 @@ def test_a_baseline_of_another_network_is_said(world, tmp_path, capsys, caplog):
     assert rc == 0, err  # a warning, not a refusal: the numbers are still what they are
     (rec,) = [r for r in caplog.records if "different networks" in r.getMessage()]
     assert "random.fp32.onnx has random weights" in rec.getMessage()
+    # another architecture, and another checkpoint of the same one: said as well
+    v1 = load_model("convnext_test", num_classes=len(NAMES), img_size=32)
+    v1.class_names = list(NAMES)
+    v1_onnx = export_onnx(v1, tmp_path / "v1.fp32.onnx").path
+    ck2 = save_checkpoint(tmp_path / "other.pt", rand.model, rand.arch, class_names=NAMES, preprocess=rand.preprocess)
+    other_ck = export_onnx(load_model(None, ck2), tmp_path / "other.fp32.onnx").path
+    for path, said in (
+        (v1_onnx, "is a convnext_test and the model a convnextv2_test"),
+        (other_ck, "another checkpoint"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rc, out, err = _cli(capsys, *base, path)
+        assert rc == 0, err
+        (rec,) = [r for r in caplog.records if "different networks" in r.getMessage()]
+        assert said in rec.getMessage()
     import json
 
     assert any("different networks" in n for n in json.loads((tmp_path / "r.json").read_text())["notes"])
@@ -1445,3 +1461,50 @@ def test_run_checks_bundle_images_before_any_stage(world, tmp_path, capsys):
     assert rc == 2
     _one_error(err, "--bundle-images 999", "holds 20 images; give at most 20")
     assert not (tmp_path / "r").exists()  # refused before the export stage: no half-built run or bundle
+
+
+def test_what_counts_as_written_by_edgeconvnext(world, tmp_path, capsys):
+    import json
+    import struct
+    import zlib
+
+    from edgeconvnext.artifacts import sidecar_path, written_by_us
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# my project\n\nWe ship with edgeconvnext: `edgeconvnext run ...`\n")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"runs": "/home/me/edgeconvnext-runs"}))
+    assert not written_by_us(readme) and not written_by_us(settings)  # naming the tool is not being ours
+    # validate's JSON report whose sidecar is gone (a run killed between the two), over 64 KiB: still ours
+    report = tmp_path / "r.json"
+    rc, out, err = _cli(capsys, "validate", world["ckpt"], "--data", world["val"], "--report", report)
+    assert rc == 0, err
+    data = json.loads(report.read_text())
+    data["padding"] = ["x" * 100] * 1000
+    report.write_text(json.dumps(data))
+    sidecar_path(report).unlink()
+    assert report.stat().st_size > 1 << 16 and written_by_us(report)
+    # sensitivity's outputs from before they carried the marker: the heading / the keys say whose
+    old_md = tmp_path / "old.md"
+    old_md.write_text("# INT8 sensitivity: convnextv2_atto\n\n| rank | layer |\n")
+    old_js = tmp_path / "old.json"
+    old_js.write_text(json.dumps({"arch": "convnextv2_atto", "mode_text": "...", "groups": []}))
+    assert written_by_us(old_md) and written_by_us(old_js)
+
+    def png(software: bytes) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"tEXt", b"Software\0" + software)
+            + chunk(b"IDAT", zlib.compress(b"\0\0"))
+            + chunk(b"IEND", b"")
+        )
+
+    theirs, ours = tmp_path / "theirs.png", tmp_path / "ours.png"
+    theirs.write_bytes(png(b"Matplotlib version3.9"))
+    ours.write_bytes(png(b"edgeconvnext 0.1.0 (matplotlib)"))
+    assert not written_by_us(theirs) and written_by_us(ours)

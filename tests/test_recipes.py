@@ -195,3 +195,13 @@ def test_a_key_given_twice_is_refused(tmp_path):
         recipes.load_recipe(r)
     r.write_text("model: convnextv2_atto\nquantize:\n  calib_size: 32\nvalidate:\n  batch: 8\n")
     assert recipes.load_recipe(r).sections["quantize"]["calib_size"] == 32  # the same key in two sections is fine
+
+
+def test_anchors_and_merge_keys_still_load(tmp_path):
+    r = tmp_path / "merge.yaml"
+    r.write_text("finetune: &t {epochs: 3, lr: 1.0e-4, seed: 0}\nqat: {<<: *t, epochs: 1}\n")
+    rec = recipes.load_recipe(r)
+    assert rec.sections["qat"] == {"lr": 1.0e-4, "seed": 0, "epochs": 1}  # the explicit key wins over the merge
+    r.write_text("a: &a {lr: 1.0e-4}\nb: &b {seed: 1}\nqat: {<<: [*a, *b], epochs: 2}\n")
+    with pytest.raises(UsageError, match="unknown"):  # 'a:' and 'b:' are not recipe keys: the schema says so
+        recipes.load_recipe(r)

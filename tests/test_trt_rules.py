@@ -288,3 +288,16 @@ def test_inspect_trt_exits_6_on_a_violation(tmp_path, capsys):
     assert main(["inspect", "--trt", str(bad)]) == 6
     captured = capsys.readouterr()
     assert "weight-axis" in captured.out and captured.err.startswith("error: 1 TensorRT rule violation")
+
+
+def test_inspect_trt_json_with_a_violation_prints_one_json_document(tmp_path, capsys):
+    import json
+
+    from edgeconvnext.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    onnx.save(build(conv_w_axis=1), str(bad))
+    assert main(["inspect", "--trt", "--json", str(bad)]) == 6
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # the report alone: no error object appended after it
+    assert "weight-axis" in json.dumps(report) and captured.err.startswith("error: 1 TensorRT rule violation")

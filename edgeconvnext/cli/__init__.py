@@ -219,8 +219,10 @@ class _GuardedStdout:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.failed: OSError | None = None
+        self.wrote = False  # anything printed: a --json error object would then be a second document
 
     def write(self, text: str) -> int:
+        self.wrote = self.wrote or bool(text)
         try:
             return self._inner.write(text)
         except OSError as e:
@@ -293,12 +295,12 @@ def _interrupted(signals: list[int]) -> int:
 
 
 def _json_error(args: list[str], message: str, code: int, kind: str) -> None:
-    """With ``--json`` (before any ``--``), a failed command also prints its error as one JSON object on stdout,
-    so a script that decodes stdout gets the error, its kind and the exit code instead of nothing; the
-    'error:' line on stderr stays."""
+    """With ``--json`` (before any ``--``), a failed command that printed nothing also prints its error as one JSON
+    object on stdout, so a script that decodes stdout gets the error, its kind and the exit code instead of
+    nothing; the 'error:' line on stderr stays."""
     head = args[: args.index("--")] if "--" in args else args
-    if "--json" not in head or code == 0:
-        return
+    if "--json" not in head or code == 0 or getattr(sys.stdout, "wrote", False):
+        return  # a command that printed its JSON before failing (inspect --trt --json: exit 6) keeps one document
     import json
 
     try:

@@ -154,9 +154,10 @@ def check_folder(root: str | Path, option: str | None, what: str = "images") -> 
     return root
 
 
-def has_labels(root: Path) -> bool:
-    """Whether ``root`` is labelled: class folders (ImageFolder), or images with a labels file."""
-    return find_labels_file(root) is not None or bool(class_folders(root))
+def has_labels(root: Path, labels_option: str | None = None) -> bool:
+    """Whether ``root`` is labelled: class folders (ImageFolder), or images with a labels file
+    (``labels_option``: the command's ``--labels``, named when two labels files are found)."""
+    return find_labels_file(root, labels_option) is not None or bool(class_folders(root))
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -254,6 +255,20 @@ def _dedupe(rows: list[tuple[str, str]], labels_file: Path) -> list[tuple[str, s
         log.warning(
             "%s lists %d file(s) more than once with the same label: each is counted once", labels_file, repeats
         )
+    return out
+
+
+_SAID_UNLISTED: set[tuple[str, int]] = set()
+
+
+def _unlisted(paths: Sequence[Path]) -> list[Path]:
+    """Images beside the labelled ``paths`` (in the folders that hold them, not below) that no label names;
+    compared by real path, so a symlinked folder or absolute names in the labels file are not miscounted, and
+    only the labelled files' own folders are listed (a labels file for part of a large tree costs no walk)."""
+    listed = {os.path.realpath(q) for q in paths}
+    out: list[Path] = []
+    for d in dict.fromkeys(q.parent for q in paths):
+        out.extend(q for q in list_images(d, recursive=False) if os.path.realpath(q) not in listed)
     return out
 
 
@@ -378,16 +393,18 @@ class LabelledImages:
             raise DataError(
                 f"{len(missing)} files named in {labels_file} are missing from {root} (first: {missing[0]})"
             )
-        listed = {os.path.normcase(os.path.abspath(q)) for q in paths}
-        unlisted = [q for q in list_images(root) if os.path.normcase(os.path.abspath(q)) not in listed]
         notes = [f"labels read from {labels_file}"]
+        unlisted = _unlisted(paths)
         if unlisted:
-            first = unlisted[0].relative_to(root).as_posix()
+            first = unlisted[0].relative_to(root).as_posix() if unlisted[0].is_relative_to(root) else unlisted[0]
             notes.append(
                 f"{len(unlisted)} image(s) in {root} have no label in {labels_file.name} and are not evaluated "
                 f"(first: {first})"
             )
-            log.warning("%s", notes[-1])
+            said = (os.path.realpath(labels_file), len(unlisted))
+            if said not in _SAID_UNLISTED:  # run discovers the folder once per artifact: said once
+                _SAID_UNLISTED.add(said)
+                log.warning("%s", notes[-1])
         return cls(paths, labels, names, root, notes=notes)
 
     def batches(self, pp: Preprocess, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:

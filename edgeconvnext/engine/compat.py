@@ -72,12 +72,19 @@ def _name_words(name: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", words)) - {"nvidia"}
 
 
-def same_gpu_name(a: str, b: str) -> bool:
-    """Whether two names of a GPU may be the same GPU: the words of one (case, "NVIDIA" and parenthesised notes
-    left out) are all in the other. The build records nvidia-smi's name, or on a Jetson its board model
-    ("NVIDIA Jetson AGX Orin Developer Kit"), where CUDA at run time says "Orin": one model, two names."""
-    wa, wb = _name_words(a), _name_words(b)
-    return a.strip() == b.strip() or (bool(wa and wb) and (wa <= wb or wb <= wa))
+def same_gpu(built: dict[str, Any], gpu_name: str | None, board: str | None = None) -> bool:
+    """Whether the GPU an engine was built on (its sidecar's ``gpu``) is this one, by name: the same words
+    (case, "NVIDIA" and parenthesised notes aside: "NVIDIA H100 PCIe" is not "NVIDIA H100 80GB HBM3", an RTX 3060
+    is not a 3060 Ti). On a Jetson CUDA calls every Orin "Orin", so the board models decide where both sides
+    recorded one (an AGX Orin is not an Orin Nano); an older sidecar's name matches this machine's CUDA name or
+    its board model."""
+    built_board = built.get("board")
+    if built_board and board:
+        return _name_words(str(built_board)) == _name_words(board)
+    name = built.get("name")
+    if not name:
+        return True  # nothing recorded to compare
+    return any(_name_words(str(name)) == _name_words(here) for here in (gpu_name, board) if here)
 
 
 def check_compatibility(
@@ -88,6 +95,7 @@ def check_compatibility(
     gpu_name: str | None = None,
     header_version: tuple[int, ...] | None = None,
     engine: str = "the engine",
+    board: str | None = None,
 ) -> Compatibility:
     """Compare what built the engine (plan header, else sidecar) with this machine's TensorRT and GPU.
     ``sidecar`` is the engine's sidecar (as a dict) or its ``details`` (tensorrt, gpu, source_onnx).
@@ -135,10 +143,10 @@ def check_compatibility(
             f"and this GPU is {compute_capability} ({gpu_name or 'unknown'}): its kernels cannot run "
             f"here; {rebuild}"
         )
-    elif built_name and gpu_name and not same_gpu_name(built_name, gpu_name):
+    elif built_name and (gpu_name or board) and not same_gpu(gpu, gpu_name, board):
         res.warnings.append(
-            f"{engine} was built on {built_name} and runs on {gpu_name} (same compute capability "
-            f"{compute_capability}): it runs, but its kernels were timed on the other GPU; "
+            f"{engine} was built on {gpu.get('board') or built_name} and runs on {board or gpu_name} (same compute "
+            f"capability {compute_capability}): it runs, but its kernels were timed on the other GPU; "
             "rebuild for best speed"
         )
     return res

@@ -285,6 +285,13 @@ class Report:
         return out
 
 
+def jetson_board(root: Path = Path("/")) -> str | None:
+    """This Jetson's board model from the device tree ("NVIDIA Jetson AGX Orin Developer Kit"), None elsewhere;
+    no subprocess (what the engine runtime compares with the board an engine was built on)."""
+    model = parse_device_tree_model(_read(root / str(DEVICE_TREE_MODEL).lstrip("/"), binary=True) or b"")
+    return model if model and jetson_family(model) is not None else None
+
+
 def probe_jetson(root: Path = Path("/")) -> dict[str, Any] | None:
     """Jetson model, L4T, JetPack, power mode and clocks; None when this is not a Jetson."""
     model = parse_device_tree_model(_read(root / str(DEVICE_TREE_MODEL).lstrip("/"), binary=True) or b"")
@@ -503,6 +510,8 @@ def gpu_summary(report: Report | None = None) -> dict[str, Any]:
     jet = rep.sections.get("jetson")
     if jet:
         out.setdefault("name", jet.get("model"))
+        if jet.get("model"):
+            out["board"] = jet["model"]  # CUDA calls every Orin "Orin": the board tells an AGX from a Nano
         fam = jet.get("family")
         if not out.get("compute_capability") and fam in JETSON_COMPUTE_CAPABILITY:
             out["compute_capability"] = JETSON_COMPUTE_CAPABILITY[fam]

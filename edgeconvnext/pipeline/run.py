@@ -629,6 +629,7 @@ class Pipeline:
             min_size=self.cfg.min_val_size if self.cfg.min_val_size is not None else MIN_VAL_IMAGES,
             labels_file=self.opts.labels,
             on_progress=self.ev.progress,
+            labels_option="--labels",
         )
 
     def _qat(self) -> Any:

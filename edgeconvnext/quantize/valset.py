@@ -65,17 +65,21 @@ def load_valset(
     labels_file: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     purpose: str = "a budget",
+    labels_option: str | None = None,
 ) -> ValSet:
     """Load and check ``root`` (see the module doc); DataError for data that cannot give a fair budget.
-    ``labels_file``: a ``--labels FILE`` for a flat ``root`` (else a labels file inside it is found)."""
+    ``labels_file``: a ``--labels FILE`` for a flat ``root`` (else a labels file inside it is found);
+    ``labels_option``: the command's name for that option, where it has one (run's ``--labels``)."""
     from edgeconvnext.data.folders import LabelledImages, has_labels, list_images, load_images
 
     if min_size < 1:
         raise UsageError(f"--min-val-size must be at least 1, got {min_size}")
     root = check_root(root, option)
-    labelled = labels_file is not None or has_labels(root)
+    labelled = labels_file is not None or has_labels(root, labels_option)
     if labelled:
-        ds = LabelledImages.discover(root, labels_file, class_names=list(class_names) if class_names else None)
+        ds = LabelledImages.discover(
+            root, labels_file, class_names=list(class_names) if class_names else None, labels_option=labels_option
+        )
         if not class_names and len(ds.class_names) != num_classes:
             raise DataError(
                 f"{option} {root} has {len(ds.class_names)} classes but the checkpoint has {num_classes} outputs "

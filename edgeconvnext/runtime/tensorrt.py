@@ -29,6 +29,7 @@ import numpy as np
 
 from edgeconvnext.artifacts import Sidecar
 from edgeconvnext.engine.compat import check_compatibility, check_plan_file
+from edgeconvnext.env.probes import jetson_board
 from edgeconvnext.errors import BackendMissing, CheckpointError, UsageError
 from edgeconvnext.evaluate.latency import LatencyStats, summarize
 from edgeconvnext.runtime.cuda import check_tensorrt_device, open_cuda_device
@@ -127,6 +128,7 @@ class TensorRTRunner(Runner):
             gpu_name=self.cuda.name,
             header_version=header,
             engine=str(self.path),
+            board=jetson_board(),
         )
         for w in compat.warnings:
             log.warning("%s", w)
