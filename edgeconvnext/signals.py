@@ -14,6 +14,28 @@ from collections.abc import Iterator
 from typing import Any
 
 _RECEIVED: list[int] = []
+#: the resumable state a long run left on disk (set after each finished epoch, cleared when the run ends): what an
+#: interrupted run's last line points to
+RESUMABLE: dict[str, Any] = {}
+
+
+def note_resumable(path: Any, epochs: int) -> None:
+    """Record that ``path`` holds the state after ``epochs`` finished epochs (``--resume`` continues from it)."""
+    RESUMABLE.update(path=str(path), epochs=int(epochs))
+
+
+def clear_resumable() -> None:
+    RESUMABLE.clear()
+
+
+def resume_hint() -> str:
+    """'; <path> holds the state after epoch N: rerun with --resume to continue', or '' when none was left."""
+    import os
+
+    path = RESUMABLE.get("path")
+    if not path or not os.path.isfile(path):
+        return ""
+    return f"; {path} holds the state after epoch {RESUMABLE['epochs']}: rerun the command with --resume to continue"
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -388,3 +388,22 @@ def test_library_info_lines_only_with_debug(capsys):
     assert ours_or_warning(rec("torch._subclasses.fake_tensor", logging.WARNING))
     assert ours_or_warning(rec("edgeconvnext.quantize.ptq", logging.INFO))
     assert ours_or_warning(rec("py.warnings", logging.WARNING))
+
+
+def test_interrupted_line_points_at_the_resumable_state(tmp_path, capsys):
+    import edgeconvnext.cli as cli
+    from edgeconvnext.signals import clear_resumable, note_resumable
+
+    state = tmp_path / "q.qat.last.pt"
+    state.write_bytes(b"x")
+    note_resumable(state, 2)
+    try:
+        assert cli._interrupted([15]) == 143
+        err = capsys.readouterr().err
+        assert "terminated by SIGTERM; nothing half-written was kept;" in err
+        assert f"{state} holds the state after epoch 2: rerun the command with --resume to continue" in err
+        assert cli._interrupted([]) == 130 and "interrupted;" in capsys.readouterr().err  # Ctrl-C: the same hint
+        state.unlink()  # the run removed it (finished, or cleaned up): no hint
+        assert cli._interrupted([]) == 130 and capsys.readouterr().err.strip() == "error: interrupted"
+    finally:
+        clear_resumable()

@@ -354,6 +354,13 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(world, full_run, t
             progress=_StopAfter(1),
         )
     assert [p.name for p in tmp_path.iterdir()] == [paths["state"].name]  # resumable, nothing looks complete
+    from edgeconvnext.signals import resume_hint
+
+    # the interrupted run's last line (cli._interrupted) points at it
+    assert (
+        resume_hint()
+        == f"; {paths['state']} holds the state after epoch 1: rerun the command with --resume to continue"
+    )
     with pytest.raises(UsageError, match=r"--lr 0.002 \(was 0.001\).*--steps 3 \(was 2\)"):
         qat(
             load_model(None, world["ckpt"]),

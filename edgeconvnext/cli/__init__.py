@@ -112,7 +112,9 @@ def _bare_force(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _bare_force(_expand_user(_hoist_global_flags(list(sys.argv[1:] if argv is None else argv))))
-    from edgeconvnext.signals import terminate_like_interrupt
+    from edgeconvnext.signals import clear_resumable, terminate_like_interrupt
+
+    clear_resumable()  # what an earlier command in this process left (tests, notebooks) is not this one's
 
     if hasattr(sys.stdout, "reconfigure"):  # any other text holding a non-UTF-8 file name: escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -285,12 +287,12 @@ def _click_exceptions() -> Any:
 
 def _interrupted(signals: list[int]) -> int:
     """The line and exit code of an interrupted run: 130 for Ctrl-C, 128 + N for signal N (SIGTERM: 143)."""
-    if signals:
-        from edgeconvnext.signals import signal_name
+    from edgeconvnext.signals import resume_hint, signal_name
 
-        _common.err(f"terminated by {signal_name(signals[0])}; nothing half-written was kept")
+    if signals:
+        _common.err(f"terminated by {signal_name(signals[0])}; nothing half-written was kept{resume_hint()}")
         return 128 + signals[0]
-    _common.err("interrupted")
+    _common.err(f"interrupted{resume_hint()}")
     return 130
 
 

@@ -122,8 +122,8 @@ class _QatProgress(EpochProgress):
             else ""
         )
         self.line(
-            f"epoch {r.epoch}/{self.epochs}: loss {r.loss:.4f}{val}, {r.steps} steps, "
-            f"{r.images_per_s:.0f} img/s, {r.seconds:.0f} s"
+            f"epoch {r.epoch}/{self.epochs}: loss {r.loss:.4f}{val}, {r.steps} steps, lr {r.lr:.2e} at the end, "
+            f"{r.images_per_s:.0f} img/s, {r.seconds:.1f} s"
         )
 
 
@@ -285,7 +285,9 @@ def _print(result: Any, loaded: Any, json_out: bool) -> None:
             best_top1, best_agree = (best.val_top1, best.val_agreement) if best is not None else (None, None)
         c.print(
             f"QAT ({result.mode}, {result.config.scales} scales, {result.world_size} process"
-            f"{'es' if result.world_size > 1 else ''}): {len(t)} epoch(s) this run, best epoch {result.best_epoch}"
+            f"{'es' if result.world_size > 1 else ''}): {len(t) - result.resumed_after} epoch(s) this run"
+            + (f" (resumed after epoch {result.resumed_after})" if result.resumed_after else "")
+            + f", best epoch {result.best_epoch}"
             + (" (the start)" if result.best_epoch == 0 else "")
             + (
                 f"; val top-1 FP32 {_pct(result.fp32_val_top1)}, PTQ {_pct(result.ptq_val_top1)}, "

@@ -52,7 +52,7 @@ from edgeconvnext.quantize import policy as policy_mod
 from edgeconvnext.quantize.config import Method
 from edgeconvnext.quantize.ptq import QuantizeConfig, output_paths
 from edgeconvnext.quantize.qat_config import QatConfig
-from edgeconvnext.signals import terminate_like_interrupt
+from edgeconvnext.signals import clear_resumable, note_resumable, terminate_like_interrupt
 from edgeconvnext.train.loop import NO_LABEL, EpochLog, ProgressHook, cpu_count, lr_at
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class QatResult:
     seconds: float
     size_bytes: int
     notes: list[str] = field(default_factory=list)
+    resumed_after: int = 0  # epochs the resumed state had finished (``history`` holds them too)
 
     def table(self, compress: bool = True) -> list[dict[str, Any]]:
         return policy_mod.table(self.placement, compress=compress)
@@ -202,14 +203,17 @@ def load_train_data(root: Path, loaded: LoadedModel, labels: bool) -> TrainData:
 def _check_batches(n_images: int, batch: int, world: int, root: Path) -> None:
     if n_images < batch:
         raise DataError(
-            f"--train-data {root} holds {n_images} images, fewer than one batch (--batch-size {batch}): "
+            f"--train-data {root} holds {n_images} image{'s' if n_images != 1 else ''}, fewer than one batch "
+            f"(--batch-size {batch}): "
             f"add images or pass --batch-size {n_images}"
         )
     batches = n_images // batch
     if world > batches:
+        fixes = [f"--nproc-per-node {batches}"] if batches >= 1 else []
+        fixes.append(f"--batch-size {n_images // world}" if n_images >= world else "more images")
         raise UsageError(
-            f"{world} processes but --train-data {root} gives only {batches} full batch(es) of {batch}: "
-            f"every process needs at least one; use --nproc-per-node {max(1, batches)} or a smaller --batch-size"
+            f"{world} processes but --train-data {root} gives only {batches} full batch{'es' if batches != 1 else ''}"
+            f" of {batch}: every process needs at least one; use {' or '.join(fixes)}"
         )
 
 
@@ -1219,6 +1223,12 @@ def _optimiser(s: _Session, qmodel: torch.nn.Module) -> _Training:
     n_per_rank = math.ceil(len(s.data.train.paths) / d.world_size)
     steps_per_epoch = math.ceil(n_per_rank / cfg.batch_size)
     if cfg.steps is not None:
+        if cfg.steps > steps_per_epoch:
+            s.notes.append(
+                f"--steps {cfg.steps} caps nothing: --train-data gives {steps_per_epoch} steps per epoch of "
+                f"{cfg.batch_size} images per process, and each epoch runs them all"
+            )
+            log.info("%s", s.notes[-1])
         steps_per_epoch = min(steps_per_epoch, cfg.steps)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(0.05 * total_steps))
@@ -1267,6 +1277,7 @@ def _save_state(
     }
     with atomic_output(s.paths["state"]) as tmp:
         torch.save(st, tmp)
+    note_resumable(s.paths["state"], epoch)  # what an interrupted run's last line points to
 
 
 def _train_epochs(
@@ -1436,6 +1447,7 @@ def _export_and_write(
     seconds = _write_outputs(s, tr, placement, kept, ex, _train_summary(s, tr, teacher_logits))
     if s.paths["state"].exists():
         s.paths["state"].unlink()
+    clear_resumable()
     s.d.barrier()
     log.info("QAT %s: %d epochs, best %d", s.loaded.arch.name, len(tr.history), tr.best["epoch"])
     return _result(s, tr, placement, kept, ex, seconds)
@@ -1656,6 +1668,7 @@ def _result(
         seconds=seconds,
         size_bytes=len(ex.onnx_bytes),
         notes=list(getattr(s.loaded, "notes", []) or []) + s.notes,
+        resumed_after=tr.start_epoch,
     )
 
 

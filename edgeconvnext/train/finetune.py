@@ -45,6 +45,7 @@ from edgeconvnext.data.folders import LabelledImages, find_labels_file, is_hidde
 from edgeconvnext.data.preprocess import eval_transform
 from edgeconvnext.errors import CheckpointError, DataError, UsageError
 from edgeconvnext.models.registry import Preprocess
+from edgeconvnext.signals import clear_resumable, note_resumable
 from edgeconvnext.train.config import FinetuneConfig
 from edgeconvnext.train.loop import (
     EpochLog,
@@ -434,11 +435,13 @@ def finetune(
         )
         history.append(result)
         save(out_last, epoch + 1)
+        note_resumable(out_last, epoch + 1)  # what an interrupted run's last line points to
         hook.end_epoch(result)
 
     save(cfg.output, max(start_epoch, cfg.epochs))
     if out_last.exists():
         out_last.unlink()
+    clear_resumable()
     seconds = time.perf_counter() - t_start
     result_obj = FinetuneResult(
         cfg.output,
