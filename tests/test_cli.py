@@ -407,3 +407,16 @@ def test_interrupted_line_points_at_the_resumable_state(tmp_path, capsys):
         assert cli._interrupted([]) == 130 and capsys.readouterr().err.strip() == "error: interrupted"
     finally:
         clear_resumable()
+
+
+def test_a_torchrun_rank_stopped_by_sigterm_says_so(capsys, monkeypatch):
+    import edgeconvnext.cli as cli
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli._interrupted([15]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("error: rank 1: stopped by SIGTERM, as torchrun stops every process when one fails")
+    monkeypatch.setenv("RANK", "0")  # rank 0 (or a single process) keeps the usual line
+    assert cli._interrupted([15]) == 143
+    assert capsys.readouterr().err.startswith("error: terminated by SIGTERM; nothing half-written was kept")

@@ -290,6 +290,14 @@ def _interrupted(signals: list[int]) -> int:
     from edgeconvnext.signals import resume_hint, signal_name
 
     if signals:
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        if signal_name(signals[0]) == "SIGTERM" and rank != "0" and world != "1":
+            # torchrun stops the other processes with SIGTERM when one fails: not a second, contradicting error
+            _common.err(
+                f"rank {rank}: stopped by SIGTERM, as torchrun stops every process when one fails or the run is "
+                "stopped (the first error says why); nothing half-written was kept"
+            )
+            return 128 + signals[0]
         _common.err(f"terminated by {signal_name(signals[0])}; nothing half-written was kept{resume_hint()}")
         return 128 + signals[0]
     _common.err(f"interrupted{resume_hint()}")
