@@ -74,7 +74,13 @@ MinCalibOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Chooses the calibration subset (default 0).", show_default=False)
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Chooses the calibration subset (default 0); QAT's data order and augmentation follow the recipe's "
+        "qat.seed (default 0), not this.",
+        show_default=False,
+    ),
 ]
 ManifestOpt = Annotated[
     Path | None,
