@@ -327,3 +327,15 @@ def test_validation_images_that_are_training_images_are_said(data, caplog):
         train_ds, val_ds = load_datasets(data[0], data[0])  # the same folder twice
     (rec,) = [r for r in caplog.records if "are --train-data images" in r.getMessage()]
     assert rec.getMessage().startswith(f"{len(val_ds.paths)} of the {len(val_ds.paths)} --val-data images")
+
+
+def test_one_class_is_refused_naming_the_option(tmp_path, capsys):
+    one = tmp_path / "one" / "bag"
+    one.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(one / f"{i}.png")
+    rc = main(["finetune", "-m", "convnextv2_test", "--train-data", str(tmp_path / "one"), "--val-data",
+               str(tmp_path / "one"), "-o", str(tmp_path / "m.pt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 4 and "--train-data" in err and "holds 1 class; a classifier needs at least 2" in err
+    assert not (tmp_path / "m.pt").exists()

@@ -128,7 +128,11 @@ def load_datasets(train: Path, val: Path) -> tuple[LabelledImages, LabelledImage
     """Train classes from the train folder (its class sub-folders or labels file); val must hold the same."""
     train_ds = LabelledImages.discover(train, option="--train-data")
     if len(train_ds.class_names) < 2:
-        raise DataError(f"{train} holds {len(train_ds.class_names)} class; a classifier needs at least 2")
+        n = len(train_ds.class_names)
+        raise DataError(
+            f"--train-data {train} holds {n} class{'es' if n != 1 else ''}; a classifier needs at least 2: give a "
+            "folder with one sub-folder of images per class"
+        )
     counts = np.bincount(np.asarray(train_ds.labels, dtype=np.int64), minlength=len(train_ds.class_names))
     empty = [c for c, n in zip(train_ds.class_names, counts, strict=False) if n == 0]
     if empty:  # an output the classifier never sees an example of: almost always a stray or unfilled folder
