@@ -692,3 +692,22 @@ def test_sigterm_during_qat_exits_143_as_ptq_does(world, tmp_path, capsys, monke
     assert rc == 143 and err[-1].startswith("error: terminated by SIGTERM"), err
     assert signal.getsignal(signal.SIGTERM) == previous
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_labels_of_some_classes_only_are_said(world, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from edgeconvnext.quantize.qat import load_train_data
+
+    loaded = load_model(None, world["ckpt"])
+    with caplog.at_level(logging.WARNING):
+        full = load_train_data(world["train"], loaded, True)
+    assert full.labelled and not [r for r in caplog.records if "the label loss pulls" in r.getMessage()]
+    one = tmp_path / "one"
+    shutil.copytree(world["train"] / "red", one / "red")
+    with caplog.at_level(logging.WARNING):
+        part = load_train_data(one, loaded, True)
+    assert part.labelled  # still trained with labels: a warning, the user may mean it
+    (rec,) = [r for r in caplog.records if "the label loss pulls" in r.getMessage()]
+    assert "holds images of 1 of the checkpoint's 3 classes" in rec.getMessage() and "--no-labels" in rec.getMessage()

@@ -193,6 +193,15 @@ def load_train_data(root: Path, loaded: LoadedModel, labels: bool) -> TrainData:
         _check_classes(folder.class_names, loaded, root)
         names = loaded.class_names or folder.class_names
         ds = LabelledImages.discover(root, class_names=names)
+        present = len(set(ds.labels))
+        if present < len(names):
+            log.warning(
+                "--train-data %s holds images of %d of the checkpoint's %d classes: the label loss pulls every "
+                "prediction towards those; give a folder with every class, or --no-labels (distillation only)",
+                root,
+                present,
+                len(names),
+            )
         return TrainData(ds.paths, ds.labels, True, names)
     paths = list_images(root)
     if not paths:
