@@ -321,6 +321,11 @@ def test_validate_inspect_build_engine_take_the_qat_onnx(world, full_run, capsys
     assert fp32 is not None and fp32["stage"] == "export" and fp32["status"] == "matches"
     side = json.loads(full_run.sidecar.read_text())
     assert side["details"]["calibration"]["manifest"] == full_run.manifest.name
+    from edgeconvnext.artifacts import folder_sha256
+
+    roles = {i["role"]: i for i in side["inputs"]}  # the data the model was trained and checked on, as listed
+    assert roles["train_data"]["sha256"] == folder_sha256(world["train"])
+    assert roles["val_data"]["path"] == str(world["val"]) and roles["checkpoint"]["sha256"]
     assert (
         json.loads(full_run.fp32_path.with_name(full_run.fp32_path.name + ".json").read_text())["outputs"][0]["path"]
         == full_run.fp32_path.name

@@ -1604,7 +1604,9 @@ def _sidecar(
     cfg, qcfg, loaded, paths, report = s.cfg, s.qcfg, s.loaded, s.paths, ex.report
     return Sidecar(
         stage="quantize",
-        inputs=[input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else [],
+        # the data as listed (names, sizes, times: folder_sha256); the calibration images are in OUT.calib.json
+        inputs=([input_ref("checkpoint", loaded.source, loaded.source_sha256)] if loaded.source else [])
+        + [input_ref(role, d) for role, d in (("train_data", cfg.train_data), ("val_data", cfg.val_data)) if d],
         outputs=[{"path": paths["onnx"].name, "bytes": len(ex.onnx_bytes), "sha256": ex.digest}, ckpt],
         config={
             **qcfg.to_dict(),
