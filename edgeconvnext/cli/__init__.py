@@ -347,8 +347,9 @@ def _run(args: list[str], signals: list[int]) -> tuple[int, tuple[str, str] | No
     except ClickException as e:
         ctx = getattr(e, "ctx", None) if isinstance(e, ClickUsageError) else None
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _common.err(e.format_message() + hint)
-        return e.exit_code, (e.format_message() + hint, "UsageError")
+        msg = e.format_message() + hint
+        _common.err(msg)
+        return e.exit_code, (msg, "UsageError")
     except typer.Abort:  # end of input at a prompt, or Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
         return _interrupted(signals), None
     except EdgeError as e:

@@ -285,16 +285,20 @@ class Report:
         return out
 
 
+def _device_tree_model(root: Path) -> str | None:
+    return parse_device_tree_model(_read(root / str(DEVICE_TREE_MODEL).lstrip("/"), binary=True) or b"")
+
+
 def jetson_board(root: Path = Path("/")) -> str | None:
     """This Jetson's board model from the device tree ("NVIDIA Jetson AGX Orin Developer Kit"), None elsewhere;
     no subprocess (what the engine runtime compares with the board an engine was built on)."""
-    model = parse_device_tree_model(_read(root / str(DEVICE_TREE_MODEL).lstrip("/"), binary=True) or b"")
+    model = _device_tree_model(root)
     return model if model and jetson_family(model) is not None else None
 
 
 def probe_jetson(root: Path = Path("/")) -> dict[str, Any] | None:
     """Jetson model, L4T, JetPack, power mode and clocks; None when this is not a Jetson."""
-    model = parse_device_tree_model(_read(root / str(DEVICE_TREE_MODEL).lstrip("/"), binary=True) or b"")
+    model = _device_tree_model(root)
     release_text = _read(root / str(NV_TEGRA_RELEASE).lstrip("/"))
     release = parse_nv_tegra_release(release_text) if release_text else None
     if jetson_family(model) is None and release is None:

@@ -31,6 +31,7 @@ from edgeconvnext.artifacts import atomic_output, sha256_file, write_json_atomic
 from edgeconvnext.errors import CheckpointError, DataError, UsageError
 
 if TYPE_CHECKING:
+    from edgeconvnext.data.folders import LabelledImages
     from edgeconvnext.pipeline.run import Pipeline
 
 BUNDLE_VERSION = 1
@@ -66,6 +67,20 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def bundle_images_source(n: int, val_data: Path, labels: Path | None) -> LabelledImages:
+    """The labelled validation images ``--bundle-images n`` copies from, refused when ``val_data`` is not labelled
+    or holds fewer than ``n`` images (checked when run starts, and again by the bundle stage)."""
+    from edgeconvnext.data.folders import LabelledImages
+
+    try:
+        ds = LabelledImages.discover(val_data, labels, labels_option="--labels")
+    except DataError as e:
+        raise DataError(f"--bundle-images {n} copies labelled validation images: {e}") from None
+    if n > len(ds):
+        raise UsageError(f"--bundle-images {n}: {val_data} holds {len(ds)} images; give at most {len(ds)}")
+    return ds
+
+
 def _images(p: Pipeline, dest: Path) -> tuple[list[Path], dict[str, Any] | None]:
     """A seeded subset of ``n`` validation images in class folders (labels travel as folder names)."""
     n = p.opts.bundle_images
@@ -73,14 +88,7 @@ def _images(p: Pipeline, dest: Path) -> tuple[list[Path], dict[str, Any] | None]
         return [], None
     import numpy as np
 
-    from edgeconvnext.data.folders import LabelledImages
-
-    try:
-        ds = LabelledImages.discover(p.opts.val_data, p.opts.labels, labels_option="--labels")  # type: ignore[arg-type]
-    except DataError as e:
-        raise DataError(f"--bundle-images {n}: {e}") from None
-    if n > len(ds):
-        raise UsageError(f"--bundle-images {n}: {p.opts.val_data} holds {len(ds)} images; give at most {len(ds)}")
+    ds = bundle_images_source(n, p.opts.val_data, p.opts.labels)  # type: ignore[arg-type]
     idx = sorted(np.random.default_rng(IMAGES_SEED).choice(len(ds), size=n, replace=False).tolist())
     out = []
     used: set[str] = set()

@@ -448,18 +448,10 @@ class Pipeline:
         for p, opt in ((self.opts.calib_data, "--calib-data"), (self.opts.val_data, "--val-data")):
             if p is not None and not list_images(p):
                 raise DataError(f"{opt} {p}: no images found (image files end in .jpg .png .webp ...)")
-        n = self.opts.bundle_images
-        if n and self.opts.val_data is not None:  # the bundle copies labelled images: known now, not at its stage
-            from edgeconvnext.data.folders import LabelledImages
+        if self.opts.bundle_images and self.opts.val_data is not None:  # known now, not at the bundle stage
+            from edgeconvnext.pipeline.bundle import bundle_images_source
 
-            try:
-                ds = LabelledImages.discover(self.opts.val_data, self.opts.labels, labels_option="--labels")
-            except DataError as e:
-                raise DataError(f"--bundle-images {n} copies labelled validation images: {e}") from None
-            if n > len(ds):
-                raise UsageError(
-                    f"--bundle-images {n}: {self.opts.val_data} holds {len(ds)} images; give at most {len(ds)}"
-                )
+            bundle_images_source(self.opts.bundle_images, self.opts.val_data, self.opts.labels)
 
     # -- helpers -------------------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from edgeconvnext import __version__
+
 # images the ranking subset holds by default (NNCF's accuracy control ranks on 300)
 from edgeconvnext.quantize.config import DEFAULT_SUBSET
 
@@ -77,6 +79,8 @@ _T = TypeVar("_T")
 
 #: how the Evaluator's sessions compute Q/DQ (edgeconvnext.onnx.session): as written, in float
 INT8_MATH = "emulated"
+#: what the reports name as their maker (artifacts.written_by_us recognises it)
+TOOL = f"edgeconvnext {__version__}"
 BATCH = 100
 
 
@@ -782,10 +786,8 @@ class SensitivityResult:
         return len(self.scores) * self.subset / max(1, self.fp32.n) + 3
 
     def to_dict(self) -> dict[str, Any]:
-        from edgeconvnext import __version__
-
         return {
-            "tool": f"edgeconvnext {__version__}",  # also what lets a later run write over this file
+            "tool": TOOL,  # also what lets a later run write over this file
             "arch": self.arch,
             "mode": self.mode,
             "mode_text": MODE_TEXT[self.mode].format(what="points"),
@@ -861,10 +863,8 @@ class SensitivityResult:
             )
         lines += ["", self.cost_line() + ".", ""]
         lines += [f"note: {n}" for n in self.notes]
-        from edgeconvnext import __version__
-
         lines += [""] if self.notes else []
-        lines.append(f"edgeconvnext {__version__}.")
+        lines.append(f"{TOOL}.")
         return "\n".join(lines) + "\n"
 
 
@@ -982,8 +982,6 @@ def plot_png(result: SensitivityResult, path: Any) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    from edgeconvnext import __version__
-
     # the PNG's Software text names us: a later run may write over this file, not over another program's
-    fig.savefig(str(path), format="png", dpi=110, metadata={"Software": f"edgeconvnext {__version__} (matplotlib)"})
+    fig.savefig(str(path), format="png", dpi=110, metadata={"Software": f"{TOOL} (matplotlib)"})
     plt.close(fig)
